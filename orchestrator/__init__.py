@@ -1,0 +1,1 @@
+"""orchestrator: the `sweep` CLI; search, trials, tracking and ensembles build on it."""

@@ -1,0 +1,110 @@
+"""The ``sweep`` command line (Typer)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Train SchNet potentials, search hyperparameters, build ensembles.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Datasets: generate and inspect.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    spec: Annotated[Path, typer.Argument(help="spec YAML (dataset, model, training sections)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: dotted.key=value (YAML-typed)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="model directory to write (default runs/<name>-<time>)")] = None,
+) -> None:
+    """Train one SchNet with the spec's fixed hyperparameters and write a model directory."""
+    from orchestrator.single import run_train
+    from orchestrator.spec import SpecError, load_spec
+    from schnet_model.data.molecules import DataError
+    from schnet_model.training.errors import NonFiniteLossError
+
+    try:
+        s = load_spec(spec, set_ or [])
+    except SpecError as e:
+        fail(str(e))
+    name = s.name or spec.stem
+    out = out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        run_train(s, out, console)
+    except DataError as e:
+        fail(str(e))
+    except NonFiniteLossError as e:
+        fail(f"training diverged: {e}", 1)
+    except FileExistsError as e:
+        fail(str(e))
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option("-o", "--out", help="npz file to write (MD17 layout)")],
+    molecule: Annotated[str, typer.Option(help="ethanol, methanol, … or an ASE g2 name")] = "ethanol",
+    frames: Annotated[int, typer.Option(min=1)] = 1000,
+    temperature: Annotated[float, typer.Option(help="K")] = 500.0,
+    seed: int = 0,
+    stride: Annotated[int, typer.Option(min=1, help="MD steps between frames")] = 10,
+    method: Annotated[str, typer.Option(help="labelling method")] = "gfn2-xtb",
+) -> None:
+    """Langevin MD labelled by a real quantum-chemistry method, written as an MD17 npz."""
+    from rich.progress import Progress
+
+    from schnet_model.data.generate import generate_md, start_geometry, write_npz
+
+    if method.lower() != "gfn2-xtb":
+        fail(f"--method {method!r}: expected gfn2-xtb")
+    try:
+        start_geometry(molecule)
+    except ValueError as e:
+        fail(f"--molecule: {e}")
+    with Progress(console=console, transient=True) as p:
+        task = p.add_task(f"{molecule} GFN2-xTB MD at {temperature:g} K", total=frames)
+        arrays = generate_md(molecule, frames, temperature, seed, stride, progress=lambda d, t: p.update(task, completed=d))
+    write_npz(arrays, out)
+    console.print(f"wrote {frames} frames of {molecule} (GFN2-xTB, kcal/mol, Å) to {out}")
+
+
+@data_app.command("info")
+def data_info(path: Annotated[Path, typer.Argument(help="dataset file")]) -> None:
+    """Counts, elements and units of a dataset file."""
+    from schnet_model import read_dataset
+    from schnet_model.data.molecules import DataError
+
+    try:
+        data = read_dataset(path)
+    except DataError as e:
+        fail(str(e))
+    console.print(data.describe())
+    if data.E is not None:
+        console.print(f"energy range {data.E.min():.6g} … {data.E.max():.6g} {data.energy_unit}")
+    if data.F is not None:
+        console.print(f"force RMS {float((data.F**2).mean() ** 0.5):.4g} {data.force_unit}")
+
+
+def main() -> None:  # pragma: no cover - console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,106 @@
+"""``sweep train``: one SchNet with the spec's fixed hyperparameters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator.spec import TrainSpec
+from schnet_model import Molecules, SchNet, Trainer, evaluate, read_dataset, save_model
+from schnet_model.data.splits import random_split
+from schnet_model.model_dir import ModelInfo
+from schnet_model.training.metrics import Metrics
+
+
+@dataclass
+class TrainOutcome:
+    """What ``sweep train`` produced."""
+
+    out: Path
+    val: Metrics
+    test: Metrics | None
+    stop_reason: str
+    epochs: int
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_data(spec: TrainSpec) -> Molecules:
+    ds = spec.dataset
+    return read_dataset(ds.path, ds.format, ds.energy_unit, ds.length_unit)
+
+
+def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> TrainOutcome:
+    """Read the data, split, train with per-epoch progress, evaluate, write the model directory."""
+    console = console or Console()
+    data = load_data(spec)
+    console.print(data.describe())
+    ds = spec.dataset
+    split = random_split(len(data), ds.n_train, ds.n_val, ds.n_test, ds.split_seed)
+    train, val = data.subset(split.train), data.subset(split.val)
+    test = data.subset(split.test) if len(split.test) else None
+    console.print(f"split (seed {ds.split_seed}): {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test")
+    torch.manual_seed(spec.training.seed)
+    model = SchNet(spec.model)
+    trainer = Trainer(model, train, val, spec.training)
+    eu, fu = data.energy_unit, data.force_unit
+    console.print(
+        f"SchNet: {model.n_parameters():,} parameters, {spec.model.n_interactions} interactions, "
+        f"cutoff {'none (all pairs)' if spec.model.cutoff is None else f'{spec.model.cutoff} Å'}; "
+        f"training on {'energies + forces' if trainer.use_forces else 'energies'}, device {trainer.device}"
+    )
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("train", total=spec.training.max_epochs)
+
+        def on_epoch(r) -> None:
+            v = r.val
+            forces = f"  val F MAE {v.forces_mae:.4g} {fu}" if v.forces_mae is not None else ""
+            progress.console.print(
+                f"epoch {r.epoch:4d}  train loss {r.train_loss:.4g}  val loss {v.loss:.4g}  "
+                f"val E MAE {v.energy_mae:.4g} {eu}{forces}  lr {r.lr:.3g}  {r.seconds:.1f}s{'  *' if r.improved else ''}"
+            )
+            progress.update(task, completed=r.epoch)
+
+        result = trainer.fit(on_epoch)
+    console.print(f"stopped: {result.stop_reason}; best epoch {result.best_epoch} ({time.perf_counter() - t0:.1f} s)")
+    val_m = evaluate(trainer.model, val, spec.training.rho, trainer.use_forces)
+    test_m = evaluate(trainer.model, test, spec.training.rho, trainer.use_forces) if test is not None else None
+    console.print(f"[bold]validation[/] ({len(val)} molecules): {val_m.format()}")
+    if test_m is not None:
+        console.print(f"[bold]test[/] ({len(test)} molecules): {test_m.format()}")
+    manifest = {
+        "dataset": str(ds.path),
+        "dataset_sha256": file_sha256(ds.path),
+        "split_seed": ds.split_seed,
+        **split.as_dict(),
+    }
+    info = ModelInfo(
+        energy_unit=data.energy_unit,
+        elements=data.elements,
+        extra={
+            "dataset": {"path": str(ds.path), "name": data.name, **data.meta},
+            "training": spec.training.model_dump(),
+            "metrics": {"val": val_m.as_dict(), "test": test_m.as_dict() if test_m else None},
+            "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason,
+        },
+    )
+    path = save_model(trainer.model, info, out, extra_files={"split.json": json.dumps(manifest), "spec.json": spec.model_dump_json(indent=2)})
+    console.print(f"model written to {path}")
+    return TrainOutcome(path, val_m, test_m, result.stop_reason, result.history[-1].epoch if result.history else 0)

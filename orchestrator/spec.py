@@ -1,0 +1,111 @@
+"""YAML specs: safe loading, ``--set`` overrides, validation with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from schnet_model.config import DatasetConfig, ModelConfig, TrainingConfig, _Strict
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message is one line naming the file and key."""
+
+
+class TrainSpec(_Strict):
+    """Spec of ``sweep train``: one model with fixed hyperparameters."""
+
+    name: str | None = None
+    dataset: DatasetConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'training.max_epochs=3'`` → (['training', 'max_epochs'], 3); values are YAML-typed."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"--set {text!r}: expected dotted.key=value, e.g. training.max_epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, list[str]]:
+    """Set each ``dotted.key=value`` in ``raw`` (in place); returns key → original --set text."""
+    origin: dict[str, str] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {text}: {'.'.join(path[: i + 1])} is {child!r}, not a section")
+            node = child
+        node[path[-1]] = value
+        origin[".".join(path)] = text
+    return origin
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def validate(schema: type[_Strict], raw: dict[str, Any], source: str, origin: dict[str, str] | None = None):
+    """Validate ``raw`` against ``schema``; errors become one-line :class:`SpecError`."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            line = _format_error(err)
+            loc = ".".join(str(p) for p in err["loc"])
+            hits = [t for k, t in (origin or {}).items() if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")]
+            parts.append(f"{line} (from --set {hits[0]})" if hits else line)
+        raise SpecError(f"{source}: " + "; ".join(parts)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """``yaml.safe_load`` of a spec file; a mapping or a one-line SpecError."""
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: {where}invalid YAML ({problem})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None, schema: type[_Strict] = TrainSpec):
+    """Read, override, validate; relative dataset paths resolve against the spec's directory."""
+    path = Path(path)
+    raw = read_yaml(path)
+    origin = apply_overrides(raw, overrides or [])
+    spec = validate(schema, raw, str(path), origin)
+    ds = spec.dataset
+    if not ds.path.is_absolute():
+        ds.path = (path.resolve().parent / ds.path).resolve()
+    return spec

@@ -1,0 +1,116 @@
+"""Validated configuration of the model, the dataset and single-model training.
+
+Every default reproduces Schütt et al., "SchNet: A continuous-filter convolutional neural
+network for modeling quantum interactions" (NeurIPS 2017), unless its docstring says otherwise.
+The orchestrator's YAML spec embeds these three sections unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schnet_model.units import canonical_energy_unit, canonical_length_unit
+
+
+class _Strict(BaseModel):
+    """Base: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """SchNet architecture.
+
+    Paper default (64 features, 64 filters, 3 interactions, 300 Gaussians 0–30 Å every 0.1 Å,
+    γ = 10 Å⁻², no cutoff) has 116,033 trainable parameters. The paper's Table 1 variants are
+    expressed through ``n_atom_basis``, ``n_filters`` and ``n_interactions`` (for example
+    small: 32/32/2, large: 128/128/6).
+    """
+
+    n_atom_basis: int = Field(64, ge=1, description="atom feature size F_atom")
+    n_filters: int = Field(64, ge=1, description="filter size of the cfconv layers")
+    n_interactions: int = Field(3, ge=1, description="number of interaction blocks")
+    rbf_max: float = Field(30.0, gt=0, description="last Gaussian centre bound in Å (exclusive)")
+    rbf_spacing: float = Field(0.1, gt=0, description="distance between Gaussian centres in Å")
+    gamma: float = Field(10.0, gt=0, description="Gaussian width γ in Å⁻²")
+    cutoff: float | None = Field(
+        None, gt=0, description="cosine cutoff radius in Å; null = all pairs in the molecule"
+    )
+    n_output_hidden: int | None = Field(
+        None, ge=1, description="hidden size of the output MLP; null = n_atom_basis // 2 (32)"
+    )
+    max_z: int = Field(100, ge=2, le=200, description="rows of the embedding table (Z < max_z)")
+
+    @property
+    def n_rbf(self) -> int:
+        """Number of Gaussian centres: 0, spacing, ..., < rbf_max (300 by default)."""
+        return int(round(self.rbf_max / self.rbf_spacing))
+
+
+class DatasetConfig(_Strict):
+    """Where the data comes from, its units and how it is split.
+
+    ``path`` is resolved against the spec file's directory by the orchestrator.
+    """
+
+    path: Path = Field(..., description="dataset file")
+    format: Literal["auto", "md17", "rmd17"] = "auto"
+    energy_unit: str | None = Field(None, description="override the unit the file declares")
+    length_unit: str | None = Field(None, description="override the unit the file declares")
+    n_train: int = Field(1000, ge=1, description="training molecules (paper: 1,000 or 50,000)")
+    n_val: int = Field(1000, ge=1, description="validation molecules (early stopping, model choice)")
+    n_test: int | None = Field(None, ge=1, description="test molecules; null = all the rest")
+    split_seed: int = 0
+
+    @field_validator("energy_unit")
+    @classmethod
+    def _energy_unit(cls, v: str | None) -> str | None:
+        return None if v is None else canonical_energy_unit(v)
+
+    @field_validator("length_unit")
+    @classmethod
+    def _length_unit(cls, v: str | None) -> str | None:
+        return None if v is None else canonical_length_unit(v)
+
+
+class TrainingConfig(_Strict):
+    """Optimisation of one model.
+
+    Paper: Adam, learning rate 1e-3 decayed by 0.96 every 100k steps, batch 32, loss
+    ``ρ·(E−Ê)² + (1/n)·Σ_i ‖F_i − F̂_i‖²`` with ρ = 0.01.
+    """
+
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    scheduler: Literal["exponential", "plateau"] = Field(
+        "exponential",
+        description="exponential: lr·decay^(step/decay_steps) (paper); plateau: ReduceLROnPlateau",
+    )
+    lr_decay: float = Field(0.96, gt=0, le=1)
+    lr_decay_steps: int = Field(100_000, ge=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(10, ge=1, description="epochs without improvement")
+    min_lr: float = Field(0.0, ge=0)
+    rho: float = Field(0.01, ge=0, description="energy weight ρ of the loss")
+    use_forces: bool | None = Field(
+        None, description="train on forces; null = whenever the dataset has them"
+    )
+    max_epochs: int = Field(1000, ge=1)
+    max_time: float | None = Field(None, gt=0, description="wall-clock budget in seconds")
+    early_stopping_patience: int | None = Field(
+        100, ge=1, description="stop after this many epochs without improvement; null = off"
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm; null = off")
+    seed: int = 0
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self

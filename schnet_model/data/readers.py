@@ -1,0 +1,112 @@
+"""Readers: file → :class:`Molecules` with declared units.
+
+Formats here: MD17/sGDML npz and rMD17 npz (both kcal/mol and Å unless the file or the spec
+says otherwise). The datasets issue adds ISO17, QM9 and ASE formats.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from schnet_model.data.molecules import DataError, Molecules
+from schnet_model.units import UnitError, canonical_energy_unit, canonical_length_unit, length_factor
+
+MD17_KEYS = ("R", "z", "E")
+RMD17_KEYS = ("nuclear_charges", "coords", "energies")
+
+
+def _scalar(npz, key: str) -> str | None:
+    if key not in npz.files:
+        return None
+    v = npz[key]
+    v = v.item() if v.shape == () else v.ravel()[0] if v.size else None
+    return v.decode() if isinstance(v, bytes) else None if v is None else str(v)
+
+
+def detect_format(path: Path) -> str:
+    """'md17' or 'rmd17' from the npz's keys."""
+    if path.suffix != ".npz":
+        raise DataError(f"{path}: cannot detect the format (expected an .npz file: md17 or rmd17)")
+    with _open_npz(path) as npz:
+        keys = set(npz.files)
+    if set(MD17_KEYS) <= keys:
+        return "md17"
+    if set(RMD17_KEYS) <= keys:
+        return "rmd17"
+    raise DataError(
+        f"{path}: unknown npz layout with keys {sorted(keys)}; expected MD17 keys {list(MD17_KEYS)} "
+        f"or rMD17 keys {list(RMD17_KEYS)}"
+    )
+
+
+def _open_npz(path: Path):
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable npz file ({e})") from e
+
+
+def read_npz(
+    path: str | Path,
+    fmt: str = "auto",
+    energy_unit: str | None = None,
+    length_unit: str | None = None,
+) -> Molecules:
+    """Read an MD17/sGDML or rMD17 npz.
+
+    Args:
+        path: the file.
+        fmt: ``'md17'``, ``'rmd17'`` or ``'auto'`` (from the keys).
+        energy_unit: override the file's unit (default: the file's ``e_unit`` or kcal/mol).
+        length_unit: override the file's unit (default: the file's ``r_unit`` or Å).
+    """
+    path = Path(path)
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    keys = {"md17": ("R", "z", "E", "F"), "rmd17": ("coords", "nuclear_charges", "energies", "forces")}[fmt]
+    with _open_npz(path) as npz:
+        for k in keys[:3]:
+            if k not in npz.files:
+                raise DataError(f"{path}: missing key {k!r} for format {fmt} (has {sorted(npz.files)})")
+        try:
+            R = np.asarray(npz[keys[0]], dtype=np.float64)
+            z = np.asarray(npz[keys[1]], dtype=np.int64)
+            E = np.asarray(npz[keys[2]], dtype=np.float64)
+            F = np.asarray(npz[keys[3]], dtype=np.float64) if keys[3] in npz.files else None
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from e
+        try:
+            e_unit = canonical_energy_unit(energy_unit or _scalar(npz, "e_unit") or "kcal/mol")
+            r_unit = canonical_length_unit(length_unit or _scalar(npz, "r_unit") or "Å")
+        except UnitError as e:
+            raise DataError(f"{path}: {e}") from e
+        meta = {k: s for k in ("name", "theory", "md5") if (s := _scalar(npz, k)) is not None}
+    if R.ndim != 3 or R.shape[2] != 3:
+        raise DataError(f"{path}: {keys[0]!r} has shape {R.shape}, expected (N, n_atoms, 3)")
+    N, n = R.shape[:2]
+    if z.shape != (n,):
+        raise DataError(f"{path}: {keys[1]!r} has shape {z.shape}, expected ({n},) to match {keys[0]!r}")
+    if E.shape not in ((N,), (N, 1)):
+        raise DataError(f"{path}: {keys[2]!r} has shape {E.shape}, expected ({N},) or ({N}, 1)")
+    if F is not None and F.shape != R.shape:
+        raise DataError(f"{path}: {keys[3]!r} has shape {F.shape}, expected {R.shape} like {keys[0]!r}")
+    scale_r = length_factor(r_unit, "Å")
+    return Molecules(
+        Z=np.tile(z, N),
+        R=R.reshape(-1, 3) * scale_r,
+        atom_ptr=np.arange(N + 1) * n,
+        E=E.reshape(-1),
+        F=None if F is None else F.reshape(-1, 3) / scale_r,
+        energy_unit=e_unit,
+        name=meta.get("name", path.stem),
+        meta={"format": fmt, "source": str(path), "length_unit_in_file": r_unit, **meta},
+    )
+
+
+def read_dataset(path: str | Path, fmt: str = "auto", energy_unit: str | None = None, length_unit: str | None = None) -> Molecules:
+    """Read any supported dataset file."""
+    return read_npz(path, fmt, energy_unit, length_unit)

@@ -1,0 +1,133 @@
+"""The model directory: config + weights + units + elements, loaded without unpickling.
+
+Layout::
+
+    model/
+      config.json          {"format": "sweep-schnet", "version": 1, "model": {...ModelConfig}}
+      weights.safetensors  state dict (float32 weights, float64 energy offsets)
+      metadata.json        units, element list, weights sha256, metrics, provenance
+
+Writes are atomic (a temporary directory renamed into place); loading verifies the weights'
+sha256 and reads them with safetensors, never with pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from schnet_model.config import ModelConfig
+from schnet_model.nn.schnet import SchNet
+from schnet_model.units import canonical_energy_unit
+
+FORMAT = "sweep-schnet"
+VERSION = 1
+CONFIG, WEIGHTS, METADATA = "config.json", "weights.safetensors", "metadata.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that is missing, malformed, tampered with or not safetensors."""
+
+
+@dataclass
+class ModelInfo:
+    """What travels with the weights."""
+
+    energy_unit: str
+    elements: list[int]
+    length_unit: str = "Å"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(model: SchNet, info: ModelInfo, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model``, ``info`` and ``extra_files`` (name → text) to directory ``out`` atomically."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not (out / CONFIG).exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not a model directory; choose another --out")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(
+            json.dumps({"format": FORMAT, "version": VERSION, "model": model.config.model_dump()}, indent=2)
+        )
+        meta = {
+            "energy_unit": canonical_energy_unit(info.energy_unit),
+            "length_unit": info.length_unit,
+            "force_unit": f"{canonical_energy_unit(info.energy_unit)}/{info.length_unit}",
+            "elements": [int(z) for z in info.elements],
+            "weights_sha256": _sha256(tmp / WEIGHTS),
+            **info.extra,
+        }
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2, default=str))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[SchNet, ModelInfo]:
+    """Load a model directory written by :func:`save_model` (no unpickling)."""
+    path = Path(path)
+    for name in (CONFIG, WEIGHTS, METADATA):
+        if not (path / name).is_file():
+            raise ModelLoadError(f"{path}: not a model directory (missing {name})")
+    try:
+        cfg = json.loads((path / CONFIG).read_text())
+        meta = json.loads((path / METADATA).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: malformed JSON ({e})") from e
+    if cfg.get("format") != FORMAT or cfg.get("version") != VERSION:
+        raise ModelLoadError(f"{path / CONFIG}: expected format {FORMAT!r} version {VERSION}")
+    try:
+        config = ModelConfig(**cfg["model"])
+    except (ValidationError, TypeError, KeyError) as e:
+        raise ModelLoadError(f"{path / CONFIG}: invalid model config ({e})") from e
+    digest = _sha256(path / WEIGHTS)
+    if digest != meta.get("weights_sha256"):
+        raise ModelLoadError(
+            f"{path / WEIGHTS}: sha256 {digest[:12]}… does not match metadata.json; refusing modified weights"
+        )
+    try:
+        state = load_file(str(path / WEIGHTS), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{path / WEIGHTS}: not a safetensors file ({e}); pickled checkpoints are refused") from e
+    model = SchNet(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path / WEIGHTS}: weights do not fit the config ({str(e).splitlines()[0]})") from e
+    model.to(device).eval()
+    extra = {k: v for k, v in meta.items() if k not in ("energy_unit", "elements", "length_unit", "force_unit", "weights_sha256")}
+    return model, ModelInfo(meta["energy_unit"], list(meta["elements"]), meta.get("length_unit", "Å"), extra)

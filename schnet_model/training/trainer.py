@@ -1,0 +1,228 @@
+"""Training of one SchNet: Adam, paper learning-rate decay, early stopping, budgets.
+
+The :class:`Trainer` advances one epoch at a time (``run_epoch``) and exposes
+``state_dict``/``load_state_dict`` so a caller (a CLI, a Ray actor) can report, checkpoint and
+resume between epochs; ``fit`` is the plain loop around it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from schnet_model.config import TrainingConfig
+from schnet_model.data.molecules import Molecules, iterate_batches
+from schnet_model.nn.offsets import fit_offsets
+from schnet_model.nn.schnet import SchNet
+from schnet_model.training.errors import NonFiniteLossError
+from schnet_model.training.loss import energy_force_loss
+from schnet_model.training.metrics import Metrics, evaluate
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` → cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch produced."""
+
+    epoch: int  # 1-based
+    step: int  # optimiser steps so far
+    train_loss: float
+    val: Metrics
+    lr: float
+    seconds: float
+    improved: bool
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.fit`."""
+
+    history: list[EpochResult] = field(default_factory=list)
+    stop_reason: str = ""
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+
+
+class Trainer:
+    """Trains ``model`` on ``train``, monitoring ``val``.
+
+    Per-element energy references and the scale are fitted on ``train`` at construction
+    (``fit_offsets=False`` keeps the model's). Training uses float32 weights; energies and the
+    loss are float64.
+
+    Args:
+        model: a :class:`SchNet`.
+        train: training molecules (energies required).
+        val: validation molecules.
+        config: optimisation settings (paper defaults).
+        fit_offsets: fit the energy references on ``train``.
+    """
+
+    def __init__(
+        self, model: SchNet, train: Molecules, val: Molecules, config: TrainingConfig, fit_offsets: bool = True
+    ) -> None:
+        if train.E is None:
+            raise ValueError(f"{train.name}: training needs energies")
+        if train.energy_unit != val.energy_unit:
+            raise ValueError(f"train data in {train.energy_unit} but validation data in {val.energy_unit}")
+        self.cfg = config
+        self.device = resolve_device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.model = model.to(self.device)
+        self.train_data, self.val_data = train, val
+        self.cutoff = model.config.cutoff
+        self.use_forces = train.has_forces if config.use_forces is None else config.use_forces
+        if self.use_forces and not train.has_forces:
+            raise ValueError(f"{train.name}: training.use_forces is true but the dataset has no forces")
+        if fit_offsets:
+            ref, scale = fit_offsets_fn(train, model.config.max_z)
+            self.model.offsets.set(ref, scale)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        floor = config.min_lr / config.lr
+        if config.scheduler == "exponential":
+            decay, every = config.lr_decay, config.lr_decay_steps
+            self.step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: max(decay ** (s / every), floor)
+            )
+            self.plateau = None
+        else:
+            self.step_scheduler = None
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_lr
+            )
+        self.rng = np.random.default_rng(config.seed)
+        self.epoch = 0
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] = copy.deepcopy(self.model.state_dict())
+        self.epochs_without_improvement = 0
+
+    # -- one epoch ------------------------------------------------------------------------
+    def run_epoch(self) -> EpochResult:
+        """Train over the training set once, then validate."""
+        t0 = time.perf_counter()
+        self.epoch += 1
+        self.model.train()
+        total, count = 0.0, 0
+        for batch in iterate_batches(self.train_data, self.cfg.batch_size, self.cutoff, shuffle=True, rng=self.rng):
+            batch = batch.to(self.device)
+            pred = self.model(batch, forces=self.use_forces, create_graph=True)
+            loss = energy_force_loss(pred, batch, self.cfg.rho, self.use_forces)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(self.epoch, self.step, float(loss))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            if self.step_scheduler is not None:
+                self.step_scheduler.step()
+            self.step += 1
+            total += float(loss) * batch.n_mols
+            count += batch.n_mols
+        val = evaluate(self.model, self.val_data, self.cfg.rho, self.use_forces, device=self.device)
+        if not math.isfinite(val.loss):
+            raise NonFiniteLossError(self.epoch, self.step, val.loss)
+        if self.plateau is not None:
+            self.plateau.step(val.loss)
+        improved = val.loss < self.best_val_loss - self.cfg.early_stopping_min_delta
+        if improved:
+            self.best_val_loss, self.best_epoch = val.loss, self.epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        return EpochResult(
+            epoch=self.epoch,
+            step=self.step,
+            train_loss=total / max(count, 1),
+            val=val,
+            lr=self.optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - t0,
+            improved=improved,
+        )
+
+    def should_stop_early(self) -> bool:
+        """True once ``early_stopping_patience`` epochs passed without improvement."""
+        p = self.cfg.early_stopping_patience
+        return p is not None and self.epochs_without_improvement >= p
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, on_epoch: Callable[[EpochResult], bool | None] | None = None) -> TrainResult:
+        """Train until ``max_epochs``, ``max_time``, early stopping, or ``on_epoch`` returns False.
+
+        The best-validation weights are loaded back into the model at the end.
+        """
+        result = TrainResult()
+        start = time.perf_counter()
+        while True:
+            if self.epoch >= self.cfg.max_epochs:
+                result.stop_reason = f"max_epochs ({self.cfg.max_epochs}) reached"
+                break
+            r = self.run_epoch()
+            result.history.append(r)
+            if on_epoch is not None and on_epoch(r) is False:
+                result.stop_reason = "stopped by caller"
+                break
+            if self.should_stop_early():
+                result.stop_reason = (
+                    f"early stopping: no improvement for {self.cfg.early_stopping_patience} epochs"
+                )
+                break
+            if self.cfg.max_time is not None and time.perf_counter() - start >= self.cfg.max_time:
+                result.stop_reason = f"time budget ({self.cfg.max_time:g} s) used"
+                break
+        self.model.load_state_dict(self.best_state)
+        result.best_epoch, result.best_val_loss = self.best_epoch, self.best_val_loss
+        return result
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue training exactly (tensors and plain data only)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step_scheduler": None if self.step_scheduler is None else self.step_scheduler.state_dict(),
+            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "epochs_without_improvement": self.epochs_without_improvement,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.step_scheduler is not None and state["step_scheduler"] is not None:
+            self.step_scheduler.load_state_dict(state["step_scheduler"])
+        if self.plateau is not None and state["plateau"] is not None:
+            self.plateau.load_state_dict(state["plateau"])
+        self.rng.bit_generator.state = state["rng"]
+        for k in ("epoch", "step", "best_val_loss", "best_epoch", "epochs_without_improvement"):
+            setattr(self, k, state[k])
+        self.best_state = state["best_state"]
+
+
+def fit_offsets_fn(train: Molecules, max_z: int) -> tuple[np.ndarray, float]:
+    """Fit energy references and scale on a training set (see :func:`fit_offsets`)."""
+    if max(train.elements) >= max_z:
+        raise ValueError(f"{train.name}: atomic number {max(train.elements)} ≥ model.max_z={max_z}")
+    return fit_offsets(train.Z, train.atom_ptr, train.E, train.F, max_z)  # type: ignore[arg-type]
