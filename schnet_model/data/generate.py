@@ -65,14 +65,14 @@ def generate_md(
     from ase import units
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
     from tblite.ase import TBLite
 
     atoms = start_geometry(molecule)
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     atoms.set_constraint(FixCom())
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
     dyn = Langevin(
         atoms, timestep_fs * units.fs, temperature_K=temperature, friction=friction_per_fs / units.fs, fixcm=False, rng=rng
     )
@@ -83,7 +83,7 @@ def generate_md(
         dyn.run(stride)
         R.append(atoms.get_positions())
         E.append(atoms.get_potential_energy() * to_kcal)
-        F.append(atoms.get_forces() * to_kcal)
+        F.append(atoms.get_forces(apply_constraint=False) * to_kcal)  # FixCom would alter them
         if progress is not None:
             progress(k + 1, frames)
     return {

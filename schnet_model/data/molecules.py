@@ -39,25 +39,26 @@ class Molecules:
         self.R = np.asarray(self.R, dtype=np.float64)
         self.atom_ptr = np.asarray(self.atom_ptr, dtype=np.int64)
         n = len(self.atom_ptr) - 1
+        label = self.meta.get("source", self.name)  # errors name the file when there is one
         if n < 1:
-            raise DataError(f"{self.name}: the dataset is empty")
+            raise DataError(f"{label}: the dataset is empty")
         if self.R.shape != (len(self.Z), 3):
-            raise DataError(f"{self.name}: positions have shape {self.R.shape}, expected ({len(self.Z)}, 3)")
+            raise DataError(f"{label}: positions have shape {self.R.shape}, expected ({len(self.Z)}, 3)")
         if self.E is not None:
             self.E = np.asarray(self.E, dtype=np.float64).reshape(-1)
             if len(self.E) != n:
-                raise DataError(f"{self.name}: {len(self.E)} energies for {n} molecules")
+                raise DataError(f"{label}: {len(self.E)} energies for {n} molecules")
             bad = np.flatnonzero(~np.isfinite(self.E))
             if len(bad):
-                raise DataError(f"{self.name}: energy of molecule {bad[0]} is {self.E[bad[0]]}")
+                raise DataError(f"{label}: energy of molecule {bad[0]} is {self.E[bad[0]]}")
         if self.F is not None:
             self.F = np.asarray(self.F, dtype=np.float64)
             if self.F.shape != self.R.shape:
-                raise DataError(f"{self.name}: forces have shape {self.F.shape}, positions {self.R.shape}")
+                raise DataError(f"{label}: forces have shape {self.F.shape}, positions {self.R.shape}")
             if not np.isfinite(self.F).all():
-                raise DataError(f"{self.name}: forces contain NaN or inf")
+                raise DataError(f"{label}: forces contain NaN or inf")
         if not np.isfinite(self.R).all():
-            raise DataError(f"{self.name}: positions contain NaN or inf")
+            raise DataError(f"{label}: positions contain NaN or inf")
         self._cache: dict[float | None, NeighborCache] = {}
         self._torch: dict[str, torch.Tensor] | None = None
 
@@ -114,18 +115,16 @@ class Molecules:
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         if self._torch is None:
-            self._torch = {
-                "Z": torch.from_numpy(self.Z),
-                "R": torch.from_numpy(self.R.astype(np.float32)),
-            }
+            # zero-copy views of the float64 arrays; batches cast to the model's dtype
+            self._torch = {"Z": torch.from_numpy(self.Z), "R": torch.from_numpy(self.R)}
             if self.E is not None:
                 self._torch["E"] = torch.from_numpy(self.E)
             if self.F is not None:
-                self._torch["F"] = torch.from_numpy(self.F.astype(np.float32))
+                self._torch["F"] = torch.from_numpy(self.F)
         return self._torch
 
-    def batch(self, idx: np.ndarray, cutoff: float | None) -> Batch:
-        """Collate molecules ``idx`` into a :class:`Batch` (float32 positions and forces)."""
+    def batch(self, idx: np.ndarray, cutoff: float | None, dtype: torch.dtype = torch.float32) -> Batch:
+        """Collate molecules ``idx`` into a :class:`Batch`; positions and forces in ``dtype``."""
         idx = np.asarray(idx, dtype=np.int64)
         nb = self.neighbors(cutoff)
         counts = self.n_atoms[idx]
@@ -136,13 +135,13 @@ class Molecules:
         pairs_t = torch.from_numpy(pairs)
         return Batch(
             Z=t["Z"][atoms],
-            R=t["R"][atoms],
+            R=t["R"][atoms].to(dtype),
             mol=torch.repeat_interleave(torch.arange(len(idx)), torch.from_numpy(counts)),
             idx_i=pairs_t[:, 0].contiguous(),
             idx_j=pairs_t[:, 1].contiguous(),
             n_atoms=torch.from_numpy(counts),
             E=t["E"][torch.from_numpy(idx)] if "E" in t else None,
-            F=t["F"][atoms] if "F" in t else None,
+            F=t["F"][atoms].to(dtype) if "F" in t else None,
         )
 
     def describe(self) -> str:
@@ -161,8 +160,9 @@ def iterate_batches(
     cutoff: float | None,
     shuffle: bool = False,
     rng: np.random.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
 ):
     """Yield :class:`Batch` objects covering ``data`` once."""
     order = (rng or np.random.default_rng()).permutation(len(data)) if shuffle else np.arange(len(data))
     for start in range(0, len(order), batch_size):
-        yield data.batch(order[start : start + batch_size], cutoff)
+        yield data.batch(order[start : start + batch_size], cutoff, dtype)

@@ -26,11 +26,13 @@ class EnergyOffsets(nn.Module):
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # Device moves are fine; dtype casts are not: keep the offsets in float64.
+        # Device moves are fine; dtype casts are not: keep the original float64 values
+        # (casting to float32 and back would already have rounded them).
+        before = dict(self._buffers)
         super()._apply(fn, recurse)
         for name, buf in self._buffers.items():
             if buf is not None and buf.dtype != torch.float64:
-                self._buffers[name] = buf.to(torch.float64)
+                self._buffers[name] = before[name].to(device=buf.device)
         return self
 
     def set(self, atomref: np.ndarray, scale: float) -> None:

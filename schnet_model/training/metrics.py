@@ -54,8 +54,8 @@ def predict(
     model.eval()
     dtype = next(model.parameters()).dtype
     energies, force_list = [], []
-    for batch in iterate_batches(data, batch_size, model.config.cutoff):
-        pred = model(batch.to(device, dtype), forces=forces)
+    for batch in iterate_batches(data, batch_size, model.config.cutoff, dtype=dtype):
+        pred = model(batch.to(device), forces=forces)
         energies.append(pred.energy.detach().cpu().numpy())
         if forces:
             force_list.append(pred.forces.detach().cpu().numpy().astype(np.float64))  # type: ignore[union-attr]

@@ -118,7 +118,9 @@ class Trainer:
         self.epoch += 1
         self.model.train()
         total, count = 0.0, 0
-        for batch in iterate_batches(self.train_data, self.cfg.batch_size, self.cutoff, shuffle=True, rng=self.rng):
+        dtype = next(self.model.parameters()).dtype
+        batches = iterate_batches(self.train_data, self.cfg.batch_size, self.cutoff, shuffle=True, rng=self.rng, dtype=dtype)
+        for batch in batches:
             batch = batch.to(self.device)
             pred = self.model(batch, forces=self.use_forces, create_graph=True)
             loss = energy_force_loss(pred, batch, self.cfg.rho, self.use_forces)
@@ -132,7 +134,7 @@ class Trainer:
             if self.step_scheduler is not None:
                 self.step_scheduler.step()
             self.step += 1
-            total += float(loss) * batch.n_mols
+            total += float(loss.detach()) * batch.n_mols
             count += batch.n_mols
         val = evaluate(self.model, self.val_data, self.cfg.rho, self.use_forces, device=self.device)
         if not math.isfinite(val.loss):

@@ -1,0 +1,50 @@
+"""Shared fixtures: small real molecules and helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from schnet_model import ModelConfig, Molecules, SchNet
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART_DATA = ROOT / "data" / "ethanol_gfn2xtb_500K.npz"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def random_molecules(n_mols: int, sizes: tuple[int, ...] = (3, 9, 5), seed: int = 0, forces: bool = True) -> Molecules:
+    """Random molecules with sensible interatomic distances (atoms on a jittered grid), H/C/N/O."""
+    rng = np.random.default_rng(seed)
+    Z, R, ptr, E = [], [], [0], []
+    for m in range(n_mols):
+        n = sizes[m % len(sizes)]
+        grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        pos = grid[rng.permutation(27)[:n]] * 1.3 + rng.normal(0, 0.15, (n, 3))
+        Z.append(rng.choice([1, 6, 7, 8], n))
+        R.append(pos)
+        ptr.append(ptr[-1] + n)
+        E.append(rng.normal(-100.0 * n, 1.0))
+    Zc, Rc = np.concatenate(Z), np.concatenate(R)
+    return Molecules(
+        Z=Zc, R=Rc, atom_ptr=np.array(ptr), E=np.array(E),
+        F=rng.normal(0, 1, Rc.shape) if forces else None, energy_unit="kcal/mol", name="random",
+    )
+
+
+def small_model(dtype: torch.dtype = torch.float64, seed: int = 0, **kw) -> SchNet:
+    """A small SchNet with non-trivial offsets."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{"n_atom_basis": 16, "n_filters": 16, "n_interactions": 2, "rbf_max": 10.0, **kw})
+    m = SchNet(cfg).to(dtype)
+    ref = np.zeros(100)
+    ref[[1, 6, 7, 8]] = [-0.5, -37.8, -54.6, -75.0]
+    m.offsets.set(ref, 2.0)
+    return m
+
+
+@pytest.fixture
+def quickstart_data() -> Path:
+    return QUICKSTART_DATA
