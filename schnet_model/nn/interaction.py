@@ -51,6 +51,6 @@ class Interaction(nn.Module):
         w = self.filter_net(rbf)  # [n_pairs, n_filters]
         if fcut is not None:
             w = w * fcut[:, None]
-        msg = h[idx_j] * w  # [n_pairs, n_filters]
+        msg = torch.index_select(h, 0, idx_j) * w  # [n_pairs, n_filters]
         conv = torch.zeros_like(h).index_add_(0, idx_i, msg)  # [n_atoms, n_filters]
         return x + self.f2out(conv)

@@ -49,7 +49,7 @@ class SchNet(nn.Module):
 
     def atomwise(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
         """Atom-wise network outputs y_i [n_atoms] (before scale and references)."""
-        vec = R[batch.idx_j] - R[batch.idx_i]  # [n_pairs, 3]
+        vec = torch.index_select(R, 0, batch.idx_j) - torch.index_select(R, 0, batch.idx_i)  # [n_pairs, 3]
         d = torch.linalg.vector_norm(vec, dim=1)  # [n_pairs]
         rbf = self.rbf(d)  # [n_pairs, n_rbf]
         fcut = self.cutoff(d) if self.cutoff is not None else None  # [n_pairs]

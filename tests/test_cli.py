@@ -1,0 +1,120 @@
+"""`sweep train` end to end, and one-line errors for bad specs and overrides."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import QUICKSTART_DATA, ROOT
+
+from schnet_model import load_model
+
+
+def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def spec(tmp_path) -> Path:
+    body = {
+        "name": "tiny",
+        "dataset": {"path": str(QUICKSTART_DATA), "n_train": 24, "n_val": 8, "n_test": 8},
+        "model": {"n_atom_basis": 16, "n_filters": 16, "n_interactions": 2},
+        "training": {"max_epochs": 5, "batch_size": 8},
+    }
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(body))
+    return p
+
+
+def test_train_end_to_end(tmp_path, spec):
+    r = sweep("train", str(spec), "--set", "training.max_epochs=2", "--out", "model", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch    2" in r.stdout and "epoch    3" not in r.stdout  # the override took effect
+    assert "test (8 molecules): energy MAE" in r.stdout and "kcal/mol/Å" in r.stdout
+    model, info = load_model(tmp_path / "model")
+    assert info.energy_unit == "kcal/mol" and info.elements == [1, 6, 8]
+    assert model.config.n_atom_basis == 16
+    split = json.loads((tmp_path / "model" / "split.json").read_text())
+    assert len(split["train"]) == 24 and not set(split["train"]) & set(split["test"])
+    assert len(split["dataset_sha256"]) == 64
+    metrics = json.loads((tmp_path / "model" / "metadata.json").read_text())["metrics"]
+    assert np.isfinite(metrics["test"]["forces_mae"])
+
+
+def test_relative_dataset_path_resolves_against_spec_dir(tmp_path):
+    sub = tmp_path / "specs"
+    sub.mkdir()
+    (tmp_path / "d.npz").write_bytes(QUICKSTART_DATA.read_bytes())
+    (sub / "s.yaml").write_text(yaml.safe_dump({"dataset": {"path": "../d.npz", "n_train": 8, "n_val": 4, "n_test": 4},
+                                                "model": {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1},
+                                                "training": {"max_epochs": 1}}))
+    r = sweep("train", "specs/s.yaml", "--out", "m", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "training.max_epochs=abc"], "training.max_epochs: Input should be a valid integer"),
+        (["--set", "training.lr=-1"], "training.lr: Input should be greater than 0"),
+        (["--set", "model.cutoff=oops"], "model.cutoff: Input should be a valid number"),
+        (["--set", "training.max_epoch=3"], "training.max_epoch: unknown key (from --set training.max_epoch=3)"),
+        (["--set", "training.scheduler=cosine"], "training.scheduler: Input should be 'exponential' or 'plateau'"),
+        (["--set", "dataset.energy_unit=kcal"], "dataset.energy_unit: unknown energy unit 'kcal'"),
+        (["--set", "training"], "expected dotted.key=value"),
+        (["--set", "dataset.path.x=1"], "dataset.path is"),
+        (["--set", "dataset.n_train=900", "--set", "dataset.n_val=200"], "split asks for 1108 molecules"),
+    ],
+)
+def test_bad_overrides_give_one_line_errors(tmp_path, spec, args, expected):
+    r = sweep("train", str(spec), *args, "--out", "m", cwd=tmp_path)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("dataset: {path: x.npz}\ntraining: {epochs: 3}\n", "training.epochs: unknown key"),
+        ("dataset: {path: x.npz}\nmodel: {n_interactions: 0}\n", "model.n_interactions: Input should be greater than or equal to 1"),
+        ("model: {}\n", "dataset: required key is missing"),
+        ("dataset: {path: x.npz\n  bad\n", "line "),
+        ("- a\n- b\n", "expected a mapping"),
+        ("dataset: {path: missing.npz}\n", "missing.npz: no such file"),
+    ],
+)
+def test_bad_spec_files_give_one_line_errors(tmp_path, text, expected):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    r = sweep("train", str(p), cwd=tmp_path)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+    assert "bad.yaml" in lines[0] or "missing.npz" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_spec_file(tmp_path):
+    r = sweep("train", "nope.yaml", cwd=tmp_path)
+    assert r.returncode != 0 and "nope.yaml: no such spec file" in r.stderr
+
+
+def test_quickstart_spec_validates():
+    from orchestrator.spec import load_spec
+
+    s = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
+    assert s.dataset.path == QUICKSTART_DATA and s.model.n_rbf == 300
+
+
+def test_data_info(tmp_path):
+    r = sweep("data", "info", str(QUICKSTART_DATA), cwd=tmp_path)
+    assert r.returncode == 0 and "1000 molecules" in r.stdout and "kcal/mol" in r.stdout

@@ -1,0 +1,44 @@
+"""Project rules that can be checked mechanically."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+def test_model_package_never_imports_orchestrator_ray_or_mlflow():
+    forbidden = {"orchestrator", "ray", "mlflow", "optuna"}
+    for path in (ROOT / "schnet_model").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] not in forbidden, f"{path}: imports {n}"
+
+
+def test_no_pickle_loading_anywhere():
+    for path in list((ROOT / "schnet_model").rglob("*.py")) + list((ROOT / "orchestrator").rglob("*.py")):
+        text = path.read_text()
+        assert "pickle.load" not in text and "allow_pickle=True" not in text, path
+        if "torch.load(" in text:
+            assert "weights_only=True" in text, path
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not (ROOT / ".venv" / "bin" / "ruff").exists(), reason="ruff not installed")
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or str(ROOT / ".venv" / "bin" / "ruff")
+    r = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cli_entry_point_imports():
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "train" in r.stdout
