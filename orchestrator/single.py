@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator.spec import TrainSpec
-from schnet_model import Molecules, SchNet, Trainer, evaluate, read_dataset, save_model
+from schnet_model import SchNet, Trainer, evaluate, save_model
+from schnet_model.data.load import checksum, load_dataset
 from schnet_model.data.splits import random_split
 from schnet_model.model_dir import ModelInfo
 from schnet_model.training.metrics import Metrics
@@ -30,25 +30,15 @@ class TrainOutcome:
     epochs: int
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_data(spec: TrainSpec) -> Molecules:
-    ds = spec.dataset
-    return read_dataset(ds.path, ds.format, ds.energy_unit, ds.length_unit)
 
 
 def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> TrainOutcome:
     """Read the data, split, train with per-epoch progress, evaluate, write the model directory."""
     console = console or Console()
-    data = load_data(spec)
-    console.print(data.describe())
     ds = spec.dataset
+    loaded = load_dataset(ds)
+    data = loaded.molecules
+    console.print(data.describe())
     split = random_split(len(data), ds.n_train, ds.n_val, ds.n_test, ds.split_seed)
     train, val = data.subset(split.train), data.subset(split.val)
     test = data.subset(split.test) if len(split.test) else None
@@ -85,8 +75,8 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
     if test_m is not None:
         console.print(f"[bold]test[/] ({len(test)} molecules): {test_m.format()}")
     manifest = {
-        "dataset": str(ds.path),
-        "dataset_sha256": file_sha256(ds.path),
+        "dataset": str(loaded.path),
+        "dataset_sha256": checksum(loaded.path),
         "split_seed": ds.split_seed,
         **split.as_dict(),
     }
@@ -94,7 +84,7 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
         energy_unit=data.energy_unit,
         elements=data.elements,
         extra={
-            "dataset": {"path": str(ds.path), "name": data.name, **data.meta},
+            "dataset": {"path": str(loaded.path), "name": data.name, **data.meta},
             "training": spec.training.model_dump(),
             "metrics": {"val": val_m.as_dict(), "test": test_m.as_dict() if test_m else None},
             "best_epoch": result.best_epoch,

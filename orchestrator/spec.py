@@ -106,6 +106,6 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, schema: type
     origin = apply_overrides(raw, overrides or [])
     spec = validate(schema, raw, str(path), origin)
     ds = spec.dataset
-    if not ds.path.is_absolute():
+    if ds.path is not None and not ds.path.is_absolute():
         ds.path = (path.resolve().parent / ds.path).resolve()
     return spec

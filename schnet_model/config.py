@@ -50,22 +50,40 @@ class ModelConfig(_Strict):
         return int(round(self.rbf_max / self.rbf_spacing))
 
 
+FORMATS = ("auto", "md17", "rmd17", "iso17", "qm9", "spk_db", "ase", "extxyz", "sgdml_xyz")
+DOWNLOADS = ("md17", "rmd17", "iso17", "qm9")
+
+
 class DatasetConfig(_Strict):
     """Where the data comes from, its units and how it is split.
 
-    ``path`` is resolved against the spec file's directory by the orchestrator.
+    ``path`` is resolved against the spec file's directory by the orchestrator. With
+    ``download`` set and no ``path``, the file is fetched into the cache (``$SWEEP_DATA``).
     """
 
-    path: Path = Field(..., description="dataset file")
-    format: Literal["auto", "md17", "rmd17"] = "auto"
-    energy_unit: str | None = Field(None, description="override the unit the file declares")
-    length_unit: str | None = Field(None, description="override the unit the file declares")
+    path: Path | None = Field(None, description="dataset file or directory (ISO17)")
+    download: Literal["md17", "rmd17", "iso17", "qm9"] | None = Field(
+        None, description="fetch this dataset into the cache when path is not given"
+    )
+    molecule: str | None = Field(None, description="MD17/rMD17 molecule, e.g. aspirin")
+    format: Literal["auto", "md17", "rmd17", "iso17", "qm9", "spk_db", "ase", "extxyz", "sgdml_xyz"] = "auto"
+    energy_unit: str | None = Field(None, description="declare the file's energy unit (overrides the file)")
+    length_unit: str | None = Field(None, description="declare the file's length unit (overrides the file)")
+    unit: str | None = Field(None, description="convert energies to this unit for training and reports")
+    energy_key: str = Field("energy", description="ASE formats: energy property name")
+    forces_key: str = Field("forces", description="ASE formats: forces property name")
+    iso17_test: Literal["test_within", "test_other"] = Field(
+        "test_within", description="ISO17 test set: known molecules (within) or unknown molecules (other)"
+    )
+    rmd17_split: int | None = Field(None, ge=1, le=5, description="official rMD17 split index_{train,test}_0X.csv")
+    qm9_target: Literal["U0", "U", "H", "G"] = "U0"
+    qm9_exclude_uncharacterized: bool = True
     n_train: int = Field(1000, ge=1, description="training molecules (paper: 1,000 or 50,000)")
     n_val: int = Field(1000, ge=1, description="validation molecules (early stopping, model choice)")
-    n_test: int | None = Field(None, ge=1, description="test molecules; null = all the rest")
+    n_test: int | None = Field(None, ge=1, description="test molecules; null = all the rest (or the official test set)")
     split_seed: int = 0
 
-    @field_validator("energy_unit")
+    @field_validator("energy_unit", "unit")
     @classmethod
     def _energy_unit(cls, v: str | None) -> str | None:
         return None if v is None else canonical_energy_unit(v)
@@ -74,6 +92,14 @@ class DatasetConfig(_Strict):
     @classmethod
     def _length_unit(cls, v: str | None) -> str | None:
         return None if v is None else canonical_length_unit(v)
+
+    @model_validator(mode="after")
+    def _source(self) -> DatasetConfig:
+        if self.path is None and self.download is None:
+            raise ValueError("give dataset.path or dataset.download")
+        if self.download in ("md17", "rmd17") and self.path is None and not self.molecule:
+            raise ValueError(f"dataset.download: {self.download} needs dataset.molecule (e.g. aspirin)")
+        return self
 
 
 class TrainingConfig(_Strict):

@@ -87,6 +87,7 @@ def test_bad_overrides_give_one_line_errors(tmp_path, spec, args, expected):
         ("dataset: {path: x.npz}\ntraining: {epochs: 3}\n", "training.epochs: unknown key"),
         ("dataset: {path: x.npz}\nmodel: {n_interactions: 0}\n", "model.n_interactions: Input should be greater than or equal to 1"),
         ("model: {}\n", "dataset: required key is missing"),
+        ("dataset: {n_train: 3}\n", "dataset: give dataset.path or dataset.download"),
         ("dataset: {path: x.npz\n  bad\n", "line "),
         ("- a\n- b\n", "expected a mapping"),
         ("dataset: {path: missing.npz}\n", "missing.npz: no such file"),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from schnet_model.config import DatasetConfig
+from schnet_model.data.load import Dataset, register
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.units import UnitError, canonical_energy_unit, canonical_length_unit, length_factor
 
@@ -27,7 +29,7 @@ def _scalar(npz, key: str) -> str | None:
 
 
 def detect_format(path: Path) -> str:
-    """'md17' or 'rmd17' from the npz's keys."""
+    """The format of ``path`` from its name and content."""
     if path.suffix != ".npz":
         raise DataError(f"{path}: cannot detect the format (expected an .npz file: md17 or rmd17)")
     with _open_npz(path) as npz:
@@ -79,8 +81,10 @@ def read_npz(
             F = np.asarray(npz[keys[3]], dtype=np.float64) if keys[3] in npz.files else None
         except ValueError as e:
             raise DataError(f"{path}: {e}") from e
+        file_unit = _scalar(npz, "e_unit")
+        unit_source = "spec (dataset.energy_unit)" if energy_unit else "file (e_unit)" if file_unit else "format default (kcal/mol)"
         try:
-            e_unit = canonical_energy_unit(energy_unit or _scalar(npz, "e_unit") or "kcal/mol")
+            e_unit = canonical_energy_unit(energy_unit or file_unit or "kcal/mol")
             r_unit = canonical_length_unit(length_unit or _scalar(npz, "r_unit") or "Å")
         except UnitError as e:
             raise DataError(f"{path}: {e}") from e
@@ -103,10 +107,25 @@ def read_npz(
         F=None if F is None else F.reshape(-1, 3) / scale_r,
         energy_unit=e_unit,
         name=meta.get("name", path.stem),
-        meta={"format": fmt, "source": str(path), "length_unit_in_file": r_unit, **meta},
+        meta={"format": fmt, "source": str(path), "length_unit_in_file": r_unit, "energy_unit_source": unit_source,
+              **({"energy_unit_in_file": canonical_energy_unit(file_unit)} if file_unit and energy_unit else {}), **meta},
     )
 
 
-def read_dataset(path: str | Path, fmt: str = "auto", energy_unit: str | None = None, length_unit: str | None = None) -> Molecules:
-    """Read any supported dataset file."""
-    return read_npz(path, fmt, energy_unit, length_unit)
+@register("md17")
+def _md17(path: Path, cfg: DatasetConfig) -> Dataset:
+    return Dataset(read_npz(path, "md17", cfg.energy_unit, cfg.length_unit))
+
+
+@register("rmd17")
+def _rmd17(path: Path, cfg: DatasetConfig) -> Dataset:
+    return Dataset(read_npz(path, "rmd17", cfg.energy_unit, cfg.length_unit))
+
+
+def read_dataset(path: str | Path, fmt: str = "auto", energy_unit: str | None = None, length_unit: str | None = None,
+                 **options) -> Molecules:
+    """Read any supported dataset file (all of it; official splits are in :func:`load_dataset`)."""
+    from schnet_model.data.load import load_dataset
+
+    cfg = DatasetConfig(path=Path(path), format=fmt, energy_unit=energy_unit, length_unit=length_unit, **options)
+    return load_dataset(cfg).molecules

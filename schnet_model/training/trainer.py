@@ -125,7 +125,7 @@ class Trainer:
             pred = self.model(batch, forces=self.use_forces, create_graph=True)
             loss = energy_force_loss(pred, batch, self.cfg.rho, self.use_forces)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(self.epoch, self.step, float(loss))
+                raise NonFiniteLossError(self.epoch, self.step, float(loss.detach()))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.grad_clip is not None:
