@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from orchestrator.spec import TrainSpec
 from schnet_model import SchNet, Trainer, evaluate, save_model
 from schnet_model.data.load import checksum, load_dataset
-from schnet_model.data.splits import random_split
+from schnet_model.data.splits import SplitManifest, random_split
 from schnet_model.model_dir import ModelInfo
 from schnet_model.training.metrics import Metrics
 
@@ -39,10 +38,11 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
     loaded = load_dataset(ds)
     data = loaded.molecules
     console.print(data.describe())
-    split = random_split(len(data), ds.n_train, ds.n_val, ds.n_test, ds.split_seed)
+    split = random_split(len(data), ds.n_train, ds.n_val, ds.n_test, ds.split_seed, loaded.test, loaded.train_pool)
     train, val = data.subset(split.train), data.subset(split.val)
     test = data.subset(split.test) if len(split.test) else None
-    console.print(f"split (seed {ds.split_seed}): {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test")
+    official = " (official test set)" if loaded.test is not None else ""
+    console.print(f"split (seed {ds.split_seed}): {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test{official}")
     torch.manual_seed(spec.training.seed)
     model = SchNet(spec.model)
     trainer = Trainer(model, train, val, spec.training)
@@ -74,12 +74,11 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
     console.print(f"[bold]validation[/] ({len(val)} molecules): {val_m.format()}")
     if test_m is not None:
         console.print(f"[bold]test[/] ({len(test)} molecules): {test_m.format()}")
-    manifest = {
-        "dataset": str(loaded.path),
-        "dataset_sha256": checksum(loaded.path),
-        "split_seed": ds.split_seed,
-        **split.as_dict(),
-    }
+    manifest = SplitManifest(
+        dataset=str(loaded.path), dataset_sha256=checksum(loaded.path), seed=ds.split_seed, test=split.test,
+        train=split.train, val=split.val, official_test=loaded.test is not None,
+    )
+    manifest.check_disjoint()
     info = ModelInfo(
         energy_unit=data.energy_unit,
         elements=data.elements,
@@ -91,6 +90,6 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
             "stop_reason": result.stop_reason,
         },
     )
-    path = save_model(trainer.model, info, out, extra_files={"split.json": json.dumps(manifest), "spec.json": spec.model_dump_json(indent=2)})
+    path = save_model(trainer.model, info, out, extra_files={"split.json": manifest.to_json(), "spec.json": spec.model_dump_json(indent=2)})
     console.print(f"model written to {path}")
     return TrainOutcome(path, val_m, test_m, result.stop_reason, result.history[-1].epoch if result.history else 0)
