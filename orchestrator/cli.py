@@ -86,20 +86,23 @@ def data_generate(
 
 
 @data_app.command("info")
-def data_info(path: Annotated[Path, typer.Argument(help="dataset file")]) -> None:
-    """Counts, elements and units of a dataset file."""
-    from schnet_model import read_dataset
+def data_info(
+    path: Annotated[Path, typer.Argument(help="dataset file or directory")],
+    fmt: Annotated[str, typer.Option("--format", help="auto or a format name")] = "auto",
+    energy_unit: Annotated[str | None, typer.Option(help="declare the energy unit (overrides the file)")] = None,
+) -> None:
+    """Counts, atoms per molecule, elements, units, energy and force statistics, detected format."""
+    from pydantic import ValidationError
+
+    from orchestrator.data_info import show_info
     from schnet_model.data.molecules import DataError
 
     try:
-        data = read_dataset(path)
+        show_info(path, fmt, energy_unit, console)
     except DataError as e:
         fail(str(e))
-    console.print(data.describe())
-    if data.E is not None:
-        console.print(f"energy range {data.E.min():.6g} … {data.E.max():.6g} {data.energy_unit}")
-    if data.F is not None:
-        console.print(f"force RMS {float((data.F**2).mean() ** 0.5):.4g} {data.force_unit}")
+    except ValidationError as e:
+        fail(f"{path}: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

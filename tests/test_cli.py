@@ -119,3 +119,14 @@ def test_quickstart_spec_validates():
 def test_data_info(tmp_path):
     r = sweep("data", "info", str(QUICKSTART_DATA), cwd=tmp_path)
     assert r.returncode == 0 and "1000 molecules" in r.stdout and "kcal/mol" in r.stdout
+
+
+def test_data_info_makes_unit_mismatch_visible(tmp_path):
+    r = sweep("data", "info", str(QUICKSTART_DATA), "--energy-unit", "Ha", cwd=tmp_path)
+    assert r.returncode == 0
+    out = " ".join(r.stdout.split())
+    assert "Ha — spec (dataset.energy_unit)" in out
+    assert "the file declares kcal/mol but the spec/option overrides it to Ha" in out
+    assert "force RMS is 636 eV/Å if the energy unit really is Ha" in out
+    r = sweep("data", "info", str(QUICKSTART_DATA), cwd=tmp_path)
+    assert "unit warning" not in r.stdout and "kcal/mol — file (e_unit)" in " ".join(r.stdout.split())
