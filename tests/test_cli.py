@@ -118,7 +118,7 @@ def test_quickstart_spec_validates():
 
 def test_data_info(tmp_path):
     r = sweep("data", "info", str(QUICKSTART_DATA), cwd=tmp_path)
-    assert r.returncode == 0 and "1000 molecules" in r.stdout and "kcal/mol" in r.stdout
+    assert r.returncode == 0 and "1,000" in r.stdout and "md17" in r.stdout and "kcal/mol" in r.stdout
 
 
 def test_data_info_makes_unit_mismatch_visible(tmp_path):
