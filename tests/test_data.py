@@ -122,3 +122,15 @@ def test_shared_sgdml_ccsdt_file():
     d = read_dataset(SHARED / "sgdml" / "ethanol_ccsd_t-train.npz")
     assert len(d) == 1000 and d.n_atoms[0] == 9 and d.energy_unit == "kcal/mol"
     assert d.E.shape == (1000,) and d.E.mean() < -9.0e4  # CCSD(T) total energies, ~-97,000 kcal/mol
+
+
+def test_cutoff_pairs_many_matches_per_molecule_lists():
+    from schnet_model.data.neighbors import cutoff_pairs, cutoff_pairs_many
+
+    d = random_molecules(50, sizes=(3, 9, 5, 1, 12), seed=9)
+    pairs, counts = cutoff_pairs_many(d.R, d.atom_ptr, 2.2, chunk=7)
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    for m in range(len(d)):
+        ref = cutoff_pairs(d.R[d.atom_ptr[m] : d.atom_ptr[m + 1]], 2.2)
+        assert np.array_equal(pairs[ptr[m] : ptr[m + 1]], ref), m
+    assert counts.sum() > 0 and counts[3] == 0  # the single atom has no neighbours

@@ -26,6 +26,48 @@ def cutoff_pairs(R: np.ndarray, cutoff: float) -> np.ndarray:
     return np.stack([i[order], j[order]], axis=1).astype(np.int64)
 
 
+def cutoff_pairs_many(R: np.ndarray, atom_ptr: np.ndarray, cutoff: float, chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """Cutoff pairs of many molecules with few vesin calls.
+
+    Molecules are placed on a grid with a spacing larger than their extent plus the cutoff, so
+    one neighbour search over a chunk finds exactly the intra-molecular pairs.
+
+    Returns:
+        pairs: [n_pairs, 2] local (per-molecule) atom indices, grouped by molecule, sorted by (i, j).
+        counts: [n_mols] pairs per molecule.
+    """
+    import vesin
+
+    n_mols = len(atom_ptr) - 1
+    counts = np.diff(atom_ptr)
+    mol_of_atom = np.repeat(np.arange(n_mols), counts)  # [n_atoms]
+    # centre each molecule, then measure the largest radius
+    centre = np.add.reduceat(R, atom_ptr[:-1], axis=0) / counts[:, None]  # [n_mols, 3]
+    local = R - centre[mol_of_atom]
+    radius = float(np.sqrt((local**2).sum(axis=1)).max()) if len(R) else 0.0
+    spacing = 2.0 * radius + cutoff + 1.0
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    out_pairs, out_counts = [], []
+    for start in range(0, n_mols, chunk):
+        stop = min(start + chunk, n_mols)
+        a0, a1 = atom_ptr[start], atom_ptr[stop]
+        m = mol_of_atom[a0:a1] - start  # [n_chunk_atoms]
+        side = int(np.ceil((stop - start) ** (1 / 3)))
+        grid = np.stack(np.unravel_index(m, (side, side, side)), axis=1) * spacing  # [n_chunk_atoms, 3]
+        pts = local[a0:a1] + grid
+        i, j = nl.compute(points=pts, box=np.zeros((3, 3)), periodic=False, quantities="ij")
+        i, j = i.astype(np.int64), j.astype(np.int64)
+        order = np.lexsort((j, i))
+        i, j = i[order], j[order]
+        pm = m[i]  # molecule of each pair (sorted by i, so grouped by molecule)
+        first = atom_ptr[start:stop][pm] - a0  # first atom of the pair's molecule, chunk-local
+        out_pairs.append(np.stack([i - first, j - first], axis=1))
+        out_counts.append(np.bincount(pm, minlength=stop - start))
+    if not out_pairs:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_pairs), np.concatenate(out_counts)
+
+
 class NeighborCache:
     """Per-molecule pair lists for a dataset, built once.
 
@@ -44,10 +86,8 @@ class NeighborCache:
             self._pairs = None
             self._pair_ptr = None
         else:
-            lists = [cutoff_pairs(R[a:b], cutoff) for a, b in zip(atom_ptr[:-1], atom_ptr[1:], strict=True)]
-            self.pair_counts = np.array([len(p) for p in lists], dtype=np.int64)
+            self._pairs, self.pair_counts = cutoff_pairs_many(R, atom_ptr, cutoff)
             self._pair_ptr = np.concatenate([[0], np.cumsum(self.pair_counts)])
-            self._pairs = np.concatenate(lists) if lists else np.zeros((0, 2), np.int64)
         self._counts = counts
 
     def pairs(self, m: int) -> np.ndarray:
