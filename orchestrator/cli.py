@@ -65,24 +65,43 @@ def data_generate(
     temperature: Annotated[float, typer.Option(help="K")] = 500.0,
     seed: int = 0,
     stride: Annotated[int, typer.Option(min=1, help="MD steps between frames")] = 10,
-    method: Annotated[str, typer.Option(help="labelling method")] = "gfn2-xtb",
+    method: Annotated[str, typer.Option(help="gfn2-xtb, or pyscf:<functional>/<basis> to label frames with DFT")] = "gfn2-xtb",
+    relabel_file: Annotated[Path | None, typer.Option("--relabel", help="relabel this MD17 npz instead of running MD")] = None,
 ) -> None:
-    """Langevin MD labelled by a real quantum-chemistry method, written as an MD17 npz."""
+    """Langevin MD (GFN2-xTB) labelled by a real quantum-chemistry method, written as an MD17 npz."""
+    import numpy as np
     from rich.progress import Progress
 
-    from schnet_model.data.generate import generate_md, start_geometry, write_npz
+    from schnet_model.data.generate import generate_md, parse_method, relabel, start_geometry, write_npz
 
-    if method.lower() != "gfn2-xtb":
-        fail(f"--method {method!r}: expected gfn2-xtb")
     try:
-        start_geometry(molecule)
+        kind, functional, basis = parse_method(method)
     except ValueError as e:
-        fail(f"--molecule: {e}")
+        fail(f"--method: {e}")
+    if relabel_file is not None and kind != "pyscf":
+        fail("--relabel needs --method pyscf:<functional>/<basis>")
+    if relabel_file is None:
+        try:
+            start_geometry(molecule)
+        except ValueError as e:
+            fail(f"--molecule: {e}")
     with Progress(console=console, transient=True) as p:
-        task = p.add_task(f"{molecule} GFN2-xTB MD at {temperature:g} K", total=frames)
-        arrays = generate_md(molecule, frames, temperature, seed, stride, progress=lambda d, t: p.update(task, completed=d))
+        if relabel_file is not None:
+            if not relabel_file.is_file():
+                fail(f"{relabel_file}: no such file")
+            with np.load(relabel_file, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            if "R" not in arrays or "z" not in arrays:
+                fail(f"{relabel_file}: expected an MD17 npz with keys R and z")
+        else:
+            task = p.add_task(f"{molecule} GFN2-xTB MD at {temperature:g} K", total=frames)
+            arrays = generate_md(molecule, frames, temperature, seed, stride, progress=lambda d, t: p.update(task, completed=d))
+        if kind == "pyscf":
+            task = p.add_task(f"PySCF {functional}/{basis} labels", total=len(arrays["R"]))
+            arrays = relabel(arrays, functional, basis, progress=lambda d, t: p.update(task, completed=d))
     write_npz(arrays, out)
-    console.print(f"wrote {frames} frames of {molecule} (GFN2-xTB, kcal/mol, Å) to {out}")
+    theory = str(arrays["theory"])
+    console.print(f"wrote {len(arrays['R'])} frames ({theory}, kcal/mol, Å) to {out}")
 
 
 @data_app.command("info")

@@ -38,3 +38,41 @@ def test_generation_is_deterministic_for_a_seed():
     # identical trajectories up to the SCF convergence of tblite (threads may reorder sums)
     assert np.allclose(a["R"], b["R"], rtol=0, atol=1e-8) and np.allclose(a["E"], b["E"], rtol=0, atol=1e-6)
     assert a["R"].shape == (3, 3, 3) and str(a["e_unit"]) == "kcal/mol"
+
+
+def test_pyscf_labels_are_consistent_forces(tmp_path):
+    pytest.importorskip("pyscf")
+    from schnet_model.data.generate import label_pyscf, parse_method
+
+    assert parse_method("pyscf:pbe/def2-svp") == ("pyscf", "pbe", "def2-svp")
+    with pytest.raises(ValueError, match="expected gfn2-xtb or pyscf"):
+        parse_method("b3lyp")
+    z = np.array([8, 1, 1])
+    R = np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
+    e, f = label_pyscf(z, R, "hf", "sto-3g")
+    assert e == pytest.approx(-74.9629 * 627.5095, abs=0.5)  # HF/STO-3G water ≈ −74.963 Ha
+    h = 1e-4
+    Rp, Rm = R.copy(), R.copy()
+    Rp[1, 1] += h
+    Rm[1, 1] -= h
+    fd = -(label_pyscf(z, Rp, "hf", "sto-3g")[0] - label_pyscf(z, Rm, "hf", "sto-3g")[0]) / (2 * h)
+    assert fd == pytest.approx(f[1, 1], abs=0.05)
+    assert np.abs(f.sum(axis=0)).max() < 1e-3
+
+
+def test_cli_relabels_with_pyscf(tmp_path):
+    pytest.importorskip("pyscf")
+    import subprocess
+    import sys
+
+    a = generate_md("water", frames=2, temperature=300, seed=1, stride=2, equilibration=2)
+    np.savez(tmp_path / "w.npz", **a)
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "data", "generate", "--relabel", str(tmp_path / "w.npz"),
+                        "--method", "pyscf:hf/sto-3g", "-o", str(tmp_path / "w_hf.npz")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    b = np.load(tmp_path / "w_hf.npz")
+    assert str(b["theory"]) == "HF/sto-3g (PySCF)" and np.allclose(b["R"], a["R"])
+    assert b["E"].mean() < -4.6e4  # HF total energies (~−47,000 kcal/mol) replaced the xTB ones (~−3,200)
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "data", "generate", "--method", "dft", "-o", "x.npz"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "--method: unknown method 'dft'" in r.stderr and not (tmp_path / "x.npz").exists()

@@ -127,3 +127,54 @@ def label_gfn2(Z: np.ndarray, R: np.ndarray) -> tuple[float, np.ndarray]:
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     f = energy_factor("eV", "kcal/mol")
     return atoms.get_potential_energy() * f, atoms.get_forces() * f
+
+
+def parse_method(method: str) -> tuple[str, str | None, str | None]:
+    """``'gfn2-xtb'`` → ('gfn2-xtb', None, None); ``'pyscf:pbe/def2-svp'`` → ('pyscf', 'pbe', 'def2-svp')."""
+    m = method.strip().lower()
+    if m == "gfn2-xtb":
+        return "gfn2-xtb", None, None
+    if m.startswith("pyscf:") and "/" in m[6:]:
+        functional, basis = m[6:].split("/", 1)
+        if functional and basis:
+            return "pyscf", functional, basis
+    raise ValueError(f"unknown method {method!r}; expected gfn2-xtb or pyscf:<functional>/<basis> (e.g. pyscf:pbe/def2-svp)")
+
+
+def label_pyscf(Z: np.ndarray, R: np.ndarray, functional: str, basis: str) -> tuple[float, np.ndarray]:
+    """DFT (or ``hf``) energy (kcal/mol) and forces (kcal/mol/Å) of one neutral molecule with PySCF.
+
+    Restricted Kohn–Sham for even electron counts, unrestricted otherwise.
+    """
+    from pyscf import dft, gto, scf
+
+    mol = gto.M(atom=[(int(z), tuple(r)) for z, r in zip(Z, R, strict=True)], basis=basis, unit="Angstrom", verbose=0)
+    mol.spin = int(sum(Z)) % 2
+    mol.build()
+    if functional == "hf":
+        mf = scf.RHF(mol) if mol.spin == 0 else scf.UHF(mol)
+    else:
+        mf = dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)
+        mf.xc = functional
+    e_ha = mf.kernel()
+    if not mf.converged:
+        raise RuntimeError(f"PySCF {functional}/{basis} SCF did not converge")
+    grad_ha_bohr = mf.nuc_grad_method().kernel()  # [n_atoms, 3] Ha/bohr
+    ha = energy_factor("Ha", "kcal/mol")
+    bohr = 0.529177210903
+    return float(e_ha) * ha, -np.asarray(grad_ha_bohr) * ha / bohr
+
+
+def relabel(
+    arrays: dict[str, np.ndarray], functional: str, basis: str, progress: Callable[[int, int], None] | None = None
+) -> dict[str, np.ndarray]:
+    """Replace ``E``/``F`` of MD17-layout arrays with PySCF labels (kcal/mol, kcal/mol/Å)."""
+    R, z = arrays["R"], arrays["z"]
+    E, F = np.empty(len(R)), np.empty_like(R)
+    for k in range(len(R)):
+        E[k], F[k] = label_pyscf(z, R[k], functional, basis)
+        if progress is not None:
+            progress(k + 1, len(R))
+    out = dict(arrays)
+    out.update(E=E, F=F, theory=np.array(f"{functional.upper()}/{basis} (PySCF)"), e_unit=np.array("kcal/mol"))
+    return out
