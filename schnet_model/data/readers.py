@@ -1,7 +1,9 @@
 """Readers: file → :class:`Molecules` with declared units.
 
 Formats here: MD17/sGDML npz and rMD17 npz (both kcal/mol and Å unless the file or the spec
-says otherwise). The datasets issue adds ISO17, QM9 and ASE formats.
+says otherwise). ISO17, QM9 and the ASE formats live in :mod:`~schnet_model.data.iso17`,
+:mod:`~schnet_model.data.qm9`, :mod:`~schnet_model.data.formats_ase` and
+:mod:`~schnet_model.data.sgdml_xyz`, imported at the end of this module so that they register.
 """
 
 from __future__ import annotations
@@ -28,10 +30,46 @@ def _scalar(npz, key: str) -> str | None:
     return v.decode() if isinstance(v, bytes) else None if v is None else str(v)
 
 
+KNOWN_FORMATS = (
+    "md17 / rmd17 (.npz), iso17 (directory with reference.db, or an ISO17 .db), "
+    "qm9 (dsgdb9nsd.xyz.tar.bz2), spk_db / ase (.db), extxyz / sgdml_xyz (.xyz, .extxyz), ase (.traj)"
+)
+
+
 def detect_format(path: Path) -> str:
-    """The format of ``path`` from its name and content."""
-    if path.suffix != ".npz":
-        raise DataError(f"{path}: cannot detect the format (expected an .npz file: md17 or rmd17)")
+    """The format of ``path`` from its name and content.
+
+    Args:
+        path: a file, or a directory (ISO17 archive, extracted QM9 xyz files).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        if iso17.iso17_dir(path) is not None:
+            return "iso17"
+        if any(path.glob("dsgdb9nsd*")):
+            return "qm9"
+        raise DataError(f"{path}: cannot detect the format of this directory (expected ISO17's reference.db or "
+                        f"QM9's dsgdb9nsd files); known formats: {KNOWN_FORMATS}")
+    if path.suffix == ".npz":
+        return _detect_npz(path)
+    if name in iso17.ISO17_DBS:
+        return "iso17"
+    if name.endswith(".tar.bz2") or "dsgdb9nsd" in name:
+        return "qm9"
+    if path.suffix == ".db":
+        return formats_ase.db_kind(path)
+    if path.suffix == ".xyz":
+        return "sgdml_xyz" if sgdml_xyz.looks_like_sgdml(path) else "extxyz"
+    if path.suffix == ".extxyz":
+        return "extxyz"
+    if path.suffix == ".traj":
+        return "ase"
+    raise DataError(f"{path}: cannot detect the format from the name; known formats: {KNOWN_FORMATS} "
+                    "(or set dataset.format)")
+
+
+def _detect_npz(path: Path) -> str:
     with _open_npz(path) as npz:
         keys = set(npz.files)
     if set(MD17_KEYS) <= keys:
@@ -129,3 +167,7 @@ def read_dataset(path: str | Path, fmt: str = "auto", energy_unit: str | None = 
 
     cfg = DatasetConfig(path=Path(path), format=fmt, energy_unit=energy_unit, length_unit=length_unit, **options)
     return load_dataset(cfg).molecules
+
+
+# readers of the other formats register themselves on import
+from schnet_model.data import formats_ase, iso17, qm9, sgdml_xyz  # noqa: E402, F401
