@@ -124,6 +124,25 @@ def data_info(
         fail(f"{path}: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
 
 
+@data_app.command("download")
+def data_download(
+    dataset: Annotated[str, typer.Argument(help="md17, rmd17, iso17 or qm9")],
+    molecule: Annotated[str | None, typer.Option(help="MD17/rMD17 molecule, e.g. aspirin")] = None,
+    dest: Annotated[Path | None, typer.Option(help="cache directory (default $SWEEP_DATA, else ~/.cache/sweep/data)")] = None,
+) -> None:
+    """Fetch a dataset from its official source into the cache, verify it, print its path."""
+    from schnet_model.data.download import fetch
+    from schnet_model.data.molecules import DataError
+
+    try:
+        path = fetch(dataset.lower(), molecule, dest, full_check=True)
+    except DataError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing partial was left in the cache", 130)
+    console.print(f"{dataset.lower()}{f' {molecule}' if molecule else ''}: {path}", soft_wrap=True, highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console-script entry point
     app()
 
