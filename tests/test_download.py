@@ -10,8 +10,10 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -249,8 +251,6 @@ def test_rmd17_archive_extracted_atomically(cache, server):
     with pytest.raises(DownloadError) as e:
         fetch("rmd17", "aspirin", progress=False)
     assert "modified" in one_line(e) and "extract it again" in str(e.value)
-    import shutil
-
     shutil.rmtree(cache / "rmd17" / "rmd17")
     assert fetch("rmd17", "aspirin", progress=False).is_file()
     assert server.requests == ["/rmd17/rmd17.tar.bz2"] and not leftovers(cache)
@@ -390,3 +390,16 @@ def test_cli(tmp_path, server):
 
     r = sweep_download("md22", env=env)
     assert r.returncode != 0 and "unknown dataset" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_concurrent_fetches_download_once(cache, server):
+    server.routes[ETHANOL] = Route(md17_npz(), delay=0.3)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(fetch("md17", "ethanol", progress=False)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 2 and results[0] == results[1] and results[0].is_file()
+    assert server.requests == [ETHANOL] and not leftovers(cache)
