@@ -538,14 +538,14 @@ class _Cache:
             else:
                 digest = sha256_file(apath)
                 self._check_digest(key, digest, str(apath), "delete it to download it again")
-            digests = self._extract_into_place(key, apath, None, f"{apath}: {{}}; delete it to download it again")
+            digests = self._extract_into_place(key, apath, None, lambda e: f"{apath}: {e}; delete it to download it again")
             if key not in self.files:
                 self._record(key, digest, url=url, source="placed in the cache")
         else:
             tmp, digest = self._download(key)
             try:
                 self._check_digest(key, digest, url, "the download was deleted")
-                digests = self._extract_into_place(key, tmp, apath, f"{url}: {{}}; the download was deleted")
+                digests = self._extract_into_place(key, tmp, apath, lambda e: f"{url}: {e}; the download was deleted")
             finally:
                 tmp.unlink(missing_ok=True)
             self._record(key, digest, url=url, source="downloaded")
@@ -568,7 +568,8 @@ class _Cache:
                 except _Invalid as e:
                     raise _Invalid(f"{m}: {e}") from e
 
-    def _extract_into_place(self, key: str, archive: Path, move_archive_to: Path | None, err: str) -> dict[str, str]:
+    def _extract_into_place(self, key: str, archive: Path, move_archive_to: Path | None,
+                            err: Callable[[object], str]) -> dict[str, str]:
         """Extract into a temporary directory, check the members, rename into place (then move the archive).
 
         Returns the sha256 of every extracted file by cache key.
@@ -582,9 +583,9 @@ class _Cache:
                     digests = _extract(archive, _tar_mode(key), tmpdir, advance)
                 self._check_members(tmpdir, required)
             except _Invalid as e:
-                raise DownloadError(err.format(e)) from e
+                raise DownloadError(err(e)) from e
             except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-                raise DownloadError(err.format(f"not a readable {Path(key).suffix[1:]} tar archive ({e})")) from e
+                raise DownloadError(err(f"not a readable {Path(key).suffix[1:]} tar archive ({e})")) from e
             prefix = key.split("/")[0]
             os.replace(tmpdir / top, dataset_dir / top)
             if move_archive_to is not None:
