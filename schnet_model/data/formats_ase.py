@@ -151,6 +151,8 @@ class AseDb:
             raise DataError(f"{self.path}: no such file")
         with open(self.path, "rb") as f:
             self.sqlite = f.read(16) == SQLITE_MAGIC
+        if not self.sqlite and self.path.suffix != ".json":  # never let ase.db initialise a non-database
+            raise DataError(f"{self.path}: not an ASE database (expected an SQLite file, or an ASE .json db)")
         if self.sqlite:
             try:
                 con = self._connect()
@@ -185,8 +187,12 @@ class AseDb:
     def counts(self) -> tuple[int, int]:
         """(number of rows, total number of atoms)."""
         if self.sqlite:
-            with self._connect() as con:
+            try:
+                con = self._connect()
                 n, nb = con.execute("SELECT COUNT(*), SUM(LENGTH(numbers)) FROM systems").fetchone()
+                con.close()
+            except sqlite3.DatabaseError as e:
+                raise DataError(f"{self.path}: not a readable ASE database ({e})") from e
             return int(n), int(nb or 0) // 4  # numbers are stored as int32
         n = a = 0
         for row in self.rows():
@@ -320,7 +326,9 @@ def read_spk_db(path: Path, cfg: DatasetConfig) -> Molecules:
     if not isinstance(units, dict):
         raise DataError(f"{path}: no schnetpack metadata '_property_unit_dict' (format spk_db); use format 'ase'")
     qm9_like = "energy_U0" in units
-    ekey = cfg.energy_key if cfg.energy_key in units or not qm9_like else SPK_QM9_KEYS[cfg.qm9_target]
+    default_key = DatasetConfig.model_fields["energy_key"].default
+    use_target = qm9_like and cfg.energy_key not in units and cfg.energy_key == default_key
+    ekey = SPK_QM9_KEYS[cfg.qm9_target] if use_target else cfg.energy_key
     if ekey not in units:
         raise DataError(f"{path}: no property {ekey!r} (dataset.energy_key); the database has {sorted(units)}")
     fkey = cfg.forces_key if cfg.forces_key in units else None

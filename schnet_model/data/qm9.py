@@ -103,6 +103,8 @@ def read_qm9_xyz(path: Path, cfg: DatasetConfig) -> Molecules:
             ``uncharacterized.txt`` next to it is used when ``cfg.qm9_exclude_uncharacterized``.
         cfg: uses ``qm9_target``, ``qm9_exclude_uncharacterized``, ``energy_unit``, ``length_unit``.
     """
+    if path.is_file() and not tarfile.is_tarfile(path):
+        raise DataError(f"{path}: not a tar archive (expected QM9's dsgdb9nsd.xyz.tar.bz2 or a directory of its xyz files)")
     base = path if path.is_dir() else path.parent
     unchar_file = base / "uncharacterized.txt"
     exclude: set[int] = set()

@@ -96,7 +96,7 @@ def read_sgdml_xyz(path: Path, energy_unit: str | None = None, length_unit: str 
     from ase.data import atomic_numbers
 
     sym, inv = np.unique(cols[:, 0], return_inverse=True)
-    unknown = [s for s in sym if s not in atomic_numbers]
+    unknown = [str(s) for s in sym if s not in atomic_numbers]
     if unknown:
         j = int(np.flatnonzero(cols[:, 0] == unknown[0])[0])
         line = np.repeat(np.array(starts) - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)[j] + j + 1
