@@ -189,6 +189,7 @@ def test_qm9_uncharacterized_exclusion(qm9_tarball):
     with pytest.raises(DataError, match=r"uncharacterized\.txt is missing: put QM9's official uncharacterized\.txt"):
         read_dataset(qm9_tarball)
     (qm9_tarball.parent / "uncharacterized.txt").write_text(UNCHARACTERIZED)
+    assert len(read_dataset(qm9_tarball.parent, "qm9")) == 2  # the directory holding the tarball
     ds = load_dataset(DatasetConfig(path=qm9_tarball, unit="eV"))
     m = ds.molecules
     assert len(m) == 2 and m.meta["uncharacterized_excluded"] == "1" and m.energy_unit == "eV"

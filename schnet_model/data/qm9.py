@@ -99,10 +99,12 @@ def read_qm9_xyz(path: Path, cfg: DatasetConfig) -> Molecules:
     """Read the official QM9 tarball (or a directory of its extracted xyz files).
 
     Args:
-        path: ``dsgdb9nsd.xyz.tar.bz2`` or a directory of ``dsgdb9nsd_*.xyz``; an
+        path: ``dsgdb9nsd.xyz.tar.bz2``, a directory holding it, or a directory of ``dsgdb9nsd_*.xyz``; an
             ``uncharacterized.txt`` next to it is used when ``cfg.qm9_exclude_uncharacterized``.
         cfg: uses ``qm9_target``, ``qm9_exclude_uncharacterized``, ``energy_unit``, ``length_unit``.
     """
+    if path.is_dir() and not any(path.glob("dsgdb9nsd_*.xyz")) and (path / "dsgdb9nsd.xyz.tar.bz2").is_file():
+        path = path / "dsgdb9nsd.xyz.tar.bz2"  # the download cache's qm9/ directory
     if path.is_file() and not tarfile.is_tarfile(path):
         raise DataError(f"{path}: not a tar archive (expected QM9's dsgdb9nsd.xyz.tar.bz2 or a directory of its xyz files)")
     base = path if path.is_dir() else path.parent
