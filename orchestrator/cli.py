@@ -37,14 +37,19 @@ def train(
 ) -> None:
     """Train one SchNet with the spec's fixed hyperparameters and write a model directory."""
     from orchestrator.single import run_train
-    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.spec import SpecError
+    from orchestrator.sweep_spec import load_sweep_spec
     from schnet_model.data.molecules import DataError
     from schnet_model.training.errors import NonFiniteLossError
 
     try:
-        s = load_spec(spec, set_ or [])
+        sweep_spec = load_sweep_spec(spec, set_ or [])
     except SpecError as e:
         fail(str(e))
+    s = sweep_spec.train_spec()
+    if sweep_spec.space():
+        console.print(f"the spec searches {', '.join(sweep_spec.space())}; training its first configuration "
+                      "(the paper's, or search.initial_points[0])")
     name = s.name or spec.stem
     out = out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
@@ -55,6 +60,58 @@ def train(
         fail(f"training diverged: {e}", 1)
     except FileExistsError as e:
         fail(str(e))
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="sweep spec YAML")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: dotted.key=value (YAML-typed)")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://HOST:10001); default: a local cluster")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the newest unfinished sweep of this spec")] = False,
+    name: Annotated[str | None, typer.Option(help="with --resume: the sweep to continue")] = None,
+) -> None:
+    """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
+    from orchestrator.spec import SpecError
+    from orchestrator.sweep import SweepError, results_table, run_sweep
+    from orchestrator.sweep_spec import load_sweep_spec
+    from schnet_model.data.molecules import DataError
+
+    try:
+        s = load_sweep_spec(spec, set_ or [])
+        outcome = run_sweep(s, address=address, resume=(name or True) if resume else False, console=console)
+    except (SpecError, SweepError, DataError) as e:
+        fail(str(e))
+    console.print(results_table(outcome, s.dataset.unit or "dataset unit"))
+    if outcome.best is None:
+        fail(f"sweep {outcome.name}: no trial completed", 1)
+    b = outcome.best
+    console.print(f"best trial {b['trial_id']}: " + ", ".join(f"{k}={v}" for k, v in b["params"].items()))
+    console.print(f"MLflow: experiment {s.tracking.experiment or s.name}, sweep run {outcome.parent_run_id} "
+                  f"({s.tracking.resolved_uri()}); fold models under the trial run's fold runs (artifact 'model')")
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="sweep name (default: the newest)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+) -> None:
+    """Trials of a sweep with their status and metrics (read from MLflow)."""
+    from orchestrator.status import show_status
+
+    try:
+        show_status(name, tracking_uri, console)
+    except LookupError as e:
+        fail(str(e))
+
+
+@app.command("list")
+def list_(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+) -> None:
+    """Sweeps in the MLflow store, newest first."""
+    from orchestrator.status import show_list
+
+    show_list(tracking_uri, console)
 
 
 @data_app.command("generate")

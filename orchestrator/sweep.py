@@ -1,0 +1,307 @@
+"""``sweep run``: Ray Tune + Optuna over configurations, k fold members per trial, MLflow tracking."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.space import define_by_run
+from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
+from orchestrator.tracking import PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
+from schnet_model.data.load import checksum, load_dataset
+from schnet_model.data.splits import SplitManifest, holdout, kfold, train_val
+
+METRIC = "val_loss_mean"
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or resume; one line."""
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    storage: Path
+    parent_run_id: str
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    seconds: float
+
+
+def storage_root(spec: SweepSpec) -> Path:
+    return Path(spec.storage) if spec.storage else Path("sweeps").resolve()
+
+
+def latest_unfinished(root: Path, prefix: str) -> str | None:
+    """Newest sweep of this spec name that did not finish."""
+    cands = []
+    for d in root.glob(f"{prefix}-*"):
+        meta = d / "sweep.json"
+        if meta.is_file() and json.loads(meta.read_text()).get("status") != "finished":
+            cands.append(d)
+    return max(cands, key=lambda p: p.stat().st_mtime).name if cands else None
+
+
+class LiveProgress(tune.Callback):
+    """Rich live view: trials running/completed/pruned/failed, best so far, elapsed (a Tune callback)."""
+
+    def __init__(self, total: int, console: Console | None = None) -> None:
+        self.total, self.t0 = total, time.time()
+        self.best: float | None = None
+        self.console = console
+        self.live: Live | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks; consoles and live views hold locks
+        return {**self.__dict__, "live": None, "console": None}
+
+    def table(self, trials: list) -> Table:
+        counts = {"RUNNING": 0, "PENDING": 0, "TERMINATED": 0, "ERROR": 0, "PAUSED": 0}
+        pruned = 0
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+            if t.status == "TERMINATED" and not (t.last_result or {}).get("final"):
+                pruned += 1
+            v = (t.last_result or {}).get(METRIC)
+            if v is not None and np.isfinite(v) and (self.best is None or v < self.best):
+                self.best = v
+        t = Table(title="sweep progress", show_header=True)
+        for c in ("trials", "running", "completed", "pruned", "failed", "best val loss (fold mean)", "elapsed"):
+            t.add_column(c, justify="right")
+        t.add_row(f"{len(trials)}/{self.total}", str(counts["RUNNING"]), str(counts["TERMINATED"] - pruned), str(pruned),
+                  str(counts["ERROR"]), "–" if self.best is None else f"{self.best:.4g}", f"{time.time() - self.t0:.0f} s")
+        return t
+
+    def _refresh(self, trials: list) -> None:
+        if self.live is None:
+            self.live = Live(self.table(trials), console=self.console or Console(), refresh_per_second=2)
+            self.live.start()
+        self.live.update(self.table(trials))
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if iteration % 20 == 0:
+            self._refresh(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._refresh(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._refresh(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._refresh(trials)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self._refresh(trials)
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def prepare_data(spec: SweepSpec):
+    """Load the dataset; hold out the test set; k folds over the CV pool; the split manifest."""
+    ds = spec.dataset
+    loaded = load_dataset(ds)
+    data = loaded.molecules
+    n_pool = ds.n_train + ds.n_val
+    pool, test = holdout(len(data), ds.n_test, ds.split_seed, loaded.test, loaded.train_pool, n_needed=n_pool)
+    if len(pool) > n_pool:
+        pool, _ = train_val(pool, n_pool, 0, ds.split_seed)
+    folds = kfold(pool, spec.cv.k, spec.cv.seed)
+    manifest = SplitManifest(dataset=str(loaded.path), dataset_sha256=checksum(loaded.path), seed=ds.split_seed,
+                             test=test, folds=folds, official_test=loaded.test is not None)
+    manifest.check_disjoint()
+    return data, manifest
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = False,
+              console: Console | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep and return its trials, best first."""
+    import ray
+    from optuna.samplers import TPESampler
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.trial import run_trial
+
+    console = console or Console()
+    t_start = time.time()
+    root = storage_root(spec)
+    root.mkdir(parents=True, exist_ok=True)
+    if resume:
+        name = resume if isinstance(resume, str) else latest_unfinished(root, spec.name)
+        if name is None or not (root / name / "sweep.json").is_file():
+            raise SweepError(f"no unfinished sweep named {spec.name}-* under {root} to resume")
+        meta = json.loads((root / name / "sweep.json").read_text())
+    else:
+        name = f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        meta = {}
+    uri = spec.tracking.resolved_uri()
+    experiment = spec.tracking.experiment or spec.name
+    if spec.resources.gpus_per_fold > 0 and address is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SweepError(f"resources.gpus_per_fold={spec.resources.gpus_per_fold} but this machine has no GPU")
+
+    data, manifest = prepare_data(spec)
+    console.print(f"{data.describe()}")
+    console.print(f"test set {len(manifest.test)} molecules{' (official)' if manifest.official_test else ''}; "
+                  f"{spec.cv.k} folds over {sum(len(f.val) for f in manifest.folds)} molecules")
+    store = Store(uri, experiment)
+    if resume:
+        parent = meta["parent_run_id"]
+    else:
+        from schnet_model import __version__
+
+        parent = store.client.create_run(store.exp_id, run_name=name, tags={
+            ROLE: "sweep", SWEEP_ID: name, "sweep.name": spec.name, "sweep.version": __version__,
+            "sweep.git_commit": git_commit(), "sweep.dataset_sha256": manifest.dataset_sha256}).info.run_id
+        flat = {f"{s}.{k}": v for s in ("cv", "search", "resources") for k, v in getattr(spec, s).model_dump().items()}
+        flat.update({f"model.{k}": v for k, v in spec.model.items()})
+        flat.update({f"training.{k}": v for k, v in spec.training.items()})
+        store.log(parent, {"n_test": len(manifest.test), "k": spec.cv.k}, params=flat)
+        with tempfile.TemporaryDirectory() as t:
+            (Path(t) / "spec.json").write_text(spec.model_dump_json(indent=2))
+            manifest.write(Path(t) / "split.json")
+            store.client.log_artifact(parent, str(Path(t) / "spec.json"))
+            store.client.log_artifact(parent, str(Path(t) / "split.json"))
+        (root / name).mkdir(parents=True, exist_ok=True)
+        meta = {"name": name, "spec_name": spec.name, "parent_run_id": parent, "tracking_uri": uri,
+                "experiment": experiment, "status": "running", "created": time.time()}
+        _write_json(root / name / "sweep.json", meta)
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    data_ref = ray.put(data)
+    ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref},
+           "folds": [(f.train, f.val) for f in manifest.folds], "test": manifest.test}
+    res = spec.resources
+    bundle = {"CPU": res.cpus_per_fold, **({"GPU": res.gpus_per_fold} if res.gpus_per_fold else {})}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    tune.PlacementGroupFactory([{"CPU": 0.01}] + [bundle] * spec.cv.k))
+    tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k)
+    callbacks = [tracker, LiveProgress(spec.search.num_samples, console)]
+    if resume:
+        tuner = tune.Tuner.restore(str(root / name), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        sched = spec.search.scheduler
+        if isinstance(sched, SchedulerConfig) and sched.asha is not None:
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs(),
+                                      grace_period=sched.asha.grace_period, reduction_factor=sched.asha.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
+                                points_to_evaluate=spec.initial_points() or None,
+                                sampler=TPESampler(seed=spec.search.seed))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=ConcurrencyLimiter(searcher, spec.search.max_concurrent),
+                                        scheduler=scheduler, num_samples=spec.search.num_samples,
+                                        time_budget_s=spec.search.time_budget),
+            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=callbacks, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+    results = tuner.fit()
+    trials = summarize(results)
+    reconcile(store, name, trials)
+    best = next((t for t in trials if t["status"] == "completed"), None)
+    if best is not None:
+        _log_best(store, parent, best, data, manifest)
+    store.end(parent, "FINISHED")
+    meta["status"] = "finished"
+    _write_json(root / name / "sweep.json", meta)
+    return SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start)
+
+
+def summarize(results) -> list[dict[str, Any]]:
+    """One dict per trial, completed ones first by CV mean validation loss."""
+    out = []
+    for r in results:
+        m = r.metrics or {}
+        trial_id = m.get("trial_id") or Path(r.path).name
+        status = "failed" if r.error else ("completed" if m.get("final") else "pruned")
+        out.append({
+            "trial_id": m.get("trial_id", trial_id), "status": status, "params": r.config,
+            "val_loss_mean": m.get("best_val_loss_mean", m.get(METRIC)), "val_loss_std": m.get("val_loss_std"),
+            "epochs": m.get("epoch", m.get("training_iteration")),
+            "test_energy_mae": m.get("test_ensemble_energy_mae"), "test_forces_mae": m.get("test_ensemble_forces_mae"),
+            "checkpoint": r.checkpoint.path if r.checkpoint else None,
+            "error": str(r.error).strip().splitlines()[-1] if r.error else None,
+        })
+    rank = {"completed": 0, "pruned": 1, "failed": 2}
+    out.sort(key=lambda t: (rank[t["status"]], t["val_loss_mean"] if t["val_loss_mean"] is not None else np.inf))
+    return out
+
+
+def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
+    """No run left RUNNING: end any trial/fold run the callbacks could not (e.g. the driver died)."""
+    status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+    by_trial = {t["trial_id"]: status[t["status"]] for t in trials}
+    for run in store.find(**{SWEEP_ID: name}):
+        if run.info.status == "RUNNING" and run.data.tags.get(ROLE) in ("trial", "fold"):
+            store.end(run.info.run_id, by_trial.get(run.data.tags.get("sweep.trial_id"), "KILLED"))
+
+
+def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: SplitManifest) -> None:
+    """Best trial: tags on the sweep run, parity plots on the test set."""
+    from orchestrator.plots import parity
+
+    c = store.client
+    runs = store.find(**{"sweep.trial_id": best["trial_id"], ROLE: "trial"})
+    c.set_tag(parent, "sweep.best_trial_id", best["trial_id"])
+    if runs:
+        c.set_tag(parent, "sweep.best_trial_run_id", runs[0].info.run_id)
+    store.log(parent, {"best_val_loss_mean": best["val_loss_mean"] or np.nan,
+                       **({"best_test_energy_mae": best["test_energy_mae"]} if best["test_energy_mae"] is not None else {}),
+                       **({"best_test_forces_mae": best["test_forces_mae"]} if best["test_forces_mae"] is not None else {})})
+    if best["checkpoint"] is None or not len(manifest.test):
+        return
+    pred = np.load(Path(best["checkpoint"]) / "predictions.npz")
+    test = data.subset(pred["test_idx"])
+    unit = data.energy_unit
+    with tempfile.TemporaryDirectory() as t:
+        parity(test.E, pred["test_energy"].mean(0), unit, "energy", Path(t) / "parity_energy.png")
+        c.log_artifact(parent, str(Path(t) / "parity_energy.png"), "plots")
+        if "test_forces" in pred.files:
+            parity(test.F.ravel(), pred["test_forces"].mean(0).ravel(), f"{unit}/Å", "force components",
+                   Path(t) / "parity_forces.png")
+            c.log_artifact(parent, str(Path(t) / "parity_forces.png"), "plots")
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:
+    """Rich table of the top trials."""
+    t = Table(title=f"{outcome.name}: top trials ({outcome.seconds:.0f} s)")
+    for c in ("trial", "status", "CV val loss (mean ± std)", f"test E MAE [{unit}]", f"test F MAE [{unit}/Å]", "epochs"):
+        t.add_column(c)
+    for r in outcome.trials[:top]:
+        std = f" ± {r['val_loss_std']:.3g}" if r["val_loss_std"] is not None else ""
+        t.add_row(r["trial_id"], r["status"] if not r["error"] else f"failed: {r['error'][:60]}",
+                  "–" if r["val_loss_mean"] is None else f"{r['val_loss_mean']:.4g}{std}",
+                  "–" if r["test_energy_mae"] is None else f"{r['test_energy_mae']:.4g}",
+                  "–" if r["test_forces_mae"] is None else f"{r['test_forces_mae']:.4g}", str(r["epochs"]))
+    return t
+
+
+__all__ = ["PARENT", "SweepError", "SweepOutcome", "results_table", "run_sweep"]

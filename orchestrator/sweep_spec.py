@@ -1,0 +1,196 @@
+"""The ``sweep run`` spec: dataset, searched model/training, cv, search, resources, tracking."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from orchestrator.space import Distribution, split_section
+from orchestrator.spec import SpecError, _format_error, apply_overrides, read_yaml
+from schnet_model.config import DatasetConfig, ModelConfig, TrainingConfig, _Strict
+
+
+class CVConfig(_Strict):
+    """k-fold cross-validation over the non-test data; every trial trains k members."""
+
+    k: int = Field(5, ge=2, description="folds (members per trial)")
+    seed: int = 0
+
+
+class ASHAConfig(_Strict):
+    grace_period: int = Field(5, ge=1, description="epochs before a trial can be pruned")
+    reduction_factor: float = Field(3.0, gt=1)
+    max_epochs: int | None = Field(None, ge=1, description="default: training.max_epochs")
+
+
+class SchedulerConfig(_Strict):
+    asha: ASHAConfig | None = None
+
+
+class SearchConfig(_Strict):
+    num_samples: int = Field(20, ge=1, description="trials")
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    scheduler: SchedulerConfig | Literal["none"] = Field(default_factory=lambda: SchedulerConfig(asha=ASHAConfig()))
+    initial_points: list[dict[str, Any]] = Field(
+        default_factory=list, description="first trials ({dotted.key: value}); default: the paper configuration"
+    )
+    time_budget: float | None = Field(None, gt=0, description="seconds for the whole search")
+    checkpoint_every: int = Field(5, ge=1, description="epochs between fold checkpoints")
+    max_failures: int = Field(2, ge=0, description="retries of a trial whose actor crashed")
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_fold: float = Field(1.0, gt=0)
+    gpus_per_fold: float = Field(0.0, ge=0, description="fractional GPUs allowed, e.g. 0.25")
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    experiment: str | None = Field(None, description="default: the sweep name")
+
+    def resolved_uri(self) -> str:
+        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+        elif "://" not in uri:
+            uri = str(Path(uri).resolve())
+        return uri
+
+
+class SweepSpec(_Strict):
+    """Validated ``sweep run`` spec. ``model``/``training`` keep fixed values and distributions."""
+
+    name: str = "sweep"
+    dataset: DatasetConfig
+    model: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    cv: CVConfig = CVConfig()
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: str | None = Field(None, description="Tune results: a local dir (default ./sweeps) or a URI")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ "):
+            raise ValueError("a non-empty name without slashes or spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _check_sections(self) -> SweepSpec:
+        errors = []
+        for section, schema in (("model", ModelConfig), ("training", TrainingConfig)):
+            fixed, dists = split_section(getattr(self, section))
+            try:
+                schema(**fixed)
+            except ValidationError as e:
+                errors += [f"{section}.{_format_error(err)}" for err in e.errors()]
+                continue
+            for key, raw in dists.items():
+                if key not in schema.model_fields:
+                    errors.append(f"{section}.{key}: unknown key")
+                    continue
+                try:
+                    dist = Distribution.model_validate(raw)
+                except ValidationError as e:
+                    errors.append(f"{section}.{key}: {e.errors()[0]['msg'].removeprefix('Value error, ')}")
+                    continue
+                for value in dist.extremes():
+                    try:
+                        schema(**{**fixed, key: value})
+                    except ValidationError as e:
+                        errors.append(f"{section}.{key}: search value {value!r}: {e.errors()[0]['msg']}")
+                        break
+                if dist.when:
+                    for cond in dist.when:
+                        sec, _, k = cond.partition(".")
+                        target = {"model": ModelConfig, "training": TrainingConfig}.get(sec)
+                        if target is None or k not in target.model_fields:
+                            errors.append(f"{section}.{key}.when: unknown key {cond!r}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    # -- derived ------------------------------------------------------------------------
+    def space(self) -> dict[str, Distribution]:
+        """Searched hyperparameters by dotted key."""
+        out = {}
+        for section in ("model", "training"):
+            _, dists = split_section(getattr(self, section))
+            out.update({f"{section}.{k}": Distribution.model_validate(v) for k, v in dists.items()})
+        return out
+
+    def fixed(self) -> dict[str, Any]:
+        """Every non-searched value by dotted key (schema defaults included)."""
+        out: dict[str, Any] = {}
+        for section, schema in (("model", ModelConfig), ("training", TrainingConfig)):
+            fixed, _ = split_section(getattr(self, section))
+            out.update({f"{section}.{k}": v for k, v in schema(**fixed).model_dump().items()})
+        return out
+
+    def initial_points(self) -> list[dict[str, Any]]:
+        """First trials: the spec's, else the paper configuration (schema defaults) for the searched keys."""
+        space = self.space()
+        if self.search.initial_points:
+            return [{k: v for k, v in p.items() if k in space} for p in self.search.initial_points]
+        defaults = {**{f"model.{k}": v for k, v in ModelConfig().model_dump().items()},
+                    **{f"training.{k}": v for k, v in TrainingConfig().model_dump().items()}}
+        fixed = self.fixed()
+        point = {}
+        for k, d in space.items():
+            if d.when and any(fixed.get(c, defaults.get(c)) != v for c, v in d.when.items()):
+                continue
+            point[k] = defaults[k]
+        return [point] if point else []
+
+    def materialize(self, params: dict[str, Any]) -> tuple[ModelConfig, TrainingConfig]:
+        """Model and training configs of one trial (fixed values + sampled ``params``)."""
+        values = {**self.fixed(), **params}
+        model = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("model.")}
+        training = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("training.")}
+        return ModelConfig(**model), TrainingConfig(**training)
+
+    def train_spec(self):
+        """The spec of ``sweep train``: the first trial's configuration (the paper's, or initial_points[0])."""
+        from orchestrator.spec import TrainSpec
+
+        points = self.initial_points()
+        model, training = self.materialize(points[0] if points else {})
+        return TrainSpec(name=self.name, dataset=self.dataset, model=model, training=training)
+
+    def max_epochs(self) -> int:
+        fixed = self.fixed()
+        if isinstance(self.search.scheduler, SchedulerConfig) and self.search.scheduler.asha and self.search.scheduler.asha.max_epochs:
+            return self.search.scheduler.asha.max_epochs
+        return int(fixed["training.max_epochs"])
+
+
+def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a sweep spec; relative paths resolve against the spec's directory."""
+    path = Path(path)
+    raw = read_yaml(path)
+    origin = apply_overrides(raw, overrides or [])
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            line = _format_error(err)
+            loc = ".".join(str(p) for p in err["loc"])
+            hits = [t for k, t in origin.items() if (loc and (loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")))
+                    or (not loc and k in line)]
+            parts.append(f"{line} (from --set {hits[0]})" if hits else line)
+        raise SpecError(f"{path}: " + "; ".join(parts)) from None
+    base = path.resolve().parent
+    if spec.dataset.path is not None and not spec.dataset.path.is_absolute():
+        spec.dataset.path = (base / spec.dataset.path).resolve()
+    if spec.storage is not None and "://" not in spec.storage and not Path(spec.storage).is_absolute():
+        spec.storage = str((base / spec.storage).resolve())
+    if spec.tracking.uri and spec.tracking.uri.startswith("sqlite:///") and not spec.tracking.uri.startswith("sqlite:////"):
+        spec.tracking.uri = "sqlite:///" + str((base / spec.tracking.uri[len("sqlite:///"):]).resolve())
+    return spec

@@ -1,0 +1,167 @@
+"""MLflow run tree (sweep → trial → fold), written by one process: the driver.
+
+Trials never open the tracking store; Tune callbacks in the driver turn trial results into
+MLflow writes. With one writer, an SQLite store never reports ``database is locked`` however
+many trials run at once. Runs are found again by tags (``sweep.id``, ``sweep.trial_id``,
+``sweep.fold``), so a resumed sweep re-attaches to its runs instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
+PARENT = "mlflow.parentRunId"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Store:
+    """Thin helper over ``MlflowClient`` for the run tree."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.experiment = uri, experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+
+    def find(self, **tags: str) -> list:
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.exp_id], filter_string=flt, max_results=10_000)
+
+    def find_or_create(self, name: str, tags: dict[str, str]) -> str:
+        key = {k: v for k, v in tags.items() if k in (ROLE, SWEEP_ID, TRIAL_ID, FOLD)}
+        runs = self.find(**key)
+        if runs:
+            return runs[0].info.run_id
+        return self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
+
+    def log(self, run_id: str, metrics: dict[str, float], step: int | None = None, params: dict[str, Any] | None = None) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        for i in range(0, max(len(ms), 1), 900):
+            self.client.log_batch(run_id, metrics=ms[i : i + 900], params=ps if i == 0 else [])
+
+    def end(self, run_id: str, status: str) -> None:
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, status=status)
+
+
+class MlflowTracker(tune.Callback):
+    """Tune callback that mirrors trials and their folds into MLflow (runs in the driver)."""
+
+    def __init__(self, uri: str, experiment: str, sweep_id: str, parent_run_id: str, k: int) -> None:
+        self.uri, self.experiment, self.sweep_id, self.parent, self.k = uri, experiment, sweep_id, parent_run_id, k
+        self._store: Store | None = None
+        self._runs: dict[str, tuple[str, list[str]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
+        return {**self.__dict__, "_store": None, "_runs": {}}
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.uri, self.experiment)
+        return self._store
+
+    def runs(self, trial) -> tuple[str, list[str]]:
+        """(trial run id, fold run ids), created once, found again after a resume."""
+        if trial.trial_id not in self._runs:
+            base = {SWEEP_ID: self.sweep_id, TRIAL_ID: trial.trial_id}
+            rid = self.store.find_or_create(f"trial {trial.trial_id}", {**base, ROLE: "trial", PARENT: self.parent})
+            folds = [self.store.find_or_create(f"trial {trial.trial_id} fold {i}",
+                                               {**base, ROLE: "fold", FOLD: str(i), PARENT: rid}) for i in range(self.k)]
+            self.store.log(rid, {}, params=dict(trial.config))
+            self._runs[trial.trial_id] = (rid, folds)
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self.runs(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        rid, folds = self.runs(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        trial_metrics = {k: v for k, v in result.items() if "/" not in k and k in (
+            "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean",
+            "test_ensemble_energy_mae", "test_ensemble_forces_mae")}
+        self.store.log(rid, trial_metrics, step)
+        for i, fid in enumerate(folds):
+            prefix = f"fold{i}/"
+            self.store.log(fid, {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}, step)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        rid, folds = self.runs(trial)
+        final = bool((trial.last_result or {}).get("final"))
+        if final and trial.checkpoint is not None:
+            self._log_final(trial, rid, folds)
+        status = "FINISHED" if final else "KILLED"
+        self.store.client.set_tag(rid, "sweep.status", "completed" if final else "pruned")
+        for fid in folds:
+            self.store.end(fid, status)
+        self.store.end(rid, status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        rid, folds = self.runs(trial)
+        reason = error_reason(trial)
+        for r in [rid, *folds]:
+            self.store.client.set_tag(r, "sweep.error", reason[:5000])
+        self.store.client.set_tag(rid, "sweep.status", "failed")
+        for fid in folds:
+            self.store.end(fid, "FAILED")
+        self.store.end(rid, "FAILED")
+
+    def _log_final(self, trial, rid: str, folds: list[str]) -> None:
+        from orchestrator.plots import learning_curve
+
+        c = self.store.client
+        with trial.checkpoint.as_directory() as d:
+            d = Path(d)
+            for i, fid in enumerate(folds):
+                fd = d / f"fold_{i}"
+                res = json.loads((fd / "result.json").read_text())
+                self.store.log(fid, {f"test_{k}": v for k, v in (res.get("test") or {}).items()} |
+                               {"best_epoch": res["best_epoch"], "best_val_loss": res["best_val_loss"]})
+                c.log_artifacts(fid, str(fd / "model"), "model")
+            c.log_artifact(rid, str(d / "predictions.npz"))
+            c.log_artifact(rid, str(d / "trial.json"))
+        hist_mean = c.get_metric_history(rid, "val_loss_mean")
+        hist_std = {m.step: m.value for m in c.get_metric_history(rid, "val_loss_std")}
+        with tempfile.TemporaryDirectory() as t:
+            path = Path(t) / "learning_curve.png"
+            steps = sorted({m.step: m.value for m in hist_mean}.items())
+            learning_curve([s for s, _ in steps], [v for _, v in steps], [hist_std.get(s, 0.0) for s, _ in steps],
+                           f"trial {trial.trial_id}", path)
+            c.log_artifact(rid, str(path), "plots")
+
+
+def error_reason(trial) -> str:
+    """The last line of a failed trial's error (e.g. the fold, epoch and step of a NaN)."""
+    try:
+        path = getattr(trial, "error_file", None)
+        text = Path(path).read_text() if path and Path(path).exists() else str(trial.get_error())
+    except (OSError, AttributeError):
+        text = "unknown error"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "non-finite" in ln:
+            return ln
+    return lines[-1] if lines else "unknown error"

@@ -1,0 +1,132 @@
+"""The Tune trainable: one trial = one configuration = k fold members trained in parallel."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from orchestrator.folds import FoldNonFinite, FoldWorker, fold_metrics_summary
+from orchestrator.sweep_spec import SweepSpec
+
+NONFINITE_MARKER = "nonfinite.txt"
+
+
+def _write_states(workers: list, d: Path) -> None:
+    for i, state in enumerate(ray.get([w.get_state.remote() for w in workers])):
+        torch.save(state, d / f"fold_{i}.pt")
+
+
+def _load_states(workers: list, d: Path) -> int:
+    states = [torch.load(d / f"fold_{i}.pt", weights_only=True) for i in range(len(workers))]
+    ray.get([w.load_state.remote(s) for w, s in zip(workers, states, strict=True)])
+    return int(states[0]["epoch"])
+
+
+def _ensemble_metrics(finals: list[dict[str, Any]], data, test_idx: np.ndarray) -> dict[str, float]:
+    """Errors of the fold-mean prediction on the test set."""
+    if not len(test_idx) or "test_pred" not in finals[0]:
+        return {}
+    test = data.subset(test_idx)
+    e = np.mean([f["test_pred"]["energy"] for f in finals], axis=0)
+    out = {"test_ensemble_energy_mae": float(np.abs(e - test.E).mean())}
+    if finals[0]["test_pred"]["forces"] is not None:
+        f = np.mean([fin["test_pred"]["forces"] for fin in finals], axis=0)
+        out["test_ensemble_forces_mae"] = float(np.abs(f - test.F).mean())
+    return out
+
+
+def _write_final(d: Path, finals: list[dict[str, Any]], params: dict[str, Any], summary: dict[str, float]) -> None:
+    for f in finals:
+        fold_dir = d / f"fold_{f['index']}"
+        (fold_dir / "model").mkdir(parents=True)
+        for name, blob in f["files"].items():
+            (fold_dir / "model" / name).write_bytes(blob)
+        (fold_dir / "result.json").write_text(json.dumps(
+            {"val": f["val"], "test": f.get("test"), "best_epoch": f["best_epoch"], "best_val_loss": f["best_val_loss"]}))
+    arrays: dict[str, np.ndarray] = {
+        "oof_idx": np.concatenate([f["oof"]["idx"] for f in finals]),
+        "oof_fold": np.concatenate([np.full(len(f["oof"]["idx"]), f["index"]) for f in finals]),
+        "oof_energy": np.concatenate([f["oof"]["energy"] for f in finals]),
+    }
+    if finals[0]["oof"]["forces"] is not None:
+        arrays["oof_forces"] = np.concatenate([f["oof"]["forces"] for f in finals])
+    if "test_pred" in finals[0]:
+        arrays["test_idx"] = finals[0]["test_pred"]["idx"]
+        arrays["test_energy"] = np.stack([f["test_pred"]["energy"] for f in finals])  # [k, n_test]
+        if finals[0]["test_pred"]["forces"] is not None:
+            arrays["test_forces"] = np.stack([f["test_pred"]["forces"] for f in finals])  # [k, n_test_atoms, 3]
+    np.savez(d / "predictions.npz", **arrays)
+    (d / "trial.json").write_text(json.dumps({"params": params, "summary": summary}))
+
+
+def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """Train the k folds of one configuration, reporting fold-mean metrics every epoch.
+
+    ``ctx`` (shared through the object store): ``spec`` (JSON), ``data`` ({"ref": ObjectRef}),
+    ``folds`` [(train, val)], ``test`` indices.
+    """
+    spec = SweepSpec.model_validate_json(ctx["spec"])
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    marker = trial_dir / NONFINITE_MARKER
+    if marker.exists():  # a retry of a diverged configuration: fail at once, it would diverge again
+        raise FoldNonFinite(marker.read_text())
+    params = {k: v for k, v in config.items()}
+    model_cfg, train_cfg = spec.materialize(params)
+    max_epochs = spec.max_epochs()
+    res = spec.resources
+    pg = ray.util.get_current_placement_group()
+    workers = []
+    for i, (tr, va) in enumerate(ctx["folds"]):
+        opts: dict[str, Any] = {"num_cpus": res.cpus_per_fold, "num_gpus": res.gpus_per_fold}
+        if pg is not None:
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
+        w = ray.remote(FoldWorker).options(**opts).remote(
+            ctx["data"]["ref"], i, tr, va, ctx["test"], model_cfg, train_cfg, int(max(1, res.cpus_per_fold)))
+        workers.append(w)
+    epoch = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            epoch = _load_states(workers, Path(d))
+    try:
+        while epoch < max_epochs:
+            epoch += 1
+            results = ray.get([w.run_epoch.remote() for w in workers])
+            metrics = {**fold_metrics_summary(results), "epoch": epoch}
+            done = epoch >= max_epochs or all(r["stopped"] for r in results)
+            if done:
+                finals = ray.get([w.finish.remote() for w in workers])
+                data = ray.get(ctx["data"]["ref"])
+                summary = {**metrics, **_ensemble_metrics(finals, data, ctx["test"]), "final": True,
+                           "best_val_loss_mean": float(np.mean([f["best_val_loss"] for f in finals]))}
+                for f in finals:
+                    for k, v in (f.get("test") or {}).items():
+                        summary[f"fold{f['index']}/test_{k}"] = v
+                with tempfile.TemporaryDirectory() as d:
+                    _write_final(Path(d), finals, params, summary)
+                    _write_states(workers, Path(d))
+                    tune.report(summary, checkpoint=tune.Checkpoint.from_directory(d))
+                return
+            if epoch % spec.search.checkpoint_every == 0:
+                with tempfile.TemporaryDirectory() as d:
+                    _write_states(workers, Path(d))
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            else:
+                tune.report(metrics)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
+        if isinstance(cause, FoldNonFinite):
+            marker.write_text(str(cause))
+            raise FoldNonFinite(str(cause)) from None
+        raise
+    finally:
+        for w in workers:
+            ray.kill(w)
