@@ -139,8 +139,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
 
     console = console or Console()
     t_start = time.time()
+    _quiet()
+    if spec.resources.gpus_per_fold > 0 and address is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SweepError(f"resources.gpus_per_fold={spec.resources.gpus_per_fold} but this machine has no GPU")
     root = storage_root(spec)
-    root.mkdir(parents=True, exist_ok=True)
     if resume:
         name = resume if isinstance(resume, str) else latest_unfinished(root, spec.name)
         if name is None or not (root / name / "sweep.json").is_file():
@@ -151,13 +156,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         meta = {}
     uri = spec.tracking.resolved_uri()
     experiment = spec.tracking.experiment or spec.name
-    if spec.resources.gpus_per_fold > 0 and address is None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SweepError(f"resources.gpus_per_fold={spec.resources.gpus_per_fold} but this machine has no GPU")
 
     data, manifest = prepare_data(spec)
+    if not resume:
+        _note_out_of_range(spec, console)
     console.print(f"{data.describe()}")
     console.print(f"test set {len(manifest.test)} molecules{' (official)' if manifest.official_test else ''}; "
                   f"{spec.cv.k} folds over {sum(len(f.val) for f in manifest.folds)} molecules")
@@ -185,7 +187,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         _write_json(root / name / "sweep.json", meta)
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        import logging
+
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     data_ref = ray.put(data)
     ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref},
@@ -227,6 +231,32 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     meta["status"] = "finished"
     _write_json(root / name / "sweep.json", meta)
     return SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start)
+
+
+def _quiet() -> None:
+    """Keep the terminal for our progress view: silence Ray's, Optuna's and MLflow's chatter."""
+    import logging
+    import warnings
+
+    import optuna
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "ray", "ray.tune", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+
+
+def _note_out_of_range(spec: SweepSpec, console: Console) -> None:
+    for point in spec.initial_points():
+        for key, value in point.items():
+            d = spec.space()[key]
+            if d.kind != "choice" and not (d.extremes()[0] <= value <= d.extremes()[1]):
+                console.print(f"note: the first trial's {key}={value} lies outside the searched range "
+                              f"{d.extremes()}; it is evaluated anyway (the paper configuration as a baseline)")
+            elif d.kind == "choice" and value not in d.extremes():
+                console.print(f"note: the first trial's {key}={value!r} is not among the choices {d.extremes()}")
 
 
 def summarize(results) -> list[dict[str, Any]]:

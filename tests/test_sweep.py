@@ -1,0 +1,190 @@
+"""`sweep run` on a real local Ray cluster with a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import QUICKSTART_DATA
+
+pytestmark = pytest.mark.integration
+
+
+def spec_file(tmp_path: Path, **over) -> Path:
+    body = {
+        "name": "t",
+        "dataset": {"path": str(QUICKSTART_DATA), "n_train": 30, "n_val": 10, "n_test": 16},
+        "model": {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1, "rbf_max": 6.0},
+        "training": {"max_epochs": 3, "batch_size": 20, "lr": {"loguniform": [1.0e-4, 1.0e-3]}},
+        "cv": {"k": 2},
+        "search": {"num_samples": 3, "max_concurrent": 2, "scheduler": "none", "checkpoint_every": 1, "max_failures": 1,
+                   "initial_points": [{"training.lr": 1.0e12}, {"training.lr": 1.0e-3}]},
+        "resources": {"cpus_per_fold": 0.4},
+        "tracking": {"uri": "sqlite:///mlflow.db"},
+        "storage": "sweeps",
+    }
+    for k, v in over.items():
+        sec, _, key = k.partition("__")
+        if key:
+            body[sec][key] = v
+        else:
+            body[sec] = v
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(body))
+    return p
+
+
+def sweep(*args: str, cwd: Path, timeout: int = 500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def runs(db: Path) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{db}")
+    out = []
+    for exp in c.search_experiments():
+        for r in c.search_runs([exp.experiment_id], max_results=10_000):
+            out.append({"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics,
+                        "artifacts": [a.path for a in c.list_artifacts(r.info.run_id)]})
+    return out
+
+
+def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path):
+    r = sweep("run", str(spec_file(tmp_path)), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "top trials" in r.stdout and "completed" in r.stdout
+    all_runs = runs(tmp_path / "mlflow.db")
+    roles = {role: [x for x in all_runs if x["tags"].get("sweep.role") == role] for role in ("sweep", "trial", "fold")}
+    assert len(roles["sweep"]) == 1 and len(roles["trial"]) == 3 and len(roles["fold"]) == 6
+    assert not [x for x in all_runs if x["status"] == "RUNNING"]
+    parent = roles["sweep"][0]
+    assert parent["status"] == "FINISHED" and {"spec.json", "split.json"} <= set(parent["artifacts"])
+    assert len(parent["tags"]["sweep.dataset_sha256"]) == 64 and "sweep.git_commit" in parent["tags"]
+    failed = [t for t in roles["trial"] if t["status"] == "FAILED"]
+    assert len(failed) == 1, [t["status"] for t in roles["trial"]]  # the lr = 1e12 trial diverged
+    assert "non-finite" in failed[0]["tags"]["sweep.error"] and "fold" in failed[0]["tags"]["sweep.error"]
+    done = [t for t in roles["trial"] if t["status"] == "FINISHED"]
+    assert len(done) == 2
+    for t in done:
+        assert {"predictions.npz", "trial.json", "plots"} <= set(t["artifacts"])
+        assert t["metrics"]["test_ensemble_forces_mae"] > 0 and np.isfinite(t["metrics"]["val_loss_std"])
+        folds = [f for f in roles["fold"] if f["tags"]["mlflow.parentRunId"] == t["id"]]
+        assert len(folds) == 2 and all("model" in f["artifacts"] for f in folds)
+        assert all(f["status"] == "FINISHED" and f["metrics"]["test_forces_mae"] > 0 for f in folds)
+    # the split manifest: every fold's validation (and training) indices avoid the test set
+    from mlflow.tracking import MlflowClient
+
+    local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(parent["id"], "split.json", str(tmp_path))
+    split = json.loads(Path(local).read_text())
+    test = set(split["test"])
+    assert len(test) == 16 and len(split["folds"]) == 2
+    for f in split["folds"]:
+        assert not test & set(f["val"]) and not test & set(f["train"])
+    # fold models load back and predict
+    from schnet_model import load_model
+
+    fold_run = next(f for f in roles["fold"] if f["status"] == "FINISHED")
+    model_dir = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(fold_run["id"], "model", str(tmp_path / "dl"))
+    model, info = load_model(model_dir)
+    assert info.energy_unit == "kcal/mol" and model.config.n_filters == 8
+    # status and list read the store
+    s = sweep("status", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    assert s.returncode == 0 and "completed" in s.stdout and "failed" in s.stdout
+    s = sweep("list", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    assert s.returncode == 0 and "t-" in s.stdout and "FINISHED" in s.stdout
+
+
+def test_eight_concurrent_trials_on_one_sqlite_store(tmp_path):
+    p = spec_file(tmp_path, search={"num_samples": 8, "max_concurrent": 8, "scheduler": "none", "checkpoint_every": 1},
+                  resources={"cpus_per_fold": 0.1}, training__max_epochs=2)
+    r = sweep("run", str(p), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "database is locked" not in r.stdout + r.stderr
+    trials = [x for x in runs(tmp_path / "mlflow.db") if x["tags"].get("sweep.role") == "trial"]
+    assert len(trials) == 8 and all(t["status"] == "FINISHED" for t in trials)
+
+
+def _finished_trials(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            rows = con.execute(
+                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                "where t.key = 'sweep.role' and t.value = 'trial' and r.status = 'FINISHED'").fetchone()
+        return rows[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    p = spec_file(tmp_path, search={"num_samples": 3, "max_concurrent": 1, "scheduler": "none", "checkpoint_every": 2},
+                  training__max_epochs=6)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(p)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while _finished_trials(tmp_path / "mlflow.db") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(3)  # into the next trial
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    before = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"}
+    finished_before = [k for k, t in before.items() if t["status"] == "FINISHED"]
+    assert finished_before
+    r = sweep("run", str(p), "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    all_runs = runs(tmp_path / "mlflow.db")
+    trials = [t for t in all_runs if t["tags"].get("sweep.role") == "trial"]
+    ids = [t["tags"]["sweep.trial_id"] for t in trials]
+    assert len(ids) == len(set(ids)) == 3  # one MLflow run per trial, no duplicates
+    assert not [x for x in all_runs if x["status"] == "RUNNING"]
+    assert all(t["status"] == "FINISHED" for t in trials)
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for t in trials:
+        steps = [m.step for m in c.get_metric_history(t["id"], "val_loss_mean")]
+        assert sorted(steps) == list(range(1, 7)), (t["tags"]["sweep.trial_id"], steps)  # no epoch trained twice
+    assert len([x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]) == 1
+
+
+@pytest.mark.parametrize(
+    "over, expected",
+    [
+        ({"cv": {"k": 1}}, "cv.k: Input should be greater than or equal to 2"),
+        ({"training__lr": {"loguniform": [-1.0, 1.0e-3]}}, "training.lr: loguniform bounds must be positive"),
+        ({"training__lr": {"loguniform": [1.0e-2, 1.0e-3]}}, "low < high"),
+        ({"model__n_interactions": {"int": [0, 3]}}, "model.n_interactions: search value 0"),
+        ({"training__epochs": 3}, "training.epochs: unknown key"),
+        ({"search": {"num_samples": 0}}, "search.num_samples: Input should be greater than or equal to 1"),
+    ],
+)
+def test_spec_errors_start_nothing(tmp_path, over, expected):
+    r = sweep("run", str(spec_file(tmp_path, **over)), cwd=tmp_path, timeout=60)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps").exists()
+
+
+def test_gpus_per_fold_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = sweep("run", str(spec_file(tmp_path, resources={"gpus_per_fold": 0.5})), cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "gpus_per_fold=0.5 but this machine has no GPU" in r.stderr
+    assert not (tmp_path / "sweeps").exists()
