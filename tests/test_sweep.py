@@ -140,7 +140,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert proc.poll() is None, "the sweep finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # orphaned raylets
     before = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"}
     finished_before = [k for k, t in before.items() if t["status"] == "FINISHED"]
     assert finished_before
@@ -156,8 +156,12 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for t in trials:
-        steps = [m.step for m in c.get_metric_history(t["id"], "val_loss_mean")]
-        assert sorted(steps) == list(range(1, 7)), (t["tags"]["sweep.trial_id"], steps)  # no epoch trained twice
+        steps = sorted(m.step for m in c.get_metric_history(t["id"], "val_loss_mean"))
+        if t["tags"]["sweep.trial_id"] in finished_before:
+            assert steps == list(range(1, 7)), steps  # completed before the kill: not re-run
+        else:
+            assert set(steps) == set(range(1, 7))  # the interrupted trial repeats only epochs after its checkpoint
+            assert len(steps) - 6 < 2  # checkpoint_every=2: at most one epoch is redone
     assert len([x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]) == 1
 
 
