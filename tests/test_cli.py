@@ -109,11 +109,13 @@ def test_missing_spec_file(tmp_path):
     assert r.returncode != 0 and "nope.yaml: no such spec file" in r.stderr
 
 
-def test_quickstart_spec_validates():
-    from orchestrator.spec import load_spec
+def test_quickstart_spec_validates_and_trains_the_paper_configuration_first():
+    from orchestrator.sweep_spec import load_sweep_spec
 
-    s = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
-    assert s.dataset.path == QUICKSTART_DATA and s.model.n_rbf == 300
+    s = load_sweep_spec(ROOT / "search_spaces" / "quickstart.yaml")
+    assert s.dataset.path == QUICKSTART_DATA and s.cv.k == 3
+    first = s.train_spec()
+    assert first.model.n_rbf == 300 and first.model.n_interactions == 3 and first.training.lr == 1e-3
 
 
 def test_data_info(tmp_path):
