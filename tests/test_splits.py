@@ -59,3 +59,27 @@ def test_manifest_round_trip_and_leak_audit(tmp_path):
     leaky = SplitManifest("d.npz", "x", 1, test=test, folds=[Fold(np.append(pool, test[0]), pool[:3])])
     with pytest.raises(DataError, match="split leak: 1 test molecules in fold 0 train"):
         leaky.check_disjoint()
+
+
+def test_rmd17_official_split_files(tmp_path):
+    from schnet_model.config import DatasetConfig
+    from schnet_model.data.load import load_dataset
+
+    root = tmp_path / "rmd17"
+    (root / "npz_data").mkdir(parents=True)
+    (root / "splits").mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(root / "npz_data" / "rmd17_ethanol.npz", nuclear_charges=np.array([6, 6, 8, 1, 1, 1, 1, 1, 1], np.uint8),
+             coords=rng.normal(0, 1.5, (30, 9, 3)), energies=rng.normal(-97000, 2, 30), forces=rng.normal(0, 10, (30, 9, 3)))
+    (root / "splits" / "index_train_02.csv").write_text("\n".join(str(i) for i in range(0, 20)) + "\n")
+    (root / "splits" / "index_test_02.csv").write_text("\n".join(str(i) for i in range(20, 30)) + "\n")
+    ds = load_dataset(DatasetConfig(path=root / "npz_data" / "rmd17_ethanol.npz", rmd17_split=2, n_train=15, n_val=5))
+    assert ds.test.tolist() == list(range(20, 30)) and ds.train_pool.tolist() == list(range(20))
+    s = random_split(30, 15, 5, None, 0, ds.test, ds.train_pool)
+    assert set(s.test.tolist()) == set(range(20, 30)) and not (set(s.train) | set(s.val)) & set(s.test.tolist())
+    with pytest.raises(DataError, match="index_train_01.csv not found"):
+        load_dataset(DatasetConfig(path=root / "npz_data" / "rmd17_ethanol.npz", rmd17_split=1))
+    (root / "splits" / "index_test_03.csv").write_text("5\n99\n")
+    (root / "splits" / "index_train_03.csv").write_text("1\n2\n")
+    with pytest.raises(DataError, match=r"indices must lie in 0..29"):
+        load_dataset(DatasetConfig(path=root / "npz_data" / "rmd17_ethanol.npz", rmd17_split=3))

@@ -157,7 +157,34 @@ def _md17(path: Path, cfg: DatasetConfig) -> Dataset:
 
 @register("rmd17")
 def _rmd17(path: Path, cfg: DatasetConfig) -> Dataset:
-    return Dataset(read_npz(path, "rmd17", cfg.energy_unit, cfg.length_unit))
+    mol = read_npz(path, "rmd17", cfg.energy_unit, cfg.length_unit)
+    if cfg.rmd17_split is None:
+        return Dataset(mol)
+    train = read_index_csv(_split_file(path, f"index_train_0{cfg.rmd17_split}.csv"), len(mol))
+    test = read_index_csv(_split_file(path, f"index_test_0{cfg.rmd17_split}.csv"), len(mol))
+    if np.intersect1d(train, test).size:
+        raise DataError(f"{path}: official split {cfg.rmd17_split}: train and test indices overlap")
+    return Dataset(mol, test=test, train_pool=train)
+
+
+def _split_file(npz: Path, name: str) -> Path:
+    """rMD17 archive layout: rmd17/npz_data/rmd17_X.npz with rmd17/splits/index_*.csv."""
+    for d in (npz.parent.parent / "splits", npz.parent / "splits", npz.parent):
+        if (d / name).is_file():
+            return d / name
+    raise DataError(f"{npz}: official split file {name} not found in {npz.parent.parent / 'splits'} (rMD17 archive layout)")
+
+
+def read_index_csv(path: Path, n: int) -> np.ndarray:
+    """Integer indices, one per line or comma-separated; checked against the dataset size ``n``."""
+    tokens = path.read_text().replace(",", " ").split()
+    try:
+        idx = np.array([int(float(t)) for t in tokens], dtype=np.int64)
+    except ValueError as e:
+        raise DataError(f"{path}: expected integer indices ({e})") from None
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
+        raise DataError(f"{path}: indices must lie in 0..{n - 1} (found {idx.min() if idx.size else 'none'}..{idx.max() if idx.size else ''})")
+    return np.unique(idx)
 
 
 def read_dataset(path: str | Path, fmt: str = "auto", energy_unit: str | None = None, length_unit: str | None = None,
