@@ -132,3 +132,14 @@ def test_data_info_makes_unit_mismatch_visible(tmp_path):
     assert "force RMS is 636 eV/Å if the energy unit really is Ha" in out
     r = sweep("data", "info", str(QUICKSTART_DATA), cwd=tmp_path)
     assert "unit warning" not in r.stdout and "kcal/mol — file (e_unit)" in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_search_space_validates(path):
+    from orchestrator.sweep_spec import load_sweep_spec
+
+    s = load_sweep_spec(path)
+    assert s.space(), "a search space searches something"
+    first = s.train_spec()  # the paper configuration comes first
+    assert first.model.n_atom_basis == 64 and first.model.n_interactions == 3 and first.training.lr == 1e-3
+    assert s.dataset.path is not None or s.dataset.download is not None
