@@ -81,7 +81,8 @@ def run(
         outcome = run_sweep(s, address=address, resume=(name or True) if resume else False, console=console)
     except (SpecError, SweepError, DataError) as e:
         fail(str(e))
-    console.print(results_table(outcome, s.dataset.unit or "dataset unit"))
+    console.print(results_table(outcome, outcome.energy_unit))
+    console.print(outcome.overhead_report())
     if outcome.best is None:
         fail(f"sweep {outcome.name}: no trial completed", 1)
     b = outcome.best

@@ -38,6 +38,17 @@ class SweepOutcome:
     trials: list[dict[str, Any]]
     best: dict[str, Any] | None
     seconds: float
+    max_concurrent: int = 1
+    energy_unit: str = ""
+
+    def overhead_report(self) -> str:
+        """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
+        train = sum(t["train_seconds"] or 0.0 for t in self.trials)
+        share = train / (self.seconds * self.max_concurrent) if self.seconds else 0.0
+        starts = [t["startup_seconds"] for t in self.trials if t["startup_seconds"] is not None]
+        start = f"; trial start-up median {np.median(starts):.1f} s" if starts else ""
+        return (f"time in training epochs: {train:.0f} s of {self.seconds:.0f} s wall × {self.max_concurrent} concurrent "
+                f"= {share:.0%}{start}")
 
 
 def storage_root(spec: SweepSpec) -> Path:
@@ -230,7 +241,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     store.end(parent, "FINISHED")
     meta["status"] = "finished"
     _write_json(root / name / "sweep.json", meta)
-    return SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start)
+    outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
+                           data.energy_unit)
+    store.log(parent, {"wall_seconds": outcome.seconds, "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials)})
+    return outcome
 
 
 def _quiet() -> None:
@@ -272,6 +286,7 @@ def summarize(results) -> list[dict[str, Any]]:
             "epochs": m.get("epoch", m.get("training_iteration")),
             "test_energy_mae": m.get("test_ensemble_energy_mae"), "test_forces_mae": m.get("test_ensemble_forces_mae"),
             "checkpoint": r.checkpoint.path if r.checkpoint else None,
+            "train_seconds": m.get("train_seconds", 0.0), "startup_seconds": m.get("startup_seconds"),
             "error": str(r.error).strip().splitlines()[-1] if r.error else None,
         })
     rank = {"completed": 0, "pruned": 1, "failed": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     ``ctx`` (shared through the object store): ``spec`` (JSON), ``data`` ({"ref": ObjectRef}),
     ``folds`` [(train, val)], ``test`` indices.
     """
+    t_begin = time.perf_counter()
     spec = SweepSpec.model_validate_json(ctx["spec"])
     trial_dir = Path(tune.get_context().get_trial_dir())
     marker = trial_dir / NONFINITE_MARKER
@@ -96,11 +98,17 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             epoch = _load_states(workers, Path(d))
+    startup, train_seconds = None, 0.0
     try:
         while epoch < max_epochs:
             epoch += 1
+            t_epoch = time.perf_counter()
             results = ray.get([w.run_epoch.remote() for w in workers])
-            metrics = {**fold_metrics_summary(results), "epoch": epoch}
+            if startup is None:  # actor start-up and data slicing happen before the first epoch's work
+                startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r["seconds"] for r in results)
+            train_seconds += max(r["seconds"] for r in results)  # folds run in parallel
+            metrics = {**fold_metrics_summary(results), "epoch": epoch, "startup_seconds": startup,
+                       "train_seconds": train_seconds}
             done = epoch >= max_epochs or all(r["stopped"] for r in results)
             if done:
                 finals = ray.get([w.finish.remote() for w in workers])
