@@ -34,8 +34,12 @@ class Store:
     """Thin helper over ``MlflowClient`` for the run tree."""
 
     def __init__(self, uri: str, experiment: str) -> None:
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow", "alembic"):  # schema creation/migration chatter on a new SQLite store
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri, self.experiment = uri, experiment
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
