@@ -28,9 +28,16 @@ class FoldWorker:
         train_idx, val_idx, test_idx: indices into ``data``.
         model_cfg, train_cfg: the trial's configuration (the seed is offset by the fold index).
         threads: torch CPU threads (the fold's CPU share).
+
+    ``setup`` can be called again to train another configuration in the same process: a reused
+    trial keeps its fold actors, which saves their start-up (a new process importing torch).
     """
 
-    def __init__(
+    def __init__(self, *args: Any) -> None:
+        if args:
+            self.setup(*args)
+
+    def setup(
         self,
         data: Molecules,
         index: int,

@@ -227,7 +227,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
             trainable,
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=ConcurrencyLimiter(searcher, spec.search.max_concurrent),
                                         scheduler=scheduler, num_samples=spec.search.num_samples,
-                                        time_budget_s=spec.search.time_budget),
+                                        time_budget_s=spec.search.time_budget, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=callbacks, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),

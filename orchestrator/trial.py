@@ -84,15 +84,17 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     model_cfg, train_cfg = spec.materialize(params)
     max_epochs = spec.max_epochs()
     res = spec.resources
-    pg = ray.util.get_current_placement_group()
-    workers = []
-    for i, (tr, va) in enumerate(ctx["folds"]):
-        opts: dict[str, Any] = {"num_cpus": res.cpus_per_fold, "num_gpus": res.gpus_per_fold}
-        if pg is not None:
-            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
-        w = ray.remote(FoldWorker).options(**opts).remote(
-            ctx["data"]["ref"], i, tr, va, ctx["test"], model_cfg, train_cfg, int(max(1, res.cpus_per_fold)))
-        workers.append(w)
+    for attempt in (0, 1):
+        workers = _workers(len(ctx["folds"]), res.cpus_per_fold, res.gpus_per_fold)
+        try:
+            ray.get([w.setup.remote(ctx["data"]["ref"], i, tr, va, ctx["test"], model_cfg, train_cfg,
+                                    int(max(1, res.cpus_per_fold)))
+                     for i, (w, (tr, va)) in enumerate(zip(workers, ctx["folds"], strict=True))])
+            break
+        except ray.exceptions.RayActorError:  # a pooled actor is gone: replace the pool once
+            _drop_workers()
+            if attempt:
+                raise
     epoch = 0
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -135,6 +137,33 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             marker.write_text(str(cause))
             raise FoldNonFinite(str(cause)) from None
         raise
-    finally:
+    except ray.exceptions.RayActorError:  # a fold actor died (node lost, OOM): start fresh ones on retry
+        _drop_workers()
+        raise
+
+
+# Fold actors of this trial process, kept for the next trial when Tune reuses the process
+# (TuneConfig(reuse_actors=True)): same placement group, same bundles, no new processes.
+_POOL: dict[tuple, list] = {}
+
+
+def _workers(k: int, cpus: float, gpus: float) -> list:
+    pg = ray.util.get_current_placement_group()
+    key = (pg.id.hex() if pg is not None else None, k, cpus, gpus)
+    if key not in _POOL:
+        _drop_workers()
+        workers = []
+        for i in range(k):
+            opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+            if pg is not None:
+                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
+            workers.append(ray.remote(FoldWorker).options(**opts).remote())
+        _POOL[key] = workers
+    return _POOL[key]
+
+
+def _drop_workers() -> None:
+    for workers in _POOL.values():
         for w in workers:
             ray.kill(w)
+    _POOL.clear()
