@@ -9,8 +9,10 @@ from torch import nn
 
 from schnet_model.config import ModelConfig
 from schnet_model.data.batch import Batch
+from schnet_model.nn.filters import FilterBank, filter_forward, make_plan
 from schnet_model.nn.interaction import Interaction, dense
 from schnet_model.nn.offsets import EnergyOffsets
+from schnet_model.nn.pairs import unordered_pairs
 from schnet_model.nn.radial import CosineCutoff, GaussianRBF
 
 
@@ -65,7 +67,17 @@ class SchNet(nn.Module):
             batch: molecules; positions in Å.
             forces: compute ``F = −∂E/∂R`` (works in ``torch.no_grad`` callers too).
             create_graph: keep the force graph for a loss on forces (training).
+
+        Positions that require grad (a caller differentiating through R, e.g. for Hessians)
+        take the plain autograd path (:meth:`atomwise`); otherwise the fast path, with the same
+        numerics (``tests/test_numerics.py``), computes filters and their distance derivatives
+        once per call (:mod:`schnet_model.nn.filters`).
         """
+        if batch.R.requires_grad:
+            return self._forward_autograd(batch, forces, create_graph)
+        return self._forward_fast(batch, forces, create_graph)
+
+    def _forward_autograd(self, batch: Batch, forces: bool, create_graph: bool) -> Prediction:
         with torch.set_grad_enabled(forces or torch.is_grad_enabled()):
             R = batch.R
             if forces and not R.requires_grad:
@@ -76,6 +88,58 @@ class SchNet(nn.Module):
                 return Prediction(energy=energy, forces=None)
             (grad,) = torch.autograd.grad(energy.sum(), R, create_graph=create_graph)
         return Prediction(energy=energy if create_graph else energy.detach(), forces=-grad)
+
+    def _filter_params(self) -> tuple[torch.Tensor, ...]:
+        return tuple(
+            p
+            for block in self.interactions
+            for p in (block.filter_net[0][0].weight, block.filter_net[0][0].bias,
+                      block.filter_net[1].weight, block.filter_net[1].bias)
+        )
+
+    def _forward_fast(self, batch: Batch, forces: bool, create_graph: bool) -> Prediction:
+        param_grads = torch.is_grad_enabled()  # the caller may backpropagate to the parameters
+        dtype = self.embedding.weight.dtype
+        T = len(self.interactions)
+        with torch.no_grad():
+            R = batch.R.to(dtype)
+            pi, pj, n_dir = unordered_pairs(batch.idx_i, batch.idx_j, R.shape[0])
+            vec = torch.index_select(R, 0, pj) - torch.index_select(R, 0, pi)  # [n_pairs, 3]
+            d, order = torch.sort(torch.linalg.vector_norm(vec, dim=1))
+            pi, pj, vec = pi[order], pj[order], vec[order]
+            fc = fcd = None
+            if self.cutoff is not None:
+                inside = int((d < self.cutoff.cutoff).sum())
+                d, pi, pj, vec = d[:inside], pi[:inside], pj[:inside], vec[:inside]  # beyond: filter 0
+                fc, fcd = self.cutoff.with_derivative(d)
+            plan = make_plan(d, self.rbf, fc, fcd)
+            src = torch.cat([pj, pi]) if n_dir == 2 else pj
+            dst = torch.cat([pi, pj]) if n_dir == 2 else pi
+        params = self._filter_params()
+        with torch.set_grad_enabled(forces or param_grads):
+            if param_grads and (create_graph or not forces):
+                out = FilterBank.apply(plan, forces, *params)
+                w, wd = list(out[:T]), list(out[T:])
+            else:  # filters are constants; only ∂E/∂W is needed (inference forces)
+                with torch.no_grad():
+                    w, wd, _ = filter_forward(plan, forces, params, save=False)
+                if forces:
+                    w = [x.requires_grad_(True) for x in w]
+            x = self.embedding(batch.Z)
+            for block, wt in zip(self.interactions, w, strict=True):
+                x = block.forward_filtered(x, wt, src, dst, n_dir)
+            y = self.output(x).squeeze(-1)
+            energy = self.offsets(y, batch.Z, batch.mol, batch.n_mols)  # [n_mols] float64
+            if not forces:
+                return Prediction(energy=energy, forces=None)
+            gw = torch.autograd.grad(energy.sum(), w, create_graph=create_graph)
+            # ∂E/∂d_p = Σ_t ⟨∂E/∂W_t,p , W_t'(d_p)⟩; d_p = |R_j − R_i|, ∂d/∂R_j = u = −∂d/∂R_i
+            dedd = sum(torch.linalg.vecdot(g, dw) for g, dw in zip(gw, wd, strict=True))  # [n_pairs]
+            fvec = dedd[:, None] * (vec / d[:, None])  # [n_pairs, 3] = ∂E/∂R_j
+            f = torch.zeros_like(R).index_add_(0, pi, fvec).index_add_(0, pj, -fvec)  # −∂E/∂R
+        if not create_graph:
+            energy, f = energy.detach(), f.detach()
+        return Prediction(energy=energy, forces=f.to(batch.R.dtype))
 
     def n_parameters(self) -> int:
         """Trainable parameter count (116,033 for the paper configuration)."""
