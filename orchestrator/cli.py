@@ -115,6 +115,34 @@ def list_(
     show_list(tracking_uri, console)
 
 
+@app.command()
+def ensemble(
+    source: Annotated[str | None, typer.Argument(help="sweep name, MLflow run id, models:/NAME@ALIAS or a directory (default: the newest finished sweep)")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="same as SOURCE, e.g. models:/quickstart-schnet-ensemble@champion")] = None,
+    predict: Annotated[Path | None, typer.Option(help="molecules to predict: xyz, extxyz, ASE db, traj (positions in Å)")] = None,
+    evaluate: Annotated[Path | None, typer.Option(help="labelled molecules: errors and the calibration report")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="extended XYZ to write (+ a .csv summary); default ./<input>.ensemble.extxyz")] = None,
+    unit: Annotated[str | None, typer.Option(help="energy unit of the output (default: the training data's)")] = None,
+    input_unit: Annotated[str | None, typer.Option(help="energy unit of the input's reference energies when the file declares none (default eV)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="assemble again even if the sweep has a registered ensemble")] = False,
+    save: Annotated[Path | None, typer.Option(help="also write the ensemble directory here (for SchNetEnsembleCalculator)")] = None,
+    uncalibrated: Annotated[bool, typer.Option("--uncalibrated", help="report raw member stds (ddof=1), not recalibrated ones")] = False,
+) -> None:
+    """The best trial's k fold models as one ensemble with calibrated std: assemble, predict, evaluate."""
+    from orchestrator.ensemble import EnsembleCommandError, run_command
+    from orchestrator.ensemble_io import InputError
+    from schnet_model.data.molecules import DataError
+    from schnet_model.ensemble import EnsembleError
+
+    if source and model and source != model:
+        fail("give the ensemble either as SOURCE or as --model, not both")
+    try:
+        run_command(source or model, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console)
+    except (EnsembleCommandError, EnsembleError, InputError, DataError) as e:
+        fail(str(e))
+
+
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Option("-o", "--out", help="npz file to write (MD17 layout)")],

@@ -3,6 +3,7 @@
 This package never imports Ray, MLflow or the orchestrator.
 """
 
+from schnet_model.calculator import SchNetEnsembleCalculator as SchNetEnsembleCalculator  # ensemble ASE calculator
 from schnet_model.config import DatasetConfig, ModelConfig, TrainingConfig
 from schnet_model.data import Batch, Molecules, read_dataset
 from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model

@@ -1,0 +1,473 @@
+"""``sweep ensemble``: the best trial's k fold models as one calibrated ensemble; prediction and evaluation.
+
+Sources (first match wins): a local directory (an ensemble directory, a downloaded MLflow model
+of one, or a directory of ≥ 2 model directories), a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
+URI, an MLflow run id (a sweep run, or a trial run for that trial's folds), a sweep name
+(``sweep.id`` such as ``quickstart-20261124-214300``, or the spec name: its newest finished
+sweep), or nothing: the newest finished sweep in the store.
+
+Assembling from a sweep (once; later calls load the registered version recorded in the sweep
+run's tag ``sweep.ensemble_model_uri`` unless ``--rebuild``):
+
+1. the best trial's fold models (``sweep.best_trial_run_id`` → fold runs → artifact ``model``);
+2. the sweep's dataset and split (``spec.json``, ``split.json``; the dataset's sha256 must match);
+3. recalibration (:func:`schnet_model.calibration.fit_scale_oof`): every pool molecule is
+   re-predicted by all k members; the member that held it out gives the out-of-fold error; the
+   ensemble variance on the test set's *inputs* gives E[std²]; one scale per property;
+4. a report on the held-out test set, raw vs recalibrated (Spearman ρ, miscalibration area,
+   Gaussian NLL, coverage, reliability plot), logged to the sweep run;
+5. the ensemble logged as an MLflow pyfunc (models from code: ``pyfunc_ensemble.py``, the
+   ensemble directory as artifact, the ``schnet_model`` package as code) under the sweep run,
+   registered as ``<experiment>-schnet-ensemble``, alias ``champion`` moved to the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from orchestrator.ensemble_io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
+from orchestrator.ensemble_report import PropertyErrors, build_report, reliability_plot, report_table
+from orchestrator.sweep_spec import SweepSpec, TrackingConfig
+from orchestrator.tracking import FOLD, PARENT, ROLE, SWEEP_ID
+from schnet_model.calibration import Calibration, fit_scale_oof
+from schnet_model.data.molecules import DataError, Molecules
+from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble
+from schnet_model.model_dir import ModelLoadError
+from schnet_model.units import UnitError, canonical_energy_unit
+
+MODEL_SUFFIX, ALIAS, ENSEMBLE_TAG = "-schnet-ensemble", "champion", "sweep.ensemble_model_uri"
+MAX_CALIBRATION_MOLECULES = 20_000  # test molecules used for E[std²] and the report (random subset beyond)
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class EnsembleCommandError(RuntimeError):
+    """``sweep ensemble`` cannot go on (one line)."""
+
+
+@dataclass
+class Loaded:
+    """An ensemble and where it came from."""
+
+    ensemble: SchNetEnsemble
+    description: str
+    model_uri: str | None = None
+
+
+# -- finding sweeps --------------------------------------------------------------------------------
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _finished_sweeps(client) -> list:
+    exps = [e.experiment_id for e in client.search_experiments()]
+    if not exps:
+        return []
+    runs = client.search_runs(exps, filter_string=f"tags.`{ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"],
+                              max_results=10_000)
+    return [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("sweep.best_trial_run_id")]
+
+
+def find_sweep(client, uri: str, name: str | None):
+    """The newest finished sweep (with a completed best trial) named ``name`` (sweep.id or spec name), or overall."""
+    sweeps = _finished_sweeps(client)
+    if name:
+        sweeps = [r for r in sweeps if name in (r.data.tags.get(SWEEP_ID), r.data.tags.get("sweep.name"))]
+    if not sweeps:
+        what = f"named {name!r} " if name else ""
+        raise EnsembleCommandError(f"no finished sweep {what}with a completed trial in {uri} (see `sweep list`)")
+    return sweeps[0]
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def load_registered(uri: str, model_uri: str) -> SchNetEnsemble:
+    """Download a registered ensemble (``models:/…``) and load it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as t:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=t, tracking_uri=uri)
+        except MlflowException as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EnsembleCommandError(f"{model_uri}: cannot load from {uri} ({msg})") from e
+        return SchNetEnsemble.load(local)
+
+
+def resolve(source: str | None, uri: str, rebuild: bool = False, console: Console | None = None,
+            max_calibration: int = MAX_CALIBRATION_MOLECULES) -> Loaded:
+    """The ensemble a ``sweep ensemble`` source names (see the module docstring)."""
+    console = console or Console(stderr=True)
+    if source and Path(source).exists():
+        return Loaded(SchNetEnsemble.load(source), f"directory {source}")
+    if source and source.startswith("models:/"):
+        return Loaded(load_registered(uri, source), source, source)
+    client = _client(uri)
+    trial_run = None
+    if source and _RUN_ID.match(source):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = client.get_run(source)
+        except MlflowException:
+            run = None
+        if run is not None:
+            role = run.data.tags.get(ROLE)
+            if role == "trial":
+                trial_run, sweep_run = run, client.get_run(run.data.tags[PARENT])
+            elif role == "sweep":
+                sweep_run = run
+            else:
+                raise EnsembleCommandError(f"run {source} is a {role or 'non-sweep'} run; give a sweep or trial run id")
+        else:
+            sweep_run = find_sweep(client, uri, source)
+    else:
+        sweep_run = find_sweep(client, uri, source)
+    tagged = sweep_run.data.tags.get(ENSEMBLE_TAG)
+    if tagged and trial_run is None and not rebuild:
+        try:
+            return Loaded(load_registered(uri, tagged), f"{tagged} (sweep {sweep_run.data.tags.get(SWEEP_ID)})", tagged)
+        except (EnsembleCommandError, EnsembleError) as e:
+            console.print(f"note: {e}; assembling the ensemble again")
+    return assemble(client, uri, sweep_run, trial_run, console, max_calibration)
+
+
+# -- assembling from a sweep ---------------------------------------------------------------------------
+def _download(client, run_id: str, path: str, dst: Path) -> Path:
+    from mlflow.exceptions import MlflowException
+
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    except (MlflowException, OSError) as e:
+        raise EnsembleCommandError(f"run {run_id}: cannot download artifact {path!r} ({str(e).splitlines()[0]})") from e
+
+
+def fold_model_dirs(client, trial_run, dst: Path) -> list[Path]:
+    """Download the k fold models of a completed trial; [member_0, …] in fold order."""
+    tid = trial_run.info.run_id
+    if trial_run.data.tags.get("sweep.status") != "completed":
+        raise EnsembleCommandError(f"trial {trial_run.data.tags.get('sweep.trial_id')} is "
+                                   f"{trial_run.data.tags.get('sweep.status', trial_run.info.status)}, not completed")
+    folds = client.search_runs([trial_run.info.experiment_id],
+                               filter_string=f"tags.`{PARENT}` = '{tid}' and tags.`{ROLE}` = 'fold'", max_results=1000)
+    folds = sorted(folds, key=lambda r: int(r.data.tags[FOLD]))
+    if len(folds) < 2:
+        raise EnsembleCommandError(f"trial run {tid} has {len(folds)} fold runs; an ensemble needs ≥ 2")
+    return [_download(client, f.info.run_id, "model", dst / f"fold_{f.data.tags[FOLD]}") for f in folds]
+
+
+def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], test: np.ndarray,
+                    max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0) -> tuple[Calibration, list[PropertyErrors], dict]:
+    """Fit the std scale on out-of-fold errors (pool) and ensemble variance on test inputs; test errors for the report.
+
+    Args:
+        ens: the ensemble, members in fold order (member i held out ``folds[i][1]``).
+        data: the sweep's dataset.
+        folds: (train, val) indices per fold.
+        test: held-out test indices (labels used only for the report).
+    """
+    rng = np.random.default_rng(seed)
+    k = ens.k
+    if len(folds) != k:
+        raise EnsembleCommandError(f"{len(folds)} folds in split.json but {k} members")
+    pool = np.concatenate([v for _, v in folds])  # [n_pool]
+    owner = np.concatenate([np.full(len(v), i) for i, (_, v) in enumerate(folds)])  # [n_pool] member that held it out
+    if len(pool) > max_molecules:
+        keep = np.sort(rng.choice(len(pool), max_molecules, replace=False))
+        pool, owner = pool[keep], owner[keep]
+    forces = data.has_forces
+    pp = ens.predict(data.subset(pool), forces=forces, calibrated=False, members=True)
+    e_oof = pp.members_energy[owner, np.arange(len(pool))] - data.E[pool]  # [n_pool]
+    details: dict[str, Any] = {"k": k, "std_ddof": STD_DDOF, "n_pool": int(len(pool))}
+    sub = data.subset(pool)
+    if len(test) > max_molecules:
+        test = np.sort(rng.choice(test, max_molecules, replace=False))
+    details["n_test"] = int(len(test))
+    if not len(test):
+        raise EnsembleCommandError("the sweep has no held-out test set: nothing to estimate the ensemble variance or report on")
+    tset = data.subset(test)
+    pt = ens.predict(tset, forces=forces, calibrated=False)
+    a_e, det_e = fit_scale_oof(e_oof, pt.energy_std, k)
+    details["energy"] = det_e
+    a_f = 1.0
+    props = [PropertyErrors("energy", ens.energy_unit)]
+    props[0].add(pt.energy - tset.E, pt.energy_std)
+    if forces:
+        atom_owner = np.repeat(owner, sub.n_atoms)  # [n_pool_atoms]
+        f_oof = pp.members_forces[atom_owner, np.arange(len(sub.Z))] - sub.F  # [n_pool_atoms, 3]
+        a_f, det_f = fit_scale_oof(f_oof, pt.forces_std, k)
+        details["forces"] = det_f
+        props.append(PropertyErrors("forces", f"{ens.energy_unit}/Å"))
+        props[1].add(pt.forces - tset.F, pt.forces_std)
+    cal = Calibration(energy_scale=a_e, forces_scale=a_f, method="oof-variance-decomposition", details=details)
+    oof = {"idx": pool, "owner": owner, "energy": pp.members_energy[owner, np.arange(len(pool))]}
+    return cal, props, oof
+
+
+def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calibration: int = MAX_CALIBRATION_MOLECULES,
+             register: bool = True) -> Loaded:
+    """Build, calibrate, report, log and register the ensemble of a sweep's best (or given) trial."""
+    from schnet_model.data.load import checksum, load_dataset
+    from schnet_model.data.splits import SplitManifest
+
+    t0 = time.time()
+    sid = sweep_run.info.run_id
+    sweep_name = sweep_run.data.tags.get(SWEEP_ID, sid)
+    if trial_run is None:
+        trial_run = client.get_run(sweep_run.data.tags["sweep.best_trial_run_id"])
+    trial_id = trial_run.data.tags.get("sweep.trial_id", trial_run.info.run_id)
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        dirs = fold_model_dirs(client, trial_run, tmp / "folds")
+        spec = SweepSpec.model_validate_json(_download(client, sid, "spec.json", tmp).read_text())
+        manifest = SplitManifest.from_json(_download(client, sid, "split.json", tmp).read_text())
+        meta = {"sweep": sweep_name, "sweep_run_id": sid, "trial_id": trial_id, "trial_run_id": trial_run.info.run_id,
+                "experiment": client.get_experiment(sweep_run.info.experiment_id).name, "created": time.time()}
+        try:
+            ens = SchNetEnsemble.from_model_dirs(dirs, meta=meta)
+        except (ModelLoadError, EnsembleError) as e:
+            raise EnsembleCommandError(f"trial {trial_id}: fold models do not load ({str(e).splitlines()[0]})") from e
+        console.print(f"sweep {sweep_name}: trial {trial_id}, {ens.k} members ({ens.config.n_atom_basis}/"
+                      f"{ens.config.n_filters}/{ens.config.n_interactions}), energies in {ens.energy_unit}")
+        try:
+            loaded = load_dataset(spec.dataset)
+        except DataError as e:
+            raise EnsembleCommandError(f"cannot re-read the sweep's dataset to calibrate the ensemble: {e}") from e
+        sha = checksum(loaded.path)
+        if sha != manifest.dataset_sha256:
+            raise EnsembleCommandError(f"{loaded.path}: sha256 {sha[:12]}… differs from the sweep's "
+                                       f"{manifest.dataset_sha256[:12]}…; the dataset changed since the sweep")
+        data = loaded.molecules
+        if data.energy_unit != ens.energy_unit:
+            raise EnsembleCommandError(f"dataset in {data.energy_unit} but the members were trained in {ens.energy_unit}")
+        folds = [(f.train, f.val) for f in manifest.folds]
+        cal, props, oof = fit_calibration(ens, data, folds, manifest.test, max_calibration)
+        ens.calibration = cal
+        check = _check_oof(client, trial_run.info.run_id, oof, tmp)
+        if check is not None:
+            cal.details["oof_energy_max_abs_diff_vs_sweep"] = check
+        report = build_report(props, cal)
+        console.print(report_table(report, cal, f"{sweep_name} trial {trial_id}: held-out test set, "
+                                                f"{ens.k}-member ensemble"))
+        console.print(f"recalibration (out-of-fold variance decomposition): σ = {cal.energy_scale:.3g}·std for energies, "
+                      f"{cal.forces_scale:.3g}·std for force components")
+        ens_dir = ens.save(tmp / "ensemble")
+        model_uri = None
+        if register:
+            model_uri = log_and_register(client, uri, sweep_run, ens_dir, report, cal, ens.energy_unit, console)
+    console.print(f"assembled in {time.time() - t0:.0f} s")
+    return Loaded(ens, f"sweep {sweep_name} trial {trial_id}", model_uri)
+
+
+def _check_oof(client, trial_run_id: str, oof: dict, tmp: Path) -> float | None:
+    """Max |difference| between the re-predicted out-of-fold energies and the sweep's ``predictions.npz``."""
+    try:
+        path = _download(client, trial_run_id, "predictions.npz", tmp / "pred")
+    except EnsembleCommandError:
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if "oof_idx" not in z.files:
+            return None
+        pos = {int(i): j for j, i in enumerate(z["oof_idx"])}
+        sel = [pos.get(int(i), -1) for i in oof["idx"]]
+        if min(sel, default=-1) < 0:
+            return None
+        return float(np.max(np.abs(z["oof_energy"][sel] - oof["energy"])))
+
+
+def _code_copy(dst: Path) -> Path:
+    """A clean copy of the ``schnet_model`` package (no caches) for the model's ``code_paths``."""
+    import schnet_model
+
+    src = Path(schnet_model.__file__).parent
+    out = dst / "schnet_model"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return out
+
+
+def log_and_register(client, uri: str, sweep_run, ens_dir: Path, report, cal: Calibration, energy_unit: str,
+                     console: Console) -> str:
+    """Log report + pyfunc model under the sweep run, register it, move the ``champion`` alias; the model URI."""
+    import mlflow
+    import torch
+
+    import orchestrator.pyfunc_ensemble as code
+
+    sid = sweep_run.info.run_id
+    experiment = client.get_experiment(sweep_run.info.experiment_id).name
+    name = f"{experiment}{MODEL_SUFFIX}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    from orchestrator.tracking import Store
+
+    store = Store(uri, experiment)
+    store.log(sid, {**report.flat(), "ensemble_energy_scale": cal.energy_scale, "ensemble_forces_scale": cal.forces_scale})
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        reliability_plot(report, tmp / "ensemble_reliability.png", f"{sweep_run.data.tags.get(SWEEP_ID)}: held-out test set")
+        client.log_artifact(sid, str(tmp / "ensemble_reliability.png"), "plots")
+        (tmp / "ensemble_calibration.json").write_text(json.dumps(
+            {"calibration": cal.to_dict(), "metrics": report.metrics, "best_scale_on_test": report.best_scale,
+             "units": report.units}, indent=2, default=float))
+        client.log_artifact(sid, str(tmp / "ensemble_calibration.json"))
+        code_dir = _code_copy(tmp)
+        torch_req = torch.__version__.split("+")[0]
+        with mlflow.start_run(run_id=sid):
+            info = mlflow.pyfunc.log_model(
+                name="ensemble", python_model=str(Path(code.__file__)), artifacts={"ensemble": str(ens_dir)},
+                code_paths=[str(code_dir)], registered_model_name=name,
+                pip_requirements=[f"torch>={torch_req.rsplit('.', 1)[0]}", "numpy>=1.26", "pydantic>=2.6", "safetensors>=0.4",
+                                  "ase>=3.23", "pandas", f"mlflow=={mlflow.__version__}"],
+                metadata={"std_ddof": STD_DDOF, "energy_unit": energy_unit,
+                          "format": "sweep-schnet-ensemble"})
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, ALIAS, version)
+    model_uri = f"models:/{name}/{version}"
+    client.set_tag(sid, ENSEMBLE_TAG, model_uri)
+    console.print(f"MLflow: registered {name} version {version} (alias {ALIAS}); report and reliability plot on sweep run {sid}")
+    return model_uri
+
+
+# -- prediction and evaluation -------------------------------------------------------------------------
+def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | None = None, input_unit: str | None = None,
+                 calibrated: bool = True, evaluate: bool = False, console: Console | None = None,
+                 max_atoms: int | None = None) -> dict[str, Any]:
+    """Predict every frame of ``path``; write ``out`` (+ CSV) atomically when given; errors (and the report) with references.
+
+    Returns a summary: counts, units, error statistics (and the report when ``evaluate``).
+    """
+    from orchestrator.ensemble_io import DEFAULT_CHUNK_ATOMS
+
+    console = console or Console()
+    try:
+        unit = canonical_energy_unit(unit) if unit else ens.energy_unit
+    except UnitError as e:
+        raise EnsembleCommandError(f"--unit: {e}") from e
+    if out is not None and Path(out).resolve() == Path(path).resolve():
+        raise EnsembleCommandError(f"{out}: the output would overwrite the input")
+    ref_unit, chunks = read_chunks(path, max_atoms or DEFAULT_CHUNK_ATOMS, input_unit)
+    props = [PropertyErrors("energy", unit), PropertyErrors("forces", f"{unit}/Å")]
+    n_mols = n_atoms = 0
+    n_ref_e = 0
+    t0 = time.time()
+    files = AtomicFiles(*(() if out is None else (Path(out), csv_path(Path(out)))))
+    with files as handles:
+        writer = None
+        for chunk in chunks:
+            bad = ~np.isin(chunk.Z, ens.elements)  # [n_atoms]
+            if bad.any():
+                frame = chunk.first + int(np.searchsorted(chunk.atom_ptr, int(np.argmax(bad)), side="right")) - 1
+                ens.check_elements(chunk.Z, f"{path}: frame {frame}")
+            mols = Molecules(Z=chunk.Z, R=chunk.R, atom_ptr=chunk.atom_ptr, E=None, F=None, energy_unit=ens.energy_unit,
+                             name=Path(path).name)
+            raw = ens.predict(mols, calibrated=False).to_unit(unit)
+            sc_e, sc_f = (ens.calibration.energy_scale, ens.calibration.forces_scale) if calibrated else (1.0, 1.0)
+            pred = _scaled(raw, sc_e, sc_f)
+            ref_e, ref_f = convert_refs(chunk, ref_unit, unit)
+            has_ref = bool(np.isfinite(ref_e).any() or np.isfinite(ref_f).any())
+            if has_ref:
+                n_ref_e += int(np.isfinite(ref_e).sum())
+                props[0].add(raw.energy - ref_e, raw.energy_std)
+                props[1].add(raw.forces - ref_f, raw.forces_std)
+            if handles:
+                if writer is None:
+                    writer = Writer(handles[0], handles[1], unit, calibrated and ens.calibration.method != "identity", has_ref)
+                writer.write(chunk, pred, ref_e if has_ref else None, ref_f if has_ref else None)
+            n_mols += len(chunk)
+            n_atoms += len(chunk.Z)
+        if handles:
+            files.commit()
+    summary: dict[str, Any] = {"molecules": n_mols, "atoms": n_atoms, "unit": unit, "reference_unit": ref_unit,
+                               "seconds": time.time() - t0, "with_reference": n_ref_e}
+    e, _ = props[0].arrays()
+    f, _ = props[1].arrays()
+    if len(e):
+        summary["energy_mae"], summary["energy_rmse"] = float(np.abs(e).mean()), float(np.sqrt(np.mean(e**2)))
+    if len(f):
+        summary["forces_mae"], summary["forces_rmse"] = float(np.abs(f).mean()), float(np.sqrt(np.mean(f**2)))
+    if evaluate:
+        if not len(e) and not len(f):
+            raise EnsembleCommandError(f"{path}: no reference energies or forces to evaluate against")
+        summary["report"] = build_report([p for p in props if p.arrays()[0].size], ens.calibration)
+    return summary
+
+
+def _scaled(p, sc_e: float, sc_f: float):
+    """A prediction with stds multiplied by the calibration factors."""
+    from dataclasses import replace
+
+    from schnet_model.ensemble import _summaries
+
+    f_std = p.forces_std * sc_f
+    norm, mx, mn = _summaries(f_std, p.atom_ptr)
+    return replace(p, energy_std=p.energy_std * sc_e, forces_std=f_std, forces_std_norm=norm, forces_std_max=mx,
+                   forces_std_mean=mn)
+
+
+def default_output(path: Path) -> Path:
+    """``mols.xyz`` → ``./mols.ensemble.extxyz``."""
+    return Path.cwd() / f"{Path(path).stem}.ensemble.extxyz"
+
+
+def run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
+                input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
+                console: Console) -> None:
+    """The ``sweep ensemble`` command (errors as :class:`EnsembleCommandError`, :class:`EnsembleError`, :class:`InputError`)."""
+    if predict is not None and evaluate is not None:
+        raise EnsembleCommandError("give --predict or --evaluate, not both")
+    target = predict or evaluate
+    if target is not None and not Path(target).is_file():
+        raise EnsembleCommandError(f"{target}: no such file")
+    for opt, val in (("--unit", unit), ("--input-unit", input_unit)):
+        if val:
+            try:
+                canonical_energy_unit(val)
+            except UnitError as e:
+                raise EnsembleCommandError(f"{opt}: {e}") from e
+    uri = TrackingConfig(uri=tracking_uri).resolved_uri()
+    loaded = resolve(source, uri, rebuild, console)
+    ens = loaded.ensemble
+    console.print(f"ensemble: {loaded.description}; {ens.k} members, elements {ens.elements}, energies in {ens.energy_unit}, "
+                  f"std ddof={STD_DDOF}, recalibration {ens.calibration.method} "
+                  f"(energy ×{ens.calibration.energy_scale:.3g}, forces ×{ens.calibration.forces_scale:.3g})")
+    if save is not None:
+        ens.save(save)
+        console.print(f"ensemble directory written to {save} (load with SchNetEnsemble.load / SchNetEnsembleCalculator)")
+    if target is None:
+        return
+    if predict is not None:
+        out = out or default_output(predict)
+    res = predict_file(ens, Path(target), out, unit, input_unit, not uncalibrated, evaluate is not None, console)
+    u = res["unit"]
+    msg = f"{res['molecules']:,} molecules ({res['atoms']:,} atoms) in {res['seconds']:.1f} s"
+    if out is not None:
+        msg += f" → {out} and {csv_path(Path(out))} (energies in {u}, forces in {u}/Å)"
+    console.print(msg)
+    if "energy_mae" in res or "forces_mae" in res:
+        parts = []
+        if "energy_mae" in res:
+            parts.append(f"energy MAE {res['energy_mae']:.4g} {u} (RMSE {res['energy_rmse']:.4g})")
+        if "forces_mae" in res:
+            parts.append(f"forces MAE {res['forces_mae']:.4g} {u}/Å (RMSE {res['forces_rmse']:.4g})")
+        console.print(f"errors against the file's references (read as {res['reference_unit']}): " + ", ".join(parts))
+    if "report" in res:
+        console.print(report_table(res["report"], ens.calibration, f"{Path(target).name}: calibration report"))
+
+
+__all__ = ["ALIAS", "MODEL_SUFFIX", "EnsembleCommandError", "assemble", "find_sweep", "fit_calibration", "predict_file",
+           "resolve", "run_command"]

@@ -1,0 +1,121 @@
+"""Calibration reports of an ensemble: metrics before/after recalibration, a Rich table, a reliability plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from schnet_model.calibration import Calibration, calibration_metrics, fit_scale, reliability
+
+
+@dataclass
+class PropertyErrors:
+    """Errors of the ensemble mean and raw (uncalibrated, ddof=1) stds of one property, flattened."""
+
+    name: str  # "energy" or "forces"
+    unit: str
+    error: list[np.ndarray] = field(default_factory=list)  # chunks of [n] prediction − reference
+    std: list[np.ndarray] = field(default_factory=list)  # chunks of [n] raw stds
+
+    def add(self, error: np.ndarray, std: np.ndarray) -> None:
+        ok = np.isfinite(error)
+        self.error.append(np.ravel(error[ok]))
+        self.std.append(np.ravel(std[ok]))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate(self.error) if self.error else np.zeros(0),
+                np.concatenate(self.std) if self.std else np.zeros(0))
+
+
+@dataclass
+class CalibrationReport:
+    """Metrics (raw and calibrated) and reliability curves per property."""
+
+    metrics: dict[str, dict[str, dict[str, float]]]  # prop → {"raw": {...}, "calibrated": {...}}
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # prop → {"raw": (expected, observed), ...}
+    units: dict[str, str]
+    best_scale: dict[str, float]  # the pointwise ML scale on these data (a diagnostic, not applied)
+
+    def flat(self, prefix: str = "ensemble_test_") -> dict[str, float]:
+        """``{prefix}{prop}_{metric}_{raw|calibrated}`` → value (finite values only), for MLflow."""
+        out = {}
+        for prop, by in self.metrics.items():
+            for kind, m in by.items():
+                for key, v in m.items():
+                    if np.isfinite(v):
+                        out[f"{prefix}{prop}_{key}_{kind}"] = float(v)
+        return out
+
+
+def build_report(props: list[PropertyErrors], calibration: Calibration) -> CalibrationReport:
+    """Metrics of the raw and the recalibrated stds for every property with data."""
+    metrics, curves, units, best = {}, {}, {}, {}
+    for p in props:
+        e, s = p.arrays()
+        if not len(e):
+            continue
+        sc = calibration.scale(p.name)
+        metrics[p.name] = {"raw": calibration_metrics(e, s), "calibrated": calibration_metrics(e, s * sc)}
+        curves[p.name] = {"raw": reliability(e, s), "calibrated": reliability(e, s * sc)}
+        units[p.name] = p.unit
+        best[p.name] = fit_scale(e, s)
+    return CalibrationReport(metrics, curves, units, best)
+
+
+ROWS = (("rmse", "RMSE of the ensemble mean", True), ("rmv", "RMS of σ", True), ("spearman", "Spearman ρ(σ, |error|)", False),
+        ("miscal_area", "miscalibration area", False), ("nll", "Gaussian NLL (nats)", False),
+        ("coverage68", "coverage of ±1σ (68.3 %)", False), ("coverage95", "coverage of ±2σ (95.4 %)", False))
+
+
+def report_table(report: CalibrationReport, calibration: Calibration, title: str) -> Table:
+    """Rich table: one block per property, raw vs recalibrated."""
+    t = Table(title=title)
+    for c in ("property", "metric", "raw std (ddof=1)", "recalibrated"):
+        t.add_column(c, justify="left" if c in ("property", "metric") else "right")
+    for prop, by in report.metrics.items():
+        unit = report.units[prop]
+        n = int(by["raw"]["n"])
+        what = "molecule energies" if prop == "energy" else "force components"
+        t.add_row(f"{prop} ({n:,} {what})", "scale applied", "1", f"{calibration.scale(prop):.4g}")
+        t.add_row("", "ML scale on these data", "", f"{report.best_scale[prop]:.4g}")
+        for key, label, with_unit in ROWS:
+            raw, cal = by["raw"][key], by["calibrated"][key]
+            u = f" {unit}" if with_unit else ""
+            t.add_row("", label, f"{raw:.4g}{u}", f"{cal:.4g}{u}" if key != "rmse" else "")
+        t.add_section()
+    return t
+
+
+def reliability_plot(report: CalibrationReport, out: Path, title: str = "") -> Path:
+    """Observed vs expected coverage of central Gaussian intervals, raw and recalibrated, per property."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    props = list(report.curves)
+    fig, axes = plt.subplots(1, max(len(props), 1), figsize=(4.2 * max(len(props), 1), 4), squeeze=False)
+    for ax, prop in zip(axes[0], props, strict=False):
+        for kind, style in (("raw", "--"), ("calibrated", "-")):
+            p, obs = report.curves[prop][kind]
+            m = report.metrics[prop][kind]
+            ax.plot(p, obs, style, label=f"{kind}: area {m['miscal_area']:.3f}, NLL {m['nll']:.3g}")
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set_xlabel("expected coverage of ±z·σ")
+        ax.set_ylabel("observed coverage")
+        ax.set_title(f"{prop} ({report.units[prop]})")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["CalibrationReport", "PropertyErrors", "build_report", "reliability_plot", "report_table"]
