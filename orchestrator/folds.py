@@ -77,7 +77,8 @@ class FoldWorker:
             self.last = m
         else:
             self.last = {**self.last, "seconds": 0.0}
-        return {**self.last, "best_val_loss": t.best_val_loss, "stopped": self.stopped, "epoch": t.epoch}
+        return {**self.last, "best_val_loss": t.best_val_loss, "stopped": self.stopped, "epoch": t.epoch,
+                "node_id": _node_id()}
 
     def get_state(self) -> dict[str, Any]:
         return {**self.trainer.state_dict(), "stopped": self.stopped, "last": getattr(self, "last", {})}
@@ -110,10 +111,17 @@ class FoldWorker:
         return out
 
 
-def fold_metrics_summary(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Trial metrics from the folds' epoch results: mean/std over folds and each fold's values."""
+def _node_id() -> str:
+    """The Ray node this fold runs on ("" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def fold_metrics_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Trial metrics from the folds' epoch results: mean/std over folds, each fold's values and Ray node."""
     vals = np.array([r["val_loss"] for r in results])
-    m: dict[str, float] = {
+    m: dict[str, Any] = {
         "val_loss_mean": float(vals.mean()),
         "val_loss_std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
         "train_loss_mean": float(np.mean([r["train_loss"] for r in results])),
@@ -124,6 +132,8 @@ def fold_metrics_summary(results: list[dict[str, Any]]) -> dict[str, float]:
         m[f"fold{i}/val_energy_mae"] = r["val_energy_mae"]
         if "val_forces_mae" in r:
             m[f"fold{i}/val_forces_mae"] = r["val_forces_mae"]
+        if r.get("node_id"):
+            m[f"fold{i}/node_id"] = r["node_id"]
     return m
 
 

@@ -202,13 +202,21 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
 
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  **({} if address else {"num_cpus": os.cpu_count()}))
+    from orchestrator.cluster import StorageNotShared, check_storage_shared
+
+    try:
+        check_storage_shared(root, root / name / "sweep.json")
+    except StorageNotShared as e:
+        store.end(parent, "FAILED")
+        raise SweepError(str(e)) from None
     data_ref = ray.put(data)
     ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref},
            "folds": [(f.train, f.val) for f in manifest.folds], "test": manifest.test}
     res = spec.resources
     bundle = {"CPU": res.cpus_per_fold, **({"GPU": res.gpus_per_fold} if res.gpus_per_fold else {})}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    tune.PlacementGroupFactory([{"CPU": 0.01}] + [bundle] * spec.cv.k))
+                                    tune.PlacementGroupFactory([{"CPU": 0.01}] + [bundle] * spec.cv.k,
+                                                              strategy=res.placement_strategy))
     tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k)
     callbacks = [tracker, LiveProgress(spec.search.num_samples, console)]
     if resume:

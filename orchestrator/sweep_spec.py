@@ -46,6 +46,8 @@ class SearchConfig(_Strict):
 class ResourcesConfig(_Strict):
     cpus_per_fold: float = Field(1.0, gt=0)
     gpus_per_fold: float = Field(0.0, ge=0, description="fractional GPUs allowed, e.g. 0.25")
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="a trial's fold bundles: PACK onto few nodes, or SPREAD over nodes")
 
 
 class TrackingConfig(_Strict):

@@ -18,6 +18,7 @@ from typing import Any
 from ray import tune
 
 ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
+NODE, NODES = "sweep.node_id", "sweep.node_ids"  # the Ray node a fold trains on; every node it trained on
 PARENT = "mlflow.parentRunId"
 
 
@@ -77,9 +78,10 @@ class MlflowTracker(tune.Callback):
         self.uri, self.experiment, self.sweep_id, self.parent, self.k = uri, experiment, sweep_id, parent_run_id, k
         self._store: Store | None = None
         self._runs: dict[str, tuple[str, list[str]]] = {}
+        self._nodes: dict[str, list[str]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_store": None, "_runs": {}}
+        return {**self.__dict__, "_store": None, "_runs": {}, "_nodes": {}}
 
     @property
     def store(self) -> Store:
@@ -111,6 +113,12 @@ class MlflowTracker(tune.Callback):
         for i, fid in enumerate(folds):
             prefix = f"fold{i}/"
             self.store.log(fid, {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}, step)
+            node = result.get(f"{prefix}node_id")
+            if node and self._nodes.get(fid, [""])[-1] != node:  # first epoch, or the fold moved (a retry)
+                seen = self._nodes.setdefault(fid, [])
+                seen.append(node)
+                self.store.client.set_tag(fid, NODE, node)
+                self.store.client.set_tag(fid, NODES, ",".join(seen[-50:]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         rid, folds = self.runs(trial)
