@@ -143,6 +143,39 @@ def ensemble(
         fail(str(e))
 
 
+@app.command("mlflow-server")
+def mlflow_server(
+    data: Annotated[Path, typer.Option(help="directory for PostgreSQL's data, the password file and the artifacts")] = Path("mlflow-server"),
+    host: Annotated[str, typer.Option(help="interface to bind (keep 127.0.0.1 and port-forward)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="MLflow server port")] = 5000,
+    pg_port: Annotated[int, typer.Option(help="PostgreSQL port (127.0.0.1 only)")] = 5432,
+    workers: Annotated[int, typer.Option(help="server worker processes")] = 2,
+) -> None:
+    """MLflow tracking server on a PostgreSQL backend store with a served artifact store, until Ctrl-C."""
+    import signal
+
+    from orchestrator.mlflow_server import MlflowServer, MlflowServerError
+
+    def _terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    server = MlflowServer(data, host, port, pg_port, workers)
+    try:
+        uri = server.start()
+        console.print(f"MLflow server {uri} (backend PostgreSQL 127.0.0.1:{pg_port}, artifacts {server.root / 'artifacts'}); "
+                      f"use tracking.uri: {uri}", soft_wrap=True, highlight=False)
+        code = server.proc.wait()
+    except MlflowServerError as e:
+        server.stop()
+        fail(str(e))
+    except KeyboardInterrupt:
+        server.stop()
+        return
+    server.stop()
+    fail(f"mlflow server exited {code} (log: {server.root / 'mlflow-server.log'})", 1)
+
+
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Option("-o", "--out", help="npz file to write (MD17 layout)")],
