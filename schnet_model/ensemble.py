@@ -2,11 +2,22 @@
 
 The members' weights are stacked along a leading member axis ``k`` and the SchNet forward is
 written here, functionally, from the state-dict layout (``embedding.weight``,
-``interactions.{l}.in2f.weight``, ``…filter_net.0.0.weight`` …, ``offsets.atomref``): every
-layer is one batched matmul over the members (``torch.baddbmm``), the first filter layer of all
-interaction blocks is a single matmul, and forces of all members come from one backward pass
-(each member sees its own copy of the positions, so ``∂E_m/∂R`` stays per member). It does not
-call :meth:`SchNet.forward`; the tests check that both agree.
+``interactions.{l}.in2f.weight``, ``…filter_net.0.0.weight`` …, ``offsets.atomref``). It does not
+call :meth:`SchNet.forward`; the tests check that both agree. What is shared between members is
+computed once per batch: unordered pairs, distances, their sort, the Gaussians. Per batch:
+
+- **filters** depend on the pair distance only, so they are computed once per unordered pair
+  (i < j) and used in both directions. Pairs are sorted by distance and processed in chunks;
+  each chunk multiplies only the window of Gaussians that are non-negligible for its distances
+  (centres farther than ``r = sqrt(ln(2¹⁰/eps)/γ)`` from every distance are dropped: each dropped
+  value is below eps·2⁻¹⁰ of the largest), and the first filter layer of **all members and all
+  interaction blocks** is one matrix product ``[pairs, window] × [window, k·L·F]``; the second
+  layer is one batched product over the k·L (member, block) pairs. The filters' derivatives
+  ``dW/dd`` come from the same products (forward mode).
+- **atom-wise layers** are batched matmuls over members (``torch.baddbmm``) on ``[k, atoms, ·]``.
+- **forces**: one backward pass through the atom-wise part gives ``∂E_m/∂W`` for every member,
+  ``∂E_m/∂d_p = Σ ⟨∂E_m/∂W_p, W'_p⟩`` and ``F = −∂E/∂R`` by the chain rule through
+  ``d = |R_j − R_i|`` — per member, with no autograd graph through the Gaussians.
 
 Std convention: ``std`` is the **sample standard deviation over the k members with
 ddof = STD_DDOF = 1** (``torch.std(correction=1)``, ``np.std(ddof=1)``), for energies per
@@ -15,7 +26,7 @@ molecule and for each force component; ``forces_std_norm`` of an atom is
 force covariance), summarised per molecule by its max and mean over atoms. A stored
 :class:`~schnet_model.calibration.Calibration` multiplies these stds (``calibrated=True``).
 
-Memory: molecules are evaluated in batches whose estimated autograd footprint stays under
+Memory: molecules are evaluated in batches whose estimated footprint stays under
 ``memory_budget`` bytes (a molecule larger than the budget is evaluated alone), positions are
 never padded, and pair lists are built per batch, vectorised over molecules of equal size.
 """
@@ -83,8 +94,8 @@ def stack_states(states: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> dic
     """Stack k member state dicts into the ensemble's parameters (weights transposed for ``x @ W``).
 
     Returns a flat dict: ``emb`` [k, max_z, A], ``centers`` [n_rbf], ``filt1_w`` [k, n_rbf, L·F],
-    ``filt1_b`` [k, 1, L·F], per block l ``in2f.l`` [k, A, F], ``filt2_w.l`` [k, F, F], ``filt2_b.l``
-    [k, 1, F], ``f2out1_w.l`` [k, F, A], ``f2out1_b.l``, ``f2out2_w.l`` [k, A, A], ``f2out2_b.l``,
+    ``filt1_b`` [k, 1, L·F], ``filt2_w`` [k, L, F, F], ``filt2_b`` [k, L, 1, F], per block l ``in2f.l``
+    [k, A, F], ``f2out1_w.l`` [k, F, A], ``f2out1_b.l``, ``f2out2_w.l`` [k, A, A], ``f2out2_b.l``,
     ``out1_w`` [k, A, H], ``out1_b``, ``out2_w`` [k, H, 1], ``out2_b`` [k, 1, 1], ``atomref``
     [k, max_z] float64, ``scale`` [k] float64.
     """
@@ -112,10 +123,11 @@ def stack_states(states: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> dic
     p: dict[str, torch.Tensor] = {"emb": stk("embedding.weight"), "centers": states[0]["rbf.centers"].detach().clone()}
     p["filt1_w"] = torch.cat([stk(f"interactions.{i}.filter_net.0.0.weight", transpose=True) for i in range(L)], 2)
     p["filt1_b"] = torch.cat([stk(f"interactions.{i}.filter_net.0.0.bias", bias=True) for i in range(L)], 2)
+    p["filt2_w"] = torch.stack([stk(f"interactions.{i}.filter_net.1.weight", True) for i in range(L)], 1)  # [k, L, F, F]
+    p["filt2_b"] = torch.stack([stk(f"interactions.{i}.filter_net.1.bias", bias=True) for i in range(L)], 1)  # [k, L, 1, F]
     for i in range(L):
         q = f"interactions.{i}."
         p[f"in2f.{i}"] = stk(q + "in2f.weight", transpose=True)
-        p[f"filt2_w.{i}"], p[f"filt2_b.{i}"] = stk(q + "filter_net.1.weight", True), stk(q + "filter_net.1.bias", bias=True)
         p[f"f2out1_w.{i}"], p[f"f2out1_b.{i}"] = stk(q + "f2out.0.0.weight", True), stk(q + "f2out.0.0.bias", bias=True)
         p[f"f2out2_w.{i}"], p[f"f2out2_b.{i}"] = stk(q + "f2out.1.weight", True), stk(q + "f2out.1.bias", bias=True)
     p["out1_w"], p["out1_b"] = stk("output.0.0.weight", True), stk("output.0.0.bias", bias=True)
@@ -126,34 +138,80 @@ def stack_states(states: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> dic
 
 
 # -- the functional forward --------------------------------------------------------------------
+def truncation_radius(gamma: float, dtype: torch.dtype) -> float:
+    """Distance (Å) beyond which a Gaussian ``exp(−γ Δ²)`` is below ``eps(dtype)·2⁻¹⁰`` and is left out."""
+    return math.sqrt(math.log(2.0**10 / torch.finfo(dtype).eps) / gamma)
+
+
+def pair_filters(p: dict[str, torch.Tensor], cfg: ModelConfig, d: torch.Tensor, deriv: bool, chunk: int = 1024
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Filters of every member and block for pair distances ``d`` [P] (sorted ascending, Å).
+
+    Returns (W [k, L, P, F], dW/dd [k, L, P, F] or None), cutoff included.
+    """
+    k, L, Fi = p["emb"].shape[0], cfg.n_interactions, cfg.n_filters
+    kL, P = k * L, d.numel()
+    # μ_k = k·spacing in the compute dtype (the float32 ``rbf.centers`` buffer cast up would be off by ~1e-6 Å)
+    centers = torch.arange(cfg.n_rbf, dtype=d.dtype, device=d.device) * cfg.rbf_spacing  # [n_rbf]
+    W1 = p["filt1_w"].permute(1, 0, 2).reshape(-1, kL * Fi)  # [n_rbf, k·L·F] columns (member, block, filter)
+    b1 = p["filt1_b"].reshape(1, kL * Fi)
+    W2, b2 = p["filt2_w"].reshape(kL, Fi, Fi), p["filt2_b"].reshape(kL, 1, Fi)
+    W = d.new_empty(kL, P, Fi)
+    Wd = d.new_empty(kL, P, Fi) if deriv else None
+    if P:
+        r = truncation_radius(cfg.gamma, d.dtype)
+        starts = list(range(0, P, chunk))
+        ends = [min(s0 + chunk, P) for s0 in starts]
+        lo = d[torch.tensor(starts, device=d.device)]
+        hi = d[torch.tensor(ends, device=d.device) - 1]
+        k0s = torch.searchsorted(centers, lo - r).tolist()
+        k1s = torch.searchsorted(centers, hi + r, right=True).tolist()
+        for p0, p1, k0, k1 in zip(starts, ends, k0s, k1s, strict=True):
+            if k1 > k0:
+                delta = d[p0:p1, None] - centers[k0:k1]  # [C, K]
+                g = torch.exp(delta * delta * -cfg.gamma)  # [C, K]
+                a = torch.addmm(b1, g, W1[k0:k1])  # [C, k·L·F]
+            else:  # every Gaussian negligible (beyond the basis)
+                g = delta = None
+                a = b1.expand(p1 - p0, -1)
+            s = (F.softplus(a) - LN2).view(p1 - p0, kL, Fi).transpose(0, 1)  # [k·L, C, F]
+            W[:, p0:p1] = torch.baddbmm(b2, s, W2)
+            if Wd is not None:
+                if g is None:
+                    Wd[:, p0:p1] = 0.0
+                    continue
+                ad = torch.mm(g * delta * (-2.0 * cfg.gamma), W1[k0:k1])  # dA/dd [C, k·L·F]
+                sd = (torch.sigmoid(a) * ad).view(p1 - p0, kL, Fi).transpose(0, 1)  # d ssp(A)/dd
+                Wd[:, p0:p1] = torch.bmm(sd, W2)
+    if cfg.cutoff is not None:
+        inside = (d < cfg.cutoff).to(d.dtype)
+        fc = (0.5 * (torch.cos(d * (math.pi / cfg.cutoff)) + 1.0) * inside)[:, None]  # [P, 1]
+        if Wd is not None:
+            fcd = (-0.5 * math.pi / cfg.cutoff * torch.sin(d * (math.pi / cfg.cutoff)) * inside)[:, None]
+            Wd = Wd * fc + W * fcd
+        W = W * fc
+    return W.view(k, L, P, Fi), (None if Wd is None else Wd.view(k, L, P, Fi))
+
+
 def member_energies(
     p: dict[str, torch.Tensor],
     cfg: ModelConfig,
     Z: torch.Tensor,  # [n_atoms] int64
-    R: torch.Tensor,  # [k, n_atoms, 3] Å, one copy per member
-    mol: torch.Tensor,  # [n_atoms] int64
+    W: torch.Tensor,  # [k, L, P, F] filters of the unordered pairs
+    pi: torch.Tensor,  # [P] first atom of each unordered pair
+    pj: torch.Tensor,  # [P] second atom
+    mol: torch.Tensor,  # [n_atoms] molecule of each atom
     n_mols: int,
-    idx_i: torch.Tensor,  # [n_pairs]
-    idx_j: torch.Tensor,  # [n_pairs]
 ) -> torch.Tensor:
-    """Energies of every member for every molecule: [k, n_mols] float64."""
-    k, L, Fi = p["emb"].shape[0], cfg.n_interactions, cfg.n_filters
-    vec = torch.index_select(R, 1, idx_j) - torch.index_select(R, 1, idx_i)  # [k, P, 3]
-    d = torch.linalg.vector_norm(vec, dim=2)  # [k, P]
-    diff = d[..., None] - p["centers"].to(d.dtype)  # [k, P, n_rbf]
-    rbf = torch.exp(-cfg.gamma * diff * diff)  # [k, P, n_rbf]
-    fcut = None
-    if cfg.cutoff is not None:
-        fcut = (0.5 * (torch.cos(d * (math.pi / cfg.cutoff)) + 1.0) * (d < cfg.cutoff).to(d.dtype))[..., None]  # [k, P, 1]
-    w1 = _ssp(torch.baddbmm(p["filt1_b"], rbf, p["filt1_w"]))  # [k, P, L·F]: first filter layer of every block
+    """Energies of every member for every molecule from the pair filters: [k, n_mols] float64."""
+    k = p["emb"].shape[0]
     x = torch.index_select(p["emb"], 1, Z)  # [k, n_atoms, A]
-    for i in range(L):
+    for i in range(cfg.n_interactions):
         h = torch.bmm(x, p[f"in2f.{i}"])  # [k, n_atoms, F]
-        w = torch.baddbmm(p[f"filt2_b.{i}"], w1[..., i * Fi : (i + 1) * Fi], p[f"filt2_w.{i}"])  # [k, P, F]
-        if fcut is not None:
-            w = w * fcut
-        msg = torch.index_select(h, 1, idx_j) * w  # [k, P, F]
-        conv = torch.zeros_like(h).index_add_(1, idx_i, msg)  # [k, n_atoms, F]
+        w = W[:, i]  # [k, P, F]
+        conv = torch.zeros_like(h)
+        conv = conv.index_add(1, pi, torch.index_select(h, 1, pj) * w)  # j → i
+        conv = conv.index_add(1, pj, torch.index_select(h, 1, pi) * w)  # i → j (the same filter)
         v = _ssp(torch.baddbmm(p[f"f2out1_b.{i}"], conv, p[f"f2out1_w.{i}"]))  # [k, n_atoms, A]
         x = x + torch.baddbmm(p[f"f2out2_b.{i}"], v, p[f"f2out2_w.{i}"])
     y = torch.baddbmm(p["out2_b"], _ssp(torch.baddbmm(p["out1_b"], x, p["out1_w"])), p["out2_w"])[..., 0]  # [k, n_atoms]
@@ -164,18 +222,31 @@ def member_energies(
 def member_energies_forces(
     p: dict[str, torch.Tensor], cfg: ModelConfig, batch: dict[str, torch.Tensor], forces: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(energies [k, n_mols] float64, forces [k, n_atoms, 3] or None) of all members in one pass."""
-    k = p["emb"].shape[0]
+    """(energies [k, n_mols] float64, forces [k, n_atoms, 3] or None) of all members in one pass.
+
+    ``batch``: ``Z`` [n_atoms], ``R`` [n_atoms, 3] Å, ``mol`` [n_atoms], ``n_mols``, unordered pairs ``pi``, ``pj`` [P].
+    """
     dtype = p["emb"].dtype
-    with torch.set_grad_enabled(forces):
-        R = batch["R"].to(dtype).expand(k, -1, -1).clone()  # [k, n_atoms, 3]
-        if forces:
-            R.requires_grad_(True)
-        E = member_energies(p, cfg, batch["Z"], R, batch["mol"], int(batch["n_mols"]), batch["idx_i"], batch["idx_j"])
-        if not forces:
-            return E.detach(), None
-        (g,) = torch.autograd.grad(E.sum(), R)
-    return E.detach(), -g
+    with torch.no_grad():
+        R = batch["R"].to(dtype)  # [n_atoms, 3]
+        vec = torch.index_select(R, 0, batch["pj"]) - torch.index_select(R, 0, batch["pi"])  # [P, 3]
+        d, order = torch.sort(torch.linalg.vector_norm(vec, dim=1))  # [P]
+        pi, pj, vec = batch["pi"][order], batch["pj"][order], vec[order]
+        W, Wd = pair_filters(p, cfg, d, forces)
+    n_mols = int(batch["n_mols"])
+    if not forces:
+        with torch.no_grad():
+            return member_energies(p, cfg, batch["Z"], W, pi, pj, batch["mol"], n_mols), None
+    with torch.enable_grad():
+        W.requires_grad_(True)
+        E = member_energies(p, cfg, batch["Z"], W, pi, pj, batch["mol"], n_mols)
+        (gW,) = torch.autograd.grad(E.sum(), W)  # ∂E_m/∂W [k, L, P, F]
+    with torch.no_grad():
+        dedd = (gW * Wd).sum(dim=(1, 3))  # ∂E_m/∂d_p [k, P]
+        fvec = dedd[..., None] * (vec / d[:, None])  # [k, P, 3]; ∂d/∂R_j = u = −∂d/∂R_i
+        f = torch.zeros(dedd.shape[0], R.shape[0], 3, dtype=dtype, device=R.device)
+        f.index_add_(1, pi, fvec).index_add_(1, pj, -fvec)  # F = −∂E/∂R
+    return E.detach(), f
 
 
 def member_slice(p: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:
@@ -185,22 +256,24 @@ def member_slice(p: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:
 
 # -- batching -----------------------------------------------------------------------------------
 @lru_cache(maxsize=256)
-def _template(n: int) -> np.ndarray:
+def _template(n: int, unordered: bool) -> np.ndarray:
+    if unordered:
+        return np.stack(np.triu_indices(n, 1), axis=1).astype(np.int64)  # [n(n-1)/2, 2], i < j
     return all_pairs(n)
 
 
-def block_pairs(counts: np.ndarray) -> np.ndarray:
-    """All ordered pairs of a block of molecules (sizes ``counts``), batch-global: [n_pairs, 2].
+def block_pairs(counts: np.ndarray, unordered: bool = True) -> np.ndarray:
+    """All pairs of a block of molecules (sizes ``counts``), batch-global: [n_pairs, 2].
 
-    Grouped by molecule in molecule order (as :meth:`Molecules.batch`); vectorised per distinct
-    size, so there is no Python work per molecule.
+    ``unordered``: each pair once (i < j); else both directions (as :meth:`Molecules.batch`).
+    Grouped by molecule in molecule order; vectorised per distinct size (no Python work per molecule).
     """
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [n_mols]
     sizes = np.unique(counts)
     parts, owners = [], []
     for n in sizes:
         sel = np.flatnonzero(counts == n)
-        t = _template(int(n))  # [n(n-1), 2]
+        t = _template(int(n), unordered)  # [n_pairs_n, 2]
         parts.append((t[None] + starts[sel][:, None, None]).reshape(-1, 2))
         owners.append(np.repeat(sel, len(t)))
     if len(sizes) == 1:
@@ -415,10 +488,10 @@ class SchNetEnsemble:
                                 f"{sym(self.elements)}")
 
     def cost_per_molecule(self, n_atoms: np.ndarray, n_pairs: np.ndarray) -> np.ndarray:
-        """Estimated autograd bytes per molecule for all k members (the batching budget's unit)."""
+        """Estimated bytes per molecule (``n_pairs`` unordered) for all k members: the batching budget's unit."""
         c = self.config
-        per_pair = 2 * c.n_rbf + 8 * c.n_interactions * c.n_filters + 16  # rbf + grad, filter activations, messages
-        per_atom = 8 * c.n_interactions * max(c.n_filters, c.n_atom_basis) + 16
+        per_pair = 8 * c.n_interactions * c.n_filters + 16  # W, W', ∂E/∂W, messages and their saved inputs
+        per_atom = 10 * c.n_interactions * max(c.n_filters, c.n_atom_basis) + 16
         item = torch.finfo(self.dtype).bits // 8
         return self.k * item * (per_pair * n_pairs.astype(np.float64) + per_atom * n_atoms.astype(np.float64))
 
@@ -426,14 +499,16 @@ class SchNetEnsemble:
                      ) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
         """(first molecule, stop molecule, batch tensors) covering ``mols`` in order, memory-bounded."""
         counts, ptr, cutoff = mols.n_atoms, mols.atom_ptr, self.config.cutoff
-        chunk_ends = plan_batches(counts.astype(np.float64), _CHUNK_ATOMS)
-        for c0, c1 in chunk_ends:
+        for c0, c1 in plan_batches(counts.astype(np.float64), _CHUNK_ATOMS):
             a0 = ptr[c0]
             cnt = counts[c0:c1]
             if cutoff is None:
-                n_pairs, pairs, pair_ptr = cnt * (cnt - 1), None, None
+                n_pairs, pairs, pair_ptr = cnt * (cnt - 1) // 2, None, None
             else:
-                pairs, n_pairs = cutoff_pairs_many(mols.R[a0 : ptr[c1]], ptr[c0 : c1 + 1] - a0, cutoff)
+                full, full_counts = cutoff_pairs_many(mols.R[a0 : ptr[c1]], ptr[c0 : c1 + 1] - a0, cutoff)
+                keep = full[:, 0] < full[:, 1]  # each pair once
+                pairs = full[keep]
+                n_pairs = np.bincount(np.repeat(np.arange(len(cnt)), full_counts)[keep], minlength=len(cnt))
                 pair_ptr = np.concatenate([[0], np.cumsum(n_pairs)])
             for b0, b1 in plan_batches(self.cost_per_molecule(cnt, n_pairs), memory_budget):
                 s0, s1 = ptr[c0 + b0], ptr[c0 + b1]
@@ -443,13 +518,13 @@ class SchNetEnsemble:
                 else:
                     local_start = np.concatenate([[0], np.cumsum(bc)[:-1]])
                     pr = pairs[pair_ptr[b0] : pair_ptr[b1]] + np.repeat(local_start, n_pairs[b0:b1])[:, None]
-                pt = torch.from_numpy(np.ascontiguousarray(pr)).to(self.device)
+                pt = torch.from_numpy(np.ascontiguousarray(pr, dtype=np.int64)).to(self.device)
                 yield c0 + b0, c0 + b1, {
                     "Z": torch.from_numpy(mols.Z[s0:s1]).to(self.device),
                     "R": torch.from_numpy(mols.R[s0:s1]).to(self.device),
                     "mol": torch.repeat_interleave(torch.arange(len(bc)), torch.from_numpy(bc)).to(self.device),
                     "n_mols": torch.tensor(len(bc)),
-                    "idx_i": pt[:, 0].contiguous(), "idx_j": pt[:, 1].contiguous()}
+                    "pi": pt[:, 0].contiguous(), "pj": pt[:, 1].contiguous()}
 
     def evaluate_batch(self, batch: dict[str, torch.Tensor], forces: bool = True, loop: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -520,4 +595,5 @@ class SchNetEnsemble:
 
 
 __all__ = ["STD_DDOF", "EnsembleError", "EnsemblePrediction", "SchNetEnsemble", "block_pairs", "expected_layout",
-           "member_energies", "member_energies_forces", "member_slice", "plan_batches", "stack_states"]
+           "member_energies", "member_energies_forces", "member_slice", "pair_filters", "plan_batches", "stack_states",
+           "truncation_radius"]

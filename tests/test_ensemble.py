@@ -93,8 +93,10 @@ def test_vectorised_pass_equals_plain_loop_and_batching_does_not_matter(tmp_path
 def test_block_pairs_match_molecules_batch():
     mols = random_molecules(9, sizes=(3, 1, 5, 3, 7))
     ref = mols.batch(np.arange(9), None)
-    pairs = block_pairs(mols.n_atoms)
+    pairs = block_pairs(mols.n_atoms, unordered=False)
     assert np.array_equal(pairs[:, 0], ref.idx_i.numpy()) and np.array_equal(pairs[:, 1], ref.idx_j.numpy())
+    once = block_pairs(mols.n_atoms)
+    assert np.array_equal(once, pairs[pairs[:, 0] < pairs[:, 1]])
 
 
 def test_save_load_keeps_members_and_calibration(tmp_path):
@@ -318,8 +320,8 @@ def test_predict_reads_ase_formats_alike(tmp_path, fmt, suffix):
     ref = _xyz(tmp_path / "ref.extxyz", [1, 2, 3, 4], labelled=True)
     res_ref = predict_file(ens, ref, tmp_path / "r.extxyz")
     assert res["molecules"] == 4 and res["reference_unit"] == "kcal/mol" and res["with_reference"] == 4
-    assert res["forces_mae"] == pytest.approx(res_ref["forces_mae"], rel=1e-9)
-    assert res["energy_mae"] == pytest.approx(res_ref["energy_mae"], rel=1e-9)
+    assert res["forces_mae"] == pytest.approx(res_ref["forces_mae"], rel=1e-6)  # float32, other batches
+    assert res["energy_mae"] == pytest.approx(res_ref["energy_mae"], rel=1e-6)
     assert len((tmp_path / "o.extxyz").read_text().splitlines()) == len((tmp_path / "r.extxyz").read_text().splitlines()) == 44
 
 
