@@ -357,3 +357,21 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
         assert not list(tmp_path.glob(".o.*")), "temporary files left behind"
     with pytest.raises(EnsembleCommandError, match="would overwrite the input"):
         predict_file(ens, good, good)
+
+
+def test_md_example_stops_when_the_force_std_crosses_the_threshold(tmp_path):
+    import importlib.util
+
+    import ase.io
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("md_uncertainty", ROOT / "examples" / "md_uncertainty.py")
+    md = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(md)
+    d = SchNetEnsemble.from_model_dirs(member_dirs(tmp_path, elements=(1, 6, 8))).save(tmp_path / "ens")
+    kw = dict(start=None, molecule="CH3CH2OH", temperature=300.0, timestep_fs=0.5, friction_per_fs=0.01, seed=0, every=1)
+    assert md.run(d, steps=3, threshold=1e9, out=tmp_path / "a.extxyz", **kw) == 3  # never crossed: all steps
+    assert len(ase.io.read(tmp_path / "a.extxyz", ":")) == 4
+    assert md.run(d, steps=3, threshold=1e-9, out=tmp_path / "b.extxyz", **kw) == 0  # crossed at once
+    frame = ase.io.read(tmp_path / "b.extxyz", 0)
+    assert frame.info["forces_std_max"] > 1e-9 and frame.arrays["forces_std_norm"].shape == (9,)
