@@ -52,7 +52,13 @@ class SweepOutcome:
 
 
 def storage_root(spec: SweepSpec) -> Path:
-    return Path(spec.storage) if spec.storage else Path("sweeps").resolve()
+    """Local directory of the sweeps' ``sweep.json`` (and of Tune's results unless ``storage`` is a URI)."""
+    return Path(spec.storage) if spec.storage and "://" not in spec.storage else Path("sweeps").resolve()
+
+
+def tune_storage(spec: SweepSpec) -> str:
+    """Where Tune keeps results and checkpoints: ``storage`` as a path, or a URI (s3://bucket/sweeps)."""
+    return spec.storage.rstrip("/") if spec.storage and "://" in spec.storage else str(storage_root(spec))
 
 
 def latest_unfinished(root: Path, prefix: str) -> str | None:
@@ -205,7 +211,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     from orchestrator.cluster import StorageNotShared, check_storage_shared
 
     try:
-        check_storage_shared(root, root / name / "sweep.json")
+        check_storage_shared(tune_storage(spec), root / name / "sweep.json")
     except StorageNotShared as e:
         store.end(parent, "FAILED")
         raise SweepError(str(e)) from None
@@ -220,7 +226,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k)
     callbacks = [tracker, LiveProgress(spec.search.num_samples, console)]
     if resume:
-        tuner = tune.Tuner.restore(str(root / name), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{name}", trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         sched = spec.search.scheduler
         if isinstance(sched, SchedulerConfig) and sched.asha is not None:
@@ -236,7 +242,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=ConcurrencyLimiter(searcher, spec.search.max_concurrent),
                                         scheduler=scheduler, num_samples=spec.search.num_samples,
                                         time_budget_s=spec.search.time_budget, reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=callbacks, verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=tune_storage(spec), callbacks=callbacks, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
@@ -293,7 +299,7 @@ def summarize(results) -> list[dict[str, Any]]:
             "val_loss_mean": m.get("best_val_loss_mean", m.get(METRIC)), "val_loss_std": m.get("val_loss_std"),
             "epochs": m.get("epoch", m.get("training_iteration")),
             "test_energy_mae": m.get("test_ensemble_energy_mae"), "test_forces_mae": m.get("test_ensemble_forces_mae"),
-            "checkpoint": r.checkpoint.path if r.checkpoint else None,
+            "checkpoint": r.checkpoint.path if r.checkpoint else None, "checkpoint_ref": r.checkpoint,
             "train_seconds": m.get("train_seconds", 0.0), "startup_seconds": m.get("startup_seconds"),
             "error": str(r.error).strip().splitlines()[-1] if r.error else None,
         })
@@ -325,13 +331,14 @@ def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: S
                        **({"best_test_forces_mae": best["test_forces_mae"]} if best["test_forces_mae"] is not None else {})})
     if best["checkpoint"] is None or not len(manifest.test):
         return
-    pred = np.load(Path(best["checkpoint"]) / "predictions.npz")
+    with best["checkpoint_ref"].as_directory() as d, np.load(Path(d) / "predictions.npz") as z:  # local or s3://
+        pred = {k: z[k] for k in z.files}
     test = data.subset(pred["test_idx"])
     unit = data.energy_unit
     with tempfile.TemporaryDirectory() as t:
         parity(test.E, pred["test_energy"].mean(0), unit, "energy", Path(t) / "parity_energy.png")
         c.log_artifact(parent, str(Path(t) / "parity_energy.png"), "plots")
-        if "test_forces" in pred.files:
+        if "test_forces" in pred:
             parity(test.F.ravel(), pred["test_forces"].mean(0).ravel(), f"{unit}/Å", "force components",
                    Path(t) / "parity_forces.png")
             c.log_artifact(parent, str(Path(t) / "parity_forces.png"), "plots")
