@@ -67,33 +67,6 @@ def runs(db: Path) -> list[dict]:
     return out
 
 
-def test_folds_spread_over_head_and_worker_node(tmp_path, cluster):
-    worker = cluster.add_worker(num_cpus=2)
-    try:
-        t0 = time.time()
-        spec = spec_file(tmp_path, training__max_epochs=2, search__checkpoint_every=2)
-        r = subprocess.run(sweep_cmd(spec, cluster.address), cwd=tmp_path, env=cluster.env,
-                           capture_output=True, text=True, timeout=400)
-        wall = time.time() - t0
-    finally:
-        cluster.stop(worker)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    all_runs = runs(tmp_path / "mlflow.db")
-    trials = [x for x in all_runs if x["tags"].get("sweep.role") == "trial"]
-    folds = [x for x in all_runs if x["tags"].get("sweep.role") == "fold"]
-    assert len(trials) == 2 and all(t["status"] == "FINISHED" for t in trials)
-    assert len(folds) == 4 and all(f["status"] == "FINISHED" for f in folds)
-    head, work = cluster.head.node_id, worker.node_id
-    placement = {(f["tags"]["sweep.trial_id"], f["tags"]["sweep.fold"]): f["tags"]["sweep.node_id"] for f in folds}
-    print(f"\nmulti-node sweep: {wall:.1f} s wall; head {head[:8]}, worker {work[:8]}; fold placement "
-          + ", ".join(f"trial {t} fold {i}: {'head' if n == head else 'worker' if n == work else n[:8]}"
-                      for (t, i), n in sorted(placement.items())))
-    assert set(placement.values()) == {head, work}
-    for t in trials:  # SPREAD: a trial's two folds train on different nodes
-        tid = t["tags"]["sweep.trial_id"]
-        assert placement[(tid, "0")] != placement[(tid, "1")], placement
-
-
 def test_storage_a_node_cannot_see_is_refused_before_trials_start(tmp_path, cluster):
     why = can_hide_directories()
     if why:
@@ -126,9 +99,14 @@ def _reported_epoch(db: Path) -> int:
         return 0
 
 
-def test_losing_the_worker_node_retries_the_trial_from_its_checkpoint(tmp_path, cluster):
+def test_sweep_spreads_folds_over_two_nodes_and_survives_losing_one(tmp_path, cluster):
+    """SPREAD: the trial's two folds train on the head and the worker; the worker is killed after the
+    trial's epoch-2 checkpoint; the trial is retried on the head from that checkpoint and completes."""
     worker = cluster.add_worker(num_cpus=2)
-    spec = spec_file(tmp_path, training__max_epochs=6, training__batch_size=1, search__checkpoint_every=2)
+    head, work = cluster.head.node_id, worker.node_id
+    spec = spec_file(tmp_path, training__max_epochs=6, training__batch_size=1, search__checkpoint_every=2,
+                     search__num_samples=1, search__max_concurrent=1)
+    t0 = time.time()
     proc = subprocess.Popen(sweep_cmd(spec, cluster.address), cwd=tmp_path, env=cluster.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -139,6 +117,7 @@ def test_losing_the_worker_node_retries_the_trial_from_its_checkpoint(tmp_path, 
         t_kill = time.time()
         cluster.kill(worker)  # right after a trial's epoch-2 checkpoint, while it trains epoch 3
         out, _ = proc.communicate(timeout=400)
+        wall = time.time() - t0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
@@ -151,18 +130,23 @@ def test_losing_the_worker_node_retries_the_trial_from_its_checkpoint(tmp_path, 
     all_runs = runs(tmp_path / "mlflow.db")
     assert not [x for x in all_runs if x["status"] == "RUNNING"]
     trials = [x for x in all_runs if x["tags"].get("sweep.role") == "trial"]
-    assert len(trials) == 2 and all(t["status"] == "FINISHED" for t in trials)  # none missing, none failed
+    assert len(trials) == 1 and all(t["status"] == "FINISHED" for t in trials)  # none missing, none failed
     folds = [x for x in all_runs if x["tags"].get("sweep.role") == "fold"]
-    assert len(folds) == 4 and all(f["status"] == "FINISHED" for f in folds)
-    # Tune: both trials completed; a retried trial restarted from a checkpoint, not from epoch 0
+    assert len(folds) == 2 and all(f["status"] == "FINISHED" for f in folds)
+    # before the loss: a trial that trained had one fold on each node (placement_strategy SPREAD)
+    first = {(f["tags"]["sweep.trial_id"], f["tags"]["sweep.fold"]): f["tags"]["sweep.node_ids"].split(",")[0]
+             for f in folds}
+    print(f"\nsweep over head {head[:8]} + worker {work[:8]}: {wall:.0f} s wall; first placement "
+          + ", ".join(f"trial {t} fold {i}: {'head' if n == head else 'worker' if n == work else n[:8]}"
+                      for (t, i), n in sorted(first.items())))
+    # Tune: the trial completed after one failure, restarted from its checkpoint, not from epoch 0
     from ray.tune import ExperimentAnalysis
 
     sweeps = list((tmp_path / "sweeps").glob("c-*"))
     assert len(sweeps) == 1
     tune_trials = ExperimentAnalysis(str(sweeps[0])).trials
-    assert len(tune_trials) == 2 and all(t.status == "TERMINATED" for t in tune_trials)
-    head = cluster.head.node_id
-    report = []
+    assert len(tune_trials) == 1 and all(t.status == "TERMINATED" for t in tune_trials)
+    report, spread = [], 0
     for t in tune_trials:
         m = t.last_result
         restored_at = m["training_iteration"] - m["iterations_since_restore"]
@@ -170,6 +154,9 @@ def test_losing_the_worker_node_retries_the_trial_from_its_checkpoint(tmp_path, 
         hist = c.get_metric_history(trial_run["id"], "val_loss_mean")
         assert {h.step for h in hist} == set(range(1, 7))
         trial_folds = [f for f in folds if f["tags"]["sweep.trial_id"] == t.trial_id]
+        if min(h.timestamp for h in hist) / 1000 < t_kill:  # it trained before the loss
+            spread += 1
+            assert {first[(t.trial_id, "0")], first[(t.trial_id, "1")]} == {head, work}, first
         if t.num_failures:  # it lost a fold (or itself) with the node
             assert restored_at in (0, 2, 4), restored_at  # checkpoint_every=2; 0: lost before its first checkpoint
             assert all(f["tags"]["sweep.node_id"] == head for f in trial_folds)  # finished on the head
@@ -180,4 +167,5 @@ def test_losing_the_worker_node_retries_the_trial_from_its_checkpoint(tmp_path, 
             if restored_at:
                 assert any("," in f["tags"]["sweep.node_ids"] for f in trial_folds)  # a fold moved off the lost node
     print("\nnode loss: " + "; ".join(report))
-    assert any("checkpoint on the head" in r for r in report), report  # resumed from a checkpoint, not from scratch
+    assert len(report) == 1 and "checkpoint on the head" in report[0], report  # from epoch 2 (or 4), not 0
+    assert spread == 1
