@@ -13,8 +13,10 @@ components or gradient entries that happen to be near zero):
   relative per operation; the model stacks ~10 layers and sums of up to ~300 terms, so
   errors of a few 1e-7 are the float32 floor. The test also runs the *reference itself* in
   float32 and requires the fast path to be no worse than 4× that floor (+1e-7).
-- float64 fast path vs float64 reference: < 1e-9 (the Gaussian-window truncation is
-  ≤ 2.2e-19 relative there; the rest is summation order).
+- float64 fast path vs float64 reference: < 1e-8. The Gaussian-window truncation is
+  ≤ 2.2e-19 relative there; the largest difference is torch's softplus, which is linear above
+  x = 20 (``softplus(x) = x``, error e⁻²⁰ ≈ 2e-9) with derivative exactly 1 there, while the fast
+  path's explicit force backward uses ``sigmoid(x) = 1 − e⁻ˣ``; random weights reach x > 20.
 """
 
 from __future__ import annotations
@@ -147,11 +149,11 @@ def test_float64_fast_path_matches_dense_reference(name, cfg, sizes, cutoff):
     b = data.batch(np.arange(len(data)), cutoff, torch.float64)
     e_ref, f_ref, g_ref = reference(model, b)
     e, f, g = fast(model, b)
-    assert rel(network_part(e, model, b), network_part(e_ref, model, b)) < 1e-9
-    assert rel(f, f_ref) < 1e-9
+    assert rel(network_part(e, model, b), network_part(e_ref, model, b)) < 1e-8
+    assert rel(f, f_ref) < 1e-8
     for k in g_ref:
         if float(torch.linalg.vector_norm(g_ref[k])) > 0:
-            assert rel(g[k], g_ref[k]) < 1e-9, k
+            assert rel(g[k], g_ref[k]) < 1e-8, k
 
 
 def test_inference_and_energy_only_paths_match_reference():
@@ -167,7 +169,7 @@ def test_inference_and_energy_only_paths_match_reference():
     assert not pred.energy.requires_grad and not pred.forces.requires_grad
     assert rel(network_part(pred.energy, model, b), network_part(e_ref, model, b)) < 1e-5
     assert rel(pred.forces, f_ref) < 1e-5
-    assert torch.equal(e_only, pred.energy)
+    assert rel(network_part(e_only, model, b), network_part(pred.energy, model, b)) < 1e-6
     # energy-only training gradient
     model.zero_grad()
     ((model(b32, forces=False).energy - b.E) ** 2).mean().backward()

@@ -155,8 +155,12 @@ class FilterBank(torch.autograd.Function):
                 gWu.append(g)
             gW = gWu
         P = S.shape[1]
-        gS = S.new_zeros(T, P, Fn)
-        gSd = S.new_zeros(T, P, Fn) if any(g is not None for g in gWd) else None
+        # every row block is written by an mm below unless its gradient is absent (then zeros)
+        gS = S.new_empty(T, P, Fn) if all(g is not None for g in gW) else S.new_zeros(T, P, Fn)
+        if all(g is not None for g in gWd):
+            gSd = S.new_empty(T, P, Fn)
+        else:
+            gSd = S.new_zeros(T, P, Fn) if any(g is not None for g in gWd) else None
         grads_out: list[torch.Tensor | None] = [None, None]
         gw2, gb2 = [], []
         for t in range(T):

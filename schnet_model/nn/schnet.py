@@ -9,10 +9,12 @@ from torch import nn
 
 from schnet_model.config import ModelConfig
 from schnet_model.data.batch import Batch
+from schnet_model.nn.activations import shifted_softplus
 from schnet_model.nn.filters import FilterBank, filter_forward, make_plan
 from schnet_model.nn.interaction import Interaction, dense
 from schnet_model.nn.offsets import EnergyOffsets
 from schnet_model.nn.pairs import unordered_pairs
+from schnet_model.nn.pairwise import Conv, ConvBack, conv_back, conv_plain
 from schnet_model.nn.radial import CosineCutoff, GaussianRBF
 
 
@@ -98,44 +100,65 @@ class SchNet(nn.Module):
         )
 
     def _forward_fast(self, batch: Batch, forces: bool, create_graph: bool) -> Prediction:
+        """Filters once per call, cfconv on unordered pairs, forces from an explicit backward.
+
+        ``∂E/∂(atom features)`` is written out (the network is a chain of dense layers, ssp and
+        cfconvs), so forces are an ordinary differentiable function of the parameters and a
+        training step backpropagates once through it (no double backward):
+        ``∂E/∂d_p = Σ_t ⟨∂E/∂W_t,p, W_t'(d_p)⟩`` with ``∂E/∂W_t,p = outer(∂E/∂m_t, h_t)_p``.
+        """
         param_grads = torch.is_grad_enabled()  # the caller may backpropagate to the parameters
         dtype = self.embedding.weight.dtype
-        T = len(self.interactions)
+        pi, pj, n_dir = unordered_pairs(batch.idx_i, batch.idx_j, batch.R.shape[0])
+        if n_dir != 2:  # not a symmetric pair list: plain autograd
+            return self._forward_autograd(batch, forces, create_graph)
         with torch.no_grad():
             R = batch.R.to(dtype)
-            pi, pj, n_dir = unordered_pairs(batch.idx_i, batch.idx_j, R.shape[0])
             vec = torch.index_select(R, 0, pj) - torch.index_select(R, 0, pi)  # [n_pairs, 3]
             d, order = torch.sort(torch.linalg.vector_norm(vec, dim=1))
             pi, pj, vec = pi[order], pj[order], vec[order]
             fc = fcd = None
             if self.cutoff is not None:
-                inside = int((d < self.cutoff.cutoff).sum())
-                d, pi, pj, vec = d[:inside], pi[:inside], pj[:inside], vec[:inside]  # beyond: filter 0
+                inside = int((d < self.cutoff.cutoff).sum())  # beyond the cutoff filters are 0
+                d, pi, pj, vec = d[:inside], pi[:inside], pj[:inside], vec[:inside]
                 fc, fcd = self.cutoff.with_derivative(d)
             plan = make_plan(d, self.rbf, fc, fcd)
-            src = torch.cat([pj, pi]) if n_dir == 2 else pj
-            dst = torch.cat([pi, pj]) if n_dir == 2 else pi
         params = self._filter_params()
-        with torch.set_grad_enabled(forces or param_grads):
-            if param_grads and (create_graph or not forces):
+        track = param_grads and (create_graph or not forces)  # an autograd graph to the parameters
+        conv = Conv.apply if track else conv_plain
+        back = ConvBack.apply if track else conv_back
+        with torch.set_grad_enabled(track):
+            if track:
                 out = FilterBank.apply(plan, forces, *params)
-                w, wd = list(out[:T]), list(out[T:])
-            else:  # filters are constants; only ∂E/∂W is needed (inference forces)
-                with torch.no_grad():
-                    w, wd, _ = filter_forward(plan, forces, params, save=False)
-                if forces:
-                    w = [x.requires_grad_(True) for x in w]
+                w, wd = out[: len(self.interactions)], out[len(self.interactions):]
+            else:
+                w, wd, _ = filter_forward(plan, forces, params, save=False)
             x = self.embedding(batch.Z)
+            hs, zs = [], []
             for block, wt in zip(self.interactions, w, strict=True):
-                x = block.forward_filtered(x, wt, src, dst, n_dir)
-            y = self.output(x).squeeze(-1)
+                h = block.in2f(x)
+                z = block.f2out[0][0](conv(wt, h, pi, pj))
+                x = x + block.f2out[1](shifted_softplus(z))
+                hs.append(h)
+                zs.append(z)
+            o = self.output[0][0](x)
+            y = self.output[1](shifted_softplus(o)).squeeze(-1)
             energy = self.offsets(y, batch.Z, batch.mol, batch.n_mols)  # [n_mols] float64
             if not forces:
                 return Prediction(energy=energy, forces=None)
-            gw = torch.autograd.grad(energy.sum(), w, create_graph=create_graph)
-            # ∂E/∂d_p = Σ_t ⟨∂E/∂W_t,p , W_t'(d_p)⟩; d_p = |R_j − R_i|, ∂d/∂R_j = u = −∂d/∂R_i
-            dedd = sum(torch.linalg.vecdot(g, dw) for g, dw in zip(gw, wd, strict=True))  # [n_pairs]
-            fvec = dedd[:, None] * (vec / d[:, None])  # [n_pairs, 3] = ∂E/∂R_j
+            # ∂E/∂y_a = scale; back through the output MLP and the interactions
+            gx = (torch.sigmoid(o) * (self.output[1].weight * self.offsets.scale.to(dtype))) @ self.output[0][0].weight
+            dedd = None
+            for t in range(len(self.interactions) - 1, -1, -1):
+                block = self.interactions[t]
+                gz = (gx @ block.f2out[1].weight) * torch.sigmoid(zs[t])
+                gm = gz @ block.f2out[0][0].weight  # ∂E/∂m_t
+                gh, gd = back(w[t], wd[t], gm, hs[t], pi, pj)  # ∂E/∂h_t, Σ_f W'∘outer(∂E/∂m_t, h_t)
+                dedd = gd if dedd is None else dedd + gd
+                if t:
+                    gx = gx + gh @ block.in2f.weight
+            # d_p = |R_j − R_i|: ∂E/∂R_j = ∂E/∂d_p · u_p = −∂E/∂R_i
+            fvec = dedd[:, None] * (vec / d[:, None])
             f = torch.zeros_like(R).index_add_(0, pi, fvec).index_add_(0, pj, -fvec)  # −∂E/∂R
         if not create_graph:
             energy, f = energy.detach(), f.detach()
