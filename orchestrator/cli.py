@@ -148,7 +148,7 @@ def mlflow_server(
     data: Annotated[Path, typer.Option(help="directory for PostgreSQL's data, the password file and the artifacts")] = Path("mlflow-server"),
     host: Annotated[str, typer.Option(help="interface to bind (keep 127.0.0.1 and port-forward)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="MLflow server port")] = 5000,
-    pg_port: Annotated[int, typer.Option(help="PostgreSQL port (127.0.0.1 only)")] = 5432,
+    pg_port: Annotated[int, typer.Option(help="PostgreSQL port (127.0.0.1 only; Debian's own cluster has 5432)")] = 15432,
     workers: Annotated[int, typer.Option(help="server worker processes")] = 2,
 ) -> None:
     """MLflow tracking server on a PostgreSQL backend store with a served artifact store, until Ctrl-C."""

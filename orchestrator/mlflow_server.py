@@ -47,14 +47,18 @@ def pg_bin(name: str) -> str:
     return cands[-1]
 
 
+def _postgres_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise PostgresUnavailable("running as root and there is no postgres user to run PostgreSQL as") from None
+
+
 def _as_owner(cmd: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` user."""
     if os.geteuid() != 0:
         return cmd
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        raise PostgresUnavailable("running as root and there is no postgres user to run PostgreSQL as") from None
+    _postgres_user()
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
@@ -70,7 +74,7 @@ class Postgres:
     """A PostgreSQL cluster in ``root/pgdata`` serving database ``mlflow`` on 127.0.0.1:``port``."""
 
     root: Path
-    port: int = 5432
+    port: int = 15432  # not 5432: Debian starts its own "main" cluster there
 
     @property
     def pgdata(self) -> Path:
@@ -98,9 +102,7 @@ class Postgres:
         pwfile.chmod(0o600)
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         if os.geteuid() == 0:
-            pg = pwd.getpwnam("postgres") if _has_postgres_user() else None
-            if pg is None:
-                raise PostgresUnavailable("running as root and there is no postgres user to run PostgreSQL as")
+            pg = _postgres_user()
             os.chown(self.root, pg.pw_uid, pg.pw_gid)
             for p in (self.pgdata, pwfile):
                 os.chown(p, pg.pw_uid, pg.pw_gid)
@@ -124,7 +126,7 @@ class Postgres:
                         "-w", "-t", "60", "start"]), f"pg_ctl start (log: {self.root / 'postgres.log'})")
         import psycopg2
 
-        con = None
+        con, last = None, None
         for _ in range(50):
             try:
                 con = psycopg2.connect(host="127.0.0.1", port=self.port, user=USER, dbname="postgres",
@@ -148,14 +150,6 @@ class Postgres:
                            capture_output=True, timeout=60)
 
 
-def _has_postgres_user() -> bool:
-    try:
-        pwd.getpwnam("postgres")
-        return True
-    except KeyError:
-        return False
-
-
 @dataclass
 class MlflowServer:
     """PostgreSQL + ``mlflow server`` (artifacts proxied through the server), started and stopped together."""
@@ -163,7 +157,7 @@ class MlflowServer:
     root: Path
     host: str = "127.0.0.1"
     port: int = 5000
-    pg_port: int = 5432
+    pg_port: int = 15432
     workers: int = 2
     postgres: Postgres = field(init=False)
     proc: subprocess.Popen | None = field(default=None, init=False)
