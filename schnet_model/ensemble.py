@@ -59,7 +59,7 @@ from schnet_model.units import canonical_energy_unit, energy_factor, force_unit
 STD_DDOF = 1  # the one std convention: sample std over members (Bessel-corrected)
 FORMAT, VERSION, MANIFEST = "sweep-schnet-ensemble", 1, "ensemble.json"
 LN2 = math.log(2.0)
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of autograd state per batch (estimate)
+DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of autograd state per batch (estimate; larger batches run slower on CPU)
 _CHUNK_ATOMS = 1 << 18  # atoms per neighbour-search chunk (cutoff models)
 
 
