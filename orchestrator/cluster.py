@@ -39,7 +39,12 @@ def check_storage_shared(storage: str | Path, marker: Path) -> int:
     probe = ray.remote(num_cpus=0, max_retries=0)(_exists)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
             for n in nodes]
-    missing = [n for n, seen in zip(nodes, ray.get(refs, timeout=120), strict=True) if not seen]
+    try:
+        seen = ray.get(refs, timeout=120)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:
+        raise StorageNotShared(f"could not check that storage {storage} is visible on all {len(nodes)} nodes: "
+                               f"{str(e).strip().splitlines()[0]}") from None
+    missing = [n for n, ok in zip(nodes, seen, strict=True) if not ok]
     if missing:
         where = ", ".join(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in missing)
         raise StorageNotShared(
