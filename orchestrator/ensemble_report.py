@@ -65,22 +65,22 @@ def build_report(props: list[PropertyErrors], calibration: Calibration) -> Calib
     return CalibrationReport(metrics, curves, units, best)
 
 
-ROWS = (("rmse", "RMSE of the ensemble mean", True), ("rmv", "RMS of σ", True), ("spearman", "Spearman ρ(σ, |error|)", False),
-        ("miscal_area", "miscalibration area", False), ("nll", "Gaussian NLL (nats)", False),
-        ("coverage68", "coverage of ±1σ (68.3 %)", False), ("coverage95", "coverage of ±2σ (95.4 %)", False))
+ROWS = (("rmse", "RMSE (ensemble mean)", True), ("rmv", "RMS of σ", True), ("spearman", "Spearman ρ(σ, |err|)", False),
+        ("miscal_area", "miscal. area", False), ("nll", "NLL (nats)", False),
+        ("coverage68", "coverage ±1σ (68%)", False), ("coverage95", "coverage ±2σ (95%)", False))
 
 
 def report_table(report: CalibrationReport, calibration: Calibration, title: str) -> Table:
     """Rich table: one block per property, raw vs recalibrated."""
     t = Table(title=title)
-    for c in ("property", "metric", "raw std (ddof=1)", "recalibrated"):
+    for c in ("property", "metric", "raw (ddof=1)", "recalibrated"):
         t.add_column(c, justify="left" if c in ("property", "metric") else "right")
     for prop, by in report.metrics.items():
         unit = report.units[prop]
         n = int(by["raw"]["n"])
-        what = "molecule energies" if prop == "energy" else "force components"
-        t.add_row(f"{prop} ({n:,} {what})", "scale applied", "1", f"{calibration.scale(prop):.4g}")
-        t.add_row("", "ML scale on these data", "", f"{report.best_scale[prop]:.4g}")
+        what = "molecules" if prop == "energy" else "components"
+        t.add_row(f"{prop}, {n:,} {what}", "scale applied", "1", f"{calibration.scale(prop):.4g}")
+        t.add_row("", "ML scale here", "", f"{report.best_scale[prop]:.4g}")
         for key, label, with_unit in ROWS:
             raw, cal = by["raw"][key], by["calibrated"][key]
             u = f" {unit}" if with_unit else ""

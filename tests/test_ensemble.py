@@ -263,7 +263,7 @@ def test_sweep_ensemble_assembles_registers_predicts_and_round_trips(tmp_path, m
     inp = _xyz(tmp_path / "mols.xyz", [995, 996, 997])
     r = cli("ensemble", "tiny", "--tracking-uri", uri, "--predict", str(inp), "-o", "out/p.extxyz", "--save", "ens_dir")
     assert r.exit_code == 0, r.output
-    assert "registered tiny-schnet-ensemble version 1 (alias champion)" in r.output and "miscalibration" in r.output
+    assert "registered tiny-schnet-ensemble version 1 (alias champion)" in r.output and "miscal. area" in r.output
     c = MlflowClient(uri)
     run = c.get_run(parent)
     assert run.data.tags["sweep.ensemble_model_uri"] == "models:/tiny-schnet-ensemble/1"
@@ -305,7 +305,7 @@ def test_sweep_ensemble_assembles_registers_predicts_and_round_trips(tmp_path, m
     np.testing.assert_allclose([f.get_potential_energy() for f in ev], mols.energy * 0.04336410390059322, rtol=1e-12)
     r = cli("ensemble", "--tracking-uri", uri, "--evaluate", str(_xyz(tmp_path / "lab.extxyz", [990, 991, 992, 993], labelled=True)))
     assert r.exit_code == 0, r.output
-    assert "models:/tiny-schnet-ensemble/1" in r.output and "coverage of ±2σ" in r.output and "energy MAE" in r.output
+    assert "models:/tiny-schnet-ensemble/1" in r.output and "coverage ±2σ" in r.output and "energy MAE" in r.output
     assert not (tmp_path / "lab.ensemble.extxyz").exists()  # --evaluate writes only with -o
 
 
