@@ -13,7 +13,9 @@ Only that venv is patched.
 
 Batches (paper-sized molecules on a jittered 1.4 Å grid, all pairs, batch 32) are built once
 here and written to a temporary file that every implementation reads. Each measurement runs in
-a fresh subprocess (``benchmarks/peer_worker.py``): warm-up, then 3 timed passes (median).
+a fresh subprocess (``benchmarks/peer_worker.py``): warm-up, then 3 timed passes (median),
+timed by the wall clock and by the process's CPU time (with ``--threads 1`` the CPU-time figure
+does not move when other work shares the machine; with more threads it counts spin-waits too).
 Rounds alternate the implementations (the order rotates every round) and the reported figure is
 the median over rounds. Peak memory is the worker's peak RSS.
 """
@@ -154,12 +156,15 @@ def main() -> None:
                 for impl in order:
                     res = run_worker(impl, files[s], args.threads)
                     runs[impl][s].append(res)
-                    log(f"round {r + 1}/{args.rounds} {s:8s} {impl:10s} train {res['train']:7.0f}  "
-                        f"inference {res['inference']:7.0f} molecules/s")
+                    log(f"round {r + 1}/{args.rounds} {s:8s} {impl:10s} train {res['train']:7.0f} "
+                        f"({res['train_cpu']:.0f}/CPU-s)  inference {res['inference']:7.0f} "
+                        f"({res['inference_cpu']:.0f}/CPU-s) molecules/s")
     summary = {
         impl: {s: {
             "train": statistics.median(x["train"] for x in runs[impl][s]),
             "inference": statistics.median(x["inference"] for x in runs[impl][s]),
+            "train_cpu": statistics.median(x["train_cpu"] for x in runs[impl][s]),
+            "inference_cpu": statistics.median(x["inference_cpu"] for x in runs[impl][s]),
             "peak_rss_mib": max(x["peak_rss_mib"] for x in runs[impl][s]),
             "rss_growth_mib": max(x["rss_growth_mib"] for x in runs[impl][s]),
             "params": runs[impl][s][0]["params"],
@@ -175,18 +180,18 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title=f"SchNet paper size, batch 32, {threads} torch thread(s), {meta['machine']}, {meta['date']}")
-    for col in ("molecule", "impl", "params", "train mol/s", "× spk", "inference mol/s", "× spk", "peak RSS MiB",
-                "RSS growth MiB"):
+    for col in ("molecule", "impl", "params", "train mol/s", "× spk", "per CPU-s", "× spk", "inference mol/s",
+                "× spk", "per CPU-s", "× spk", "peak RSS MiB", "RSS growth MiB"):
         table.add_column(col, justify="left" if col in ("molecule", "impl") else "right")
     for s in sizes:
         base = summary.get("schnetpack", {}).get(s)
         for impl in impls:
             x = summary[impl][s]
-            r_train = f"{x['train'] / base['train']:.2f}" if base else "–"
-            r_inf = f"{x['inference'] / base['inference']:.2f}" if base else "–"
-            table.add_row(SIZES[s][0] if impl == impls[0] else "", impl, f"{x['params']:,}", f"{x['train']:.0f}",
-                          r_train, f"{x['inference']:.0f}", r_inf, f"{x['peak_rss_mib']:.0f}",
-                          f"{x['rss_growth_mib']:.0f}")
+            cells = []
+            for k in ("train", "train_cpu", "inference", "inference_cpu"):
+                cells += [f"{x[k]:.0f}", f"{x[k] / base[k]:.2f}" if base else "–"]
+            table.add_row(SIZES[s][0] if impl == impls[0] else "", impl, f"{x['params']:,}", *cells,
+                          f"{x['peak_rss_mib']:.0f}", f"{x['rss_growth_mib']:.0f}")
     Console(width=160).print(table)
 
 

@@ -1,11 +1,11 @@
 """Training-step and inference throughput of this project's SchNet (paper size, batch 32).
 
-    python benchmarks/train_throughput.py [--steps 30] [--repeats 5] [--json]
+    python benchmarks/train_throughput.py [--steps 30] [--repeats 5] [--threads N] [--json]
 
 Molecules/s for an energy+force training step (forward, forces with create_graph, loss,
 backward, Adam step) and for inference (energy + forces, no create_graph), on ethanol-sized
 (9 atoms), ISO17-sized (19 atoms) and aspirin-sized (21 atoms) molecules. Batches are pre-built.
-The side-by-side comparison with schnetpack and PyG is the speed issue's harness.
+Side by side with schnetpack and PyG: ``benchmarks/compare.py`` (results in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -73,8 +73,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30, help="batches per timed pass")
     ap.add_argument("--repeats", type=int, default=5, help="timed passes (median reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {name: measure(z, args.steps, args.repeats) for name, z in SIZES.items()}
     if args.json:
         print(json.dumps({"sweep": results, "torch": torch.__version__, "threads": torch.get_num_threads()}))

@@ -47,7 +47,7 @@ class FilterPlan:
     fcut_d: torch.Tensor | None = None  # [n_pairs] their derivative
 
 
-def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 384) -> FilterPlan:
+def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 1024) -> FilterPlan:
     """Chunks of ``chunk`` consecutive (sorted) pairs, each with its window of Gaussians."""
     n = d_sorted.numel()
     bounds = list(range(0, n, chunk)) + [n]

@@ -54,23 +54,3 @@ class Interaction(nn.Module):
         msg = torch.index_select(h, 0, idx_j) * w  # [n_pairs, n_filters]
         conv = torch.zeros_like(h).index_add_(0, idx_i, msg)  # [n_atoms, n_filters]
         return x + self.f2out(conv)
-
-    def forward_filtered(
-        self,
-        x: torch.Tensor,  # [n_atoms, n_atom_basis]
-        w: torch.Tensor,  # [n_pairs, n_filters] this block's filter (cutoff included)
-        src: torch.Tensor,  # [n_dir · n_pairs] sending atom of each directed message
-        dst: torch.Tensor,  # [n_dir · n_pairs] receiving atom
-        n_dir: int,  # 2: each filter row serves (i←j) and (j←i); 1: one direction
-    ) -> torch.Tensor:
-        """The same block with precomputed filters (:mod:`schnet_model.nn.filters`).
-
-        With ``n_dir = 2`` the pair list holds each unordered pair once (``src = [j, i]``,
-        ``dst = [i, j]``), and its filter row, which depends on the distance only, is used for
-        both messages.
-        """
-        h = self.in2f(x)
-        hs = torch.index_select(h, 0, src).view(n_dir, w.shape[0], -1)  # [n_dir, n_pairs, F]
-        msg = (hs * w).view(-1, w.shape[1])  # [n_dir · n_pairs, F]
-        conv = torch.zeros_like(h).index_add_(0, dst, msg)
-        return x + self.f2out(conv)
