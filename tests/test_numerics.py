@@ -28,6 +28,7 @@ from conftest import random_molecules
 
 from schnet_model import ModelConfig, SchNet
 from schnet_model.data.batch import Batch
+from schnet_model.nn.pairwise import COMPILE_AFTER
 from schnet_model.training.loss import energy_force_loss
 
 
@@ -77,7 +78,9 @@ def reference(model: SchNet, b: Batch, dtype: torch.dtype = torch.float64):
     }
 
 
-def fast(model: SchNet, b: Batch):
+def fast(model: SchNet, b: Batch, compiled: bool = False):
+    """Energy, forces and loss gradient of the fast path (eager kernels, or compiled ones)."""
+    model._fast_calls = COMPILE_AFTER if compiled else 0
     model.zero_grad(set_to_none=True)
     pred = model(b, forces=True, create_graph=True)
     loss = energy_force_loss(pred, b, 0.01, True)
@@ -120,15 +123,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize(("name", "cfg", "sizes", "cutoff"), CASES, ids=[c[0] for c in CASES])
-def test_float32_fast_path_matches_dense_reference(name, cfg, sizes, cutoff):
+def test_float32_fast_path_matches_dense_reference(name, cfg, sizes, cutoff, compiled):
     model = random_model(1, **cfg)
     data = random_molecules(12, sizes=sizes, seed=4)
     b = data.batch(np.arange(len(data)), cutoff, torch.float64)
     e_ref, f_ref, g_ref = reference(model, b, torch.float64)
     e32, f32, g32 = reference(model, b, torch.float32)  # the float32 floor
     b32 = data.batch(np.arange(len(data)), cutoff, torch.float32)
-    e, f, g = fast(model.float(), b32)
+    e, f, g = fast(model.float(), b32, compiled)
     floor_e = rel(network_part(e32, model, b), network_part(e_ref, model, b))
     err_e = rel(network_part(e, model, b), network_part(e_ref, model, b))
     assert err_e < 1e-5 and err_e <= 4 * floor_e + 1e-7, (err_e, floor_e)
@@ -142,13 +146,14 @@ def test_float32_fast_path_matches_dense_reference(name, cfg, sizes, cutoff):
         assert err < 1e-5 and err <= 4 * floor + 1e-7, (k, err, floor)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize(("name", "cfg", "sizes", "cutoff"), CASES, ids=[c[0] for c in CASES])
-def test_float64_fast_path_matches_dense_reference(name, cfg, sizes, cutoff):
+def test_float64_fast_path_matches_dense_reference(name, cfg, sizes, cutoff, compiled):
     model = random_model(2, **cfg).double()
     data = random_molecules(6, sizes=sizes, seed=5)
     b = data.batch(np.arange(len(data)), cutoff, torch.float64)
     e_ref, f_ref, g_ref = reference(model, b)
-    e, f, g = fast(model, b)
+    e, f, g = fast(model, b, compiled)
     assert rel(network_part(e, model, b), network_part(e_ref, model, b)) < 1e-8
     assert rel(f, f_ref) < 1e-8
     for k in g_ref:
@@ -212,6 +217,23 @@ def test_positions_requiring_grad_take_the_autograd_path_and_agree():
     assert rel(p_fast.forces, p_auto.forces.detach()) < 1e-12
     (hess_row,) = torch.autograd.grad(p_auto.forces[0, 0], R)  # second derivatives need the autograd path
     assert torch.isfinite(hess_row).all()
+
+
+def test_compiled_kernels_are_bitwise_reproducible_across_thread_counts():
+    model = random_model(6)
+    data = random_molecules(6, sizes=(9, 21), seed=10)
+    b = data.batch(np.arange(6), None, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            runs.append(fast(model, b, compiled=True))
+    finally:
+        torch.set_num_threads(threads)
+    for e, f, g in runs[1:]:
+        assert torch.equal(e, runs[0][0]) and torch.equal(f, runs[0][1])
+        assert all(torch.equal(g[k], runs[0][2][k]) for k in g)
 
 
 def test_gaussian_window_truncation_bound():

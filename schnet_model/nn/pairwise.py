@@ -15,8 +15,9 @@ hand-written first-order backward. The training step differentiates the explicit
 computation once; nothing is differentiated twice.
 
 On CPU the kernels are compiled with ``torch.compile`` (inductor fuses gather, product and
-scatter into one loop, no ``[n_pairs, F]`` temporaries); they fall back to the same code run
-eagerly if compilation is unavailable or fails, or when ``SWEEP_COMPILE=0``.
+scatter into one loop, no ``[n_pairs, F]`` temporaries) once a model has made
+:data:`COMPILE_AFTER` fast-path calls; before that, if compilation is unavailable or fails, or
+with ``SWEEP_COMPILE=0``, the same code runs eagerly.
 """
 
 from __future__ import annotations
@@ -62,8 +63,14 @@ def _k_back_bwd(w, wd, g, h, gh, u, pi, pj):
     return g_g, g_h, g_w, g_wd
 
 
+COMPILE_AFTER = int(os.environ.get("SWEEP_COMPILE_AFTER", "200"))
+"""A model compiles its kernels after this many fast-path calls (eager before): compilation costs
+20–30 s once per process on a small CPU, which short runs (tests, quick trials) never recover.
+Counted per model instance, so two identically seeded runs switch at the same step."""
+
+
 class _Kernel:
-    """A kernel run compiled on CPU tensors when possible, eagerly otherwise."""
+    """A kernel run compiled on CPU tensors when asked and possible, eagerly otherwise."""
 
     enabled = os.environ.get("SWEEP_COMPILE", "1") != "0"
 
@@ -72,8 +79,8 @@ class _Kernel:
         self.compiled = None
         self.failed = False
 
-    def __call__(self, *args):
-        if self.enabled and not self.failed and args[0].device.type == "cpu":
+    def __call__(self, compiled: bool, *args):
+        if compiled and self.enabled and not self.failed and args[0].device.type == "cpu":
             try:
                 if self.compiled is None:
                     # one thread: the scatters then add in a fixed order (bitwise reproducible
@@ -98,25 +105,27 @@ class Conv(torch.autograd.Function):
     """``m = conv(W, h)`` over unordered pairs ``(pi, pj)``."""
 
     @staticmethod
-    def forward(ctx, w, h, pi, pj):  # type: ignore[override]
+    def forward(ctx, w, h, pi, pj, compiled):  # type: ignore[override]
         ctx.save_for_backward(w, h, pi, pj)
-        return k_conv(w, h, pi, pj)
+        ctx.compiled = compiled
+        return k_conv(compiled, w, h, pi, pj)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gm):  # type: ignore[override]
         w, h, pi, pj = ctx.saved_tensors
-        gh, gw = k_conv_bwd(w, h, gm.contiguous(), pi, pj)
-        return gw, gh, None, None
+        gh, gw = k_conv_bwd(ctx.compiled, w, h, gm.contiguous(), pi, pj)
+        return gw, gh, None, None, None
 
 
 class ConvBack(torch.autograd.Function):
     """``(∂E/∂h, ∂E/∂d) = (conv(W, g), outer_dot(g, h, W'))`` for ``g = ∂E/∂m``."""
 
     @staticmethod
-    def forward(ctx, w, wd, g, h, pi, pj):  # type: ignore[override]
+    def forward(ctx, w, wd, g, h, pi, pj, compiled):  # type: ignore[override]
         ctx.save_for_backward(w, wd, g, h, pi, pj)
-        return k_back(w, wd, g, h, pi, pj)
+        ctx.compiled = compiled
+        return k_back(compiled, w, wd, g, h, pi, pj)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -126,15 +135,15 @@ class ConvBack(torch.autograd.Function):
             gh = torch.zeros_like(g)
         if u is None:
             u = w.new_zeros(w.shape[0])
-        g_g, g_h, g_w, g_wd = k_back_bwd(w, wd, g, h, gh.contiguous(), u.contiguous(), pi, pj)
-        return g_w, g_wd, g_g, g_h, None, None
+        g_g, g_h, g_w, g_wd = k_back_bwd(ctx.compiled, w, wd, g, h, gh.contiguous(), u.contiguous(), pi, pj)
+        return g_w, g_wd, g_g, g_h, None, None, None
 
 
-def conv_plain(w, h, pi, pj):
+def conv_plain(w, h, pi, pj, compiled):
     """``conv(W, h)`` without autograd."""
-    return k_conv(w, h, pi, pj)
+    return k_conv(compiled, w, h, pi, pj)
 
 
-def conv_back(w, wd, g, h, pi, pj):
+def conv_back(w, wd, g, h, pi, pj, compiled):
     """``(conv(W, g), outer_dot(g, h, W'))`` without autograd."""
-    return k_back(w, wd, g, h, pi, pj)
+    return k_back(compiled, w, wd, g, h, pi, pj)

@@ -14,7 +14,7 @@ from schnet_model.nn.filters import FilterBank, filter_forward, make_plan
 from schnet_model.nn.interaction import Interaction, dense
 from schnet_model.nn.offsets import EnergyOffsets
 from schnet_model.nn.pairs import unordered_pairs
-from schnet_model.nn.pairwise import Conv, ConvBack, conv_back, conv_plain
+from schnet_model.nn.pairwise import COMPILE_AFTER, Conv, ConvBack, conv_back, conv_plain
 from schnet_model.nn.radial import CosineCutoff, GaussianRBF
 
 
@@ -50,6 +50,7 @@ class SchNet(nn.Module):
         hidden = config.n_output_hidden or max(1, config.n_atom_basis // 2)
         self.output = nn.Sequential(dense(config.n_atom_basis, hidden, activation=True), dense(hidden, 1))
         self.offsets = EnergyOffsets(config.max_z)
+        self._fast_calls = 0  # fast-path calls so far; kernels are compiled after COMPILE_AFTER
 
     def atomwise(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
         """Atom-wise network outputs y_i [n_atoms] (before scale and references)."""
@@ -127,6 +128,8 @@ class SchNet(nn.Module):
         track = param_grads and (create_graph or not forces)  # an autograd graph to the parameters
         conv = Conv.apply if track else conv_plain
         back = ConvBack.apply if track else conv_back
+        compiled = self._fast_calls >= COMPILE_AFTER
+        self._fast_calls += 1
         with torch.set_grad_enabled(track):
             if track:
                 out = FilterBank.apply(plan, forces, *params)
@@ -137,7 +140,7 @@ class SchNet(nn.Module):
             hs, zs = [], []
             for block, wt in zip(self.interactions, w, strict=True):
                 h = block.in2f(x)
-                z = block.f2out[0][0](conv(wt, h, pi, pj))
+                z = block.f2out[0][0](conv(wt, h, pi, pj, compiled))
                 x = x + block.f2out[1](shifted_softplus(z))
                 hs.append(h)
                 zs.append(z)
@@ -153,7 +156,7 @@ class SchNet(nn.Module):
                 block = self.interactions[t]
                 gz = (gx @ block.f2out[1].weight) * torch.sigmoid(zs[t])
                 gm = gz @ block.f2out[0][0].weight  # ∂E/∂m_t
-                gh, gd = back(w[t], wd[t], gm, hs[t], pi, pj)  # ∂E/∂h_t, Σ_f W'∘outer(∂E/∂m_t, h_t)
+                gh, gd = back(w[t], wd[t], gm, hs[t], pi, pj, compiled)  # ∂E/∂h_t, Σ_f W'∘outer(∂E/∂m_t, h_t)
                 dedd = gd if dedd is None else dedd + gd
                 if t:
                     gx = gx + gh @ block.in2f.weight
