@@ -131,15 +131,19 @@ def _finished_trials(db: Path) -> int:
 def test_resume_after_the_driver_is_killed(tmp_path):
     p = spec_file(tmp_path, search={"num_samples": 3, "max_concurrent": 1, "scheduler": "none", "checkpoint_every": 2},
                   training__max_epochs=12)
+    log = open(tmp_path / "first_run.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(p)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     while _finished_trials(tmp_path / "mlflow.db") < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     time.sleep(1)  # into the next trial (two more trials of 12 epochs remain: the sweep is far from done)
-    assert proc.poll() is None, "the sweep finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    alive = proc.poll() is None
+    if alive:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+    assert alive, "the sweep ended before it could be killed:\n" + (tmp_path / "first_run.log").read_text()[-3000:]
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # orphaned raylets
     before = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"}
     finished_before = [k for k, t in before.items() if t["status"] == "FINISHED"]
@@ -161,7 +165,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             assert steps == list(range(1, 13)), steps  # completed before the kill: not re-run
         else:
             assert set(steps) == set(range(1, 13))  # the interrupted trial repeats only epochs after its checkpoint
-            assert len(steps) - 12 < 2  # checkpoint_every=2: at most one epoch is redone
+            assert len(steps) - 12 <= 2  # checkpoint_every=2: at most the epochs since the last persisted checkpoint
     assert len([x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]) == 1
 
 
