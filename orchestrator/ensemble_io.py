@@ -30,7 +30,6 @@ import numpy as np
 from schnet_model.units import UnitError, canonical_energy_unit, energy_factor
 
 # exceptions ASE's readers raise on malformed input (XYZError is an OSError)
-_ASE_ERRORS = (ValueError, IndexError, KeyError, OSError, AssertionError, RuntimeError, TypeError, AttributeError)
 OUR_INFO = ("energy", "energy_std", "forces_std_max", "forces_std_mean", "energy_ref", "energy_error", "energy_unit",
             "units", "calibrated", "free_energy")
 DEFAULT_CHUNK_ATOMS = 100_000
@@ -57,23 +56,8 @@ class FrameChunk:
         return len(self.atom_ptr) - 1
 
 
-def _energy_of(atoms) -> float | None:
-    if "energy" in atoms.info:
-        return atoms.info["energy"]
-    results = getattr(atoms.calc, "results", None) or {}
-    return results.get("energy")
-
-
-def _forces_of(atoms) -> np.ndarray | None:
-    if "forces" in atoms.arrays:
-        return atoms.arrays["forces"]
-    results = getattr(atoms.calc, "results", None) or {}
-    return results.get("forces")
-
-
 def _frames(path: Path) -> Iterator[tuple[Any, ...]]:
     """(numbers [n], positions [n, 3], energy|None, forces|None, cell, pbc, info, declared unit|None) per frame."""
-    import ase.io
 
     if path.suffix == ".db":
         from schnet_model.data.formats_ase import AseDb
@@ -87,20 +71,20 @@ def _frames(path: Path) -> Iterator[tuple[Any, ...]]:
         except DataError as e:
             raise InputError(str(e)) from e
         return
-    fmt = "extxyz" if path.suffix in (".xyz", ".extxyz") else None
-    it = ase.io.iread(str(path), index=":", format=fmt)
-    k = 0
+    from schnet_model.data.formats_ase import frame_energy, frame_forces, iter_ase_frames
+    from schnet_model.data.molecules import DataError
+
+    frames = iter_ase_frames(path, "extxyz" if path.suffix in (".xyz", ".extxyz") else None)
     while True:
         try:
-            atoms = next(it)
+            _, atoms = next(frames)
         except StopIteration:
             return
-        except _ASE_ERRORS as e:
-            raise InputError(f"{path}: frame {k + 1}: malformed or truncated ({type(e).__name__}: {e})") from e
-        k += 1
+        except DataError as e:
+            raise InputError(str(e)) from e
         info = {key: v for key, v in atoms.info.items() if key not in OUR_INFO and isinstance(v, str | int | float | bool)}
         unit = atoms.info.get("energy_unit", atoms.info.get("units"))
-        yield (atoms.numbers, atoms.positions, _energy_of(atoms), _forces_of(atoms), np.array(atoms.cell),
+        yield (atoms.numbers, atoms.positions, frame_energy(atoms), frame_forces(atoms), np.array(atoms.cell),
                np.array(atoms.pbc), info, unit)
 
 

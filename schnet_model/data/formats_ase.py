@@ -389,7 +389,28 @@ def _read_plain_db(path: Path, cfg: DatasetConfig) -> Molecules:
                      name=path.stem, meta=meta)
 
 
-def _frame_energy(atoms, key: str) -> Any:
+def iter_ase_frames(path: Path, io_fmt: str | None) -> Iterator[tuple[int, Any]]:
+    """(1-based frame number, ase.Atoms) for each frame ``ase.io`` reads from ``path``.
+
+    A malformed or truncated frame raises DataError naming the file and the frame.
+    """
+    import ase.io
+
+    frames = ase.io.iread(str(path), index=":", format=io_fmt)
+    k = 0
+    while True:
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            return
+        except _ASE_ERRORS as e:
+            raise DataError(f"{path}: frame {k + 1}: malformed or truncated ({type(e).__name__}: {e})") from e
+        k += 1
+        yield k, atoms
+
+
+def frame_energy(atoms, key: str = "energy") -> Any:
+    """``atoms.info[key]``, else the calculator's result, else None."""
     if key in atoms.info:
         return atoms.info[key]
     calc = atoms.calc
@@ -397,7 +418,8 @@ def _frame_energy(atoms, key: str) -> Any:
     return results.get(key)
 
 
-def _frame_forces(atoms, key: str) -> Any:
+def frame_forces(atoms, key: str = "forces") -> Any:
+    """``atoms.arrays[key]``, else the calculator's result, else None."""
     if key in atoms.arrays:
         return atoms.arrays[key]
     results = getattr(atoms.calc, "results", None) or {}
@@ -414,7 +436,6 @@ def read_ase_file(path: Path, cfg: DatasetConfig, fmt: str = "ase") -> Molecules
 
     Frames are counted from 1 in error messages.
     """
-    import ase.io
 
     if path.suffix in (".db", ".json") and path.is_file():
         with open(path, "rb") as fh:
@@ -429,18 +450,9 @@ def read_ase_file(path: Path, cfg: DatasetConfig, fmt: str = "ase") -> Molecules
     F: list[np.ndarray] = []
     units: set[str] = set()
     periodic = False
-    frames = ase.io.iread(str(path), index=":", format=io_fmt)
-    k = 0
-    while True:
-        try:
-            atoms = next(frames)
-        except StopIteration:
-            break
-        except _ASE_ERRORS as e:
-            raise DataError(f"{path}: frame {k + 1}: {type(e).__name__}: {e}") from e
-        k += 1
+    for k, atoms in iter_ase_frames(path, io_fmt):
         n = len(atoms)
-        e = _frame_energy(atoms, cfg.energy_key)
+        e = frame_energy(atoms, cfg.energy_key)
         if e is None:
             raise DataError(f"{path}: frame {k}: no energy {cfg.energy_key!r} (looked in the comment/info and "
                             "calculator results; set dataset.energy_key)")
@@ -448,7 +460,7 @@ def read_ase_file(path: Path, cfg: DatasetConfig, fmt: str = "ase") -> Molecules
             e = float(np.asarray(e, dtype=np.float64).reshape(()))
         except (ValueError, TypeError) as err:
             raise DataError(f"{path}: frame {k}: energy {cfg.energy_key!r} is {e!r}, expected a number") from err
-        f = _frame_forces(atoms, cfg.forces_key)
+        f = frame_forces(atoms, cfg.forces_key)
         if k > 1 and (f is None) != (not F):
             raise DataError(f"{path}: frame {k}: forces {cfg.forces_key!r} are "
                             f"{'missing' if f is None else 'present'}, unlike frame 1")
