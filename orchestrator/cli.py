@@ -112,7 +112,10 @@ def list_(
     """Sweeps in the MLflow store, newest first."""
     from orchestrator.status import show_list
 
-    show_list(tracking_uri, console)
+    try:
+        show_list(tracking_uri, console)
+    except LookupError as e:
+        fail(str(e))
 
 
 @app.command()

@@ -39,7 +39,7 @@ from rich.console import Console
 from orchestrator.ensemble_io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
 from orchestrator.ensemble_report import PropertyErrors, build_report, reliability_plot, report_table
 from orchestrator.sweep_spec import SweepSpec, TrackingConfig
-from orchestrator.tracking import FOLD, PARENT, ROLE, SWEEP_ID
+from orchestrator.tracking import FOLD, PARENT, ROLE, SWEEP_ID, StoreNotFoundError, open_client
 from schnet_model.calibration import Calibration, fit_scale_oof
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble
@@ -68,9 +68,10 @@ class Loaded:
 
 # -- finding sweeps --------------------------------------------------------------------------------
 def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return open_client(uri, read_only=True, registry=True)
+    except StoreNotFoundError as e:
+        raise EnsembleCommandError(str(e)) from e
 
 
 def _finished_sweeps(client) -> list:

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.sweep_spec import TrackingConfig
-from orchestrator.tracking import PARENT, ROLE, SWEEP_ID
+from orchestrator.tracking import PARENT, ROLE, SWEEP_ID, open_client
 
 
 def _fmt(m: dict[str, float], key: str) -> str:
@@ -14,9 +14,7 @@ def _fmt(m: dict[str, float], key: str) -> str:
 
 
 def _client(uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=TrackingConfig(uri=uri).resolved_uri())
+    return open_client(TrackingConfig(uri=uri).resolved_uri(), read_only=True)
 
 
 def _sweeps(client) -> list:

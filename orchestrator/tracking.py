@@ -31,18 +31,38 @@ def git_commit() -> str:
         return "unknown"
 
 
+class StoreNotFoundError(LookupError):
+    """A read-only command named a SQLite tracking store that does not exist."""
+
+
+def open_client(uri: str, *, read_only: bool = False, registry: bool = False):
+    """An ``MlflowClient`` for ``uri`` without MLflow's schema-creation chatter on stderr.
+
+    Args:
+        uri: tracking URI (``sqlite:///…``, ``http://…``, a path).
+        read_only: refuse a ``sqlite:///`` file that does not exist instead of creating an empty
+            store (``sweep ensemble``/``status``/``list`` must not leave files behind).
+        registry: also use ``uri`` as the model-registry URI.
+    """
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # schema creation/migration chatter on a new SQLite store
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if read_only and uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            raise StoreNotFoundError(f"no MLflow store at {path} (tracking URI {uri}); run a sweep first or pass --tracking-uri")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri) if registry else MlflowClient(tracking_uri=uri)
+
+
 class Store:
     """Thin helper over ``MlflowClient`` for the run tree."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        import logging
-
-        from mlflow.tracking import MlflowClient
-
-        for name in ("mlflow", "alembic"):  # schema creation/migration chatter on a new SQLite store
-            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri, self.experiment = uri, experiment
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_client(uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
 

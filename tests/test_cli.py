@@ -143,3 +143,13 @@ def test_every_shipped_search_space_validates(path):
     first = s.train_spec()  # the paper configuration comes first
     assert first.model.n_atom_basis == 64 and first.model.n_interactions == 3 and first.training.lr == 1e-3
     assert s.dataset.path is not None or s.dataset.download is not None
+
+
+@pytest.mark.parametrize("command", [["status"], ["list"], ["ensemble", "--predict", "x.xyz"]])
+def test_read_only_commands_refuse_a_missing_store_and_create_none(tmp_path, command):
+    (tmp_path / "x.xyz").write_text("1\n\nH 0 0 0\n")
+    r = sweep(*command, "--tracking-uri", f"sqlite:///{tmp_path / 'nowhere.db'}", cwd=tmp_path)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no MLflow store at {tmp_path / 'nowhere.db'}" in lines[0], r.stderr
+    assert not (tmp_path / "nowhere.db").exists() and not (tmp_path / "mlflow.db").exists()

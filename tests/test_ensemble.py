@@ -343,16 +343,22 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
         (["ensemble", "ens", "--predict", str(tmp_path / "mixed.xyz"), "-o", "o.extxyz"],
          "frame 3: elements not seen in training: N (Z=7), Cl (Z=17); the ensemble was trained on H (Z=1), C (Z=6), O (Z=8)"),
         (["ensemble", "ens", "--predict", str(truncated), "-o", "o.extxyz"], "trunc.xyz: frame 2: malformed or truncated"),
+        (["ensemble", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--predict", str(good), "-o", "o.extxyz"],
+         f"no MLflow store at {tmp_path / 'none.db'}"),
         (["ensemble", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--predict", str(good), "-o", "o.extxyz"],
          "no finished sweep named 'nosuch'"),
         (["ensemble", "ens", "--predict", str(tmp_path / "missing.xyz"), "-o", "o.extxyz"], "missing.xyz: no such file"),
         (["ensemble", "ens", "--predict", str(good), "-o", "o.extxyz", "--unit", "kcal"], "--unit: unknown energy unit 'kcal'"),
     ]
+    from orchestrator.tracking import open_client
+
+    open_client(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # an existing store without sweeps
     for args, expected in cases:
         r = cli(*args)
         assert r.exit_code != 0, (args, r.output)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, r.stderr)
+        assert not (tmp_path / "none.db").exists(), "a read-only command created a tracking store"
         assert not (tmp_path / "o.extxyz").exists() and not (tmp_path / "o.csv").exists()
         assert not list(tmp_path.glob(".o.*")), "temporary files left behind"
     with pytest.raises(EnsembleCommandError, match="would overwrite the input"):
