@@ -45,9 +45,10 @@ def build_sweep(batches):
     from schnet_model import ModelConfig, SchNet
     from schnet_model.data.batch import Batch
     from schnet_model.training.loss import energy_force_loss
+    from schnet_model.training.optim import make_adam
 
     model = SchNet(ModelConfig())
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = make_adam(model.parameters(), LR)  # what the trainer uses: torch's fused Adam
     bs = [Batch(**{k: torch.from_numpy(v) for k, v in b.items()}) for b in batches]
 
     def train(b):

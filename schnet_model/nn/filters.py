@@ -45,9 +45,11 @@ class FilterPlan:
     gamma: float
     fcut: torch.Tensor | None = None  # [n_pairs] cutoff values
     fcut_d: torch.Tensor | None = None  # [n_pairs] their derivative
+    compiled: bool = False  # run the fused elementwise kernels (see pairwise.COMPILE_AFTER)
 
 
-def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 1024) -> FilterPlan:
+def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 1024,
+              compiled: bool = False) -> FilterPlan:
     """Chunks of ``chunk`` consecutive (sorted) pairs, each with its window of Gaussians."""
     n = d_sorted.numel()
     bounds = list(range(0, n, chunk)) + [n]
@@ -59,55 +61,106 @@ def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 
         d_lo, d_hi = lo_hi[c], lo_hi[c + 1]  # d[p0] and d[min(p1, n − 1)] ≥ d[p1 − 1]
         k0, k1 = rbf.window(d_lo, d_hi, d_sorted.dtype)
         chunks.append((p0, p1, k0, k1))
-    return FilterPlan(d_sorted, chunks, rbf.centers_as(d_sorted), rbf.gamma, fcut, fcut_d)
+    return FilterPlan(d_sorted, chunks, rbf.centers_as(d_sorted), rbf.gamma, fcut, fcut_d, compiled)
 
 
-def _stack_params(params: tuple[torch.Tensor, ...]):
-    w1 = torch.stack(params[0::4])  # [T, F, n_rbf]
-    b1 = torch.stack(params[1::4])[:, None, :]  # [T, 1, F]
-    w2 = params[2::4]  # T × [F_out, F_in]
-    b2 = params[3::4]  # T × [F]
-    return w1, b1, w2, b2
+# -- elementwise work on all interactions' first-layer outputs, [n_pairs, T·F] at once -----------
+def _act(a):
+    """(S, σ) = (ssp(A), sigmoid(A))."""
+    return F.softplus(a) - LN2, torch.sigmoid(a)
+
+
+def _act_d(a, ad):
+    """(S, σ, S', Q) with S' = σ(A)·A' = dS/dd and Q = σ'(A)·A' = S'·(1 − σ)."""
+    sig = torch.sigmoid(a)
+    sd = sig * ad
+    return F.softplus(a) - LN2, sig, sd, sd - sd * sig
+
+
+def _act_d_infer(a, ad):
+    """(S, S') without what only the backward needs."""
+    return F.softplus(a) - LN2, torch.sigmoid(a) * ad
+
+
+def _act_bwd(sig, gs: list[torch.Tensor]):
+    """∂L/∂A from ∂L/∂S (T blocks of [n_pairs, F])."""
+    return torch.cat(gs, 1) * sig
+
+
+def _act_d_bwd(sig, q, gs: list[torch.Tensor], gsd: list[torch.Tensor]):
+    """(∂L/∂A, ∂L/∂A') from ∂L/∂S and ∂L/∂S' (T blocks each)."""
+    gsd_ = torch.cat(gsd, 1)
+    return torch.cat(gs, 1) * sig + gsd_ * q, gsd_ * sig
+
+
+def _zeros_if_none(gs: list[torch.Tensor | None], like: torch.Tensor) -> list[torch.Tensor]:
+    return [g if g is not None else torch.zeros_like(like) for g in gs]
+
+
+def _elementwise_kernels():
+    from schnet_model.nn.pairwise import Kernel
+
+    # purely elementwise: any thread count gives bitwise the same result
+    return {f.__name__: Kernel(f, threads=None) for f in (_act, _act_d, _act_d_infer, _act_bwd, _act_d_bwd)}
+
+
+_K: dict = {}
+
+
+def _k(name: str):
+    if not _K:
+        _K.update(_elementwise_kernels())
+    return _K[name]
+
+
+def _first_layer_params(params: tuple[torch.Tensor, ...]):
+    """All interactions' first filter layers side by side: W1 [n_rbf, T·F], b1 [T·F]."""
+    w1 = torch.cat([w.t() for w in params[0::4]], 1)  # [n_rbf, T·F]
+    b1 = torch.cat(params[1::4])  # [T·F]
+    return w1, b1
 
 
 def filter_forward(plan: FilterPlan, deriv: bool, params: tuple[torch.Tensor, ...], save: bool):
-    """The filters (and derivatives). Returns (W list, W' list or [], saved tensors or None)."""
-    w1, b1, w2, b2 = _stack_params(params)
-    T, Fn = w1.shape[0], w1.shape[1]
+    """The filters (and derivatives). Returns (W list, W' list or [], saved tensors or None).
+
+    First layers of all T interactions as one product per chunk over the chunk's window of
+    Gaussians, ``A [n_pairs, T·F] = g[:, k0:k1] @ W1[k0:k1] + b1`` (and ``A' = g' @ W1``); the
+    activations of all of them in one fused elementwise pass; the second layers per interaction.
+    """
+    w1, b1 = _first_layer_params(params)
+    w2, b2 = params[2::4], params[3::4]  # T × [F_out, F_in], T × [F]
+    T, Fn = len(w2), w2[0].shape[0]
     d = plan.d
     P = d.numel()
-    S = d.new_empty(T, P, Fn)  # ssp(A)
-    sig = d.new_empty(T, P, Fn)  # ssp'(A) = sigmoid(A)
-    Sd = d.new_empty(T, P, Fn) if deriv else None  # dS/dd = sigmoid(A) · A'
-    Q = d.new_empty(T, P, Fn) if (deriv and save) else None  # sigmoid'(A) · A' = Sd · (1 − sigmoid)
+    A = d.new_empty(P, T * Fn)
+    AD = d.new_empty(P, T * Fn) if deriv else None
     gauss = []
     for p0, p1, k0, k1 in plan.chunks:
-        dc = d[p0:p1, None]
         if k1 > k0:
-            delta = dc - plan.centers[k0:k1]  # [Pc, K]
+            delta = d[p0:p1, None] - plan.centers[k0:k1]  # [Pc, K]
             g = torch.exp(delta * delta * -plan.gamma)
-            w1w = w1[:, :, k0:k1].transpose(1, 2)  # [T, K, F]
-            a = torch.baddbmm(b1, g.expand(T, -1, -1), w1w)  # [T, Pc, F]
-        else:  # every Gaussian negligible (distance beyond the basis)
-            g = delta = None
-            a = b1.expand(T, p1 - p0, Fn)
-        torch.sigmoid(a, out=sig[:, p0:p1])
-        torch.sub(F.softplus(a), LN2, out=S[:, p0:p1])
-        gd = None
-        if deriv:
-            if g is not None:
+            torch.addmm(b1, g, w1[k0:k1], out=A[p0:p1])
+            gd = None
+            if deriv:
                 gd = g * delta * (-2.0 * plan.gamma)  # dg/dd
-                ad = torch.bmm(gd.expand(T, -1, -1), w1w)  # A' [T, Pc, F]
-                torch.mul(sig[:, p0:p1], ad, out=Sd[:, p0:p1])
-                if Q is not None:
-                    torch.addcmul(Sd[:, p0:p1], Sd[:, p0:p1], sig[:, p0:p1], value=-1.0, out=Q[:, p0:p1])
-            else:
-                Sd[:, p0:p1] = 0.0
-                if Q is not None:
-                    Q[:, p0:p1] = 0.0
+                torch.mm(gd, w1[k0:k1], out=AD[p0:p1])
+        else:  # every Gaussian negligible (distance beyond the basis)
+            g = gd = None
+            A[p0:p1] = b1
+            if deriv:
+                AD[p0:p1] = 0.0
         gauss.append((g, gd))
-    W = [torch.addmm(b2[t], S[t], w2[t].t()) for t in range(T)]
-    Wd = [torch.mm(Sd[t], w2[t].t()) for t in range(T)] if deriv else []
+    c = plan.compiled
+    Q = sig = Sd = None
+    if not deriv:
+        S, sig = _k("_act")(c, A)
+    elif save:
+        S, sig, Sd, Q = _k("_act_d")(c, A, AD)
+    else:
+        S, Sd = _k("_act_d_infer")(c, A, AD)
+    blk = [slice(t * Fn, (t + 1) * Fn) for t in range(T)]
+    W = [torch.addmm(b2[t], S[:, blk[t]], w2[t].t()) for t in range(T)]  # [n_pairs, F] each
+    Wd = [torch.mm(Sd[:, blk[t]], w2[t].t()) for t in range(T)] if deriv else []
     if plan.fcut is not None:
         fc, fcd = plan.fcut[:, None], plan.fcut_d[:, None]
         if deriv:
@@ -131,7 +184,6 @@ class FilterBank(torch.autograd.Function):
     def forward(ctx, plan: FilterPlan, deriv: bool, *params: torch.Tensor):  # type: ignore[override]
         W, Wd, saved = filter_forward(plan, deriv, params, save=True)
         ctx.plan, ctx.deriv, ctx.saved = plan, deriv, saved
-        ctx.n_rbf = params[0].shape[1]
         return (*W, *Wd)
 
     @staticmethod
@@ -140,7 +192,7 @@ class FilterBank(torch.autograd.Function):
         plan, deriv = ctx.plan, ctx.deriv
         w1, w2, S, sig, Sd, Q, gauss, W_uncut = ctx.saved
         ctx.saved = None
-        T, Fn = w1.shape[0], w1.shape[1]
+        T, Fn = len(w2), w2[0].shape[0]
         gW = list(grads[:T])
         gWd = list(grads[T:]) if deriv else [None] * T
         if plan.fcut is not None:  # W = Wu·fc, W' = Wu'·fc + Wu·fc'
@@ -154,43 +206,42 @@ class FilterBank(torch.autograd.Function):
                     gWd[t] = gWd[t] * fc
                 gWu.append(g)
             gW = gWu
-        P = S.shape[1]
-        # every row block is written by an mm below unless its gradient is absent (then zeros)
-        gS = S.new_empty(T, P, Fn) if all(g is not None for g in gW) else S.new_zeros(T, P, Fn)
-        if all(g is not None for g in gWd):
-            gSd = S.new_empty(T, P, Fn)
-        else:
-            gSd = S.new_zeros(T, P, Fn) if any(g is not None for g in gWd) else None
-        grads_out: list[torch.Tensor | None] = [None, None]
+        blk = [slice(t * Fn, (t + 1) * Fn) for t in range(T)]
+        gS: list[torch.Tensor | None] = []
+        gSd: list[torch.Tensor | None] = []
         gw2, gb2 = [], []
         for t in range(T):
             acc = None
             if gW[t] is not None:
-                torch.mm(gW[t], w2[t], out=gS[t])
-                acc = gW[t].t() @ S[t]
+                gS.append(gW[t] @ w2[t])
+                acc = gW[t].t() @ S[:, blk[t]]
                 gb2.append(gW[t].sum(0))
             else:
+                gS.append(None)
                 gb2.append(S.new_zeros(Fn))
             if gWd[t] is not None:
-                torch.mm(gWd[t], w2[t], out=gSd[t])
-                acc = gWd[t].t() @ Sd[t] if acc is None else torch.addmm(acc, gWd[t].t(), Sd[t])
+                gSd.append(gWd[t] @ w2[t])
+                acc = gWd[t].t() @ Sd[:, blk[t]] if acc is None else torch.addmm(acc, gWd[t].t(), Sd[:, blk[t]])
+            else:
+                gSd.append(None)
             gw2.append(acc if acc is not None else S.new_zeros(Fn, Fn))
-        gw1 = S.new_zeros(T, Fn, ctx.n_rbf)
-        gb1 = S.new_zeros(T, Fn)
+        P = S.shape[0]
+        like = S.new_zeros(P, Fn) if any(g is None for g in gS + (gSd if deriv else [])) else None
+        c = plan.compiled
+        if deriv and any(g is not None for g in gSd):
+            ga, gad = _k("_act_d_bwd")(c, sig, Q, _zeros_if_none(gS, like), _zeros_if_none(gSd, like))
+        else:
+            ga, gad = _k("_act_bwd")(c, sig, _zeros_if_none(gS, like)), None
+        gw1 = S.new_zeros(w1.shape)  # [n_rbf, T·F]
+        gb1 = ga.sum(0)  # [T·F]
         for (p0, p1, k0, k1), (g, gd) in zip(plan.chunks, gauss, strict=True):
-            s = sig[:, p0:p1]
-            ga = gS[:, p0:p1] * s  # ∂/∂A through S
-            if gSd is not None:
-                gsd = gSd[:, p0:p1]
-                ga.addcmul_(gsd, Q[:, p0:p1])  # ∂/∂A through S' = sigmoid(A)·A'
-                gad = gsd * s  # ∂/∂A'
-            gb1 += ga.sum(1)
             if g is None:
                 continue
-            gw = torch.bmm(ga.transpose(1, 2), g.expand(T, -1, -1))  # [T, F, K]
-            if gSd is not None:
-                gw = torch.baddbmm(gw, gad.transpose(1, 2), gd.expand(T, -1, -1))
-            gw1[:, :, k0:k1] += gw
+            if gad is not None:
+                gw1[k0:k1] += torch.addmm(g.t() @ ga[p0:p1], gd.t(), gad[p0:p1])  # windows may overlap
+            else:
+                gw1[k0:k1] += g.t() @ ga[p0:p1]
+        grads_out: list[torch.Tensor | None] = [None, None]
         for t in range(T):
-            grads_out += [gw1[t], gb1[t], gw2[t], gb2[t]]
+            grads_out += [gw1[:, blk[t]].t(), gb1[blk[t]], gw2[t], gb2[t]]
         return tuple(grads_out)

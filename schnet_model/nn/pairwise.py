@@ -69,13 +69,21 @@ COMPILE_AFTER = int(os.environ.get("SWEEP_COMPILE_AFTER", "200"))
 Counted per model instance, so two identically seeded runs switch at the same step."""
 
 
-class _Kernel:
-    """A kernel run compiled on CPU tensors when asked and possible, eagerly otherwise."""
+class Kernel:
+    """A kernel run compiled on CPU tensors when asked and possible, eagerly otherwise.
+
+    Args:
+        fn: the eager function (tensors and lists of tensors in, tensors out).
+        threads: threads of the compiled loops; 1 for kernels that scatter-add (the adds then
+            happen in a fixed order: bitwise reproducible whatever torch's thread count; atomic
+            adds across threads are not), ``None`` (torch's) for purely elementwise ones.
+    """
 
     enabled = os.environ.get("SWEEP_COMPILE", "1") != "0"
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, threads: int | None = 1) -> None:
         self.fn = fn
+        self.threads = threads
         self.compiled = None
         self.failed = False
 
@@ -83,10 +91,8 @@ class _Kernel:
         if compiled and self.enabled and not self.failed and args[0].device.type == "cpu":
             try:
                 if self.compiled is None:
-                    # one thread: the scatters then add in a fixed order (bitwise reproducible
-                    # results whatever torch's thread count; atomic adds across threads are not)
-                    self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True,
-                                                  options={"cpp.threads": 1})
+                    options = {"cpp.threads": self.threads} if self.threads else {}
+                    self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=options)
                 return self.compiled(*args)
             except Exception as e:  # no compiler, unsupported platform, ...: same math, eagerly
                 self.failed = True
@@ -95,10 +101,10 @@ class _Kernel:
         return self.fn(*args)
 
 
-k_conv = _Kernel(_k_conv)
-k_conv_bwd = _Kernel(_k_conv_bwd)
-k_back = _Kernel(_k_back)
-k_back_bwd = _Kernel(_k_back_bwd)
+k_conv = Kernel(_k_conv)
+k_conv_bwd = Kernel(_k_conv_bwd)
+k_back = Kernel(_k_back)
+k_back_bwd = Kernel(_k_back_bwd)
 
 
 class Conv(torch.autograd.Function):

@@ -113,6 +113,8 @@ class SchNet(nn.Module):
         pi, pj, n_dir = unordered_pairs(batch.idx_i, batch.idx_j, batch.R.shape[0])
         if n_dir != 2:  # not a symmetric pair list: plain autograd
             return self._forward_autograd(batch, forces, create_graph)
+        compiled = self._fast_calls >= COMPILE_AFTER
+        self._fast_calls += 1
         with torch.no_grad():
             R = batch.R.to(dtype)
             vec = torch.index_select(R, 0, pj) - torch.index_select(R, 0, pi)  # [n_pairs, 3]
@@ -123,13 +125,11 @@ class SchNet(nn.Module):
                 inside = int((d < self.cutoff.cutoff).sum())  # beyond the cutoff filters are 0
                 d, pi, pj, vec = d[:inside], pi[:inside], pj[:inside], vec[:inside]
                 fc, fcd = self.cutoff.with_derivative(d)
-            plan = make_plan(d, self.rbf, fc, fcd)
+            plan = make_plan(d, self.rbf, fc, fcd, compiled=compiled)
         params = self._filter_params()
         track = param_grads and (create_graph or not forces)  # an autograd graph to the parameters
         conv = Conv.apply if track else conv_plain
         back = ConvBack.apply if track else conv_back
-        compiled = self._fast_calls >= COMPILE_AFTER
-        self._fast_calls += 1
         with torch.set_grad_enabled(track):
             if track:
                 out = FilterBank.apply(plan, forces, *params)

@@ -23,6 +23,7 @@ from schnet_model.nn.schnet import SchNet
 from schnet_model.training.errors import NonFiniteLossError
 from schnet_model.training.loss import energy_force_loss
 from schnet_model.training.metrics import Metrics, evaluate
+from schnet_model.training.optim import make_adam
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,7 +91,7 @@ class Trainer:
         if fit_offsets:
             ref, scale = fit_offsets_fn(train, model.config.max_z)
             self.model.offsets.set(ref, scale)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = make_adam(self.model.parameters(), config.lr)
         floor = config.min_lr / config.lr
         if config.scheduler == "exponential":
             decay, every = config.lr_decay, config.lr_decay_steps
