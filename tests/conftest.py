@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from schnet_model import ModelConfig, Molecules, SchNet
 
@@ -48,3 +50,20 @@ def small_model(dtype: torch.dtype = torch.float64, seed: int = 0, **kw) -> SchN
 @pytest.fixture
 def quickstart_data() -> Path:
     return QUICKSTART_DATA
+
+
+TINY_MODEL = {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1, "rbf_max": 6.0}
+
+
+def write_sweep_spec(path: Path, body: dict, **over) -> Path:
+    """A tiny sweep spec on the quickstart data at ``path``: a tiny model, k = 2, SQLite tracking
+    and ``sweeps`` storage unless ``body`` says otherwise; then ``section__key=value`` (one key
+    of a section) or ``section=value`` (a whole section) overrides."""
+    spec = {"model": dict(TINY_MODEL), "cv": {"k": 2}, "tracking": {"uri": "sqlite:///mlflow.db"},
+            "storage": "sweeps", **copy.deepcopy(body)}
+    spec["dataset"] = {"path": str(QUICKSTART_DATA), **spec.get("dataset", {})}
+    for k, v in over.items():
+        sec, _, key = k.partition("__")
+        spec[sec] = {**spec[sec], key: v} if key else v
+    path.write_text(yaml.safe_dump(spec))
+    return path

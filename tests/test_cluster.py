@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import QUICKSTART_DATA
+from conftest import write_sweep_spec
 from ray_nodes import LocalRayCluster, can_hide_directories
 
 pytestmark = pytest.mark.integration
@@ -32,24 +31,14 @@ def cluster(tmp_path_factory):
 
 
 def spec_file(tmp_path: Path, **over) -> Path:
-    body = {
+    return write_sweep_spec(tmp_path / "spec.yaml", {
         "name": "c",
-        "dataset": {"path": str(QUICKSTART_DATA), "n_train": 40, "n_val": 10, "n_test": 10},
-        "model": {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1, "rbf_max": 6.0},
+        "dataset": {"n_train": 40, "n_val": 10, "n_test": 10},
         "training": {"max_epochs": 3, "batch_size": 5, "lr": {"loguniform": [1.0e-4, 1.0e-3]}},
-        "cv": {"k": 2},
         "search": {"num_samples": 2, "max_concurrent": 2, "scheduler": "none", "checkpoint_every": 1,
                    "max_failures": 2},
         "resources": {"cpus_per_fold": 0.4, "placement_strategy": "SPREAD"},
-        "tracking": {"uri": "sqlite:///mlflow.db"},
-        "storage": "sweeps",
-    }
-    for k, v in over.items():
-        sec, _, key = k.partition("__")
-        body[sec] = {**body[sec], key: v} if key else v
-    p = tmp_path / "spec.yaml"
-    p.write_text(yaml.safe_dump(body))
-    return p
+    }, **over)
 
 
 def sweep_cmd(spec: Path, address: str) -> list[str]:

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import QUICKSTART_DATA
+from conftest import write_sweep_spec
 from ray_nodes import free_port
 
 pytestmark = pytest.mark.integration
@@ -50,18 +49,15 @@ def server():
 
 
 def test_four_concurrent_trials_tracked_through_a_postgres_mlflow_server(tmp_path, server):
-    spec = {
+    write_sweep_spec(tmp_path / "spec.yaml", {
         "name": "pg",
-        "dataset": {"path": str(QUICKSTART_DATA), "n_train": 30, "n_val": 10, "n_test": 10},
-        "model": {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1, "rbf_max": 6.0},
+        "dataset": {"n_train": 30, "n_val": 10, "n_test": 10},
         "training": {"max_epochs": 1, "batch_size": 10, "lr": {"loguniform": [1.0e-4, 1.0e-3]}},
-        "cv": {"k": 2},
         "search": {"num_samples": 4, "max_concurrent": 4, "scheduler": "none", "checkpoint_every": 1},
         "resources": {"cpus_per_fold": 0.2},
         "tracking": {"uri": server.uri},
-    }
-    spec["storage"] = f"file://{tmp_path / 'tune'}"  # a URI, as s3://BUCKET/sweeps on a cluster
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+        "storage": f"file://{tmp_path / 'tune'}",  # a URI, as s3://BUCKET/sweeps on a cluster
+    })
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "spec.yaml"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=500)

@@ -13,34 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import QUICKSTART_DATA
+from conftest import write_sweep_spec
 
 pytestmark = pytest.mark.integration
 
 
 def spec_file(tmp_path: Path, **over) -> Path:
-    body = {
+    return write_sweep_spec(tmp_path / "spec.yaml", {
         "name": "t",
-        "dataset": {"path": str(QUICKSTART_DATA), "n_train": 30, "n_val": 10, "n_test": 16},
-        "model": {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1, "rbf_max": 6.0},
+        "dataset": {"n_train": 30, "n_val": 10, "n_test": 16},
         "training": {"max_epochs": 3, "batch_size": 20, "lr": {"loguniform": [1.0e-4, 1.0e-3]}},
-        "cv": {"k": 2},
         "search": {"num_samples": 3, "max_concurrent": 2, "scheduler": "none", "checkpoint_every": 1, "max_failures": 1,
                    "initial_points": [{"training.lr": 1.0e12}, {"training.lr": 1.0e-3}]},
         "resources": {"cpus_per_fold": 0.4},
-        "tracking": {"uri": "sqlite:///mlflow.db"},
-        "storage": "sweeps",
-    }
-    for k, v in over.items():
-        sec, _, key = k.partition("__")
-        if key:
-            body[sec][key] = v
-        else:
-            body[sec] = v
-    p = tmp_path / "spec.yaml"
-    p.write_text(yaml.safe_dump(body))
-    return p
+    }, **over)
 
 
 def sweep(*args: str, cwd: Path, timeout: int = 500) -> subprocess.CompletedProcess:

@@ -45,7 +45,7 @@ class FilterPlan:
     gamma: float
     fcut: torch.Tensor | None = None  # [n_pairs] cutoff values
     fcut_d: torch.Tensor | None = None  # [n_pairs] their derivative
-    compiled: bool = False  # run the fused elementwise kernels (see pairwise.COMPILE_AFTER)
+    compiled: bool = False  # run the fused elementwise kernels (see compiled.COMPILE_AFTER)
 
 
 def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 1024,
@@ -98,7 +98,7 @@ def _zeros_if_none(gs: list[torch.Tensor | None], like: torch.Tensor) -> list[to
 
 
 def _elementwise_kernels():
-    from schnet_model.nn.pairwise import Kernel
+    from schnet_model.nn.compiled import Kernel
 
     # purely elementwise: any thread count gives bitwise the same result
     return {f.__name__: Kernel(f, threads=None) for f in (_act, _act_d, _act_d_infer, _act_bwd, _act_d_bwd)}

@@ -9,12 +9,12 @@ from torch import nn
 
 from schnet_model.config import ModelConfig
 from schnet_model.data.batch import Batch
-from schnet_model.nn.activations import shifted_softplus
+from schnet_model.nn.atomwise import atomwise
+from schnet_model.nn.compiled import COMPILE_AFTER
 from schnet_model.nn.filters import FilterBank, filter_forward, make_plan
 from schnet_model.nn.interaction import Interaction, dense
 from schnet_model.nn.offsets import EnergyOffsets
 from schnet_model.nn.pairs import unordered_pairs
-from schnet_model.nn.pairwise import COMPILE_AFTER, Conv, ConvBack, conv_back, conv_plain
 from schnet_model.nn.radial import CosineCutoff, GaussianRBF
 
 
@@ -126,43 +126,23 @@ class SchNet(nn.Module):
                 d, pi, pj, vec = d[:inside], pi[:inside], pj[:inside], vec[:inside]
                 fc, fcd = self.cutoff.with_derivative(d)
             plan = make_plan(d, self.rbf, fc, fcd, compiled=compiled)
+            unit = vec / d[:, None]  # [n_pairs, 3]
         params = self._filter_params()
         track = param_grads and (create_graph or not forces)  # an autograd graph to the parameters
-        conv = Conv.apply if track else conv_plain
-        back = ConvBack.apply if track else conv_back
         with torch.set_grad_enabled(track):
             if track:
                 out = FilterBank.apply(plan, forces, *params)
-                w, wd = out[: len(self.interactions)], out[len(self.interactions):]
+                w, wd = list(out[: len(self.interactions)]), list(out[len(self.interactions):])
             else:
                 w, wd, _ = filter_forward(plan, forces, params, save=False)
-            x = self.embedding(batch.Z)
-            hs, zs = [], []
-            for block, wt in zip(self.interactions, w, strict=True):
-                h = block.in2f(x)
-                z = block.f2out[0][0](conv(wt, h, pi, pj, compiled))
-                x = x + block.f2out[1](shifted_softplus(z))
-                hs.append(h)
-                zs.append(z)
-            o = self.output[0][0](x)
-            y = self.output[1](shifted_softplus(o)).squeeze(-1)
+            layers = [(b.in2f.weight, b.f2out[0][0].weight, b.f2out[0][0].bias, b.f2out[1].weight, b.f2out[1].bias)
+                      for b in self.interactions]
+            head = (self.output[0][0].weight, self.output[0][0].bias, self.output[1].weight, self.output[1].bias)
+            y, f = atomwise(compiled, self.embedding(batch.Z), w, wd, pi, pj, unit, layers, head,
+                            self.offsets.scale.to(dtype), forces)
             energy = self.offsets(y, batch.Z, batch.mol, batch.n_mols)  # [n_mols] float64
             if not forces:
                 return Prediction(energy=energy, forces=None)
-            # ∂E/∂y_a = scale; back through the output MLP and the interactions
-            gx = (torch.sigmoid(o) * (self.output[1].weight * self.offsets.scale.to(dtype))) @ self.output[0][0].weight
-            dedd = None
-            for t in range(len(self.interactions) - 1, -1, -1):
-                block = self.interactions[t]
-                gz = (gx @ block.f2out[1].weight) * torch.sigmoid(zs[t])
-                gm = gz @ block.f2out[0][0].weight  # ∂E/∂m_t
-                gh, gd = back(w[t], wd[t], gm, hs[t], pi, pj, compiled)  # ∂E/∂h_t, Σ_f W'∘outer(∂E/∂m_t, h_t)
-                dedd = gd if dedd is None else dedd + gd
-                if t:
-                    gx = gx + gh @ block.in2f.weight
-            # d_p = |R_j − R_i|: ∂E/∂R_j = ∂E/∂d_p · u_p = −∂E/∂R_i
-            fvec = dedd[:, None] * (vec / d[:, None])
-            f = torch.zeros_like(R).index_add_(0, pi, fvec).index_add_(0, pj, -fvec)  # −∂E/∂R
         if not create_graph:
             energy, f = energy.detach(), f.detach()
         return Prediction(energy=energy, forces=f.to(batch.R.dtype))
