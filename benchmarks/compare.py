@@ -137,8 +137,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="ethanol,iso17,aspirin")
     ap.add_argument("--impls", default="sweep,schnetpack,pyg")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/benchmarks.md)")
+    ap.add_argument("--render", metavar="FILE.json", help="print the table of a saved --json result; run nothing")
     ap.add_argument("--setup-only", action="store_true", help="only create the peer venv")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        render({k: v for k, v in saved.items() if k != "meta"}, saved["meta"], markdown=args.markdown)
+        return
     impls = args.impls.split(",")
     sizes = args.sizes.split(",")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
@@ -178,24 +184,48 @@ def main() -> None:
     if args.json:
         print(json.dumps({**summary, "meta": meta}))
         return
-    from rich.console import Console
-    from rich.table import Table
+    render(summary, meta, markdown=args.markdown)
 
-    table = Table(title=f"SchNet paper size, batch 32, {threads} torch thread(s), {meta['machine']}, {meta['date']}")
-    for col in ("molecule", "impl", "params", "train mol/s", "× spk", "per CPU-s", "× spk", "inference mol/s",
-                "× spk", "per CPU-s", "× spk", "peak RSS MiB", "RSS growth MiB"):
-        table.add_column(col, justify="left" if col in ("molecule", "impl") else "right")
-    for s in sizes:
+
+COLUMNS = ("molecule", "impl", "params", "train mol/s", "× spk", "per CPU-s", "× spk", "inference mol/s",
+           "× spk", "per CPU-s", "× spk", "peak RSS MiB", "RSS growth MiB")
+
+
+def rows(summary: dict) -> list[list[str]]:
+    """Table cells: one row per molecule size and implementation, ratios to schnetpack."""
+    impls = [i for i in summary if i != "meta"]
+    out = []
+    for s in summary[impls[0]]:
         base = summary.get("schnetpack", {}).get(s)
         for impl in impls:
             x = summary[impl][s]
             cells = []
             for k in ("train", "train_cpu", "inference", "inference_cpu"):
                 cells += [f"{x[k]:.0f}", f"{x[k] / base[k]:.2f}" if base else "–"]
-            table.add_row(SIZES[s][0] if impl == impls[0] else "", impl, f"{x['params']:,}", *cells,
-                          f"{x['peak_rss_mib']:.0f}", f"{x['rss_growth_mib']:.0f}")
-    Console(width=160).print(table)
+            out.append([SIZES[s][0] if impl == impls[0] else "", impl, f"{x['params']:,}", *cells,
+                        f"{x['peak_rss_mib']:.0f}", f"{x['rss_growth_mib']:.0f}"])
+    return out
 
+
+def render(summary: dict, meta: dict, markdown: bool = False) -> None:
+    """Print the comparison as a Rich table, or as a Markdown table (for docs/benchmarks.md)."""
+    title = (f"SchNet paper size, batch 32, {meta['threads']} torch thread(s), {meta['machine']}, {meta['date']}, "
+             f"median of {meta['rounds']} rounds")
+    if markdown:
+        print(f"{title}\n\n| " + " | ".join(COLUMNS) + " |\n| " + " | ".join(
+            "---" if c in ("molecule", "impl") else "---:" for c in COLUMNS) + " |")
+        for r in rows(summary):
+            print("| " + " | ".join(r) + " |")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("molecule", "impl") else "right")
+    for r in rows(summary):
+        table.add_row(*r)
+    Console(width=160).print(table)
 
 if __name__ == "__main__":
     main()
