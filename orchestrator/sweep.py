@@ -308,13 +308,22 @@ def summarize(results) -> list[dict[str, Any]]:
     return out
 
 
+LOST = "lost"
+LOST_REASON = ("the driver stopped before Tune's experiment state recorded this trial (it is saved every ≥ 10 s); "
+               "on --resume the searcher sampled a replacement")
+
+
 def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
     """No run left RUNNING: end any trial/fold run the callbacks could not (e.g. the driver died)."""
     status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
     by_trial = {t["trial_id"]: status[t["status"]] for t in trials}
     for run in store.find(**{SWEEP_ID: name}):
         if run.info.status == "RUNNING" and run.data.tags.get(ROLE) in ("trial", "fold"):
-            store.end(run.info.run_id, by_trial.get(run.data.tags.get("sweep.trial_id"), "KILLED"))
+            trial_id = run.data.tags.get("sweep.trial_id")
+            if trial_id not in by_trial:  # started, but the driver died before Tune's state recorded it
+                store.client.set_tag(run.info.run_id, "sweep.status", LOST)
+                store.client.set_tag(run.info.run_id, "sweep.error", LOST_REASON)
+            store.end(run.info.run_id, by_trial.get(trial_id, "KILLED"))
 
 
 def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: SplitManifest) -> None:

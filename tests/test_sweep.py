@@ -138,8 +138,15 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     all_runs = runs(tmp_path / "mlflow.db")
     trials = [t for t in all_runs if t["tags"].get("sweep.role") == "trial"]
+    # a trial started within Tune's experiment-state save period (≥ 10 s) before the kill is not in
+    # the restored state: its run is marked lost and the searcher samples a replacement
+    lost = [t for t in trials if t["tags"].get("sweep.status") == "lost"]
+    assert all(t["status"] == "KILLED" and "--resume the searcher sampled a replacement" in t["tags"]["sweep.error"]
+               for t in lost)
+    assert len(lost) <= 1 and all(t["tags"]["sweep.trial_id"] not in finished_before for t in lost)
+    trials = [t for t in trials if t not in lost]
     ids = [t["tags"]["sweep.trial_id"] for t in trials]
-    assert len(ids) == len(set(ids)) == 3  # one MLflow run per trial, no duplicates
+    assert len(ids) == len(set(ids)) == 3  # one MLflow run per Tune trial, no duplicates
     assert not [x for x in all_runs if x["status"] == "RUNNING"]
     assert all(t["status"] == "FINISHED" for t in trials)
     from mlflow.tracking import MlflowClient
@@ -150,8 +157,14 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         if t["tags"]["sweep.trial_id"] in finished_before:
             assert steps == list(range(1, 13)), steps  # completed before the kill: not re-run
         else:
-            assert set(steps) == set(range(1, 13))  # the interrupted trial repeats only epochs after its checkpoint
-            assert len(steps) - 12 <= 2  # checkpoint_every=2: at most the epochs since the last persisted checkpoint
+            assert set(steps) == set(range(1, 13))
+            # the interrupted trial restarts from a checkpoint boundary (checkpoint_every=2), or from scratch when
+            # Tune's last experiment-state save (every ≥ 10 s) predates its first checkpoint: the epochs it
+            # repeats are one contiguous run starting right after a checkpoint
+            redone = sorted({e for e in steps if steps.count(e) > 1})
+            assert all(steps.count(e) <= 2 for e in steps), steps
+            if redone:
+                assert redone == list(range(redone[0], redone[-1] + 1)) and (redone[0] - 1) % 2 == 0, steps
     assert len([x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]) == 1
 
 
