@@ -23,7 +23,9 @@ run's tag ``sweep.ensemble_model_uri`` unless ``--rebuild``):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -64,6 +66,23 @@ class Loaded:
     ensemble: SchNetEnsemble
     description: str
     model_uri: str | None = None
+
+
+@contextlib.contextmanager
+def _no_signature_warning():
+    """Drop MLflow's "Failed to infer model signature" warning: the pyfunc's input is ragged (one row
+    per molecule with variable-length arrays, documented in :mod:`orchestrator.pyfunc_ensemble`),
+    which a column signature cannot express; every other MLflow message still shows."""
+    logger = logging.getLogger("mlflow.pyfunc")
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to infer model signature")
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 # -- finding sweeps --------------------------------------------------------------------------------
@@ -328,7 +347,7 @@ def log_and_register(client, uri: str, sweep_run, ens_dir: Path, report, cal: Ca
         client.log_artifact(sid, str(tmp / "ensemble_calibration.json"))
         code_dir = _code_copy(tmp)
         torch_req = torch.__version__.split("+")[0]
-        with mlflow.start_run(run_id=sid):
+        with mlflow.start_run(run_id=sid), _no_signature_warning():
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(Path(code.__file__)), artifacts={"ensemble": str(ens_dir)},
                 code_paths=[str(code_dir)], registered_model_name=name,
