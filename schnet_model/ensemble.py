@@ -46,30 +46,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from schnet_model.calibration import Calibration
 from schnet_model.config import ModelConfig
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.neighbors import all_pairs, cutoff_pairs_many
 from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model
+from schnet_model.nn.activations import shifted_softplus
 from schnet_model.nn.schnet import SchNet
 from schnet_model.units import canonical_energy_unit, energy_factor, force_unit
 
 STD_DDOF = 1  # the one std convention: sample std over members (Bessel-corrected)
 FORMAT, VERSION, MANIFEST = "sweep-schnet-ensemble", 1, "ensemble.json"
-LN2 = math.log(2.0)
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of autograd state per batch (estimate; larger batches run slower on CPU)
 _CHUNK_ATOMS = 1 << 18  # atoms per neighbour-search chunk (cutoff models)
 
 
 class EnsembleError(ValueError):
     """An ensemble that cannot be built or applied (one line)."""
-
-
-def _ssp(x: torch.Tensor) -> torch.Tensor:
-    """Shifted softplus ``softplus(x) − ln 2``."""
-    return F.softplus(x) - LN2
 
 
 # -- state dicts → stacked parameters ----------------------------------------------------------
@@ -174,7 +168,7 @@ def pair_filters(p: dict[str, torch.Tensor], cfg: ModelConfig, d: torch.Tensor, 
             else:  # every Gaussian negligible (beyond the basis)
                 g = delta = None
                 a = b1.expand(p1 - p0, -1)
-            s = (F.softplus(a) - LN2).view(p1 - p0, kL, Fi).transpose(0, 1)  # [k·L, C, F]
+            s = shifted_softplus(a).view(p1 - p0, kL, Fi).transpose(0, 1)  # [k·L, C, F]
             W[:, p0:p1] = torch.baddbmm(b2, s, W2)
             if Wd is not None:
                 if g is None:
@@ -212,9 +206,9 @@ def member_energies(
         conv = torch.zeros_like(h)
         conv = conv.index_add(1, pi, torch.index_select(h, 1, pj) * w)  # j → i
         conv = conv.index_add(1, pj, torch.index_select(h, 1, pi) * w)  # i → j (the same filter)
-        v = _ssp(torch.baddbmm(p[f"f2out1_b.{i}"], conv, p[f"f2out1_w.{i}"]))  # [k, n_atoms, A]
+        v = shifted_softplus(torch.baddbmm(p[f"f2out1_b.{i}"], conv, p[f"f2out1_w.{i}"]))  # [k, n_atoms, A]
         x = x + torch.baddbmm(p[f"f2out2_b.{i}"], v, p[f"f2out2_w.{i}"])
-    y = torch.baddbmm(p["out2_b"], _ssp(torch.baddbmm(p["out1_b"], x, p["out1_w"])), p["out2_w"])[..., 0]  # [k, n_atoms]
+    y = torch.baddbmm(p["out2_b"], shifted_softplus(torch.baddbmm(p["out1_b"], x, p["out1_w"])), p["out2_w"])[..., 0]  # [k, n_atoms]
     e_atom = y.to(torch.float64) * p["scale"][:, None] + p["atomref"][:, Z]  # [k, n_atoms] float64
     return torch.zeros(k, n_mols, dtype=torch.float64, device=y.device).index_add_(1, mol, e_atom)
 

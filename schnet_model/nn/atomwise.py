@@ -20,20 +20,12 @@ reproducible for any thread count; the matrix products inside still use torch's 
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch.nn import functional as F
 
+from schnet_model.nn.activations import shifted_softplus
 from schnet_model.nn.compiled import Kernel
 
-LN2 = math.log(2.0)
-
 Layers = list[tuple[torch.Tensor, ...]]  # per interaction: in2f W, f2out[0] W, b, f2out[1] W, b
-
-
-def _ssp(x: torch.Tensor) -> torch.Tensor:
-    return F.softplus(x) - LN2
 
 
 def cfconv(w: torch.Tensor, h: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor) -> torch.Tensor:
@@ -65,12 +57,12 @@ def _atomwise(
     for (w_in, w0, b0, w1, b1), w in zip(layers, ws, strict=True):
         h = x @ w_in.t()  # [n_atoms, F]
         z = torch.addmm(b0, cfconv(w, h, pi, pj), w0.t())  # [n_atoms, n_atom_basis]
-        x = x + torch.addmm(b1, _ssp(z), w1.t())
+        x = x + torch.addmm(b1, shifted_softplus(z), w1.t())
         hs.append(h)
         zs.append(z)
     h0, c0, h1, c1 = head
     o = torch.addmm(c0, x, h0.t())  # [n_atoms, hidden]
-    y = (_ssp(o) @ h1.t()).squeeze(-1) + c1  # [n_atoms]
+    y = (shifted_softplus(o) @ h1.t()).squeeze(-1) + c1  # [n_atoms]
     if not forces:
         return y, None
     gx = (torch.sigmoid(o) * (h1 * scale)) @ h0  # ∂E/∂x after the last interaction

@@ -26,13 +26,12 @@ only where positions are its own leaf, whose gradient nobody reads.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
-LN2 = math.log(2.0)
+from schnet_model.nn.activations import shifted_softplus
+from schnet_model.nn.compiled import Kernel
 
 
 @dataclass
@@ -67,19 +66,19 @@ def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 
 # -- elementwise work on all interactions' first-layer outputs, [n_pairs, T·F] at once -----------
 def _act(a):
     """(S, σ) = (ssp(A), sigmoid(A))."""
-    return F.softplus(a) - LN2, torch.sigmoid(a)
+    return shifted_softplus(a), torch.sigmoid(a)
 
 
 def _act_d(a, ad):
     """(S, σ, S', Q) with S' = σ(A)·A' = dS/dd and Q = σ'(A)·A' = S'·(1 − σ)."""
     sig = torch.sigmoid(a)
     sd = sig * ad
-    return F.softplus(a) - LN2, sig, sd, sd - sd * sig
+    return shifted_softplus(a), sig, sd, sd - sd * sig
 
 
 def _act_d_infer(a, ad):
     """(S, S') without what only the backward needs."""
-    return F.softplus(a) - LN2, torch.sigmoid(a) * ad
+    return shifted_softplus(a), torch.sigmoid(a) * ad
 
 
 def _act_bwd(sig, gs: list[torch.Tensor]):
@@ -97,20 +96,9 @@ def _zeros_if_none(gs: list[torch.Tensor | None], like: torch.Tensor) -> list[to
     return [g if g is not None else torch.zeros_like(like) for g in gs]
 
 
-def _elementwise_kernels():
-    from schnet_model.nn.compiled import Kernel
-
-    # purely elementwise: any thread count gives bitwise the same result
-    return {f.__name__: Kernel(f, threads=None) for f in (_act, _act_d, _act_d_infer, _act_bwd, _act_d_bwd)}
-
-
-_K: dict = {}
-
-
-def _k(name: str):
-    if not _K:
-        _K.update(_elementwise_kernels())
-    return _K[name]
+# purely elementwise: any thread count gives bitwise the same result
+k_act, k_act_d, k_act_d_infer, k_act_bwd, k_act_d_bwd = (
+    Kernel(f, threads=None) for f in (_act, _act_d, _act_d_infer, _act_bwd, _act_d_bwd))
 
 
 def _first_layer_params(params: tuple[torch.Tensor, ...]):
@@ -153,11 +141,11 @@ def filter_forward(plan: FilterPlan, deriv: bool, params: tuple[torch.Tensor, ..
     c = plan.compiled
     Q = sig = Sd = None
     if not deriv:
-        S, sig = _k("_act")(c, A)
+        S, sig = k_act(c, A)
     elif save:
-        S, sig, Sd, Q = _k("_act_d")(c, A, AD)
+        S, sig, Sd, Q = k_act_d(c, A, AD)
     else:
-        S, Sd = _k("_act_d_infer")(c, A, AD)
+        S, Sd = k_act_d_infer(c, A, AD)
     blk = [slice(t * Fn, (t + 1) * Fn) for t in range(T)]
     W = [torch.addmm(b2[t], S[:, blk[t]], w2[t].t()) for t in range(T)]  # [n_pairs, F] each
     Wd = [torch.mm(Sd[:, blk[t]], w2[t].t()) for t in range(T)] if deriv else []
@@ -229,9 +217,9 @@ class FilterBank(torch.autograd.Function):
         like = S.new_zeros(P, Fn) if any(g is None for g in gS + (gSd if deriv else [])) else None
         c = plan.compiled
         if deriv and any(g is not None for g in gSd):
-            ga, gad = _k("_act_d_bwd")(c, sig, Q, _zeros_if_none(gS, like), _zeros_if_none(gSd, like))
+            ga, gad = k_act_d_bwd(c, sig, Q, _zeros_if_none(gS, like), _zeros_if_none(gSd, like))
         else:
-            ga, gad = _k("_act_bwd")(c, sig, _zeros_if_none(gS, like)), None
+            ga, gad = k_act_bwd(c, sig, _zeros_if_none(gS, like)), None
         gw1 = S.new_zeros(w1.shape)  # [n_rbf, T·F]
         gb1 = ga.sum(0)  # [T·F]
         for (p0, p1, k0, k1), (g, gd) in zip(plan.chunks, gauss, strict=True):
