@@ -1,7 +1,8 @@
 """This project's SchNet against schnetpack 2.1.1 and PyG's SchNet, side by side, same batches.
 
     python benchmarks/compare.py [--rounds 5] [--batches 10] [--threads 0] [--sizes ethanol,iso17,aspirin]
-                                 [--impls sweep,schnetpack,pyg] [--json] [--setup-only]
+                                 [--impls sweep,schnetpack,pyg] [--json | --markdown] [--setup-only]
+    python benchmarks/compare.py --render SAVED.json [--markdown]    # the table of a saved --json run
 
 The peers live in their own venv, ``benchmarks/.venv-peers`` (gitignored), which the first run
 creates: ``torch==2.13.0`` (pinned: an unpinned torch would pull a multi-GB CUDA build),
@@ -142,11 +143,19 @@ def main() -> None:
     ap.add_argument("--setup-only", action="store_true", help="only create the peer venv")
     args = ap.parse_args()
     if args.render:
-        saved = json.loads(Path(args.render).read_text())
-        render({k: v for k, v in saved.items() if k != "meta"}, saved["meta"], markdown=args.markdown)
+        try:
+            saved = json.loads(Path(args.render).read_text())
+            summary, meta = {k: v for k, v in saved.items() if k != "meta"}, saved["meta"]
+            rows(summary)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            ap.error(f"--render {args.render}: not a saved `compare.py --json` result ({type(e).__name__}: {e})")
+        render(summary, meta, markdown=args.markdown)
         return
     impls = args.impls.split(",")
     sizes = args.sizes.split(",")
+    for opt, given, known in (("--impls", impls, ("sweep", "schnetpack", "pyg")), ("--sizes", sizes, tuple(SIZES))):
+        if unknown := [x for x in given if x not in known]:
+            ap.error(f"{opt}: unknown {', '.join(map(repr, unknown))}; expected a comma-separated subset of {','.join(known)}")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     if any(i != "sweep" for i in impls):
         ensure_peers(log)
