@@ -270,6 +270,10 @@ def _quiet() -> None:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Tune snapshots its experiment state whenever a trial has saved num_to_keep checkpoints since the
+    # last snapshot (what keeps --resume close to the newest checkpoints) and warns that this is
+    # "excessive" with quick epochs; the snapshots are wanted, the warning is not
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "ray", "ray.tune", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -309,7 +313,7 @@ def summarize(results) -> list[dict[str, Any]]:
 
 
 LOST = "lost"
-LOST_REASON = ("the driver stopped before Tune's experiment state recorded this trial (it is saved every ≥ 10 s); "
+LOST_REASON = ("the driver stopped before Tune's experiment state recorded this trial (it is saved periodically); "
                "on --resume the searcher sampled a replacement")
 
 
