@@ -1,23 +1,11 @@
 """A vectorised ensemble of k SchNet members: one pass evaluates all members.
 
-The members' weights are stacked along a leading member axis ``k`` and the SchNet forward is
-written here, functionally, from the state-dict layout (``embedding.weight``,
-``interactions.{l}.in2f.weight``, ``…filter_net.0.0.weight`` …, ``offsets.atomref``). It does not
-call :meth:`SchNet.forward`; the tests check that both agree. What is shared between members is
-computed once per batch: unordered pairs, distances, their sort, the Gaussians. Per batch:
-
-- **filters** depend on the pair distance only, so they are computed once per unordered pair
-  (i < j) and used in both directions. Pairs are sorted by distance and processed in chunks;
-  each chunk multiplies only the window of Gaussians that are non-negligible for its distances
-  (centres farther than ``r = sqrt(ln(2¹⁰/eps)/γ)`` from every distance are dropped: each dropped
-  value is below eps·2⁻¹⁰ of the largest), and the first filter layer of **all members and all
-  interaction blocks** is one matrix product ``[pairs, window] × [window, k·L·F]``; the second
-  layer is one batched product over the k·L (member, block) pairs. The filters' derivatives
-  ``dW/dd`` come from the same products (forward mode).
-- **atom-wise layers** are batched matmuls over members (``torch.baddbmm``) on ``[k, atoms, ·]``.
-- **forces**: one backward pass through the atom-wise part gives ``∂E_m/∂W`` for every member,
-  ``∂E_m/∂d_p = Σ ⟨∂E_m/∂W_p, W'_p⟩`` and ``F = −∂E/∂R`` by the chain rule through
-  ``d = |R_j − R_i|`` — per member, with no autograd graph through the Gaussians.
+The members' weights are stacked along a leading member axis ``k`` and evaluated by the one SchNet
+core (:func:`schnet_model.nn.core.energies_forces`) on a shared input: what is shared between
+members is computed once per batch — unordered pairs, distances, their sort, the Gaussians — and
+on CPU the first filter layer of **all members and all interaction blocks** is one product per
+chunk of pairs sorted by distance (over the chunk's window of Gaussians), the atom-wise layers
+batched products over members, and the forces of every member one explicit backward pass.
 
 Std convention: ``std`` is the **sample standard deviation over the k members with
 ddof = STD_DDOF = 1** (``torch.std(correction=1)``, ``np.std(ddof=1)``), for energies per
@@ -34,7 +22,6 @@ never padded, and pair lists are built per batch, vectorised over molecules of e
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -52,8 +39,8 @@ from schnet_model.config import ModelConfig
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.neighbors import all_pairs, cutoff_pairs_many
 from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model
-from schnet_model.nn.activations import shifted_softplus
-from schnet_model.nn.schnet import SchNet
+from schnet_model.nn.core import OFFSET_KEYS, Graph, LayoutError, energies_forces, stack_states
+from schnet_model.nn.schnet import SchNet, filter_path
 from schnet_model.units import canonical_energy_unit, energy_factor, force_unit
 
 STD_DDOF = 1  # the one std convention: sample std over members (Bessel-corrected)
@@ -64,188 +51,6 @@ _CHUNK_ATOMS = 1 << 18  # atoms per neighbour-search chunk (cutoff models)
 
 class EnsembleError(ValueError):
     """An ensemble that cannot be built or applied (one line)."""
-
-
-# -- state dicts → stacked parameters ----------------------------------------------------------
-def expected_layout(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """State-dict keys and shapes of a SchNet with ``cfg`` (the layout the functional forward reads)."""
-    A, Fi, R = cfg.n_atom_basis, cfg.n_filters, cfg.n_rbf
-    H = cfg.n_output_hidden or max(1, A // 2)
-    out: dict[str, tuple[int, ...]] = {"embedding.weight": (cfg.max_z, A), "rbf.centers": (R,)}
-    for i in range(cfg.n_interactions):
-        p = f"interactions.{i}."
-        out |= {p + "in2f.weight": (Fi, A),
-                p + "filter_net.0.0.weight": (Fi, R), p + "filter_net.0.0.bias": (Fi,),
-                p + "filter_net.1.weight": (Fi, Fi), p + "filter_net.1.bias": (Fi,),
-                p + "f2out.0.0.weight": (A, Fi), p + "f2out.0.0.bias": (A,),
-                p + "f2out.1.weight": (A, A), p + "f2out.1.bias": (A,)}
-    out |= {"output.0.0.weight": (H, A), "output.0.0.bias": (H,), "output.1.weight": (1, H), "output.1.bias": (1,),
-            "offsets.atomref": (cfg.max_z,), "offsets.scale": ()}
-    return out
-
-
-def stack_states(states: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Stack k member state dicts into the ensemble's parameters (weights transposed for ``x @ W``).
-
-    Returns a flat dict: ``emb`` [k, max_z, A], ``centers`` [n_rbf], ``filt1_w`` [k, n_rbf, L·F],
-    ``filt1_b`` [k, 1, L·F], ``filt2_w`` [k, L, F, F], ``filt2_b`` [k, L, 1, F], per block l ``in2f.l``
-    [k, A, F], ``f2out1_w.l`` [k, F, A], ``f2out1_b.l``, ``f2out2_w.l`` [k, A, A], ``f2out2_b.l``,
-    ``out1_w`` [k, A, H], ``out1_b``, ``out2_w`` [k, H, 1], ``out2_b`` [k, 1, 1], ``atomref``
-    [k, max_z] float64, ``scale`` [k] float64.
-    """
-    layout = expected_layout(cfg)
-    for m, st in enumerate(states):
-        missing, extra = sorted(set(layout) - set(st)), sorted(set(st) - set(layout))
-        if missing or extra:
-            raise EnsembleError(f"member {m}: state dict does not match the SchNet layout (missing {missing[:3]}, "
-                                f"unexpected {extra[:3]})")
-        for key, shape in layout.items():
-            if tuple(st[key].shape) != shape:
-                raise EnsembleError(f"member {m}: {key} has shape {tuple(st[key].shape)}, expected {shape}")
-    if not all(torch.equal(s["rbf.centers"], states[0]["rbf.centers"]) for s in states):
-        raise EnsembleError("members use different radial basis centres")
-
-    def stk(key: str, transpose: bool = False, bias: bool = False) -> torch.Tensor:
-        t = torch.stack([s[key].detach() for s in states])  # [k, ...]
-        if transpose:
-            t = t.transpose(1, 2)
-        if bias:
-            t = t[:, None, :]
-        return t.contiguous()
-
-    L = cfg.n_interactions
-    p: dict[str, torch.Tensor] = {"emb": stk("embedding.weight"), "centers": states[0]["rbf.centers"].detach().clone()}
-    p["filt1_w"] = torch.cat([stk(f"interactions.{i}.filter_net.0.0.weight", transpose=True) for i in range(L)], 2)
-    p["filt1_b"] = torch.cat([stk(f"interactions.{i}.filter_net.0.0.bias", bias=True) for i in range(L)], 2)
-    p["filt2_w"] = torch.stack([stk(f"interactions.{i}.filter_net.1.weight", True) for i in range(L)], 1)  # [k, L, F, F]
-    p["filt2_b"] = torch.stack([stk(f"interactions.{i}.filter_net.1.bias", bias=True) for i in range(L)], 1)  # [k, L, 1, F]
-    for i in range(L):
-        q = f"interactions.{i}."
-        p[f"in2f.{i}"] = stk(q + "in2f.weight", transpose=True)
-        p[f"f2out1_w.{i}"], p[f"f2out1_b.{i}"] = stk(q + "f2out.0.0.weight", True), stk(q + "f2out.0.0.bias", bias=True)
-        p[f"f2out2_w.{i}"], p[f"f2out2_b.{i}"] = stk(q + "f2out.1.weight", True), stk(q + "f2out.1.bias", bias=True)
-    p["out1_w"], p["out1_b"] = stk("output.0.0.weight", True), stk("output.0.0.bias", bias=True)
-    p["out2_w"], p["out2_b"] = stk("output.1.weight", True), stk("output.1.bias", bias=True)
-    p["atomref"] = stk("offsets.atomref").to(torch.float64)
-    p["scale"] = stk("offsets.scale").to(torch.float64).reshape(-1)
-    return p
-
-
-# -- the functional forward --------------------------------------------------------------------
-def truncation_radius(gamma: float, dtype: torch.dtype) -> float:
-    """Distance (Å) beyond which a Gaussian ``exp(−γ Δ²)`` is below ``eps(dtype)·2⁻¹⁰`` and is left out."""
-    return math.sqrt(math.log(2.0**10 / torch.finfo(dtype).eps) / gamma)
-
-
-def pair_filters(p: dict[str, torch.Tensor], cfg: ModelConfig, d: torch.Tensor, deriv: bool, chunk: int = 1024
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Filters of every member and block for pair distances ``d`` [P] (sorted ascending, Å).
-
-    Returns (W [k, L, P, F], dW/dd [k, L, P, F] or None), cutoff included.
-    """
-    k, L, Fi = p["emb"].shape[0], cfg.n_interactions, cfg.n_filters
-    kL, P = k * L, d.numel()
-    # μ_k = k·spacing in the compute dtype (the float32 ``rbf.centers`` buffer cast up would be off by ~1e-6 Å)
-    centers = torch.arange(cfg.n_rbf, dtype=d.dtype, device=d.device) * cfg.rbf_spacing  # [n_rbf]
-    W1 = p["filt1_w"].permute(1, 0, 2).reshape(-1, kL * Fi)  # [n_rbf, k·L·F] columns (member, block, filter)
-    b1 = p["filt1_b"].reshape(1, kL * Fi)
-    W2, b2 = p["filt2_w"].reshape(kL, Fi, Fi), p["filt2_b"].reshape(kL, 1, Fi)
-    W = d.new_empty(kL, P, Fi)
-    Wd = d.new_empty(kL, P, Fi) if deriv else None
-    if P:
-        r = truncation_radius(cfg.gamma, d.dtype)
-        starts = list(range(0, P, chunk))
-        ends = [min(s0 + chunk, P) for s0 in starts]
-        lo = d[torch.tensor(starts, device=d.device)]
-        hi = d[torch.tensor(ends, device=d.device) - 1]
-        k0s = torch.searchsorted(centers, lo - r).tolist()
-        k1s = torch.searchsorted(centers, hi + r, right=True).tolist()
-        for p0, p1, k0, k1 in zip(starts, ends, k0s, k1s, strict=True):
-            if k1 > k0:
-                delta = d[p0:p1, None] - centers[k0:k1]  # [C, K]
-                g = torch.exp(delta * delta * -cfg.gamma)  # [C, K]
-                a = torch.addmm(b1, g, W1[k0:k1])  # [C, k·L·F]
-            else:  # every Gaussian negligible (beyond the basis)
-                g = delta = None
-                a = b1.expand(p1 - p0, -1)
-            s = shifted_softplus(a).view(p1 - p0, kL, Fi).transpose(0, 1)  # [k·L, C, F]
-            W[:, p0:p1] = torch.baddbmm(b2, s, W2)
-            if Wd is not None:
-                if g is None:
-                    Wd[:, p0:p1] = 0.0
-                    continue
-                ad = torch.mm(g * delta * (-2.0 * cfg.gamma), W1[k0:k1])  # dA/dd [C, k·L·F]
-                sd = (torch.sigmoid(a) * ad).view(p1 - p0, kL, Fi).transpose(0, 1)  # d ssp(A)/dd
-                Wd[:, p0:p1] = torch.bmm(sd, W2)
-    if cfg.cutoff is not None:
-        inside = (d < cfg.cutoff).to(d.dtype)
-        fc = (0.5 * (torch.cos(d * (math.pi / cfg.cutoff)) + 1.0) * inside)[:, None]  # [P, 1]
-        if Wd is not None:
-            fcd = (-0.5 * math.pi / cfg.cutoff * torch.sin(d * (math.pi / cfg.cutoff)) * inside)[:, None]
-            Wd = Wd * fc + W * fcd
-        W = W * fc
-    return W.view(k, L, P, Fi), (None if Wd is None else Wd.view(k, L, P, Fi))
-
-
-def member_energies(
-    p: dict[str, torch.Tensor],
-    cfg: ModelConfig,
-    Z: torch.Tensor,  # [n_atoms] int64
-    W: torch.Tensor,  # [k, L, P, F] filters of the unordered pairs
-    pi: torch.Tensor,  # [P] first atom of each unordered pair
-    pj: torch.Tensor,  # [P] second atom
-    mol: torch.Tensor,  # [n_atoms] molecule of each atom
-    n_mols: int,
-) -> torch.Tensor:
-    """Energies of every member for every molecule from the pair filters: [k, n_mols] float64."""
-    k = p["emb"].shape[0]
-    x = torch.index_select(p["emb"], 1, Z)  # [k, n_atoms, A]
-    for i in range(cfg.n_interactions):
-        h = torch.bmm(x, p[f"in2f.{i}"])  # [k, n_atoms, F]
-        w = W[:, i]  # [k, P, F]
-        conv = torch.zeros_like(h)
-        conv = conv.index_add(1, pi, torch.index_select(h, 1, pj) * w)  # j → i
-        conv = conv.index_add(1, pj, torch.index_select(h, 1, pi) * w)  # i → j (the same filter)
-        v = shifted_softplus(torch.baddbmm(p[f"f2out1_b.{i}"], conv, p[f"f2out1_w.{i}"]))  # [k, n_atoms, A]
-        x = x + torch.baddbmm(p[f"f2out2_b.{i}"], v, p[f"f2out2_w.{i}"])
-    y = torch.baddbmm(p["out2_b"], shifted_softplus(torch.baddbmm(p["out1_b"], x, p["out1_w"])), p["out2_w"])[..., 0]  # [k, n_atoms]
-    e_atom = y.to(torch.float64) * p["scale"][:, None] + p["atomref"][:, Z]  # [k, n_atoms] float64
-    return torch.zeros(k, n_mols, dtype=torch.float64, device=y.device).index_add_(1, mol, e_atom)
-
-
-def member_energies_forces(
-    p: dict[str, torch.Tensor], cfg: ModelConfig, batch: dict[str, torch.Tensor], forces: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(energies [k, n_mols] float64, forces [k, n_atoms, 3] or None) of all members in one pass.
-
-    ``batch``: ``Z`` [n_atoms], ``R`` [n_atoms, 3] Å, ``mol`` [n_atoms], ``n_mols``, unordered pairs ``pi``, ``pj`` [P].
-    """
-    dtype = p["emb"].dtype
-    with torch.no_grad():
-        R = batch["R"].to(dtype)  # [n_atoms, 3]
-        vec = torch.index_select(R, 0, batch["pj"]) - torch.index_select(R, 0, batch["pi"])  # [P, 3]
-        d, order = torch.sort(torch.linalg.vector_norm(vec, dim=1))  # [P]
-        pi, pj, vec = batch["pi"][order], batch["pj"][order], vec[order]
-        W, Wd = pair_filters(p, cfg, d, forces)
-    n_mols = int(batch["n_mols"])
-    if not forces:
-        with torch.no_grad():
-            return member_energies(p, cfg, batch["Z"], W, pi, pj, batch["mol"], n_mols), None
-    with torch.enable_grad():
-        W.requires_grad_(True)
-        E = member_energies(p, cfg, batch["Z"], W, pi, pj, batch["mol"], n_mols)
-        (gW,) = torch.autograd.grad(E.sum(), W)  # ∂E_m/∂W [k, L, P, F]
-    with torch.no_grad():
-        dedd = (gW * Wd).sum(dim=(1, 3))  # ∂E_m/∂d_p [k, P]
-        fvec = dedd[..., None] * (vec / d[:, None])  # [k, P, 3]; ∂d/∂R_j = u = −∂d/∂R_i
-        f = torch.zeros(dedd.shape[0], R.shape[0], 3, dtype=dtype, device=R.device)
-        f.index_add_(1, pi, fvec).index_add_(1, pj, -fvec)  # F = −∂E/∂R
-    return E.detach(), f
-
-
-def member_slice(p: dict[str, torch.Tensor], m: int) -> dict[str, torch.Tensor]:
-    """The parameters of member ``m`` alone (k = 1), for a plain loop over members."""
-    return {key: (v if key == "centers" else v[m : m + 1]) for key, v in p.items()}
 
 
 # -- batching -----------------------------------------------------------------------------------
@@ -358,7 +163,12 @@ class SchNetEnsemble:
         self.calibration = calibration or Calibration()
         self.meta = dict(meta or {})
         self._states = [{key: v.detach().cpu() for key, v in s.items()} for s in states]
-        self.params = stack_states(self._states, config)
+        try:
+            self.params = stack_states(self._states, config)  # [k, ...] per state-dict key
+        except LayoutError as e:
+            raise EnsembleError(str(e)) from None
+        if not all(torch.equal(s["rbf.centers"], self._states[0]["rbf.centers"]) for s in self._states):
+            raise EnsembleError("members use different radial basis centres")
         self.device = torch.device("cpu")
 
     # -- construction and files --
@@ -458,13 +268,13 @@ class SchNetEnsemble:
         if device is not None:
             self.device = torch.device(device)
         for key, v in self.params.items():
-            cast = dtype if (dtype is not None and key not in ("atomref", "scale")) else None
+            cast = dtype if (dtype is not None and key not in OFFSET_KEYS) else None
             self.params[key] = v.to(device=self.device, dtype=cast)
         return self
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.params["emb"].dtype
+        return self.params["embedding.weight"].dtype
 
     # -- evaluation --
     def unseen_elements(self, Z: np.ndarray) -> list[int]:
@@ -527,9 +337,14 @@ class SchNetEnsemble:
         ``loop=True`` evaluates the members one after another with the same functional forward
         (the reference the vectorised pass is tested against, and the benchmark's baseline).
         """
-        if not loop:
-            return member_energies_forces(self.params, self.config, batch, forces)
-        outs = [member_energies_forces(member_slice(self.params, m), self.config, batch, forces) for m in range(self.k)]
+        graph = Graph(batch["Z"][None], batch["R"][None], batch["mol"][None], int(batch["n_mols"]), batch["pi"][None],
+                      batch["pj"][None])
+        path = filter_path(self.device)
+        with torch.no_grad():  # explicit forces: no autograd graph needed
+            if not loop:
+                return energies_forces(self.params, self.config, graph, forces, filters=path)
+            outs = [energies_forces({key: v[m : m + 1] for key, v in self.params.items()}, self.config, graph, forces,
+                                    filters=path) for m in range(self.k)]
         E = torch.cat([o[0] for o in outs])
         return E, (torch.cat([o[1] for o in outs]) if forces else None)  # type: ignore[misc]
 
@@ -588,6 +403,4 @@ class SchNetEnsemble:
         return self.predict(mols, **kw)
 
 
-__all__ = ["STD_DDOF", "EnsembleError", "EnsemblePrediction", "SchNetEnsemble", "block_pairs", "expected_layout",
-           "member_energies", "member_energies_forces", "member_slice", "pair_filters", "plan_batches", "stack_states",
-           "truncation_radius"]
+__all__ = ["STD_DDOF", "EnsembleError", "EnsemblePrediction", "SchNetEnsemble", "block_pairs", "plan_batches"]

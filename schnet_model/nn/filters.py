@@ -1,27 +1,29 @@
-"""Fast continuous filters of all interactions at once, with their distance derivatives.
+"""Windowed continuous filters (CPU): all interactions (and members) at once, with their distance derivatives.
 
 The filter of interaction t for a pair at distance d is
 
     W_t(d) = Dense(F→F)( ssp( Dense(n_rbf→F)( g(d) ) ) ) · f_cut(d),   g_k(d) = exp(−γ (d − μ_k)²)
 
-It depends on the distance only. :class:`FilterBank` computes, for every pair, ``W_t(d)`` and the
-derivative ``W_t'(d) = dW_t/dd`` (forward mode, needed for forces) of all interactions in one
-pass, and the gradients of both with respect to the filter parameters in its backward. Forces are
-then ``∂E/∂d = Σ_t ⟨∂E/∂W_t, W_t'⟩`` (see :meth:`SchNet.forward`): no autograd graph through the
+It depends on the distance only. :class:`FilterBank` computes, for every pair, ``W_b(d)`` and the
+derivative ``W_b'(d) = dW_b/dd`` (forward mode, needed for forces) of all filter blocks b in one
+pass — the T interactions of one member, or of k members sharing the distances (an ensemble) —
+and the gradients of both with respect to the filter parameters in its backward. Forces are then
+``∂E/∂d = Σ_t ⟨∂E/∂W_t, W_t'⟩`` (:mod:`schnet_model.nn.atomwise`): no autograd graph through the
 radial basis, no second derivative of the Gaussians, and in training the filter network is
 differentiated once (a first-order backward of this Function), not twice.
 
 Work saved against the dense formulation:
 
 - pairs are processed sorted by distance in chunks; each chunk multiplies only the window of
-  Gaussians that are non-negligible for its distance range (:meth:`GaussianRBF.window`, about 35
+  Gaussians that are non-negligible for its distance range (:func:`gaussian_window`, about 35
   of 300 per chunk for molecules, see :func:`truncation_radius` for the bound: each dropped value
   is below eps·2⁻¹⁰);
-- the first layers of all interactions read the same Gaussians: one batched product;
+- the first layers of all blocks read the same Gaussians: one product per chunk;
 - chunk-sized elementwise work (activations, their derivatives) stays in cache.
 
-The distances are constants here (no gradient flows to them): :class:`SchNet` uses this path
-only where positions are its own leaf, whose gradient nobody reads.
+The distances are constants here (no gradient flows to them), and the chunk windows are read on
+the host (a synchronisation per call): this is the CPU path. :mod:`schnet_model.nn.filters_dense`
+is the same function over all Gaussians, without either restriction (GPUs, forces by autograd).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
+from schnet_model.config import ModelConfig
 from schnet_model.nn.activations import shifted_softplus
 from schnet_model.nn.compiled import Kernel
+from schnet_model.nn.radial import gaussian_window
 
 
 @dataclass
@@ -47,7 +51,7 @@ class FilterPlan:
     compiled: bool = False  # run the fused elementwise kernels (see compiled.COMPILE_AFTER)
 
 
-def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 1024,
+def make_plan(d_sorted: torch.Tensor, cfg: ModelConfig, fcut=None, fcut_d=None, chunk: int = 1024,
               compiled: bool = False) -> FilterPlan:
     """Chunks of ``chunk`` consecutive (sorted) pairs, each with its window of Gaussians."""
     n = d_sorted.numel()
@@ -58,9 +62,10 @@ def make_plan(d_sorted: torch.Tensor, rbf, fcut=None, fcut_d=None, chunk: int = 
     for c in range(len(bounds) - 1):
         p0, p1 = bounds[c], bounds[c + 1]
         d_lo, d_hi = lo_hi[c], lo_hi[c + 1]  # d[p0] and d[min(p1, n − 1)] ≥ d[p1 − 1]
-        k0, k1 = rbf.window(d_lo, d_hi, d_sorted.dtype)
+        k0, k1 = gaussian_window(d_lo, d_hi, d_sorted.dtype, cfg.gamma, cfg.rbf_spacing, cfg.n_rbf)
         chunks.append((p0, p1, k0, k1))
-    return FilterPlan(d_sorted, chunks, rbf.centers_as(d_sorted), rbf.gamma, fcut, fcut_d, compiled)
+    centers = torch.arange(cfg.n_rbf, dtype=d_sorted.dtype, device=d_sorted.device) * cfg.rbf_spacing
+    return FilterPlan(d_sorted, chunks, centers, cfg.gamma, fcut, fcut_d, compiled)
 
 
 # -- elementwise work on all interactions' first-layer outputs, [n_pairs, T·F] at once -----------
@@ -162,7 +167,7 @@ def filter_forward(plan: FilterPlan, deriv: bool, params: tuple[torch.Tensor, ..
 
 
 class FilterBank(torch.autograd.Function):
-    """``(plan, deriv, *params) → (W_1..W_T, W'_1..W'_T)``; params per interaction: W1, b1, W2, b2.
+    """``(plan, deriv, *params) → (W_1..W_B, W'_1..W'_B)``; params per block: W1, b1, W2, b2.
 
     Backward is first order only (``once_differentiable``): the training step needs the filters'
     parameter gradients once; the force graph is built outside, from ``∂E/∂W`` and ``W'``.

@@ -1,8 +1,7 @@
-"""The SchNet interaction block: continuous-filter convolution plus atom-wise layers."""
+"""The parameters of a SchNet interaction block (the computation is in :mod:`schnet_model.nn.core`)."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from schnet_model.nn.activations import ShiftedSoftplus
@@ -18,7 +17,7 @@ def dense(n_in: int, n_out: int, activation: bool = False, bias: bool = True) ->
 
 
 class Interaction(nn.Module):
-    """``x ← x + v`` with ``v = f2out(cfconv(in2f(x)))``.
+    """``x ← x + v`` with ``v = f2out(cfconv(in2f(x)))``: the layers, as state-dict entries.
 
     - in2f: atom-wise, n_atom_basis → n_filters, no bias
     - cfconv: filter ``W_ij = Dense(F,F)(ssp(Dense(n_rbf,F)(rbf_ij))) · cutoff_ij``; message
@@ -38,19 +37,3 @@ class Interaction(nn.Module):
         self.f2out = nn.Sequential(
             dense(n_filters, n_atom_basis, activation=True), dense(n_atom_basis, n_atom_basis)
         )
-
-    def forward(
-        self,
-        x: torch.Tensor,  # [n_atoms, n_atom_basis]
-        rbf: torch.Tensor,  # [n_pairs, n_rbf]
-        fcut: torch.Tensor | None,  # [n_pairs] or None (no cutoff)
-        idx_i: torch.Tensor,  # [n_pairs]
-        idx_j: torch.Tensor,  # [n_pairs]
-    ) -> torch.Tensor:
-        h = self.in2f(x)  # [n_atoms, n_filters]
-        w = self.filter_net(rbf)  # [n_pairs, n_filters]
-        if fcut is not None:
-            w = w * fcut[:, None]
-        msg = torch.index_select(h, 0, idx_j) * w  # [n_pairs, n_filters]
-        conv = torch.zeros_like(h).index_add_(0, idx_i, msg)  # [n_atoms, n_filters]
-        return x + self.f2out(conv)

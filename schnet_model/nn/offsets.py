@@ -14,7 +14,7 @@ from torch import nn
 
 
 class EnergyOffsets(nn.Module):
-    """Holds ``atomref`` [max_z] and ``scale`` [] as float64 buffers.
+    """Holds ``atomref`` [max_z] and ``scale`` [] as float64 buffers (applied by :func:`schnet_model.nn.core.energies`).
 
     Args:
         max_z: size of the reference table (index = atomic number).
@@ -41,17 +41,6 @@ class EnergyOffsets(nn.Module):
         ref[: len(atomref)] = torch.as_tensor(atomref, dtype=torch.float64)
         self.atomref.copy_(ref)
         self.scale.fill_(float(scale))
-
-    def forward(
-        self,
-        y: torch.Tensor,  # [n_atoms] atom-wise network outputs
-        Z: torch.Tensor,  # [n_atoms]
-        mol: torch.Tensor,  # [n_atoms]
-        n_mols: int,
-    ) -> torch.Tensor:
-        """Molecular energies [n_mols] in float64."""
-        e_atom = y.to(torch.float64) * self.scale + self.atomref[Z]  # [n_atoms]
-        return torch.zeros(n_mols, dtype=torch.float64, device=y.device).index_add_(0, mol, e_atom)
 
 
 def fit_offsets(

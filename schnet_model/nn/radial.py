@@ -1,4 +1,4 @@
-"""Radial basis expansion of distances and the cosine cutoff."""
+"""Radial basis expansion of distances, its truncation window, and the cosine cutoff."""
 
 from __future__ import annotations
 
@@ -53,37 +53,28 @@ class GaussianRBF(nn.Module):
         return torch.exp(-self.gamma * diff * diff)
 
     def window(self, d_lo: float, d_hi: float, dtype: torch.dtype) -> tuple[int, int]:
-        """Centre range ``[k0, k1)`` holding every Gaussian that matters for distances in [d_lo, d_hi].
-
-        Centres farther than :func:`truncation_radius` from every distance in the range are left
-        out (the one truncation of the fast path; see there for the bound).
-        """
-        r = truncation_radius(self.gamma, dtype)
-        k0 = max(0, math.floor((d_lo - r) / self.spacing))
-        k1 = min(self.n_rbf, math.ceil((d_hi + r) / self.spacing) + 1)
-        return k0, max(k0, k1)
+        """:func:`gaussian_window` of this basis."""
+        return gaussian_window(d_lo, d_hi, dtype, self.gamma, self.spacing, self.n_rbf)
 
 
-class CosineCutoff(nn.Module):
-    """``0.5·(cos(π d / r_c) + 1)`` for d < r_c, 0 beyond. This is where the cutoff is applied.
+def gaussian_window(d_lo: float, d_hi: float, dtype: torch.dtype, gamma: float, spacing: float,
+                    n_rbf: int) -> tuple[int, int]:
+    """Centre range ``[k0, k1)`` holding every Gaussian that matters for distances in [d_lo, d_hi].
 
-    Args:
-        cutoff: r_c in Å.
+    Centres farther than :func:`truncation_radius` from every distance in the range are left
+    out (the one truncation of the windowed filters; see there for the bound).
     """
+    r = truncation_radius(gamma, dtype)
+    k0 = max(0, math.floor((d_lo - r) / spacing))
+    k1 = min(n_rbf, math.ceil((d_hi + r) / spacing) + 1)
+    return k0, max(k0, k1)
 
-    def __init__(self, cutoff: float) -> None:
-        super().__init__()
-        self.cutoff = cutoff
 
-    def forward(self, d: torch.Tensor) -> torch.Tensor:
-        """d: [n_pairs] → [n_pairs]."""
-        f = 0.5 * (torch.cos(d * (math.pi / self.cutoff)) + 1.0)
-        return f * (d < self.cutoff).to(d.dtype)
+def cosine_cutoff(d: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(d), f'(d)) of ``0.5·(cos(π d / r_c) + 1)`` for d < r_c, 0 beyond; shapes of d.
 
-    def with_derivative(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f(d), f'(d)), both [n_pairs], no autograd graph needed."""
-        inside = (d < self.cutoff).to(d.dtype)
-        arg = d * (math.pi / self.cutoff)
-        f = 0.5 * (torch.cos(arg) + 1.0) * inside
-        df = (-0.5 * math.pi / self.cutoff) * torch.sin(arg) * inside
-        return f, df
+    This is where the cutoff is applied (both filter paths multiply their filters by it).
+    """
+    inside = (d < cutoff).to(d.dtype)
+    arg = d * (math.pi / cutoff)
+    return 0.5 * (torch.cos(arg) + 1.0) * inside, (-0.5 * math.pi / cutoff) * torch.sin(arg) * inside

@@ -1,0 +1,242 @@
+"""The SchNet core: one functional forward for k members with stacked weights.
+
+Every SchNet evaluation in this package goes through :func:`energies_forces`:
+
+- :class:`~schnet_model.nn.schnet.SchNet` is k = 1 (its parameters viewed with a member axis);
+- :class:`~schnet_model.ensemble.SchNetEnsemble` is k members on one shared input (``Graph`` with
+  a leading axis of 1: pairs, distances and Gaussians computed once);
+- stacked fold training (:mod:`schnet_model.training.stacked`) is k members, each with its own
+  batch (``Graph`` with a leading axis of k, padded to common sizes by the collation).
+
+Parameters (:data:`Params`) are keyed by the :class:`SchNet` state-dict names, each with a leading
+member axis: ``interactions.0.in2f.weight`` [k, F, A], ``offsets.atomref`` [k, max_z] float64, ….
+
+Two filter paths compute the same function (up to the documented Gaussian-window truncation):
+``"windowed"`` (:mod:`~schnet_model.nn.filters`: pairs sorted by distance, ~35 of 300 Gaussians
+per chunk, host-side chunk bounds — the CPU path) and ``"dense"``
+(:mod:`~schnet_model.nn.filters_dense`: all Gaussians, static shapes, no host synchronisation —
+the GPU path). Forces come from the explicit backward of :mod:`~schnet_model.nn.atomwise` (one
+first-order backward per training step), or by autograd through the positions (``R`` requiring
+grad, directed pair lists, or ``forces_by="autograd"``), which allows second derivatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from schnet_model.config import ModelConfig
+from schnet_model.nn.atomwise import atomwise
+from schnet_model.nn.filters import FilterBank, filter_forward, make_plan
+from schnet_model.nn.filters_dense import dense_filters
+from schnet_model.nn.radial import cosine_cutoff
+
+Params = dict[str, torch.Tensor]  # state-dict name → [k, ...]
+FilterPath = Literal["windowed", "dense"]
+ForcePath = Literal["explicit", "autograd"]
+OFFSET_KEYS = ("offsets.atomref", "offsets.scale")  # float64 buffers, never cast
+
+
+class LayoutError(ValueError):
+    """State dicts that do not match the SchNet layout of a configuration (one line)."""
+
+
+def state_layout(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of a :class:`SchNet` state dict with ``cfg``."""
+    A, Fi, R = cfg.n_atom_basis, cfg.n_filters, cfg.n_rbf
+    H = cfg.n_output_hidden or max(1, A // 2)
+    out: dict[str, tuple[int, ...]] = {"embedding.weight": (cfg.max_z, A), "rbf.centers": (R,)}
+    for i in range(cfg.n_interactions):
+        p = f"interactions.{i}."
+        out |= {p + "in2f.weight": (Fi, A),
+                p + "filter_net.0.0.weight": (Fi, R), p + "filter_net.0.0.bias": (Fi,),
+                p + "filter_net.1.weight": (Fi, Fi), p + "filter_net.1.bias": (Fi,),
+                p + "f2out.0.0.weight": (A, Fi), p + "f2out.0.0.bias": (A,),
+                p + "f2out.1.weight": (A, A), p + "f2out.1.bias": (A,)}
+    out |= {"output.0.0.weight": (H, A), "output.0.0.bias": (H,), "output.1.weight": (1, H), "output.1.bias": (1,),
+            "offsets.atomref": (cfg.max_z,), "offsets.scale": ()}
+    return out
+
+
+def param_keys(cfg: ModelConfig) -> list[str]:
+    """The keys of :data:`Params`: the state dict without the radial basis centres (computed)."""
+    return [key for key in state_layout(cfg) if key != "rbf.centers"]
+
+
+def stack_states(states: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> Params:
+    """k state dicts (the :class:`SchNet` layout, checked) → :data:`Params` (detached copies)."""
+    layout = state_layout(cfg)
+    for m, st in enumerate(states):
+        missing, extra = sorted(set(layout) - set(st)), sorted(set(st) - set(layout))
+        if missing or extra:
+            raise LayoutError(f"member {m}: state dict does not match the SchNet layout (missing {missing[:3]}, "
+                              f"unexpected {extra[:3]})")
+        for key, shape in layout.items():
+            if tuple(st[key].shape) != shape:
+                raise LayoutError(f"member {m}: {key} has shape {tuple(st[key].shape)}, expected {shape}")
+    return {key: torch.stack([s[key].detach() for s in states]).contiguous() for key in param_keys(cfg)}
+
+
+def member_state(p: Params, m: int, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Member ``m`` of :data:`Params` as a :class:`SchNet` state dict (copies, on the CPU)."""
+    out = {key: v[m].detach().cpu().clone() for key, v in p.items()}
+    out["rbf.centers"] = torch.arange(cfg.n_rbf, dtype=torch.float32) * cfg.rbf_spacing
+    return out
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Molecules for k members: one input shared by all (leading axis 1) or one per member (axis k).
+
+    Atoms of a member are numbered 0..n_atoms−1; pairs are unordered (i < j, each once: the filter
+    serves both directions) unless ``directed`` (i ← j only, forces by autograd).
+    """
+
+    Z: torch.Tensor  # [kz, n_atoms] int64
+    R: torch.Tensor  # [kz, n_atoms, 3] Å
+    mol: torch.Tensor  # [kz, n_atoms] int64 molecule slot of each atom, < n_mols
+    n_mols: int  # molecule slots per member
+    pi: torch.Tensor  # [kz, n_pairs] int64
+    pj: torch.Tensor  # [kz, n_pairs] int64
+    directed: bool = False
+
+
+def _flat_pairs(g: Graph, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair indices into the member-flattened atom axis (k·n_atoms rows): [k·n_pairs] each."""
+    n = g.Z.shape[1]
+    off = (torch.arange(k, device=g.pi.device) * n)[:, None]  # [k, 1]
+    return (g.pi + off).reshape(-1), (g.pj + off).reshape(-1)
+
+
+def _layers(p: Params, cfg: ModelConfig) -> tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
+    layers = [tuple(p[f"interactions.{t}.{name}"] for name in
+                    ("in2f.weight", "f2out.0.0.weight", "f2out.0.0.bias", "f2out.1.weight", "f2out.1.bias"))
+              for t in range(cfg.n_interactions)]
+    head = tuple(p[name] for name in ("output.0.0.weight", "output.0.0.bias", "output.1.weight", "output.1.bias"))
+    return layers, head
+
+
+def energies(p: Params, y: torch.Tensor, g: Graph) -> torch.Tensor:
+    """Molecular energies [k, n_mols] float64: ``scale·Σ y + Σ atomref[Z]`` per molecule slot."""
+    k, n = y.shape
+    Z = g.Z.expand(k, n)
+    e_atom = y.to(torch.float64) * p["offsets.scale"][:, None] + torch.gather(p["offsets.atomref"], 1, Z)  # [k, n]
+    slot = (g.mol + (torch.arange(k, device=y.device) * g.n_mols)[:, None]).reshape(-1)  # [k·n]
+    out = torch.zeros(k * g.n_mols, dtype=torch.float64, device=y.device).index_add_(0, slot, e_atom.reshape(-1))
+    return out.view(k, g.n_mols)
+
+
+def _windowed(p: Params, cfg: ModelConfig, g: Graph, d: torch.Tensor, vec: torch.Tensor, deriv: bool, track: bool,
+              compiled: bool):
+    """Windowed filters (CPU): pairs sorted by distance per input row; one FilterBank per row.
+
+    A shared input (kz = 1) runs every member's filters as blocks of one bank (one first-layer
+    product per chunk for all k·T blocks). Returns (W list, W' list, pi, pj, unit) in sorted order.
+    """
+    k, kz, T = p["embedding.weight"].shape[0], d.shape[0], cfg.n_interactions
+    names = [f"interactions.{t}.filter_net.{q}" for t in range(T) for q in ("0.0.weight", "0.0.bias", "1.weight", "1.bias")]
+    rows_w, rows_wd, pis, pjs, units = [], [], [], [], []
+    for r in range(kz):
+        with torch.no_grad():
+            dr, order = torch.sort(d[r])
+            pi, pj, vr = g.pi[r][order], g.pj[r][order], vec[r][order]
+            fc = fcd = None
+            if cfg.cutoff is not None:
+                fc, fcd = cosine_cutoff(dr, cfg.cutoff)
+            plan = make_plan(dr, cfg, fc, fcd, compiled=compiled)
+            unit = vr / dr[:, None]  # [P, 3]
+        members = range(k) if kz == 1 else (r,)
+        params = tuple(p[name][m] for m in members for name in names)  # blocks (member, interaction)
+        if track:
+            out = FilterBank.apply(plan, deriv, *params)
+            nb = len(params) // 4
+            w, wd = list(out[:nb]), list(out[nb:])
+        else:
+            w, wd, _ = filter_forward(plan, deriv, params, save=False)
+        rows_w.append(w)
+        rows_wd.append(wd)
+        pis.append(pi)
+        pjs.append(pj)
+        units.append(unit)
+    stack = lambda ts: ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)  # noqa: E731  (k = 1: a view)
+    if kz == 1:  # blocks ordered (member, interaction)
+        W = [stack(rows_w[0][t::T]) for t in range(T)]  # T × [k, P, F]
+        Wd = [stack(rows_wd[0][t::T]) for t in range(T)] if deriv else []
+    else:
+        W = [stack([rw[t] for rw in rows_w]) for t in range(T)]
+        Wd = [stack([rw[t] for rw in rows_wd]) for t in range(T)] if deriv else []
+    return W, Wd, stack(pis), stack(pjs), stack(units)
+
+
+def energies_forces(p: Params, cfg: ModelConfig, g: Graph, forces: bool = True, create_graph: bool = False,
+                    filters: FilterPath = "dense", forces_by: ForcePath = "explicit", compiled: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Energies [k, n_mols] float64 and forces ``−∂E/∂R`` [k, n_atoms, 3] (or None) of k members.
+
+    Args:
+        p: stacked parameters (k members).
+        cfg: the members' architecture.
+        g: the input, shared (leading axis 1) or per member (leading axis k).
+        forces: compute forces.
+        create_graph: keep an autograd graph to the parameters through the forces (training on
+            forces); with ``forces=False`` the energies keep their graph whenever grad is enabled.
+        filters: ``"windowed"`` (CPU) or ``"dense"`` (any device, no host synchronisation).
+        forces_by: ``"explicit"`` backward, or ``"autograd"`` through the positions (also taken when
+            ``g.R`` requires grad or the pairs are directed).
+        compiled: run the compiled CPU kernels (see :mod:`schnet_model.nn.compiled`).
+    """
+    k = p["embedding.weight"].shape[0]
+    dtype = p["embedding.weight"].dtype
+    if forces_by == "autograd" or g.R.requires_grad or g.directed:
+        return _autograd(p, cfg, g, forces, create_graph)
+    track = torch.is_grad_enabled() and (create_graph or not forces)  # a graph to the parameters
+    with torch.no_grad():
+        R = g.R.to(dtype)
+        vec = torch.gather(R, 1, g.pj[..., None].expand(-1, -1, 3)) - torch.gather(R, 1, g.pi[..., None].expand(-1, -1, 3))
+        d = torch.linalg.vector_norm(vec, dim=-1)  # [kz, P]
+    with torch.set_grad_enabled(track):
+        if filters == "windowed":
+            W, Wd, pi, pj, unit = _windowed(p, cfg, g, d, vec, forces, track, compiled)
+            g = Graph(g.Z, g.R, g.mol, g.n_mols, pi, pj)
+        else:
+            W, Wd = dense_filters(p, cfg, d, forces)
+            unit = vec / d[..., None]
+        gi, gj = _flat_pairs(g, k)
+        layers, head = _layers(p, cfg)
+        x = p["embedding.weight"][torch.arange(k, device=g.Z.device)[:, None], g.Z]  # [k, n_atoms, A]
+        y, f = atomwise(compiled, x, W, Wd, gi, gj, unit, layers, head, p["offsets.scale"].to(dtype), forces)
+        E = energies(p, y, g)
+    if not create_graph and forces:
+        E, f = E.detach(), f.detach()
+    return E, f
+
+
+def _autograd(p: Params, cfg: ModelConfig, g: Graph, forces: bool, create_graph: bool
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dense filters and forces by autograd through the positions (second derivatives possible).
+
+    A shared input is expanded to one copy per member first, so that ``∂E_m/∂R`` stays per member.
+    """
+    k = p["embedding.weight"].shape[0]
+    dtype = p["embedding.weight"].dtype
+    with torch.set_grad_enabled(forces or torch.is_grad_enabled()):
+        R = g.R if g.R.requires_grad or not forces else g.R.detach().requires_grad_(True)
+        Rk = R.to(dtype)
+        if Rk.shape[0] != k:  # shared input: one (differentiable) copy per member
+            Rk = Rk.expand(k, -1, -1)
+            g = Graph(g.Z.expand(k, -1), Rk, g.mol.expand(k, -1), g.n_mols, g.pi.expand(k, -1), g.pj.expand(k, -1),
+                      g.directed)
+        vec = torch.gather(Rk, 1, g.pj[..., None].expand(-1, -1, 3)) - torch.gather(Rk, 1, g.pi[..., None].expand(-1, -1, 3))
+        d = torch.linalg.vector_norm(vec, dim=-1)  # [k, P]
+        W, _ = dense_filters(p, cfg, d, False)
+        gi, gj = _flat_pairs(g, k)
+        layers, head = _layers(p, cfg)
+        x = p["embedding.weight"][torch.arange(k, device=g.Z.device)[:, None], g.Z]
+        y, _ = atomwise(False, x, W, [], gi, gj, vec, layers, head, p["offsets.scale"].to(dtype), False, g.directed)
+        E = energies(p, y, g)
+        if not forces:
+            return E, None
+        (grad,) = torch.autograd.grad(E.sum(), Rk, create_graph=create_graph)
+    return (E if create_graph else E.detach()), -grad
