@@ -1,4 +1,11 @@
-"""One cross-validation member, run as a Ray actor inside its trial's placement group."""
+"""A trial's k cross-validation members: what each fold reports, and the fold-actor layout.
+
+Two layouts train a trial's folds behind one interface (``setup``, ``run_epoch``, ``get_states``,
+``load_states``, ``finish``, ``drop``): :class:`ActorFolds` (k :class:`FoldWorker` Ray actors, one
+model each) and :class:`orchestrator.stack.StackedFolds` (one stacked model in the trial's
+process). Both report the same per-fold dicts and checkpoint each fold in the Trainer's state
+format, so a trial checkpointed by one layout resumes in the other.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +16,61 @@ from typing import Any
 import numpy as np
 import torch
 
-from schnet_model import ModelConfig, Molecules, SchNet, Trainer, TrainingConfig, evaluate, save_model
+from schnet_model import ModelConfig, Molecules, SchNet, Trainer, TrainingConfig, save_model
 from schnet_model.model_dir import ModelInfo
-from schnet_model.training import predict
-from schnet_model.training.errors import NonFiniteLossError
+from schnet_model.training import NonFiniteLossError, predict
+from schnet_model.training.metrics import Predictions, metrics_of
+from schnet_model.training.trainer import EpochResult
 
 
 class FoldNonFinite(RuntimeError):
     """A fold's loss became NaN/inf; the message names the fold, epoch and step."""
 
 
+def epoch_report(r: EpochResult | None, last: dict[str, Any], best_val_loss: float, stopped: bool, epoch: int
+                 ) -> dict[str, Any]:
+    """One fold's per-epoch dict (``r`` None: the fold was stopped before this epoch; ``last`` repeats)."""
+    if r is not None:
+        last.clear()
+        last.update({"val_loss": r.val.loss, "val_energy_mae": r.val.energy_mae, "train_loss": r.train_loss,
+                     "lr": r.lr, "seconds": r.seconds})
+        if r.val.forces_mae is not None:
+            last["val_forces_mae"] = r.val.forces_mae
+    else:
+        last["seconds"] = 0.0
+    return {**last, "best_val_loss": best_val_loss, "stopped": stopped, "epoch": epoch, "node_id": _node_id()}
+
+
+def fold_final(index: int, model: SchNet, cfg: TrainingConfig, use_forces: bool, best_epoch: int, best_val_loss: float,
+               val: Molecules, val_idx: np.ndarray, val_pred: Predictions, test: Molecules | None,
+               test_idx: np.ndarray, test_pred: Predictions | None, elements: list[int], energy_unit: str
+               ) -> dict[str, Any]:
+    """A fold's final result from its best model's predictions: metrics, OOF/test predictions, model files."""
+    out: dict[str, Any] = {"index": index, "best_epoch": best_epoch, "best_val_loss": best_val_loss}
+    out["val"] = metrics_of(val_pred, val, cfg.rho, use_forces).as_dict()
+    out["oof"] = {"idx": val_idx, "energy": val_pred.energy, "forces": val_pred.forces}
+    if test is not None and test_pred is not None:
+        out["test"] = metrics_of(test_pred, test, cfg.rho, use_forces).as_dict()
+        out["test_pred"] = {"idx": test_idx, "energy": test_pred.energy, "forces": test_pred.forces}
+    info = ModelInfo(energy_unit, elements, extra={
+        "fold": index, "training": cfg.model_dump(), "metrics": {"val": out["val"], "test": out.get("test")},
+        "best_epoch": best_epoch})
+    with tempfile.TemporaryDirectory() as d:
+        path = save_model(model.cpu(), info, Path(d) / "model")
+        out["files"] = {p.name: p.read_bytes() for p in path.iterdir()}
+    return out
+
+
+def fold_config(train_cfg: TrainingConfig, index: int, threads: int, device: str | None = None) -> TrainingConfig:
+    """Fold ``index``'s settings: the trial's, its seed offset by the fold index, the device resolved."""
+    dev = device or train_cfg.device
+    if dev == "auto" or (dev.startswith("cuda") and not torch.cuda.is_available()):
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return train_cfg.model_copy(update={"seed": train_cfg.seed + index, "num_threads": max(1, threads), "device": dev})
+
+
 class FoldWorker:
-    """Trains fold ``index`` of a trial epoch by epoch.
+    """Trains fold ``index`` of a trial epoch by epoch (a Ray actor of the ``folds`` layout).
 
     Args:
         data: the whole dataset (read-only, shared through the object store).
@@ -37,22 +87,11 @@ class FoldWorker:
         if args:
             self.setup(*args)
 
-    def setup(
-        self,
-        data: Molecules,
-        index: int,
-        train_idx: np.ndarray,
-        val_idx: np.ndarray,
-        test_idx: np.ndarray,
-        model_cfg: ModelConfig,
-        train_cfg: TrainingConfig,
-        threads: int,
-    ) -> None:
+    def setup(self, data: Molecules, index: int, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
+              model_cfg: ModelConfig, train_cfg: TrainingConfig, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
         self.index = index
-        cfg = train_cfg.model_copy(update={"seed": train_cfg.seed + index, "num_threads": max(1, threads)})
-        if cfg.device == "auto" or (cfg.device.startswith("cuda") and not torch.cuda.is_available()):
-            cfg = cfg.model_copy(update={"device": "cuda" if torch.cuda.is_available() else "cpu"})
+        cfg = fold_config(train_cfg, index, threads)
         self.val_idx, self.test_idx = np.asarray(val_idx), np.asarray(test_idx)
         self.train, self.val = data.subset(train_idx), data.subset(val_idx)
         self.test = data.subset(test_idx) if len(test_idx) else None
@@ -60,28 +99,22 @@ class FoldWorker:
         torch.manual_seed(cfg.seed)
         self.trainer = Trainer(SchNet(model_cfg), self.train, self.val, cfg)
         self.stopped = False
+        self.last: dict[str, Any] = {}
 
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch (unless early-stopped) and return its metrics."""
         t = self.trainer
+        r = None
         if not self.stopped:
             try:
                 r = t.run_epoch()
             except NonFiniteLossError as e:
                 raise FoldNonFinite(f"fold {self.index}: {e}") from None
             self.stopped = t.should_stop_early()
-            m = {"val_loss": r.val.loss, "val_energy_mae": r.val.energy_mae, "train_loss": r.train_loss, "lr": r.lr,
-                 "seconds": r.seconds}
-            if r.val.forces_mae is not None:
-                m["val_forces_mae"] = r.val.forces_mae
-            self.last = m
-        else:
-            self.last = {**self.last, "seconds": 0.0}
-        return {**self.last, "best_val_loss": t.best_val_loss, "stopped": self.stopped, "epoch": t.epoch,
-                "node_id": _node_id()}
+        return epoch_report(r, self.last, t.best_val_loss, self.stopped, t.epoch)
 
     def get_state(self) -> dict[str, Any]:
-        return {**self.trainer.state_dict(), "stopped": self.stopped, "last": getattr(self, "last", {})}
+        return {**self.trainer.state_dict(), "stopped": self.stopped, "last": self.last}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state)
@@ -89,26 +122,14 @@ class FoldWorker:
         self.last = dict(state.get("last", {}))
 
     def finish(self) -> dict[str, Any]:
-        """Best weights → test metrics, test and out-of-fold predictions, the model directory's files."""
+        """Best weights → validation and test predictions (once each), metrics, the model directory's files."""
         t = self.trainer
         t.model.load_state_dict(t.best_state)
-        rho, uf = t.cfg.rho, t.use_forces
-        out: dict[str, Any] = {"index": self.index, "best_epoch": t.best_epoch, "best_val_loss": t.best_val_loss}
-        val_m = evaluate(t.model, self.val, rho, uf, device=t.device)
-        out["val"] = val_m.as_dict()
-        oof = predict(t.model, self.val, forces=uf, device=t.device)
-        out["oof"] = {"idx": self.val_idx, "energy": oof.energy, "forces": oof.forces}
-        if self.test is not None:
-            out["test"] = evaluate(t.model, self.test, rho, uf, device=t.device).as_dict()
-            p = predict(t.model, self.test, forces=uf, device=t.device)
-            out["test_pred"] = {"idx": self.test_idx, "energy": p.energy, "forces": p.forces}
-        info = ModelInfo(self.energy_unit, self.elements, extra={
-            "fold": self.index, "training": t.cfg.model_dump(), "metrics": {"val": out["val"], "test": out.get("test")},
-            "best_epoch": t.best_epoch})
-        with tempfile.TemporaryDirectory() as d:
-            path = save_model(t.model.cpu(), info, Path(d) / "model")
-            out["files"] = {p.name: p.read_bytes() for p in path.iterdir()}
-        return out
+        uf = t.use_forces
+        val_pred = predict(t.model, self.val, forces=uf, device=t.device)
+        test_pred = predict(t.model, self.test, forces=uf, device=t.device) if self.test is not None else None
+        return fold_final(self.index, t.model, t.cfg, uf, t.best_epoch, t.best_val_loss, self.val, self.val_idx, val_pred,
+                          self.test, self.test_idx, test_pred, self.elements, self.energy_unit)
 
 
 def _node_id() -> str:
@@ -116,6 +137,71 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+class ActorFolds:
+    """The ``folds`` layout: k :class:`FoldWorker` actors on the trial's fold bundles.
+
+    Actors are kept for the next trial when Tune reuses the trial process
+    (``TuneConfig(reuse_actors=True)``): same placement group, same bundles, no new processes.
+    """
+
+    _POOL: dict[tuple, list] = {}
+
+    def __init__(self, k: int, cpus: float, gpus: float) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        pg = ray.util.get_current_placement_group()
+        key = (pg.id.hex() if pg is not None else None, k, cpus, gpus)
+        if key not in self._POOL:
+            self.drop()
+            workers = []
+            for i in range(k):
+                opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+                if pg is not None:
+                    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
+                workers.append(ray.remote(FoldWorker).options(**opts).remote())
+            self._POOL[key] = workers
+        self.workers = self._POOL[key]
+        self.threads = int(max(1, cpus))
+
+    def setup(self, data_ref, folds: list[tuple[np.ndarray, np.ndarray]], test: np.ndarray, model_cfg: ModelConfig,
+              train_cfg: TrainingConfig) -> None:
+        import ray
+
+        ray.get([w.setup.remote(data_ref, i, tr, va, test, model_cfg, train_cfg, self.threads)
+                 for i, (w, (tr, va)) in enumerate(zip(self.workers, folds, strict=True))])
+
+    def run_epoch(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get([w.run_epoch.remote() for w in self.workers])
+
+    def get_states(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get([w.get_state.remote() for w in self.workers])
+
+    def load_states(self, states: list[dict[str, Any]]) -> None:
+        import ray
+
+        ray.get([w.load_state.remote(s) for w, s in zip(self.workers, states, strict=True)])
+
+    def finish(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get([w.finish.remote() for w in self.workers])
+
+    @classmethod
+    def drop(cls) -> None:
+        """Kill the pooled actors (one is gone: start fresh ones)."""
+        import ray
+
+        for workers in cls._POOL.values():
+            for w in workers:
+                ray.kill(w)
+        cls._POOL.clear()
 
 
 def fold_metrics_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -137,4 +223,5 @@ def fold_metrics_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     return m
 
 
-__all__ = ["FoldNonFinite", "FoldWorker", "fold_metrics_summary"]
+__all__ = ["ActorFolds", "FoldNonFinite", "FoldWorker", "epoch_report", "fold_config", "fold_final",
+           "fold_metrics_summary"]

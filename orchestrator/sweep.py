@@ -157,11 +157,12 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     console = console or Console()
     t_start = time.time()
     _quiet()
-    if spec.resources.gpus_per_fold > 0 and address is None:
+    if spec.resources.gpus() > 0 and address is None:
         import torch
 
         if not torch.cuda.is_available():
-            raise SweepError(f"resources.gpus_per_fold={spec.resources.gpus_per_fold} but this machine has no GPU")
+            key = "gpus_per_trial" if spec.resources.gpus_per_trial else "gpus_per_fold"
+            raise SweepError(f"resources.{key}={spec.resources.gpus()} but this machine has no GPU")
     root = storage_root(spec)
     if resume:
         name = resume if isinstance(resume, str) else latest_unfinished(root, spec.name)
@@ -216,13 +217,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         store.end(parent, "FAILED")
         raise SweepError(str(e)) from None
     data_ref = ray.put(data)
-    ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref},
-           "folds": [(f.train, f.val) for f in manifest.folds], "test": manifest.test}
     res = spec.resources
-    bundle = {"CPU": res.cpus_per_fold, **({"GPU": res.gpus_per_fold} if res.gpus_per_fold else {})}
+    layout = res.resolved_layout()
+    ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref},
+           "folds": [(f.train, f.val) for f in manifest.folds], "test": manifest.test, "layout": layout}
+    console.print(f"trial layout: {res.describe(spec.cv.k)}")
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    tune.PlacementGroupFactory([{"CPU": 0.01}] + [bundle] * spec.cv.k,
-                                                              strategy=res.placement_strategy))
+                                    tune.PlacementGroupFactory(res.bundles(spec.cv.k), strategy=res.placement_strategy))
     tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k)
     callbacks = [tracker, LiveProgress(spec.search.num_samples, console)]
     if resume:

@@ -43,11 +43,74 @@ class SearchConfig(_Strict):
     max_failures: int = Field(2, ge=0, description="retries of a trial whose actor crashed")
 
 
+Layout = Literal["stacked", "folds"]
+CPU_AUTO_LAYOUT: Layout = "folds"
+"""What ``layout: auto`` picks for a CPU-only trial, by measurement (``benchmarks/trial_throughput.py``,
+docs/benchmarks.md): on CPU, k single-threaded fold processes keep every core busy, while one
+stacked process runs the compiled atom-wise loops on one thread."""
+
+
 class ResourcesConfig(_Strict):
-    cpus_per_fold: float = Field(1.0, gt=0)
-    gpus_per_fold: float = Field(0.0, ge=0, description="fractional GPUs allowed, e.g. 0.25")
+    """What one trial asks of the cluster, and how it trains its k folds.
+
+    ``layout``: ``stacked`` — the k fold members as one stacked model in the trial's own process
+    (``cpus_per_trial``, ``gpus_per_trial``; the layout for GPUs: one process, batched kernels,
+    CUDA graphs); ``folds`` — k fold actors (``cpus_per_fold``, ``gpus_per_fold`` each);
+    ``auto`` — stacked when the trial asks for a GPU share, folds when a fold does, else
+    :data:`CPU_AUTO_LAYOUT`.
+    """
+
+    layout: Literal["auto", "stacked", "folds"] = Field("auto", description="auto | stacked | folds")
+    cpus_per_fold: float = Field(1.0, gt=0, description="folds layout: CPUs of each fold actor")
+    gpus_per_fold: float = Field(0.0, ge=0, description="folds layout: GPU share of each fold actor (fractional)")
+    cpus_per_trial: float | None = Field(None, gt=0, description="stacked layout: CPUs of the trial; default k × cpus_per_fold")
+    gpus_per_trial: float = Field(0.0, ge=0, description="stacked layout: GPU share of the trial (0.25: four trials per GPU)")
     placement_strategy: Literal["PACK", "SPREAD"] = Field(
-        "PACK", description="a trial's fold bundles: PACK onto few nodes, or SPREAD over nodes")
+        "PACK", description="folds layout: a trial's fold bundles PACKed onto few nodes, or SPREAD over nodes")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResourcesConfig:
+        if self.layout == "stacked" and self.gpus_per_fold:
+            raise ValueError("gpus_per_fold is for layout: folds; a stacked trial asks for gpus_per_trial")
+        if self.layout == "folds" and self.gpus_per_trial:
+            raise ValueError("gpus_per_trial is for layout: stacked; fold actors ask for gpus_per_fold")
+        if self.gpus_per_fold and self.gpus_per_trial:
+            raise ValueError("give gpus_per_trial (stacked layout) or gpus_per_fold (folds layout), not both")
+        return self
+
+    def resolved_layout(self) -> Layout:
+        """The layout a trial uses (``auto`` resolved)."""
+        if self.layout != "auto":
+            return self.layout
+        if self.gpus_per_trial:
+            return "stacked"
+        if self.gpus_per_fold:
+            return "folds"
+        return CPU_AUTO_LAYOUT
+
+    def trial_cpus(self, k: int) -> float:
+        """CPUs a stacked trial asks for."""
+        return self.cpus_per_trial if self.cpus_per_trial is not None else k * self.cpus_per_fold
+
+    def bundles(self, k: int) -> list[dict[str, float]]:
+        """The trial's placement-group bundles: one for a stacked trial, a coordinator + k folds otherwise."""
+        if self.resolved_layout() == "stacked":
+            return [{"CPU": self.trial_cpus(k), **({"GPU": self.gpus_per_trial} if self.gpus_per_trial else {})}]
+        fold = {"CPU": self.cpus_per_fold, **({"GPU": self.gpus_per_fold} if self.gpus_per_fold else {})}
+        return [{"CPU": 0.01}] + [fold] * k
+
+    def describe(self, k: int) -> str:
+        """One line: the layout and what a trial asks for."""
+        auto = " (layout auto)" if self.layout == "auto" else ""
+        if self.resolved_layout() == "stacked":
+            gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""
+            return f"stacked{auto}: the {k} folds as one model in the trial's process, {self.trial_cpus(k):g} CPU{gpu} per trial"
+        gpu = f", {self.gpus_per_fold:g} GPU" if self.gpus_per_fold else ""
+        return f"folds{auto}: {k} fold actors of {self.cpus_per_fold:g} CPU{gpu} per trial"
+
+    def gpus(self) -> float:
+        """The GPU share this spec asks for (a trial's or a fold's)."""
+        return self.gpus_per_trial or self.gpus_per_fold
 
 
 class TrackingConfig(_Strict):

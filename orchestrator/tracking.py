@@ -130,6 +130,8 @@ class MlflowTracker(tune.Callback):
             "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean",
             "test_ensemble_energy_mae", "test_ensemble_forces_mae")}
         self.store.log(rid, trial_metrics, step)
+        if "step_mode" in result:  # how the stacked step runs (CUDA graph or eager), once per trial
+            self.store.client.set_tag(rid, "sweep.step_mode", str(result["step_mode"])[:500])
         for i, fid in enumerate(folds):
             prefix = f"fold{i}/"
             self.store.log(fid, {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}, step)

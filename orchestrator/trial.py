@@ -1,4 +1,4 @@
-"""The Tune trainable: one trial = one configuration = k fold members trained in parallel."""
+"""The Tune trainable: one trial = one configuration = k fold members (stacked, or fold actors in parallel)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,22 @@ import numpy as np
 import ray
 import torch
 from ray import tune
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from orchestrator.folds import FoldNonFinite, FoldWorker, fold_metrics_summary
+from orchestrator.folds import ActorFolds, FoldNonFinite, fold_metrics_summary
+from orchestrator.stack import StackedFolds
 from orchestrator.sweep_spec import SweepSpec
 
 NONFINITE_MARKER = "nonfinite.txt"
 
 
-def _write_states(workers: list, d: Path) -> None:
-    for i, state in enumerate(ray.get([w.get_state.remote() for w in workers])):
+def _write_states(group, d: Path) -> None:
+    for i, state in enumerate(group.get_states()):
         torch.save(state, d / f"fold_{i}.pt")
 
 
-def _load_states(workers: list, d: Path) -> int:
-    states = [torch.load(d / f"fold_{i}.pt", weights_only=True) for i in range(len(workers))]
-    ray.get([w.load_state.remote(s) for w, s in zip(workers, states, strict=True)])
+def _load_states(group, d: Path, k: int) -> int:
+    states = [torch.load(d / f"fold_{i}.pt", weights_only=True) for i in range(k)]
+    group.load_states(states)
     return int(states[0]["epoch"])
 
 
@@ -68,11 +68,31 @@ def _write_final(d: Path, finals: list[dict[str, Any]], params: dict[str, Any], 
     (d / "trial.json").write_text(json.dumps({"params": params, "summary": summary}))
 
 
+def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
+    """The trial's fold members, set up for this configuration: stacked in this process, or fold actors."""
+    res, k = spec.resources, len(ctx["folds"])
+    if ctx["layout"] == "stacked":
+        device = "cuda" if res.gpus_per_trial and torch.cuda.is_available() else "cpu"
+        group = StackedFolds(k, max(1, round(res.trial_cpus(k))), device)
+        group.setup(ray.get(ctx["data"]["ref"]), ctx["folds"], ctx["test"], model_cfg, train_cfg)
+        return group
+    for attempt in (0, 1):
+        group = ActorFolds(k, res.cpus_per_fold, res.gpus_per_fold)
+        try:
+            group.setup(ctx["data"]["ref"], ctx["folds"], ctx["test"], model_cfg, train_cfg)
+            return group
+        except ray.exceptions.RayActorError:  # a pooled actor is gone: replace the pool once
+            ActorFolds.drop()
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
 def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """Train the k folds of one configuration, reporting fold-mean metrics every epoch.
 
     ``ctx`` (shared through the object store): ``spec`` (JSON), ``data`` ({"ref": ObjectRef}),
-    ``folds`` [(train, val)], ``test`` indices.
+    ``folds`` [(train, val)], ``test`` indices, ``layout`` (``stacked`` or ``folds``).
     """
     t_begin = time.perf_counter()
     spec = SweepSpec.model_validate_json(ctx["spec"])
@@ -83,54 +103,49 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     params = {k: v for k, v in config.items()}
     model_cfg, train_cfg = spec.materialize(params)
     max_epochs = spec.max_epochs()
-    res = spec.resources
-    for attempt in (0, 1):
-        workers = _workers(len(ctx["folds"]), res.cpus_per_fold, res.gpus_per_fold)
-        try:
-            ray.get([w.setup.remote(ctx["data"]["ref"], i, tr, va, ctx["test"], model_cfg, train_cfg,
-                                    int(max(1, res.cpus_per_fold)))
-                     for i, (w, (tr, va)) in enumerate(zip(workers, ctx["folds"], strict=True))])
-            break
-        except ray.exceptions.RayActorError:  # a pooled actor is gone: replace the pool once
-            _drop_workers()
-            if attempt:
-                raise
+    k = len(ctx["folds"])
+    group = _group(ctx, spec, model_cfg, train_cfg)
     epoch = 0
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            epoch = _load_states(workers, Path(d))
+            epoch = _load_states(group, Path(d), k)
     startup, train_seconds = None, 0.0
     try:
         while epoch < max_epochs:
             epoch += 1
             t_epoch = time.perf_counter()
-            results = ray.get([w.run_epoch.remote() for w in workers])
+            results = group.run_epoch()
             if startup is None:  # actor start-up and data slicing happen before the first epoch's work
                 startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r["seconds"] for r in results)
-            train_seconds += max(r["seconds"] for r in results)  # folds run in parallel
+            train_seconds += max(r["seconds"] for r in results)  # folds run in parallel (or stacked)
             metrics = {**fold_metrics_summary(results), "epoch": epoch, "startup_seconds": startup,
                        "train_seconds": train_seconds}
+            if epoch == 1 and hasattr(group, "mode"):
+                metrics["step_mode"] = group.mode
             done = epoch >= max_epochs or all(r["stopped"] for r in results)
             if done:
-                finals = ray.get([w.finish.remote() for w in workers])
+                finals = group.finish()
                 data = ray.get(ctx["data"]["ref"])
                 summary = {**metrics, **_ensemble_metrics(finals, data, ctx["test"]), "final": True,
                            "best_val_loss_mean": float(np.mean([f["best_val_loss"] for f in finals]))}
                 for f in finals:
-                    for k, v in (f.get("test") or {}).items():
-                        summary[f"fold{f['index']}/test_{k}"] = v
+                    for key, v in (f.get("test") or {}).items():
+                        summary[f"fold{f['index']}/test_{key}"] = v
                 with tempfile.TemporaryDirectory() as d:
                     _write_final(Path(d), finals, params, summary)
-                    _write_states(workers, Path(d))
+                    _write_states(group, Path(d))
                     tune.report(summary, checkpoint=tune.Checkpoint.from_directory(d))
                 return
             if epoch % spec.search.checkpoint_every == 0:
                 with tempfile.TemporaryDirectory() as d:
-                    _write_states(workers, Path(d))
+                    _write_states(group, Path(d))
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             else:
                 tune.report(metrics)
+    except FoldNonFinite as e:  # stacked: raised here
+        marker.write_text(str(e))
+        raise
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
         if isinstance(cause, FoldNonFinite):
@@ -138,32 +153,5 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             raise FoldNonFinite(str(cause)) from None
         raise
     except ray.exceptions.RayActorError:  # a fold actor died (node lost, OOM): start fresh ones on retry
-        _drop_workers()
+        ActorFolds.drop()
         raise
-
-
-# Fold actors of this trial process, kept for the next trial when Tune reuses the process
-# (TuneConfig(reuse_actors=True)): same placement group, same bundles, no new processes.
-_POOL: dict[tuple, list] = {}
-
-
-def _workers(k: int, cpus: float, gpus: float) -> list:
-    pg = ray.util.get_current_placement_group()
-    key = (pg.id.hex() if pg is not None else None, k, cpus, gpus)
-    if key not in _POOL:
-        _drop_workers()
-        workers = []
-        for i in range(k):
-            opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
-            if pg is not None:
-                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
-            workers.append(ray.remote(FoldWorker).options(**opts).remote())
-        _POOL[key] = workers
-    return _POOL[key]
-
-
-def _drop_workers() -> None:
-    for workers in _POOL.values():
-        for w in workers:
-            ray.kill(w)
-    _POOL.clear()

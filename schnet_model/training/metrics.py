@@ -72,7 +72,11 @@ def evaluate(
 ) -> Metrics:
     """Loss and MAE/RMSE of energies and force components on ``data``."""
     use_forces = data.has_forces if use_forces is None else use_forces and data.has_forces
-    p = predict(model, data, batch_size, forces=use_forces, device=device)
+    return metrics_of(predict(model, data, batch_size, forces=use_forces, device=device), data, rho, use_forces)
+
+
+def metrics_of(p: Predictions, data: Molecules, rho: float, use_forces: bool) -> Metrics:
+    """Loss and MAE/RMSE of predictions ``p`` of ``data`` (the one place errors are computed)."""
     assert data.E is not None
     e_err = p.energy - data.E
     n = data.n_atoms
@@ -95,4 +99,4 @@ def evaluate(
     )
 
 
-__all__ = ["Metrics", "Predictions", "energy_force_loss", "evaluate", "predict"]
+__all__ = ["Metrics", "Predictions", "energy_force_loss", "evaluate", "metrics_of", "predict"]

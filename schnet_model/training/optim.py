@@ -1,10 +1,12 @@
-"""The optimizer: Adam (paper), as torch's fused single-kernel implementation where it exists."""
+"""The optimizer: Adam (paper), as torch's fused single-kernel implementation where it exists; its schedules."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
+
+from schnet_model.config import TrainingConfig
 
 _FUSED_DEVICES = ("cpu", "cuda")
 
@@ -21,3 +23,18 @@ def make_adam(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Ad
     params = [p for p in params if p.requires_grad]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
+def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig
+                    ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
+    """(per-step scheduler, per-epoch plateau scheduler) of ``cfg``; exactly one is not None.
+
+    ``exponential`` (paper): ``lr·max(decay^(step/decay_steps), min_lr/lr)``, stepped after every
+    optimiser step; ``plateau``: ReduceLROnPlateau on the validation loss, stepped every epoch.
+    """
+    floor = cfg.min_lr / cfg.lr
+    if cfg.scheduler == "exponential":
+        decay, every = cfg.lr_decay, cfg.lr_decay_steps
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(decay ** (s / every), floor)), None
+    return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)

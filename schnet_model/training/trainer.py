@@ -23,7 +23,7 @@ from schnet_model.nn.schnet import SchNet
 from schnet_model.training.errors import NonFiniteLossError
 from schnet_model.training.loss import energy_force_loss
 from schnet_model.training.metrics import Metrics, evaluate
-from schnet_model.training.optim import make_adam
+from schnet_model.training.optim import make_adam, make_schedulers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,18 +92,7 @@ class Trainer:
             ref, scale = fit_offsets_fn(train, model.config.max_z)
             self.model.offsets.set(ref, scale)
         self.optimizer = make_adam(self.model.parameters(), config.lr)
-        floor = config.min_lr / config.lr
-        if config.scheduler == "exponential":
-            decay, every = config.lr_decay, config.lr_decay_steps
-            self.step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda s: max(decay ** (s / every), floor)
-            )
-            self.plateau = None
-        else:
-            self.step_scheduler = None
-            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_lr
-            )
+        self.step_scheduler, self.plateau = make_schedulers(self.optimizer, config)
         self.rng = np.random.default_rng(config.seed)
         self.epoch = 0
         self.step = 0

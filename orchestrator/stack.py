@@ -1,0 +1,85 @@
+"""The ``stacked`` layout: a trial's k fold members as one stacked model in the trial's own process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.folds import FoldNonFinite, epoch_report, fold_config, fold_final
+from schnet_model import ModelConfig, Molecules, TrainingConfig
+from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
+
+
+class StackedFolds:
+    """k fold members trained by one :class:`StackedTrainer` (same interface as :class:`ActorFolds`).
+
+    Args:
+        k: folds.
+        threads: torch CPU threads of the trial process (its CPU share).
+        device: ``cuda`` when the trial holds a GPU share (Ray sets the visible device), else ``cpu``.
+    """
+
+    def __init__(self, k: int, threads: int, device: str) -> None:
+        self.k, self.threads, self.device = k, max(1, threads), device
+        self.trainer: StackedTrainer | None = None
+        self.last: list[dict[str, Any]] = [{} for _ in range(k)]
+
+    def setup(self, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], test: np.ndarray, model_cfg: ModelConfig,
+              train_cfg: TrainingConfig) -> None:
+        torch.set_num_threads(self.threads)
+        self.data, self.folds, self.test_idx = data, folds, np.asarray(test)
+        self.test = data.subset(self.test_idx) if len(self.test_idx) else None
+        members = [Member(data.subset(tr), data.subset(va), fold_config(train_cfg, i, self.threads, self.device))
+                   for i, (tr, va) in enumerate(folds)]
+        self.trainer = StackedTrainer(model_cfg, members, device=self.device)
+        self.last = [{} for _ in range(self.k)]
+
+    @property
+    def mode(self) -> str:
+        assert self.trainer is not None
+        return self.trainer.mode
+
+    def run_epoch(self) -> list[dict[str, Any]]:
+        t = self.trainer
+        assert t is not None
+        try:
+            results = t.run_epoch()
+        except MemberNonFinite as e:
+            raise FoldNonFinite(f"fold {e.member}: {e}") from None
+        return [epoch_report(r, self.last[m], t.best_val_loss[m], t.stopped[m], t.epoch[m])
+                for m, r in enumerate(results)]
+
+    def get_states(self) -> list[dict[str, Any]]:
+        t = self.trainer
+        assert t is not None
+        return [{**t.member_state_dict(m), "stopped": t.stopped[m], "last": self.last[m]} for m in range(self.k)]
+
+    def load_states(self, states: list[dict[str, Any]]) -> None:
+        t = self.trainer
+        assert t is not None
+        for m, s in enumerate(states):
+            t.load_member_state_dict(m, s)
+            t.stopped[m] = bool(s.get("stopped", t.stopped[m]))
+            self.last[m] = dict(s.get("last", {}))
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Every member's best weights → validation and test predictions (all members at once), results."""
+        t = self.trainer
+        assert t is not None
+        val_pred = t.predict({m: t.members[m].val for m in range(self.k)}, best=True)
+        test_pred = t.predict({m: self.test for m in range(self.k)}, best=True) if self.test is not None else {}
+        out = []
+        for m, (_, va) in enumerate(self.folds):
+            out.append(fold_final(m, t.member_model(m), t.cfgs[m], t.use_forces, t.best_epoch[m], t.best_val_loss[m],
+                                  t.members[m].val, np.asarray(va), val_pred[m], self.test, self.test_idx,
+                                  test_pred.get(m), self.data.elements, self.data.energy_unit))
+        return out
+
+    @staticmethod
+    def drop() -> None:
+        """Nothing to release (no actors)."""
+
+
+__all__ = ["StackedFolds"]
