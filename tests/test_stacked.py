@@ -1,0 +1,187 @@
+"""Stacked fold training: k members trained as one stacked model equal k models trained alone."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_molecules
+
+from schnet_model import ModelConfig, SchNet, Trainer, TrainingConfig
+from schnet_model.data.stack import StackCollator, stacked_loss
+from schnet_model.nn.core import energies_forces
+from schnet_model.training.loss import energy_force_loss
+from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
+
+CFG = dict(n_atom_basis=16, n_filters=16, n_interactions=2, rbf_max=10.0)
+TOL = 1e-12  # float64: the same arithmetic up to summation order; trajectories stay within ~1e-16
+
+
+def members(sizes, n_members=3, n=60, seed=1, **train) -> list[Member]:
+    """Members with different training sets (sizes 28, 31, 34: different numbers of batches)."""
+    data = random_molecules(n, sizes=sizes, seed=seed)
+    rng = np.random.default_rng(0)
+    out = []
+    for m in range(n_members):
+        idx = rng.permutation(n)
+        cfg = TrainingConfig(**{"batch_size": 8, "max_epochs": 10, **train, "seed": m})
+        out.append(Member(data.subset(idx[: 28 + 3 * m]), data.subset(idx[40 : 52 + m]), cfg))
+    return out
+
+
+def alone(model_cfg: ModelConfig, member: Member, epochs: int) -> tuple[Trainer, list]:
+    """A member trained alone by the Trainer, as a fold actor does."""
+    torch.manual_seed(member.config.seed)
+    t = Trainer(SchNet(model_cfg).double(), member.train, member.val, member.config)
+    results = []
+    for _ in range(epochs):
+        if t.should_stop_early():
+            break
+        results.append(t.run_epoch())
+    return t, results
+
+
+def flat(model: SchNet) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+CASES = [
+    ("ethanol-sized, exponential", (9,), {}, {}),
+    ("mixed sizes, plateau, clipping", (3, 9, 5, 12), {"scheduler": "plateau", "plateau_patience": 1, "grad_clip": 0.5}, {}),
+    ("ISO17/aspirin sizes, cutoff", (19, 21), {}, {"cutoff": 4.0}),
+]
+
+
+@pytest.mark.parametrize("filters", ["windowed", "dense"])
+@pytest.mark.parametrize(("name", "sizes", "train", "model"), CASES, ids=[c[0] for c in CASES])
+def test_stacked_members_end_with_the_weights_of_members_trained_alone(name, sizes, train, model, filters):
+    model_cfg = ModelConfig(**CFG, **model)
+    ms = members(sizes, **train)
+    st = StackedTrainer(model_cfg, ms, dtype=torch.float64, filters=filters)
+    stacked = [st.run_epoch() for _ in range(3)]
+    for m, member in enumerate(ms):
+        t, results = alone(model_cfg, member, 3)
+        assert rel(flat(st.member_model(m, best=False)), flat(t.model)) < TOL
+        assert rel(flat(st.member_model(m, best=True)), torch.cat([v.reshape(-1) for k, v in t.best_state.items()
+                                                                     if k not in ("rbf.centers",) and "offsets" not in k])) < TOL
+        assert st.step[m] == t.step and st.epoch[m] == t.epoch
+        for r_alone, r_stack in zip(results, [s[m] for s in stacked], strict=True):
+            assert r_stack is not None
+            assert r_stack.val.loss == pytest.approx(r_alone.val.loss, rel=1e-12)
+            assert r_stack.val.forces_mae == pytest.approx(r_alone.val.forces_mae, rel=1e-12)
+            assert r_stack.train_loss == pytest.approx(r_alone.train_loss, rel=1e-12)
+            assert r_stack.lr == pytest.approx(r_alone.lr, rel=1e-15)
+
+
+def test_early_stopped_member_is_frozen_while_the_others_train():
+    model_cfg = ModelConfig(**CFG)
+    ms = members((9,), early_stopping_patience=2)
+    ms[1].config = ms[1].config.model_copy(update={"early_stopping_min_delta": 1e6})  # improves once, then stops
+    st = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    epochs = [st.run_epoch() for _ in range(6)]
+    assert st.stopped[1] and st.epoch[1] < 6, st.epoch
+    assert any(e[1] is None for e in epochs)  # a stopped member reports nothing new
+    for m, member in enumerate(ms):
+        t, _ = alone(model_cfg, member, 6)
+        assert st.epoch[m] == t.epoch and st.stopped[m] == t.should_stop_early()
+        assert rel(flat(st.member_model(m, best=False)), flat(t.model)) < TOL
+        assert st.best_epoch[m] == t.best_epoch
+
+
+def test_a_diverged_member_is_named_and_the_others_stay_finite():
+    ms = members((9,))
+    ms[2].config = ms[2].config.model_copy(update={"lr": 1e12})
+    st = StackedTrainer(ModelConfig(**CFG), ms, dtype=torch.float64)
+    with pytest.raises(MemberNonFinite) as e:
+        for _ in range(3):
+            st.run_epoch()
+    assert e.value.member == 2 and "non-finite training loss" in str(e.value) and f"epoch {e.value.epoch}" in str(e.value)
+    for m in (0, 1):
+        assert torch.isfinite(flat(st.member_model(m, best=False))).all()
+
+
+def test_member_checkpoints_are_trainer_state_dicts_both_ways():
+    """A member's state loads into a Trainer that continues exactly, and a Trainer's state into the stack."""
+    model_cfg = ModelConfig(**CFG)
+    ms = members((9, 5), scheduler="plateau", plateau_patience=1)
+    st = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    st.run_epoch()
+    st.run_epoch()
+    states = [st.member_state_dict(m) for m in range(3)]
+    st.run_epoch()
+    for m, member in enumerate(ms):
+        torch.manual_seed(123)  # a different initialisation: everything must come from the state
+        t = Trainer(SchNet(model_cfg).double(), member.train, member.val, member.config)
+        t.load_state_dict(copy.deepcopy(states[m]))  # torch's Adam adopts the state's tensors and updates them
+        t.run_epoch()
+        assert rel(flat(st.member_model(m, best=False)), flat(t.model)) < TOL
+        assert t.optimizer.param_groups[0]["lr"] == st.sched[m].lr
+    fresh = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    for m in range(3):
+        fresh.load_member_state_dict(m, states[m])
+    fresh.run_epoch()
+    for m in range(3):
+        assert rel(flat(fresh.member_model(m, best=False)), flat(st.member_model(m, best=False))) < TOL
+        assert fresh.best_val_loss[m] == st.best_val_loss[m]
+
+
+def test_collation_pads_with_weight_zero_and_the_loss_is_each_members_own():
+    """Fillers (one size) and ghosts (sizes differ) change neither energies, forces nor the loss."""
+    model_cfg = ModelConfig(**CFG)
+    for sizes in ((9,), (3, 9, 5, 12)):
+        data = random_molecules(20, sizes=sizes, seed=3)
+        sets = [data.subset(np.arange(0, 10)), data.subset(np.arange(10, 16)), data.subset(np.arange(16, 20))]
+        col = StackCollator(sets, None, torch.float64)
+        picks = [np.arange(8), np.arange(5), np.zeros(0, np.int64)]
+        b = col.collate(picks, fill_to=8)
+        assert b.weight.sum(1).tolist() == [8.0, 5.0, 0.0]
+        models = [SchNet(model_cfg).double() for _ in range(3)]
+        from schnet_model.nn.core import stack_states
+
+        p = stack_states([mod.state_dict() for mod in models], model_cfg)
+        E, F = energies_forces(p, model_cfg, b.graph(), True, filters="windowed")
+        loss = stacked_loss(E, F, b, 0.01, True)
+        for m in (0, 1):
+            alone_b = sets[m].batch(picks[m], None, torch.float64)
+            pred = models[m](alone_b)
+            n = len(picks[m])
+            assert torch.allclose(E[m, :n], pred.energy, rtol=0, atol=1e-10)
+            assert torch.allclose(F[m, : len(alone_b.Z)], pred.forces, rtol=0, atol=1e-10)
+            assert float(loss[m]) == pytest.approx(float(energy_force_loss(pred, alone_b, 0.01, True)), rel=1e-12)
+        assert float(loss[2]) == 0.0
+
+
+def test_the_gpu_step_reads_nothing_back_from_the_device():
+    """The dense-filter step (the GPU path) runs on PyTorch's ``meta`` device, where any read of
+    tensor data (``.item()``, ``.tolist()``, ``bool(t)``, data-dependent shapes) raises: so a
+    training step has no host synchronisation, as CUDA-graph capture needs."""
+    with pytest.raises(NotImplementedError):
+        torch.ones(2, device="meta").tolist()
+    for cutoff in (None, 4.0):
+        ms = members((9,), grad_clip=1.0)
+        st = StackedTrainer(ModelConfig(**CFG, cutoff=cutoff), ms, device="meta")
+        assert st.filters == "dense"
+        b = st.train_collator.collate([np.arange(8), np.arange(5), np.zeros(0, np.int64)], fill_to=8)
+        one = torch.ones(3, dtype=torch.float64, device="meta")
+        st._step(b.to("meta"), one, one)
+        assert st.flat.device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_step_equals_eager_step():
+    model_cfg = ModelConfig(**CFG)
+    ms = members((9,))
+    graphed = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64)
+    eager = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64, graphs=False)
+    assert "CUDA graph" in graphed.mode and "eager" in eager.mode
+    for _ in range(2):
+        graphed.run_epoch()
+        eager.run_epoch()
+    for m in range(3):
+        assert rel(flat(graphed.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < 1e-10
