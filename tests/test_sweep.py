@@ -46,10 +46,12 @@ def runs(db: Path) -> list[dict]:
     return out
 
 
-def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path):
-    r = sweep("run", str(spec_file(tmp_path)), cwd=tmp_path)
+@pytest.mark.parametrize("layout", ["folds", "stacked"])
+def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path, layout):
+    r = sweep("run", str(spec_file(tmp_path, resources={"cpus_per_fold": 0.4, "layout": layout})), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "top trials" in r.stdout and "completed" in r.stdout
+    assert f"trial layout: {layout}" in r.stdout
     all_runs = runs(tmp_path / "mlflow.db")
     roles = {role: [x for x in all_runs if x["tags"].get("sweep.role") == role] for role in ("sweep", "trial", "fold")}
     assert len(roles["sweep"]) == 1 and len(roles["trial"]) == 3 and len(roles["fold"]) == 6
@@ -62,6 +64,8 @@ def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path):
     assert "non-finite" in failed[0]["tags"]["sweep.error"] and "fold" in failed[0]["tags"]["sweep.error"]
     done = [t for t in roles["trial"] if t["status"] == "FINISHED"]
     assert len(done) == 2
+    if layout == "stacked":  # the trial says how its step ran
+        assert all("2 members stacked on cpu" in t["tags"]["sweep.step_mode"] for t in done)
     for t in done:
         assert {"predictions.npz", "trial.json", "plots"} <= set(t["artifacts"])
         assert t["metrics"]["test_ensemble_forces_mae"] > 0 and np.isfinite(t["metrics"]["val_loss_std"])
@@ -177,6 +181,9 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         ({"model__n_interactions": {"int": [0, 3]}}, "model.n_interactions: search value 0"),
         ({"training__epochs": 3}, "training.epochs: unknown key"),
         ({"search": {"num_samples": 0}}, "search.num_samples: Input should be greater than or equal to 1"),
+        ({"resources": {"layout": "stacked", "gpus_per_fold": 0.5}},
+         "gpus_per_fold is for layout: folds; a stacked trial asks for gpus_per_trial"),
+        ({"resources": {"layout": "tiled"}}, "resources.layout: Input should be 'auto', 'stacked' or 'folds'"),
     ],
 )
 def test_spec_errors_start_nothing(tmp_path, over, expected):
@@ -187,11 +194,12 @@ def test_spec_errors_start_nothing(tmp_path, over, expected):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps").exists()
 
 
-def test_gpus_per_fold_without_a_gpu(tmp_path):
+@pytest.mark.parametrize("key", ["gpus_per_fold", "gpus_per_trial"])
+def test_gpus_without_a_gpu(tmp_path, key):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    r = sweep("run", str(spec_file(tmp_path, resources={"gpus_per_fold": 0.5})), cwd=tmp_path, timeout=120)
-    assert r.returncode != 0 and "gpus_per_fold=0.5 but this machine has no GPU" in r.stderr
+    r = sweep("run", str(spec_file(tmp_path, resources={key: 0.5})), cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and f"{key}=0.5 but this machine has no GPU" in r.stderr
     assert not (tmp_path / "sweeps").exists()
