@@ -130,14 +130,22 @@ def energies(p: Params, y: torch.Tensor, g: Graph) -> torch.Tensor:
 
 def _windowed(p: Params, cfg: ModelConfig, g: Graph, d: torch.Tensor, vec: torch.Tensor, deriv: bool, track: bool,
               compiled: bool):
-    """Windowed filters (CPU): pairs sorted by distance per input row; one FilterBank per row.
+    """Windowed filters (CPU): pairs sorted by distance per input row, one FilterBank per member.
 
-    A shared input (kz = 1) runs every member's filters as blocks of one bank (one first-layer
-    product per chunk for all k·T blocks). Returns (W list, W' list, pi, pj, unit) in sorted order.
+    A shared input (kz = 1) sorts and plans once for all members; each member's bank then runs
+    its T interactions over that plan (per member: its ``[pairs, T·F]`` activations stay in cache,
+    which one bank of all k·T blocks would not). Returns (W list, W' list, pi, pj, unit), sorted.
     """
     k, kz, T = p["embedding.weight"].shape[0], d.shape[0], cfg.n_interactions
     names = [f"interactions.{t}.filter_net.{q}" for t in range(T) for q in ("0.0.weight", "0.0.bias", "1.weight", "1.bias")]
-    rows_w, rows_wd, pis, pjs, units = [], [], [], [], []
+    P, Fn = d.shape[1], cfg.n_filters
+    buf_w = buf_wd = None
+    if not track:  # inference: every bank writes straight into [T, k, P, F] (no stacking copies)
+        buf_w = d.new_empty(T, k, P, Fn)
+        buf_wd = d.new_empty(T, k, P, Fn) if deriv else None
+    W_m: list[list[torch.Tensor]] = []  # per member: T filters (tracked path)
+    Wd_m: list[list[torch.Tensor]] = []
+    pis, pjs, units = [], [], []
     for r in range(kz):
         with torch.no_grad():
             dr, order = torch.sort(d[r])
@@ -147,26 +155,24 @@ def _windowed(p: Params, cfg: ModelConfig, g: Graph, d: torch.Tensor, vec: torch
                 fc, fcd = cosine_cutoff(dr, cfg.cutoff)
             plan = make_plan(dr, cfg, fc, fcd, compiled=compiled)
             unit = vr / dr[:, None]  # [P, 3]
-        members = range(k) if kz == 1 else (r,)
-        params = tuple(p[name][m] for m in members for name in names)  # blocks (member, interaction)
-        if track:
-            out = FilterBank.apply(plan, deriv, *params)
-            nb = len(params) // 4
-            w, wd = list(out[:nb]), list(out[nb:])
-        else:
-            w, wd, _ = filter_forward(plan, deriv, params, save=False)
-        rows_w.append(w)
-        rows_wd.append(wd)
+        for m in range(k) if kz == 1 else (r,):
+            params = tuple(p[name][m] for name in names)
+            if track:
+                out = FilterBank.apply(plan, deriv, *params)
+                W_m.append(list(out[:T]))
+                Wd_m.append(list(out[T:]))
+            else:
+                dest = ([buf_w[t, m] for t in range(T)], [buf_wd[t, m] for t in range(T)] if buf_wd is not None else [])
+                filter_forward(plan, deriv, params, save=False, out=dest)
         pis.append(pi)
         pjs.append(pj)
         units.append(unit)
     stack = lambda ts: ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)  # noqa: E731  (k = 1: a view)
-    if kz == 1:  # blocks ordered (member, interaction)
-        W = [stack(rows_w[0][t::T]) for t in range(T)]  # T × [k, P, F]
-        Wd = [stack(rows_wd[0][t::T]) for t in range(T)] if deriv else []
+    if buf_w is not None:
+        W, Wd = list(buf_w), (list(buf_wd) if buf_wd is not None else [])
     else:
-        W = [stack([rw[t] for rw in rows_w]) for t in range(T)]
-        Wd = [stack([rw[t] for rw in rows_wd]) for t in range(T)] if deriv else []
+        W = [stack([w[t] for w in W_m]) for t in range(T)]  # T × [k, P, F]
+        Wd = [stack([w[t] for w in Wd_m]) for t in range(T)] if deriv else []
     return W, Wd, stack(pis), stack(pjs), stack(units)
 
 

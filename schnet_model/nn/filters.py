@@ -113,12 +113,14 @@ def _first_layer_params(params: tuple[torch.Tensor, ...]):
     return w1, b1
 
 
-def filter_forward(plan: FilterPlan, deriv: bool, params: tuple[torch.Tensor, ...], save: bool):
+def filter_forward(plan: FilterPlan, deriv: bool, params: tuple[torch.Tensor, ...], save: bool,
+                   out: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None):
     """The filters (and derivatives). Returns (W list, W' list or [], saved tensors or None).
 
-    First layers of all T interactions as one product per chunk over the chunk's window of
-    Gaussians, ``A [n_pairs, T·F] = g[:, k0:k1] @ W1[k0:k1] + b1`` (and ``A' = g' @ W1``); the
-    activations of all of them in one fused elementwise pass; the second layers per interaction.
+    First layers of all T blocks as one product per chunk over the chunk's window of Gaussians,
+    ``A [n_pairs, T·F] = g[:, k0:k1] @ W1[k0:k1] + b1`` (and ``A' = g' @ W1``); the activations of
+    all of them in one fused elementwise pass; the second layers per block. ``out`` (inference
+    only): [n_pairs, F] destinations of the T filters and derivatives, written in place.
     """
     w1, b1 = _first_layer_params(params)
     w2, b2 = params[2::4], params[3::4]  # T × [F_out, F_in], T × [F]
@@ -152,6 +154,17 @@ def filter_forward(plan: FilterPlan, deriv: bool, params: tuple[torch.Tensor, ..
     else:
         S, Sd = k_act_d_infer(c, A, AD)
     blk = [slice(t * Fn, (t + 1) * Fn) for t in range(T)]
+    if out is not None:
+        assert not save, "in-place filters are for inference"
+        W = [torch.addmm(b2[t], S[:, blk[t]], w2[t].t(), out=out[0][t]) for t in range(T)]
+        Wd = [torch.mm(Sd[:, blk[t]], w2[t].t(), out=out[1][t]) for t in range(T)] if deriv else []
+        if plan.fcut is not None:
+            fc, fcd = plan.fcut[:, None], plan.fcut_d[:, None]
+            for w, wd in zip(W, Wd, strict=False):
+                wd.mul_(fc).add_(w * fcd)
+            for w in W:
+                w.mul_(fc)
+        return W, Wd, None
     W = [torch.addmm(b2[t], S[:, blk[t]], w2[t].t()) for t in range(T)]  # [n_pairs, F] each
     Wd = [torch.mm(Sd[:, blk[t]], w2[t].t()) for t in range(T)] if deriv else []
     if plan.fcut is not None:
