@@ -12,12 +12,16 @@ energy + force training steps with Adam, molecules on a jittered 1.4 Å grid, al
   ``cpus_per_fold = cpus/k`` get), or all on the one GPU;
 - ``stack``: one process, :class:`~schnet_model.training.stacked.StackedTrainer` steps (stacked
   collation of the k members' own batches, one stacked step), eager, all CPU threads;
-- ``graphs`` (CUDA only): the same with the whole step replayed as one CUDA graph.
+- ``graphs`` (CUDA only): the same with the whole step replayed as one CUDA graph;
+- ``stack-autograd``, ``graphs-autograd``: the same with forces by autograd (a double backward in
+  training) instead of the explicit force backward — the measurement behind the default.
 
 Each layout runs in fresh processes. Kernels are compiled at once (``SWEEP_COMPILE_AFTER=0``) and
 warm-up steps (compilation, graph capture) are not timed; k fold processes start their timed
 steps together (a file barrier) and the rate is their total molecules over the span from the
-first start to the last end. Collation is inside the timed loop for every layout.
+first start to the last end. Collation is inside the timed loop for every layout. Layouts alternate
+over ``--rounds`` rounds (the order rotating) and the median is reported: on a shared machine
+single measurements move by ±30%.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +97,8 @@ def worker(a: argparse.Namespace) -> None:
     else:
         members = [Member(_molecules(z, n_mols, m), _molecules(z, 4, 100 + m), TrainingConfig(lr=1e-4, seed=m))
                    for m in range(a.k)]
-        st = StackedTrainer(ModelConfig(), members, device=dev, graphs=a.layout == "graphs")
+        st = StackedTrainer(ModelConfig(), members, device=dev, graphs=a.layout.startswith("graphs"),
+                            forces_by="autograd" if a.layout.endswith("-autograd") else "explicit")
         orders = [np.random.default_rng(m).permutation(n_mols) for m in range(a.k)]
 
         def run(steps: int) -> None:
@@ -155,9 +161,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=5, help="fold members per trial")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per member")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (layouts alternate; the median is reported)")
     ap.add_argument("--warmup", type=int, default=4, help="untimed steps first (compilation, graph capture)")
     ap.add_argument("--sizes", default="ethanol,iso17,aspirin")
-    ap.add_argument("--layouts", default=None, help="folds,stack[,graphs] (default: graphs only on CUDA)")
+    ap.add_argument("--layouts", default=None,
+                    help="of folds,stack,stack-autograd,graphs,graphs-autograd (default: folds,stack[,graphs on CUDA])")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -173,20 +181,29 @@ def main() -> None:
     bad = [s for s in sizes if s not in SIZES]
     if bad:
         raise SystemExit(f"error: unknown --sizes {bad}; expected some of {list(SIZES)}")
-    layouts = (a.layouts or ("folds,stack,graphs" if a.device.startswith("cuda") else "folds,stack")).split(",")
-    bad = [x for x in layouts if x not in ("folds", "stack", "graphs")]
-    if bad or ("graphs" in layouts and not a.device.startswith("cuda")):
-        raise SystemExit(f"error: --layouts {a.layouts!r}: expected folds, stack and (CUDA only) graphs")
-    results = {s: {x: measure(a, x, s) for x in layouts} for s in sizes}
+    layouts = (a.layouts or ("folds,stack,graphs,graphs-autograd" if a.device.startswith("cuda") else "folds,stack")).split(",")
+    known = ("folds", "stack", "stack-autograd", "graphs", "graphs-autograd")
+    bad = [x for x in layouts if x not in known]
+    if bad or (any(x.startswith("graphs") for x in layouts) and not a.device.startswith("cuda")):
+        raise SystemExit(f"error: --layouts {a.layouts!r}: expected some of {', '.join(known)} (graphs: CUDA only)")
+    rounds: dict[str, dict[str, list[dict]]] = {s: {x: [] for x in layouts} for s in sizes}
+    for r in range(a.rounds):  # layouts alternate, the order rotating every round; medians reported
+        for s in sizes:
+            for x in layouts[r % len(layouts):] + layouts[: r % len(layouts)]:
+                rounds[s][x].append(measure(a, x, s))
+    results = {s: {x: {"molecules_per_s": statistics.median(m["molecules_per_s"] for m in ms), "mode": ms[0]["mode"],
+                       "rounds": [round(m["molecules_per_s"]) for m in ms]} for x, ms in r.items()}
+               for s, r in rounds.items()}
     import torch
 
     machine = torch.cuda.get_device_name() if a.device.startswith("cuda") else (platform.processor() or platform.machine())
     meta = {"date": datetime.date.today().isoformat(), "machine": machine, "cpus": os.cpu_count(), "device": a.device,
-            "torch": torch.__version__, "k": a.k, "batch": BATCH, "steps": a.steps}
+            "torch": torch.__version__, "k": a.k, "batch": BATCH, "steps": a.steps, "rounds": a.rounds}
     if a.json:
         print(json.dumps({"meta": meta, "results": results}))
         return
-    print(f"trial throughput, k = {a.k} members × batch {BATCH}, molecules/s summed over members — {meta['date']}, "
+    print(f"trial throughput, k = {a.k} members × batch {BATCH}, molecules/s summed over members (median of "
+          f"{a.rounds} rounds) — {meta['date']}, "
           f"{machine}, {meta['cpus']} CPUs, {a.device}, torch {meta['torch']}")
     print(f"| molecule | {' | '.join(layouts)} | stack ÷ folds |")
     print("|---|" + "---:|" * (len(layouts) + 1))

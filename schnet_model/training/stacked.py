@@ -142,8 +142,9 @@ class StackedTrainer:
         self.train_collator = StackCollator([m.train for m in members], cut, dtype)
         self.val_collator = StackCollator([m.val for m in members], cut, dtype)
         self.static = self.train_collator.fixed_size is not None  # every step can have one shape
-        self.use_graphs = graphs and self.device.type == "cuda" and self.static and forces_by == "explicit"
+        self.use_graphs = graphs and self.device.type == "cuda" and self.static
         self._graph = None
+        self._graph_error = ""
         self._calls = 0
 
     # -- descriptions ----------------------------------------------------------------------
@@ -153,8 +154,8 @@ class StackedTrainer:
         where = f"{self.k} members stacked on {self.device}, {self.filters} filters, forces {self.forces_by}"
         if self.use_graphs:
             return f"{where}: whole training step as one captured CUDA graph (static shapes)"
-        why = ("molecule sizes differ" if not self.static else "CUDA graphs off" if self.device.type == "cuda"
-               else "not CUDA")
+        why = ("molecule sizes differ" if not self.static else self._graph_error or "CUDA graphs off"
+               if self.device.type == "cuda" else "not CUDA")
         return f"{where}: eager ({why})"
 
     # -- parameters ------------------------------------------------------------------------
@@ -204,9 +205,13 @@ class StackedTrainer:
     def _run_step(self, b: StackedBatch, lrs: list[float], on: list[bool]) -> None:
         lr = torch.tensor(lrs, dtype=torch.float64)
         act = torch.tensor(on, dtype=torch.float64)
-        if self.use_graphs:
-            if self._graph is None:
+        if self.use_graphs and self._graph is None:
+            try:
                 self._capture(b)
+            except RuntimeError as e:  # an operation that cannot be captured: the same step, eagerly
+                self.use_graphs = False
+                self._graph_error = f"CUDA graph capture failed: {str(e).splitlines()[0][:200]}"
+        if self.use_graphs:
             if b.shape_key == self._graph_key:
                 for name, buf in vars(self._static_batch).items():
                     if buf is not None:
