@@ -118,9 +118,10 @@ def _finished_trials(db: Path) -> int:
         return 0
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
+@pytest.mark.parametrize("layout", ["folds", "stacked"])
+def test_resume_after_the_driver_is_killed(tmp_path, layout):
     p = spec_file(tmp_path, search={"num_samples": 3, "max_concurrent": 1, "scheduler": "none", "checkpoint_every": 2},
-                  training__max_epochs=12)
+                  training__max_epochs=12, resources={"cpus_per_fold": 0.4, "layout": layout})
     log = open(tmp_path / "first_run.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(p)], cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
