@@ -47,8 +47,10 @@ class SweepOutcome:
         share = train / (self.seconds * self.max_concurrent) if self.seconds else 0.0
         starts = [t["startup_seconds"] for t in self.trials if t["startup_seconds"] is not None]
         start = f"; trial start-up median {np.median(starts):.1f} s" if starts else ""
+        modes = sorted({t["step_mode"] for t in self.trials if t.get("step_mode")})
+        mode = "".join(f"\nstacked step: {m}" for m in modes)
         return (f"time in training epochs: {train:.0f} s of {self.seconds:.0f} s wall × {self.max_concurrent} concurrent "
-                f"= {share:.0%}{start}")
+                f"= {share:.0%}{start}{mode}")
 
 
 def storage_root(spec: SweepSpec) -> Path:
@@ -306,6 +308,7 @@ def summarize(results) -> list[dict[str, Any]]:
             "test_energy_mae": m.get("test_ensemble_energy_mae"), "test_forces_mae": m.get("test_ensemble_forces_mae"),
             "checkpoint": r.checkpoint.path if r.checkpoint else None, "checkpoint_ref": r.checkpoint,
             "train_seconds": m.get("train_seconds", 0.0), "startup_seconds": m.get("startup_seconds"),
+            "step_mode": m.get("step_mode"),
             "error": str(r.error).strip().splitlines()[-1] if r.error else None,
         })
     rank = {"completed": 0, "pruned": 1, "failed": 2}

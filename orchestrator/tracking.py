@@ -99,9 +99,10 @@ class MlflowTracker(tune.Callback):
         self._store: Store | None = None
         self._runs: dict[str, tuple[str, list[str]]] = {}
         self._nodes: dict[str, list[str]] = {}
+        self._moded: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_store": None, "_runs": {}, "_nodes": {}}
+        return {**self.__dict__, "_store": None, "_runs": {}, "_nodes": {}, "_moded": set()}
 
     @property
     def store(self) -> Store:
@@ -130,7 +131,8 @@ class MlflowTracker(tune.Callback):
             "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean",
             "test_ensemble_energy_mae", "test_ensemble_forces_mae")}
         self.store.log(rid, trial_metrics, step)
-        if "step_mode" in result:  # how the stacked step runs (CUDA graph or eager), once per trial
+        if result.get("step_mode") and rid not in self._moded:  # how the stacked step runs, once per trial
+            self._moded.add(rid)
             self.store.client.set_tag(rid, "sweep.step_mode", str(result["step_mode"])[:500])
         for i, fid in enumerate(folds):
             prefix = f"fold{i}/"

@@ -121,7 +121,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             train_seconds += max(r["seconds"] for r in results)  # folds run in parallel (or stacked)
             metrics = {**fold_metrics_summary(results), "epoch": epoch, "startup_seconds": startup,
                        "train_seconds": train_seconds}
-            if epoch == 1 and hasattr(group, "mode"):
+            if isinstance(group, StackedFolds):  # how the stacked step runs (CUDA graph or eager, and why)
                 metrics["step_mode"] = group.mode
             done = epoch >= max_epochs or all(r["stopped"] for r in results)
             if done:

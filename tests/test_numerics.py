@@ -248,3 +248,40 @@ def test_gaussian_window_truncation_bound():
         for x in d[::37]:  # a single distance needs only about 31 (float32) of 300 centres
             k0, k1 = model.rbf.window(float(x), float(x), dtype)
             assert k1 - k0 <= (33 if dtype == torch.float32 else 44)
+
+
+@pytest.mark.parametrize("filters", ["windowed", "dense"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own batches", "shared input"])
+@pytest.mark.parametrize(("name", "cfg", "sizes", "cutoff"), CASES[::2], ids=[c[0] for c in CASES[::2]])
+def test_every_member_of_a_stack_matches_the_dense_reference(name, cfg, sizes, cutoff, shared, filters):
+    """The core with k = 3 stacked members (each its own batch, or one input shared by all) against
+    the dense reference of each member alone: energies, forces and loss gradients, float64 and float32."""
+    from schnet_model.data.stack import StackCollator, stacked_loss
+    from schnet_model.nn.core import energies_forces, stack_states
+
+    models = [random_model(10 + m, **cfg) for m in range(3)]
+    data = random_molecules(12, sizes=sizes, seed=7)
+    sets = [data.subset(np.arange(0, 6))] * 3 if shared else [data.subset(np.arange(m, m + 6)) for m in range(3)]
+    for dtype, tol in ((torch.float64, 1e-8), (torch.float32, 1e-5)):
+        leaves = {key: v.to(dtype if key not in ("offsets.atomref", "offsets.scale") else torch.float64).requires_grad_(
+            key not in ("offsets.atomref", "offsets.scale")) for key, v in stack_states([m.state_dict() for m in models],
+                                                                                      models[0].config).items()}
+        b = StackCollator(sets, cutoff, dtype).collate([np.arange(6)] * 3)
+        graph = b.graph()
+        if shared:  # one input row for all members
+            from schnet_model.nn.core import Graph
+
+            graph = Graph(graph.Z[:1], graph.R[:1], graph.mol[:1], graph.n_mols, graph.pi[:1], graph.pj[:1])
+        E, F = energies_forces(leaves, models[0].config, graph, True, create_graph=True, filters=filters)
+        loss = stacked_loss(E, F, b, 0.01, True)
+        grads = torch.autograd.grad(loss.sum(), [v for v in leaves.values() if v.requires_grad])
+        names = [key for key, v in leaves.items() if v.requires_grad]
+        for m, model in enumerate(models):
+            ref_b = sets[m].batch(np.arange(6), cutoff, torch.float64)
+            e_ref, f_ref, g_ref = reference(model, ref_b)
+            n_atoms = len(ref_b.Z)
+            assert rel(network_part(E[m, :6].detach(), model, ref_b), network_part(e_ref, model, ref_b)) < tol
+            assert rel(F[m, :n_atoms].detach(), f_ref) < tol
+            for key, g in zip(names, grads, strict=True):
+                if float(torch.linalg.vector_norm(g_ref[key])) > 0:
+                    assert rel(g[m], g_ref[key]) < tol, (key, m, dtype)

@@ -64,8 +64,9 @@ def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path, layout):
     assert "non-finite" in failed[0]["tags"]["sweep.error"] and "fold" in failed[0]["tags"]["sweep.error"]
     done = [t for t in roles["trial"] if t["status"] == "FINISHED"]
     assert len(done) == 2
-    if layout == "stacked":  # the trial says how its step ran
+    if layout == "stacked":  # the trial says how its step ran, in MLflow and at the end of the run
         assert all("2 members stacked on cpu" in t["tags"]["sweep.step_mode"] for t in done)
+        assert "stacked step: 2 members stacked on cpu, windowed filters, forces explicit: eager (not CUDA)" in r.stdout
     for t in done:
         assert {"predictions.npz", "trial.json", "plots"} <= set(t["artifacts"])
         assert t["metrics"]["test_ensemble_forces_mae"] > 0 and np.isfinite(t["metrics"]["val_loss_std"])
