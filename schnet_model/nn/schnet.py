@@ -58,7 +58,10 @@ class SchNet(nn.Module):
 
     def stacked(self) -> Params:
         """The parameters and energy offsets as core :data:`Params` with k = 1 (views, gradients flow)."""
-        return {name: t.unsqueeze(0) for name, t in self.state_dict(keep_vars=True).items() if name != "rbf.centers"}
+        if getattr(self, "_slots", None) is None:  # (name, owning module, attribute), found once
+            self._slots = [(name, self.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+                           for name in self.state_dict() if name != "rbf.centers"]
+        return {name: getattr(mod, attr).unsqueeze(0) for name, mod, attr in self._slots}
 
     def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> Prediction:
         """Energies (and forces) of a batch.
