@@ -165,6 +165,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         if not torch.cuda.is_available():
             key = "gpus_per_trial" if spec.resources.gpus_per_trial else "gpus_per_fold"
             raise SweepError(f"resources.{key}={spec.resources.gpus()} but this machine has no GPU")
+    from orchestrator.fit import local_nodes, trial_fit_error
+
+    if address is None and (err := trial_fit_error(spec, local_nodes(), "this machine has")):
+        raise SweepError(err)
+    spec = _clamp_grace(spec, console)
     root = storage_root(spec)
     if resume:
         name = resume if isinstance(resume, str) else latest_unfinished(root, spec.name)
@@ -212,6 +217,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     from orchestrator.cluster import StorageNotShared, check_storage_shared
+    from orchestrator.fit import cluster_nodes
+
+    if address is not None and (err := trial_fit_error(spec, cluster_nodes(), "the cluster's largest node has")):
+        console.print(f"note: {err.replace('no trial could ever start; use', 'a trial waits for the autoscaler (or forever without one); or use')}")
 
     try:
         check_storage_shared(tune_storage(spec), root / name / "sweep.json")
@@ -262,6 +271,18 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
                            data.energy_unit)
     store.log(parent, {"wall_seconds": outcome.seconds, "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials)})
     return outcome
+
+
+def _clamp_grace(spec: SweepSpec, console: Console) -> SweepSpec:
+    """ASHA's grace period cannot exceed a trial's epochs (Ray asserts it): clamp it, and say so."""
+    sched = spec.search.scheduler
+    if not isinstance(sched, SchedulerConfig) or sched.asha is None or sched.asha.grace_period <= spec.max_epochs():
+        return spec
+    console.print(f"note: search.scheduler.asha.grace_period={sched.asha.grace_period} exceeds the trials' "
+                  f"{spec.max_epochs()} epochs; using {spec.max_epochs()} (no trial is pruned before its last epoch)")
+    asha = sched.asha.model_copy(update={"grace_period": spec.max_epochs()})
+    search = spec.search.model_copy(update={"scheduler": sched.model_copy(update={"asha": asha})})
+    return spec.model_copy(update={"search": search})
 
 
 def _quiet() -> None:

@@ -196,6 +196,30 @@ def test_spec_errors_start_nothing(tmp_path, over, expected):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps").exists()
 
 
+@pytest.mark.parametrize("layout", ["folds", "stacked"])
+def test_a_trial_that_cannot_fit_this_machine_is_refused_before_anything_starts(tmp_path, layout):
+    cpus = os.cpu_count() or 1
+    res = {"layout": layout, "cpus_per_fold": float(cpus)} if layout == "folds" else {"layout": layout, "cpus_per_trial": cpus + 1.0}
+    r = sweep("run", str(spec_file(tmp_path, resources=res)), cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    need = f"{2 * cpus + 0.01:g}" if layout == "folds" else f"{cpus + 1:g}"
+    assert len(lines) == 1 and f"one trial asks for {need} CPU" in lines[0] and f"this machine has {cpus} CPU" in lines[0], r.stderr
+    fix = f"--set resources.cpus_per_fold={int((cpus - 0.01) / 2 * 100) / 100:g}" if layout == "folds" else \
+        f"--set resources.cpus_per_trial={cpus}"
+    assert lines[0].endswith(fix), lines[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweeps").exists()
+
+
+def test_asha_grace_period_longer_than_the_trials_is_clamped_with_a_note(tmp_path):
+    p = spec_file(tmp_path, search={"num_samples": 1, "max_concurrent": 1, "scheduler": {"asha": {"grace_period": 5}},
+                                    "initial_points": [{"training.lr": 1.0e-3}]}, training__max_epochs=2)
+    r = sweep("run", str(p), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "note: search.scheduler.asha.grace_period=5 exceeds the trials' 2 epochs; using 2" in r.stdout
+    assert "completed" in r.stdout
+
+
 @pytest.mark.parametrize("key", ["gpus_per_fold", "gpus_per_trial"])
 def test_gpus_without_a_gpu(tmp_path, key):
     import torch
