@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from schnet_model.data.checks import MIN_DISTANCE, closest_pairs
 from schnet_model.units import UnitError, canonical_energy_unit, energy_factor
 
 # exceptions ASE's readers raise on malformed input (XYZError is an OSError)
@@ -116,6 +117,10 @@ def read_chunks(path: str | Path, max_atoms: int = DEFAULT_CHUNK_ATOMS, input_un
                 raise InputError(f"{path}: frame {k}: no atoms")
             if pos.shape != (len(numbers), 3) or not np.isfinite(pos).all():
                 raise InputError(f"{path}: frame {k}: positions are malformed (shape {pos.shape} or non-finite values)")
+            d, i, j = closest_pairs(pos, np.array([0, len(numbers)]))
+            if d[0] < MIN_DISTANCE:
+                raise InputError(f"{path}: frame {k}: atoms {i[0] + 1} and {j[0] + 1} are {d[0]:.3g} Å apart, closer than "
+                                 f"{MIN_DISTANCE:g} Å: not a physical geometry")
             if fr[7] is not None and declared is not None and canonical_energy_unit(str(fr[7])) != declared:
                 raise InputError(f"{path}: frame {k}: energy_unit {fr[7]!r} differs from frame 1's {declared!r}")
             buf.append((numbers, pos, *fr[2:7]))

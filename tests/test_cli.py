@@ -153,3 +153,19 @@ def test_read_only_commands_refuse_a_missing_store_and_create_none(tmp_path, com
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"no MLflow store at {tmp_path / 'nowhere.db'}" in lines[0], r.stderr
     assert not (tmp_path / "nowhere.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_train_refuses_atoms_on_top_of_each_other_and_writes_nothing(tmp_path):
+    """Two atoms of one frame at the same position made a model with test force RMSE nan; now a one-line error."""
+    d = np.load(QUICKSTART_DATA)
+    R = d["R"].copy()
+    R[7, 3] = R[7, 1]  # frame 8: atom 4 onto atom 2
+    np.savez(tmp_path / "broken.npz", **{k: d[k] for k in d.files if k != "R"}, R=R)
+    body = {"name": "broken", "dataset": {"path": "broken.npz", "n_train": 24, "n_val": 8, "n_test": 8},
+            "training": {"max_epochs": 1}}
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(body))
+    r = sweep("train", "broken.yaml", "--out", "model", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "broken.npz: frame 8: atoms 2 and 4 are 0 Å apart, closer than 0.1 Å" in lines[0]
+    assert not (tmp_path / "model").exists()

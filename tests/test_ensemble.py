@@ -381,3 +381,18 @@ def test_md_example_stops_when_the_force_std_crosses_the_threshold(tmp_path):
     assert md.run(d, steps=3, threshold=1e-9, out=tmp_path / "b.extxyz", **kw) == 0  # crossed at once
     frame = ase.io.read(tmp_path / "b.extxyz", 0)
     assert frame.info["forces_std_max"] > 1e-9 and frame.arrays["forces_std_norm"].shape == (9,)
+
+
+def test_prediction_input_with_atoms_on_top_of_each_other_is_refused(tmp_path):
+    import ase.io
+    from ase import Atoms
+
+    from orchestrator.ensemble_io import InputError, read_chunks
+
+    good = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    bad = good.copy()
+    bad.positions[4] = bad.positions[1] + 0.01
+    ase.io.write(tmp_path / "mols.xyz", [good, bad], format="extxyz")
+    _, chunks = read_chunks(tmp_path / "mols.xyz")
+    with pytest.raises(InputError, match=r"mols\.xyz: frame 2: atoms 2 and 5 are 0\.0173 Å apart, closer than 0\.1 Å"):
+        list(chunks)

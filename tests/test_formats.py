@@ -317,6 +317,19 @@ def test_extxyz_truncated_names_frame(tmp_path):
         read_dataset(p, "extxyz")
 
 
+def test_frames_that_cannot_be_right_are_refused_naming_file_frame_and_atoms(tmp_path):
+    p = tmp_path / "bad.xyz"
+    p.write_text(EXTXYZ.format(unit="").replace("H -0.63 -0.63 0.63", "H 0.63 0.63 0.63"))  # atom 3 onto atom 2
+    with pytest.raises(DataError, match=r"bad\.xyz: frame 2: atoms 2 and 3 are 0 Å apart, closer than 0\.1 Å: not a physical geometry"):
+        read_dataset(p)
+    p.write_text(EXTXYZ.format(unit="").replace("C 0.0 0.0 0.0", "Xx 0.0 0.0 0.0"))
+    with pytest.raises(DataError, match=r"bad\.xyz: frame 2: unknown element 'Xx'"):
+        read_dataset(p)
+    p.write_text(EXTXYZ.format(unit="").replace("H 0.63 -0.63 -0.63 -0.125", "H 0.63 -0.63 -0.63 nan"))
+    with pytest.raises(DataError, match=r"bad\.xyz: frame 2: forces contain NaN or inf"):
+        read_dataset(p)
+
+
 def test_ase_traj_and_plain_db(tmp_path):
     import ase.io
 

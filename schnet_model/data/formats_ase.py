@@ -403,6 +403,9 @@ def iter_ase_frames(path: Path, io_fmt: str | None) -> Iterator[tuple[int, Any]]
             atoms = next(frames)
         except StopIteration:
             return
+        except KeyError as e:  # ASE looks chemical symbols up in a table
+            raise DataError(f"{path}: frame {k + 1}: unknown element {e.args[0]!r}" if e.args and isinstance(e.args[0], str)
+                            else f"{path}: frame {k + 1}: malformed or truncated (KeyError: {e})") from e
         except _ASE_ERRORS as e:
             raise DataError(f"{path}: frame {k + 1}: malformed or truncated ({type(e).__name__}: {e})") from e
         k += 1

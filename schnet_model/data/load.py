@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from schnet_model.config import DatasetConfig
+from schnet_model.data.checks import check_geometry
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.units import energy_factor
 
@@ -74,6 +75,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     ds = READERS[fmt](path, cfg)
     ds.path = path
     mol = ds.molecules
+    check_geometry(mol)
     mol.meta.setdefault("format", fmt)
     if cfg.unit is not None and cfg.unit != mol.energy_unit:
         f = energy_factor(mol.energy_unit, cfg.unit)

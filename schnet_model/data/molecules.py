@@ -56,7 +56,8 @@ class Molecules:
             if self.F.shape != self.R.shape:
                 raise DataError(f"{label}: forces have shape {self.F.shape}, positions {self.R.shape}")
             if not np.isfinite(self.F).all():
-                raise DataError(f"{label}: forces contain NaN or inf")
+                frame = int(np.searchsorted(self.atom_ptr, np.flatnonzero(~np.isfinite(self.F).all(1))[0], side="right"))
+                raise DataError(f"{label}: frame {frame}: forces contain NaN or inf")
         if not np.isfinite(self.R).all():
             raise DataError(f"{label}: positions contain NaN or inf")
         self._cache: dict[float | None, NeighborCache] = {}
