@@ -40,7 +40,7 @@ def train(
     from orchestrator.spec import SpecError
     from orchestrator.sweep_spec import load_sweep_spec
     from schnet_model.data.molecules import DataError
-    from schnet_model.training.errors import NonFiniteLossError
+    from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 
     try:
         sweep_spec = load_sweep_spec(spec, set_ or [])
@@ -58,6 +58,8 @@ def train(
         fail(str(e))
     except NonFiniteLossError as e:
         fail(f"training diverged: {e}", 1)
+    except NonFinitePrediction as e:
+        fail(str(e), 1)
     except FileExistsError as e:
         fail(str(e))
 

@@ -124,3 +124,16 @@ def test_energy_only_training_when_no_forces():
     assert r.history[-1].val.forces_mae is None
     with pytest.raises(ValueError, match="use_forces is true but the dataset has no forces"):
         Trainer(SchNet(SMALL), data, data, TrainingConfig(use_forces=True))
+
+
+def test_a_metric_is_never_nan_silently():
+    from schnet_model.training.errors import NonFinitePrediction
+    from schnet_model.training.metrics import Predictions, metrics_of
+
+    data = random_molecules(4, sizes=(3, 9))
+    forces = np.zeros_like(data.F)
+    forces[5, 1] = np.nan  # atom 5 belongs to molecule 1 (3 + 9 atoms)
+    with pytest.raises(NonFinitePrediction, match=r"random: the model predicts NaN/inf for molecule 1 \(1 of 4\)"):
+        metrics_of(Predictions(np.zeros(4), forces), data, 0.01, True)
+    with pytest.raises(NonFinitePrediction, match="molecule 2"):
+        metrics_of(Predictions(np.array([0.0, 0.0, np.inf, 0.0]), None), data, 0.01, False)

@@ -15,3 +15,7 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, epoch: int, step: int, value: float) -> None:
         super().__init__(f"non-finite training loss {value} at epoch {epoch}, step {step}")
         self.epoch, self.step, self.value = epoch, step, value
+
+
+class NonFinitePrediction(RuntimeError):
+    """A model predicted NaN/inf: no metric is computed from it (it would be NaN without saying why)."""

@@ -9,6 +9,7 @@ import torch
 
 from schnet_model.data.molecules import Molecules, iterate_batches
 from schnet_model.nn.schnet import SchNet
+from schnet_model.training.errors import NonFinitePrediction
 from schnet_model.training.loss import energy_force_loss
 
 
@@ -76,8 +77,18 @@ def evaluate(
 
 
 def metrics_of(p: Predictions, data: Molecules, rho: float, use_forces: bool) -> Metrics:
-    """Loss and MAE/RMSE of predictions ``p`` of ``data`` (the one place errors are computed)."""
+    """Loss and MAE/RMSE of predictions ``p`` of ``data`` (the one place errors are computed).
+
+    Raises :class:`NonFinitePrediction` naming the first molecule predicted NaN/inf.
+    """
     assert data.E is not None
+    bad = ~np.isfinite(p.energy)
+    if p.forces is not None:
+        bad |= ~np.logical_and.reduceat(np.isfinite(p.forces).all(1), data.atom_ptr[:-1])
+    if bad.any():
+        m = int(np.flatnonzero(bad)[0])
+        raise NonFinitePrediction(f"{data.meta.get('source', data.name)}: the model predicts NaN/inf for molecule {m} "
+                                  f"({int(bad.sum())} of {len(bad)}); no metric computed")
     e_err = p.energy - data.E
     n = data.n_atoms
     if use_forces:

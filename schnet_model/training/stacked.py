@@ -32,7 +32,7 @@ from schnet_model.data.stack import StackCollator, StackedBatch, stacked_loss
 from schnet_model.nn.compiled import COMPILE_AFTER
 from schnet_model.nn.core import OFFSET_KEYS, FilterPath, ForcePath, Params, energies_forces, member_state, param_keys
 from schnet_model.nn.schnet import SchNet, filter_path
-from schnet_model.training.errors import NonFiniteLossError
+from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.metrics import Metrics, Predictions, metrics_of
 from schnet_model.training.optim import make_adam, make_schedulers
 from schnet_model.training.trainer import EpochResult, fit_offsets_fn
@@ -273,7 +273,13 @@ class StackedTrainer:
         for m in running:
             if first_bad[m] >= 0:
                 raise MemberNonFinite(m, self.epoch[m], int(first_bad[m]), bad_value[m])
-        vals = self.validate(running)
+        preds = self.predict({m: self.members[m].val for m in running})
+        vals = {}
+        for m in running:
+            try:
+                vals[m] = metrics_of(preds[m], self.members[m].val, self.rho, self.use_forces)
+            except NonFinitePrediction:  # the weights diverged without a non-finite training loss
+                raise MemberNonFinite(m, self.epoch[m], self.step[m], math.nan) from None
         out: list[EpochResult | None] = [None] * self.k
         for m in running:
             val = vals[m]

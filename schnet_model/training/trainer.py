@@ -20,7 +20,7 @@ from schnet_model.config import TrainingConfig
 from schnet_model.data.molecules import Molecules, iterate_batches
 from schnet_model.nn.offsets import fit_offsets
 from schnet_model.nn.schnet import SchNet
-from schnet_model.training.errors import NonFiniteLossError
+from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.loss import energy_force_loss
 from schnet_model.training.metrics import Metrics, evaluate
 from schnet_model.training.optim import make_adam, make_schedulers
@@ -126,7 +126,10 @@ class Trainer:
             self.step += 1
             total += float(loss.detach()) * batch.n_mols
             count += batch.n_mols
-        val = evaluate(self.model, self.val_data, self.cfg.rho, self.use_forces, device=self.device)
+        try:
+            val = evaluate(self.model, self.val_data, self.cfg.rho, self.use_forces, device=self.device)
+        except NonFinitePrediction:  # the weights diverged without a non-finite training loss
+            raise NonFiniteLossError(self.epoch, self.step, math.nan) from None
         if not math.isfinite(val.loss):
             raise NonFiniteLossError(self.epoch, self.step, val.loss)
         if self.plateau is not None:
