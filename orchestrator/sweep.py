@@ -214,7 +214,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     if not ray.is_initialized():
         import logging
 
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     from orchestrator.cluster import StorageNotShared, check_storage_shared
     from orchestrator.fit import cluster_nodes

@@ -52,6 +52,7 @@ def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path, layout):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "top trials" in r.stdout and "completed" in r.stdout
     assert f"trial layout: {layout}" in r.stdout
+    assert "Token authentication" not in r.stdout + r.stderr  # Ray's notices stay out of the user's terminal
     all_runs = runs(tmp_path / "mlflow.db")
     roles = {role: [x for x in all_runs if x["tags"].get("sweep.role") == role] for role in ("sweep", "trial", "fold")}
     assert len(roles["sweep"]) == 1 and len(roles["trial"]) == 3 and len(roles["fold"]) == 6
