@@ -307,6 +307,8 @@ class StackedTrainer:
     def predict(self, sets: dict[int, Molecules], best: bool = False, batch_size: int = 128) -> dict[int, Predictions]:
         """Energies (and forces, when training uses them) of member m on ``sets[m]``, all members stacked."""
         ms = sorted(sets)
+        if not ms:
+            return {}
         datasets = [sets.get(m, self.members[m].val) for m in range(self.k)]
         collator = (self.val_collator if all(datasets[m] is self.members[m].val for m in range(self.k))
                     else StackCollator(datasets, self.model_cfg.cutoff, self.dtype))
