@@ -105,6 +105,8 @@ class Graph:
 
 def _flat_pairs(g: Graph, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair indices into the member-flattened atom axis (k·n_atoms rows): [k·n_pairs] each."""
+    if k == 1:
+        return g.pi.reshape(-1), g.pj.reshape(-1)
     n = g.Z.shape[1]
     off = (torch.arange(k, device=g.pi.device) * n)[:, None]  # [k, 1]
     return (g.pi + off).reshape(-1), (g.pj + off).reshape(-1)
@@ -118,9 +120,23 @@ def _layers(p: Params, cfg: ModelConfig) -> tuple[list[tuple[torch.Tensor, ...]]
     return layers, head
 
 
+def embed(p: Params, Z: torch.Tensor) -> torch.Tensor:
+    """Atom embeddings of every member [k, n_atoms, A] for atomic numbers Z [kz, n_atoms]."""
+    w = p["embedding.weight"]  # [k, max_z, A]
+    k, max_z = w.shape[:2]
+    if k == 1:
+        return torch.nn.functional.embedding(Z[0], w[0]).unsqueeze(0)
+    idx = Z + (torch.arange(k, device=Z.device) * max_z)[:, None]  # [k, n_atoms] rows of the flattened table
+    return torch.nn.functional.embedding(idx, w.reshape(k * max_z, -1))
+
+
 def energies(p: Params, y: torch.Tensor, g: Graph) -> torch.Tensor:
     """Molecular energies [k, n_mols] float64: ``scale·Σ y + Σ atomref[Z]`` per molecule slot."""
     k, n = y.shape
+    if k == 1:
+        e_atom = y[0].to(torch.float64) * p["offsets.scale"][0] + p["offsets.atomref"][0][g.Z[0]]  # [n]
+        out = torch.zeros(g.n_mols, dtype=torch.float64, device=y.device).index_add_(0, g.mol[0], e_atom)
+        return out.unsqueeze(0)
     Z = g.Z.expand(k, n)
     e_atom = y.to(torch.float64) * p["offsets.scale"][:, None] + torch.gather(p["offsets.atomref"], 1, Z)  # [k, n]
     slot = (g.mol + (torch.arange(k, device=y.device) * g.n_mols)[:, None]).reshape(-1)  # [k·n]
@@ -211,7 +227,7 @@ def energies_forces(p: Params, cfg: ModelConfig, g: Graph, forces: bool = True, 
             unit = vec / d[..., None]
         gi, gj = _flat_pairs(g, k)
         layers, head = _layers(p, cfg)
-        x = p["embedding.weight"][torch.arange(k, device=g.Z.device)[:, None], g.Z]  # [k, n_atoms, A]
+        x = embed(p, g.Z)  # [k, n_atoms, A]
         y, f = atomwise(compiled, x, W, Wd, gi, gj, unit, layers, head, p["offsets.scale"].to(dtype), forces)
         E = energies(p, y, g)
     if not create_graph and forces:
@@ -239,7 +255,7 @@ def _autograd(p: Params, cfg: ModelConfig, g: Graph, forces: bool, create_graph:
         W, _ = dense_filters(p, cfg, d, False)
         gi, gj = _flat_pairs(g, k)
         layers, head = _layers(p, cfg)
-        x = p["embedding.weight"][torch.arange(k, device=g.Z.device)[:, None], g.Z]
+        x = embed(p, g.Z)
         y, _ = atomwise(False, x, W, [], gi, gj, vec, layers, head, p["offsets.scale"].to(dtype), False, g.directed)
         E = energies(p, y, g)
         if not forces:
