@@ -469,6 +469,11 @@ def run_command(source: str | None, predict: Path | None, evaluate: Path | None,
         ens.save(save)
         console.print(f"ensemble directory written to {save} (load with SchNetEnsemble.load / SchNetEnsembleCalculator)")
     if target is None:
+        src = f" {source}" if source else ""
+        console.print(f"next: sweep ensemble{src} --predict mols.xyz -o preds.extxyz  (energies, forces and their std "
+                      f"for your molecules); sweep ensemble{src} --save ens/ && python examples/md_uncertainty.py ens/  "
+                      f"(MD that stops where the ensemble is unsure); mlflow ui --backend-store-uri {uri}  "
+                      "(the sweep → trial → fold runs)")
         return
     if predict is not None:
         out = out or default_output(predict)
