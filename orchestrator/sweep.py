@@ -19,7 +19,7 @@ from rich.table import Table
 
 from orchestrator.space import define_by_run
 from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
-from orchestrator.tracking import PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
+from orchestrator.tracking import NOTE, PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
 from schnet_model.data.load import checksum, load_dataset
 from schnet_model.data.splits import SplitManifest, holdout, kfold, train_val
 
@@ -201,6 +201,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         flat.update({f"model.{k}": v for k, v in spec.model.items()})
         flat.update({f"training.{k}": v for k, v in spec.training.items()})
         store.log(parent, {"n_test": len(manifest.test), "k": spec.cv.k}, params=flat)
+        _log_dataset(store, parent, data, manifest)
         with tempfile.TemporaryDirectory() as t:
             (Path(t) / "spec.json").write_text(spec.model_dump_json(indent=2))
             manifest.write(Path(t) / "split.json")
@@ -364,6 +365,13 @@ def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: S
     c.set_tag(parent, "sweep.best_trial_id", best["trial_id"])
     if runs:
         c.set_tag(parent, "sweep.best_trial_run_id", runs[0].info.run_id)
+    unit = data.energy_unit
+    errs = "" if best["test_forces_mae"] is None else (f"; its {len(manifest.test)}-molecule test set: energy MAE "
+                                                       f"{best['test_energy_mae']:.4g} {unit}, forces MAE "
+                                                       f"{best['test_forces_mae']:.4g} {unit}/Å (fold-mean ensemble)")
+    c.set_tag(parent, NOTE, f"Best trial {best['trial_id']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())}): "
+                            f"CV validation loss {best['val_loss_mean']:.4g}{errs}. Assemble its fold models into the "
+                            f"ensemble with calibrated std: `sweep ensemble {c.get_run(parent).data.tags.get(SWEEP_ID, '')}`.")
     store.log(parent, {"best_val_loss_mean": best["val_loss_mean"] or np.nan,
                        **({"best_test_energy_mae": best["test_energy_mae"]} if best["test_energy_mae"] is not None else {}),
                        **({"best_test_forces_mae": best["test_forces_mae"]} if best["test_forces_mae"] is not None else {})})
@@ -380,6 +388,18 @@ def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: S
             parity(test.F.ravel(), pred["test_forces"].mean(0).ravel(), f"{unit}/Å", "force components",
                    Path(t) / "parity_forces.png")
             c.log_artifact(parent, str(Path(t) / "parity_forces.png"), "plots")
+
+
+def _log_dataset(store: Store, parent: str, data, manifest: SplitManifest) -> None:
+    """The dataset as an MLflow dataset input of the sweep run: name, sha256 digest, source, units, sizes."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = {"molecules": len(data), "atoms_min": int(data.n_atoms.min()), "atoms_max": int(data.n_atoms.max()),
+               "elements": data.elements, "energy_unit": data.energy_unit, "force_unit": data.force_unit,
+               "length_unit": "Å", "test": len(manifest.test), "folds": len(manifest.folds)}
+    ds = Dataset(name=Path(manifest.dataset).name, digest=manifest.dataset_sha256[:36], source_type="local",
+                 source=json.dumps({"uri": manifest.dataset}), profile=json.dumps(profile))
+    store.client.log_inputs(parent, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", "training")])])
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

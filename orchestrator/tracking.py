@@ -20,6 +20,11 @@ from ray import tune
 ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
 NODE, NODES = "sweep.node_id", "sweep.node_ids"  # the Ray node a fold trains on; every node it trained on
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
+# MLflow ≥ 3.4 sorts experiments into GenAI and model training; a sweep's opens on its runs table
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
+                   NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
 
 
 def git_commit() -> str:
@@ -64,7 +69,9 @@ class Store:
         self.uri, self.experiment = uri, experiment
         self.client = open_client(uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
+        if exp is not None and exp.tags.get(EXPERIMENT_KIND[0]) is None:
+            self.client.set_experiment_tag(self.exp_id, *EXPERIMENT_KIND)
 
     def find(self, **tags: str) -> list:
         flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())

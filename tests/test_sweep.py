@@ -77,6 +77,17 @@ def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path, layout):
     # the split manifest: every fold's validation (and training) indices avoid the test set
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # MLflow as a user sees it
+    assert client.get_experiment_by_name("t").tags["mlflow.experimentKind"] == "custom_model_development"
+    sweep_run = client.get_run(parent["id"])
+    note = sweep_run.data.tags["mlflow.note.content"]
+    assert note.startswith("Best trial") and "forces MAE" in note and "sweep ensemble t-" in note
+    (ds_input,) = sweep_run.inputs.dataset_inputs
+    profile = json.loads(ds_input.dataset.profile)
+    assert ds_input.dataset.name == "ethanol_gfn2xtb_500K.npz" and profile["energy_unit"] == "kcal/mol"
+    assert profile["length_unit"] == "Å" and profile["test"] == 16 and parent["tags"]["sweep.dataset_sha256"].startswith(
+        ds_input.dataset.digest)
+
     local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(parent["id"], "split.json", str(tmp_path))
     split = json.loads(Path(local).read_text())
     test = set(split["test"])
