@@ -76,6 +76,7 @@ def run(
     from orchestrator.spec import SpecError
     from orchestrator.sweep import SweepError, results_table, run_sweep
     from orchestrator.sweep_spec import load_sweep_spec
+    from orchestrator.tracking import ui_link
     from schnet_model.data.molecules import DataError
 
     try:
@@ -89,8 +90,11 @@ def run(
         fail(f"sweep {outcome.name}: no trial completed", 1)
     b = outcome.best
     console.print(f"best trial {b['trial_id']}: " + ", ".join(f"{k}={v}" for k, v in b["params"].items()))
+    uri = s.tracking.resolved_uri()
     console.print(f"MLflow: experiment {s.tracking.experiment or s.name}, sweep run {outcome.parent_run_id} "
-                  f"({s.tracking.resolved_uri()}); fold models under the trial run's fold runs (artifact 'model')")
+                  f"({uri}); fold models under the trial run's fold runs (artifact 'model')")
+    console.print(f"runs table: {ui_link(uri, outcome.experiment_id)}", soft_wrap=True)
+    console.print(f"ensemble of the best trial: sweep ensemble {outcome.name}")
 
 
 @app.command()

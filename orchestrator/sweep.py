@@ -40,6 +40,7 @@ class SweepOutcome:
     seconds: float
     max_concurrent: int = 1
     energy_unit: str = ""
+    experiment_id: str = ""
 
     def overhead_report(self) -> str:
         """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
@@ -269,7 +270,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     meta["status"] = "finished"
     _write_json(root / name / "sweep.json", meta)
     outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
-                           data.energy_unit)
+                           data.energy_unit, store.exp_id)
     store.log(parent, {"wall_seconds": outcome.seconds, "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials)})
     return outcome
 

@@ -27,6 +27,18 @@ EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
                    NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
 
 
+def ui_link(uri: str, experiment_id: str) -> str:
+    """How to open an experiment's runs table in the MLflow UI.
+
+    MLflow 3's UI opens every experiment on its GenAI view unless the URL (or the sidebar's
+    toggle, remembered by the browser) asks for the model-training view.
+    """
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
