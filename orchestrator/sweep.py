@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.space import define_by_run
+from orchestrator.statuses import PRUNED, RANK, mlflow_status, trial_status
 from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
 from orchestrator.tracking import NOTE, PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
 from schnet_model.data.load import checksum, load_dataset
@@ -91,7 +92,7 @@ class LiveProgress(tune.Callback):
         pruned = 0
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-            if t.status == "TERMINATED" and not (t.last_result or {}).get("final"):
+            if t.status == "TERMINATED" and trial_status(False, t.last_result, False) == PRUNED:
                 pruned += 1
             v = (t.last_result or {}).get(METRIC)
             if v is not None and np.isfinite(v) and (self.best is None or v < self.best):
@@ -237,7 +238,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     console.print(f"trial layout: {res.describe(spec.cv.k)}")
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     tune.PlacementGroupFactory(res.bundles(spec.cv.k), strategy=res.placement_strategy))
-    tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k)
+    tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k, spec.search.time_budget)
     callbacks = [tracker, LiveProgress(spec.search.num_samples, console)]
     if resume:
         tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{name}", trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -260,8 +261,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
                                       failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
+    t_fit = time.time()
     results = tuner.fit()
-    trials = summarize(results)
+    budget = spec.search.time_budget
+    trials = summarize(results, budget_used=budget is not None and time.time() - t_fit >= budget - 1.0)
     reconcile(store, name, trials)
     best = next((t for t in trials if t["status"] == "completed"), None)
     if best is not None:
@@ -317,13 +320,13 @@ def _note_out_of_range(spec: SweepSpec, console: Console) -> None:
                 console.print(f"note: the first trial's {key}={value!r} is not among the choices {d.extremes()}")
 
 
-def summarize(results) -> list[dict[str, Any]]:
-    """One dict per trial, completed ones first by CV mean validation loss."""
+def summarize(results, budget_used: bool = False) -> list[dict[str, Any]]:
+    """One dict per trial, completed ones first by CV mean validation loss (statuses: :mod:`orchestrator.statuses`)."""
     out = []
     for r in results:
         m = r.metrics or {}
         trial_id = m.get("trial_id") or Path(r.path).name
-        status = "failed" if r.error else ("completed" if m.get("final") else "pruned")
+        status = trial_status(r.error is not None, m, budget_used)
         out.append({
             "trial_id": m.get("trial_id", trial_id), "status": status, "params": r.config,
             "val_loss_mean": m.get("best_val_loss_mean", m.get(METRIC)), "val_loss_std": m.get("val_loss_std"),
@@ -334,8 +337,7 @@ def summarize(results) -> list[dict[str, Any]]:
             "step_mode": m.get("step_mode"),
             "error": str(r.error).strip().splitlines()[-1] if r.error else None,
         })
-    rank = {"completed": 0, "pruned": 1, "failed": 2}
-    out.sort(key=lambda t: (rank[t["status"]], t["val_loss_mean"] if t["val_loss_mean"] is not None else np.inf))
+    out.sort(key=lambda t: (RANK[t["status"]], t["val_loss_mean"] if t["val_loss_mean"] is not None else np.inf))
     return out
 
 
@@ -345,16 +347,18 @@ LOST_REASON = ("the driver stopped before Tune's experiment state recorded this 
 
 
 def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
-    """No run left RUNNING: end any trial/fold run the callbacks could not (e.g. the driver died)."""
-    status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
-    by_trial = {t["trial_id"]: status[t["status"]] for t in trials}
+    """No run left RUNNING and every trial run says what became of it: end (and label) any trial/fold run
+    the callbacks could not (the driver died; the time budget or Ctrl-C ended the trial)."""
+    state = {t["trial_id"]: t["status"] for t in trials}
     for run in store.find(**{SWEEP_ID: name}):
-        if run.info.status == "RUNNING" and run.data.tags.get(ROLE) in ("trial", "fold"):
-            trial_id = run.data.tags.get("sweep.trial_id")
-            if trial_id not in by_trial:  # started, but the driver died before Tune's state recorded it
+        role, trial_id = run.data.tags.get(ROLE), run.data.tags.get("sweep.trial_id")
+        if role == "trial" and trial_id in state and "sweep.status" not in run.data.tags:
+            store.client.set_tag(run.info.run_id, "sweep.status", state[trial_id])
+        if run.info.status == "RUNNING" and role in ("trial", "fold"):
+            if trial_id not in state:  # started, but the driver died before Tune's state recorded it
                 store.client.set_tag(run.info.run_id, "sweep.status", LOST)
                 store.client.set_tag(run.info.run_id, "sweep.error", LOST_REASON)
-            store.end(run.info.run_id, by_trial.get(trial_id, "KILLED"))
+            store.end(run.info.run_id, mlflow_status(state[trial_id]) if trial_id in state else "KILLED")
 
 
 def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: SplitManifest) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.statuses import COMPLETED, FAILED, mlflow_status, trial_status
+
 ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
 NODE, NODES = "sweep.node_id", "sweep.node_ids"  # the Ray node a fold trains on; every node it trained on
 PARENT = "mlflow.parentRunId"
@@ -113,8 +115,10 @@ class Store:
 class MlflowTracker(tune.Callback):
     """Tune callback that mirrors trials and their folds into MLflow (runs in the driver)."""
 
-    def __init__(self, uri: str, experiment: str, sweep_id: str, parent_run_id: str, k: int) -> None:
+    def __init__(self, uri: str, experiment: str, sweep_id: str, parent_run_id: str, k: int,
+                 time_budget: float | None = None) -> None:
         self.uri, self.experiment, self.sweep_id, self.parent, self.k = uri, experiment, sweep_id, parent_run_id, k
+        self.time_budget, self.t0 = time_budget, time.time()
         self._store: Store | None = None
         self._runs: dict[str, tuple[str, list[str]]] = {}
         self._nodes: dict[str, list[str]] = {}
@@ -165,21 +169,21 @@ class MlflowTracker(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         rid, folds = self.runs(trial)
-        final = bool((trial.last_result or {}).get("final"))
-        if final and trial.checkpoint is not None:
+        budget_used = self.time_budget is not None and time.time() - self.t0 >= self.time_budget - 1.0
+        state = trial_status(False, trial.last_result, budget_used)
+        if state == COMPLETED and trial.checkpoint is not None:
             self._log_final(trial, rid, folds)
-        status = "FINISHED" if final else "KILLED"
-        self.store.client.set_tag(rid, "sweep.status", "completed" if final else "pruned")
+        self.store.client.set_tag(rid, "sweep.status", state)
         for fid in folds:
-            self.store.end(fid, status)
-        self.store.end(rid, status)
+            self.store.end(fid, mlflow_status(state))
+        self.store.end(rid, mlflow_status(state))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         rid, folds = self.runs(trial)
         reason = error_reason(trial)
         for r in [rid, *folds]:
             self.store.client.set_tag(r, "sweep.error", reason[:5000])
-        self.store.client.set_tag(rid, "sweep.status", "failed")
+        self.store.client.set_tag(rid, "sweep.status", FAILED)
         for fid in folds:
             self.store.end(fid, "FAILED")
         self.store.end(rid, "FAILED")

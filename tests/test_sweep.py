@@ -241,3 +241,18 @@ def test_gpus_without_a_gpu(tmp_path, key):
     r = sweep("run", str(spec_file(tmp_path, resources={key: 0.5})), cwd=tmp_path, timeout=120)
     assert r.returncode != 0 and f"{key}=0.5 but this machine has no GPU" in r.stderr
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_trial_the_time_budget_ends_is_stopped_by_budget_not_pruned(tmp_path):
+    p = spec_file(tmp_path, search={"num_samples": 2, "max_concurrent": 1, "scheduler": "none", "time_budget": 20,
+                                    "initial_points": [{"training.lr": 1.0e-3}]},
+                  training__max_epochs=100000, training__early_stopping_patience=None)
+    r = sweep("run", str(p), cwd=tmp_path, timeout=300)
+    assert r.returncode == 1 and "no trial completed" in r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stopped by budget" in r.stdout and "pruned" not in r.stdout.split("top trials")[-1]
+    trials = [t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"]
+    assert trials and all(t["status"] == "KILLED" for t in trials)
+    assert {t["tags"]["sweep.status"] for t in trials} <= {"stopped by budget", "not started"}
+    assert any(t["tags"]["sweep.status"] == "stopped by budget" for t in trials)
+    s = sweep("status", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    assert s.returncode == 0 and "stopped by budget" in s.stdout
