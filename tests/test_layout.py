@@ -42,3 +42,15 @@ def test_ruff_clean():
 def test_cli_entry_point_imports():
     r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_one_schnet_computation_the_core():
+    """SchNet, the ensemble and stacked training all go through nn/core.py: nothing else uses its parts."""
+    parts = {"schnet_model.nn.atomwise", "schnet_model.nn.filters", "schnet_model.nn.filters_dense"}
+    allowed = {ROOT / "schnet_model" / "nn" / name for name in ("core.py", "atomwise.py", "filters.py", "filters_dense.py")}
+    for path in list((ROOT / "schnet_model").rglob("*.py")) + list((ROOT / "orchestrator").rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in parts:
+                raise AssertionError(f"{path}: imports {node.module}; call schnet_model.nn.core instead")
