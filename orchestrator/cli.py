@@ -70,7 +70,9 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: dotted.key=value (YAML-typed)")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://HOST:10001); default: a local cluster")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the newest unfinished sweep of this spec")] = False,
-    name: Annotated[str | None, typer.Option(help="with --resume: the sweep to continue")] = None,
+    name: Annotated[str | None, typer.Option(help="with --resume or --more: the sweep to continue or extend")] = None,
+    more: Annotated[int | None, typer.Option("--more", min=1, help="add this many trials to the newest finished sweep of SPEC "
+                                             "(the same MLflow sweep run; the searcher told the earlier results)")] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
     from orchestrator.spec import SpecError
@@ -81,7 +83,8 @@ def run(
 
     try:
         s = load_sweep_spec(spec, set_ or [])
-        outcome = run_sweep(s, address=address, resume=(name or True) if resume else False, console=console)
+        outcome = run_sweep(s, address=address, resume=(name or True) if (resume or (more and name)) else False,
+                            console=console, more=more)
     except (SpecError, SweepError, DataError) as e:
         fail(str(e))
     console.print(results_table(outcome, outcome.energy_unit))

@@ -76,6 +76,20 @@ class Distribution(BaseModel):
         return trial.suggest_categorical(name, self.choice)
 
 
+    def optuna(self) -> Any:
+        """The ``optuna.distributions`` object :meth:`suggest` samples from (to hand Optuna earlier results)."""
+        from optuna import distributions as d
+
+        k = self.kind
+        if k in ("loguniform", "uniform"):
+            lo, hi = getattr(self, k)
+            return d.FloatDistribution(lo, hi, log=k == "loguniform")
+        if k in ("int", "logint"):
+            lo, hi = self.int_ if k == "int" else self.logint
+            return d.IntDistribution(lo, hi, log=k == "logint")
+        return d.CategoricalDistribution(self.choice)
+
+
 def is_distribution(value: Any) -> bool:
     """A mapping whose keys name a distribution kind."""
     return isinstance(value, dict) and any(k in value for k in KINDS)

@@ -45,9 +45,10 @@ class SweepOutcome:
 
     def overhead_report(self) -> str:
         """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
-        train = sum(t["train_seconds"] or 0.0 for t in self.trials)
+        now = [t for t in self.trials if not t.get("earlier")]  # this run's trials (not an extension's predecessors)
+        train = sum(t["train_seconds"] or 0.0 for t in now)
         share = train / (self.seconds * self.max_concurrent) if self.seconds else 0.0
-        starts = [t["startup_seconds"] for t in self.trials if t["startup_seconds"] is not None]
+        starts = [t["startup_seconds"] for t in now if t["startup_seconds"] is not None]
         start = f"; trial start-up median {np.median(starts):.1f} s" if starts else ""
         modes = sorted({t["step_mode"] for t in self.trials if t.get("step_mode")})
         mode = "".join(f"\nstacked step: {m}" for m in modes)
@@ -65,12 +66,12 @@ def tune_storage(spec: SweepSpec) -> str:
     return spec.storage.rstrip("/") if spec.storage and "://" in spec.storage else str(storage_root(spec))
 
 
-def latest_unfinished(root: Path, prefix: str) -> str | None:
-    """Newest sweep of this spec name that did not finish."""
+def latest_sweep(root: Path, prefix: str, finished: bool) -> str | None:
+    """Newest sweep of this spec name that finished (``finished``) or did not."""
     cands = []
     for d in root.glob(f"{prefix}-*"):
         meta = d / "sweep.json"
-        if meta.is_file() and json.loads(meta.read_text()).get("status") != "finished":
+        if meta.is_file() and (json.loads(meta.read_text()).get("status") == "finished") == finished:
             cands.append(d)
     return max(cands, key=lambda p: p.stat().st_mtime).name if cands else None
 
@@ -147,8 +148,12 @@ def prepare_data(spec: SweepSpec):
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = False,
-              console: Console | None = None) -> SweepOutcome:
-    """Run (or resume) a sweep and return its trials, best first."""
+              console: Console | None = None, more: int | None = None) -> SweepOutcome:
+    """Run (or resume, or extend by ``more`` trials) a sweep and return its trials, best first.
+
+    An extension adds trials to a finished sweep: the same MLflow sweep run, a new Tune experiment
+    (``NAME-more1``, …), the searcher told every earlier trial's result first (no trial re-run).
+    """
     import ray
     from optuna.samplers import TPESampler
     from ray import tune
@@ -173,11 +178,18 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         raise SweepError(err)
     spec = _clamp_grace(spec, console)
     root = storage_root(spec)
-    if resume:
-        name = resume if isinstance(resume, str) else latest_unfinished(root, spec.name)
+    if resume or more:
+        what = "finished" if more else "unfinished"
+        name = resume if isinstance(resume, str) else latest_sweep(root, spec.name, finished=bool(more))
         if name is None or not (root / name / "sweep.json").is_file():
-            raise SweepError(f"no unfinished sweep named {spec.name}-* under {root} to resume")
+            done = None if more else latest_sweep(root, spec.name, finished=True)
+            hint = f"; {done} finished: add trials with --more N" if done else ""
+            raise SweepError(f"no {what} sweep named {spec.name}-* under {root} to {'extend' if more else 'resume'}{hint}")
         meta = json.loads((root / name / "sweep.json").read_text())
+        if more and meta.get("status") != "finished":
+            raise SweepError(f"sweep {name} did not finish: continue it with --resume first, then add trials with --more")
+        if not more and meta.get("status") == "finished":
+            raise SweepError(f"sweep {name} already finished: add trials with --more N")
     else:
         name = f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
         meta = {}
@@ -185,13 +197,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     experiment = spec.tracking.experiment or spec.name
 
     data, manifest = prepare_data(spec)
-    if not resume:
+    if not (resume or more):
         _note_out_of_range(spec, console)
     console.print(f"{data.describe()}")
     console.print(f"test set {len(manifest.test)} molecules{' (official)' if manifest.official_test else ''}; "
                   f"{spec.cv.k} folds over {sum(len(f.val) for f in manifest.folds)} molecules")
     store = Store(uri, experiment)
-    if resume:
+    if resume or more:
         parent = meta["parent_run_id"]
     else:
         from schnet_model import __version__
@@ -238,10 +250,19 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     console.print(f"trial layout: {res.describe(spec.cv.k)}")
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     tune.PlacementGroupFactory(res.bundles(spec.cv.k), strategy=res.placement_strategy))
+    experiments = meta.get("tune_experiments", [name])  # Tune experiments of this sweep: the first, then extensions
+    if more:
+        experiments.append(f"{name}-more{len(experiments)}")
+        meta.update(tune_experiments=experiments, status="running")
+        _write_json(root / name / "sweep.json", meta)
+        store.client.update_run(parent, status="RUNNING")
+    earlier = [{**t, "earlier": True} for e in experiments[:-1] for t in summarize(
+        tune.Tuner.restore(f"{tune_storage(spec)}/{e}", trainable=trainable).get_results())]
     tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k, spec.search.time_budget)
-    callbacks = [tracker, LiveProgress(spec.search.num_samples, console)]
-    if resume:
-        tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{name}", trainable=trainable, resume_unfinished=True, resume_errored=True)
+    callbacks = [tracker, LiveProgress(more or spec.search.num_samples, console)]
+    if resume and not more:
+        tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{experiments[-1]}", trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
     else:
         sched = spec.search.scheduler
         if isinstance(sched, SchedulerConfig) and sched.asha is not None:
@@ -250,21 +271,25 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         else:
             scheduler = FIFOScheduler()
         searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
-                                points_to_evaluate=spec.initial_points() or None,
-                                sampler=TPESampler(seed=spec.search.seed))
+                                points_to_evaluate=None if more else spec.initial_points() or None,
+                                sampler=TPESampler(seed=spec.search.seed + len(experiments) - 1))
+        if more:
+            told = warm_start(searcher, spec.space(), earlier)
+            console.print(f"extending sweep {name} by {more} trials; the searcher knows the {told} earlier trials' results")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=ConcurrencyLimiter(searcher, spec.search.max_concurrent),
-                                        scheduler=scheduler, num_samples=spec.search.num_samples,
+                                        scheduler=scheduler, num_samples=more or spec.search.num_samples,
                                         time_budget_s=spec.search.time_budget, reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=tune_storage(spec), callbacks=callbacks, verbose=0,
+            run_config=tune.RunConfig(name=experiments[-1], storage_path=tune_storage(spec), callbacks=callbacks, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
     t_fit = time.time()
     results = tuner.fit()
     budget = spec.search.time_budget
-    trials = summarize(results, budget_used=budget is not None and time.time() - t_fit >= budget - 1.0)
+    trials = sorted(summarize(results, budget_used=budget is not None and time.time() - t_fit >= budget - 1.0) + earlier,
+                    key=_rank)
     reconcile(store, name, trials)
     best = next((t for t in trials if t["status"] == "completed"), None)
     if best is not None:
@@ -274,7 +299,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     _write_json(root / name / "sweep.json", meta)
     outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
                            data.energy_unit, store.exp_id)
-    store.log(parent, {"wall_seconds": outcome.seconds, "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials)})
+    store.log(parent, {"wall_seconds": outcome.seconds,
+                       "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials if not t.get("earlier"))})
     return outcome
 
 
@@ -337,8 +363,30 @@ def summarize(results, budget_used: bool = False) -> list[dict[str, Any]]:
             "step_mode": m.get("step_mode"),
             "error": str(r.error).strip().splitlines()[-1] if r.error else None,
         })
-    out.sort(key=lambda t: (RANK[t["status"]], t["val_loss_mean"] if t["val_loss_mean"] is not None else np.inf))
+    out.sort(key=_rank)
     return out
+
+
+def _rank(t: dict[str, Any]) -> tuple[int, float]:
+    return RANK[t["status"]], t["val_loss_mean"] if t["val_loss_mean"] is not None else np.inf
+
+
+def warm_start(searcher, space: dict, trials: list[dict[str, Any]]) -> int:
+    """Tell the searcher's Optuna study every earlier trial with a finite objective (completed: its best CV
+    loss; pruned or stopped: its last), so an extension samples from what was learnt. Returns how many."""
+    import optuna
+
+    study = searcher._ot_study  # Ray's OptunaSearch keeps its study here; Ray's own warm start cannot take a define-by-run space
+    told = 0
+    for t in trials:
+        value = t["val_loss_mean"]
+        if value is None or not np.isfinite(value):
+            continue
+        params = {k: v for k, v in t["params"].items() if k in space}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: space[k].optuna() for k in params},
+                                                  value=float(value)))
+        told += 1
+    return told
 
 
 LOST = "lost"

@@ -256,3 +256,32 @@ def test_a_trial_the_time_budget_ends_is_stopped_by_budget_not_pruned(tmp_path):
     assert any(t["tags"]["sweep.status"] == "stopped by budget" for t in trials)
     s = sweep("status", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
     assert s.returncode == 0 and "stopped by budget" in s.stdout
+
+
+def test_a_finished_sweep_is_extended_without_rerunning_its_trials(tmp_path):
+    p = spec_file(tmp_path, search={"num_samples": 2, "max_concurrent": 1, "scheduler": "none", "seed": 3,
+                                    "initial_points": [{"training.lr": 1.0e-3}]}, training__max_epochs=2)
+    r = sweep("run", str(p), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    first = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"}
+    r = sweep("run", str(p), "--resume", "--more", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "the searcher knows the 2 earlier trials' results" in r.stdout
+    all_runs = runs(tmp_path / "mlflow.db")
+    sweeps = [x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]
+    trials = {t["tags"]["sweep.trial_id"]: t for t in all_runs if t["tags"].get("sweep.role") == "trial"}
+    assert len(sweeps) == 1 and sweeps[0]["status"] == "FINISHED"  # the same sweep run
+    assert len(trials) == 4 and set(first) < set(trials) and all(t["status"] == "FINISHED" for t in trials.values())
+    parents = {t["tags"]["mlflow.parentRunId"] for t in trials.values()}
+    assert parents == {sweeps[0]["id"]}
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for tid in first:  # not re-run: still one value per epoch
+        assert sorted(m.step for m in c.get_metric_history(trials[tid]["id"], "val_loss_mean")) == [1, 2]
+    lrs = [float(c.get_run(t["id"]).data.params["training.lr"]) for t in trials.values()]
+    assert len(set(lrs)) == 4  # the paper point was not enqueued again
+    table = r.stdout.split("top trials")[-1]
+    assert sum(tid[:8] in table for tid in trials) == 4  # the table lists the earlier trials too
+    r = sweep("run", str(p), "--resume", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "finished: add trials with --more N" in r.stderr
