@@ -185,3 +185,19 @@ def test_cuda_graph_step_equals_eager_step():
         eager.run_epoch()
     for m in range(3):
         assert rel(flat(graphed.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < 1e-10
+
+
+def test_compiled_stacked_step_equals_the_eager_one():
+    """The CPU kernels compiled by torch.compile (after COMPILE_AFTER calls) with a member axis of k = 3."""
+    from schnet_model.nn.compiled import COMPILE_AFTER
+
+    model_cfg = ModelConfig(**CFG)
+    ms = members((3, 9, 5, 12))
+    eager = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    compiled = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    compiled._calls = COMPILE_AFTER
+    for _ in range(2):
+        eager.run_epoch()
+        compiled.run_epoch()
+    for m in range(3):
+        assert rel(flat(compiled.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < TOL
