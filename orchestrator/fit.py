@@ -20,9 +20,9 @@ def local_nodes() -> list[dict[str, float]]:
 
 def cluster_nodes() -> list[dict[str, float]]:
     """Resources of the alive nodes of the Ray cluster this process is connected to."""
-    import ray
+    from orchestrator.cluster import alive_nodes
 
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return [dict(n["Resources"]) for n in alive_nodes()]
 
 
 def _fits(bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> bool:
