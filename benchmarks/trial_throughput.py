@@ -196,7 +196,9 @@ def main() -> None:
                for s, r in rounds.items()}
     import torch
 
-    machine = torch.cuda.get_device_name() if a.device.startswith("cuda") else _cpu_name()
+    from compare import machine as cpu_name  # benchmarks/compare.py: the CPU's model name
+
+    machine = torch.cuda.get_device_name() if a.device.startswith("cuda") else cpu_name()
     meta = {"date": datetime.date.today().isoformat(), "machine": machine, "cpus": os.cpu_count(), "device": a.device,
             "torch": torch.__version__, "k": a.k, "batch": BATCH, "steps": a.steps, "rounds": a.rounds}
     if a.json:
@@ -214,17 +216,6 @@ def main() -> None:
               f"| {SIZES[s][0]} | {cells} | – |")
     for x in layouts:
         print(f"{x}: {next(iter(results.values()))[x]['mode']}")
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cuda() -> bool:
