@@ -30,7 +30,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -195,7 +194,6 @@ def main() -> None:
                        "rounds": [round(m["molecules_per_s"]) for m in ms]} for x, ms in r.items()}
                for s, r in rounds.items()}
     import torch
-
     from compare import machine as cpu_name  # benchmarks/compare.py: the CPU's model name
 
     machine = torch.cuda.get_device_name() if a.device.startswith("cuda") else cpu_name()
