@@ -31,7 +31,7 @@ from schnet_model.config import ModelConfig
 from schnet_model.nn.atomwise import atomwise
 from schnet_model.nn.filters import FilterBank, filter_forward, make_plan
 from schnet_model.nn.filters_dense import dense_filters
-from schnet_model.nn.radial import cosine_cutoff
+from schnet_model.nn.radial import cosine_cutoff, rbf_centers
 
 Params = dict[str, torch.Tensor]  # state-dict name → [k, ...]
 FilterPath = Literal["windowed", "dense"]
@@ -82,7 +82,7 @@ def stack_states(states: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> Par
 def member_state(p: Params, m: int, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Member ``m`` of :data:`Params` as a :class:`SchNet` state dict (copies, on the CPU)."""
     out = {key: v[m].detach().cpu().clone() for key, v in p.items()}
-    out["rbf.centers"] = torch.arange(cfg.n_rbf, dtype=torch.float32) * cfg.rbf_spacing
+    out["rbf.centers"] = rbf_centers(cfg.n_rbf, cfg.rbf_spacing)
     return out
 
 

@@ -35,7 +35,7 @@ import torch
 from schnet_model.config import ModelConfig
 from schnet_model.nn.activations import shifted_softplus
 from schnet_model.nn.compiled import Kernel
-from schnet_model.nn.radial import gaussian_window
+from schnet_model.nn.radial import gaussian_window, rbf_centers
 
 
 @dataclass
@@ -64,7 +64,7 @@ def make_plan(d_sorted: torch.Tensor, cfg: ModelConfig, fcut=None, fcut_d=None, 
         d_lo, d_hi = lo_hi[c], lo_hi[c + 1]  # d[p0] and d[min(p1, n − 1)] ≥ d[p1 − 1]
         k0, k1 = gaussian_window(d_lo, d_hi, d_sorted.dtype, cfg.gamma, cfg.rbf_spacing, cfg.n_rbf)
         chunks.append((p0, p1, k0, k1))
-    centers = torch.arange(cfg.n_rbf, dtype=d_sorted.dtype, device=d_sorted.device) * cfg.rbf_spacing
+    centers = rbf_centers(cfg.n_rbf, cfg.rbf_spacing, d_sorted.dtype, d_sorted.device)
     return FilterPlan(d_sorted, chunks, centers, cfg.gamma, fcut, fcut_d, compiled)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from schnet_model.config import ModelConfig
 from schnet_model.nn.activations import shifted_softplus
-from schnet_model.nn.radial import cosine_cutoff
+from schnet_model.nn.radial import cosine_cutoff, rbf_centers
 
 
 def first_layer(p: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def dense_filters(p: dict[str, torch.Tensor], cfg: ModelConfig, d: torch.Tensor,
     """
     k, T, Fn = p["embedding.weight"].shape[0], cfg.n_interactions, cfg.n_filters
     kz, P = d.shape
-    centers = torch.arange(cfg.n_rbf, dtype=d.dtype, device=d.device) * cfg.rbf_spacing  # [n_rbf]
+    centers = rbf_centers(cfg.n_rbf, cfg.rbf_spacing, d.dtype, d.device)  # [n_rbf]
     delta = d[..., None] - centers  # [kz, P, n_rbf]
     g = torch.exp(delta * delta * -cfg.gamma)  # [kz, P, n_rbf]
     gd = g * delta * (-2.0 * cfg.gamma) if deriv else None  # dg/dd

@@ -24,6 +24,13 @@ def truncation_radius(gamma: float, dtype: torch.dtype) -> float:
     return math.sqrt(math.log(1.0 / tau) / gamma)
 
 
+def rbf_centers(n_rbf: int, spacing: float, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Gaussian centres ``μ_k = k·spacing``, k = 0..n_rbf−1, computed in ``dtype`` ([n_rbf]; the float32
+    buffer cast up to float64 would be off by up to 1e-6 Å)."""
+    return torch.arange(n_rbf, dtype=dtype, device=device) * spacing
+
+
 class GaussianRBF(nn.Module):
     """Gaussians ``exp(−γ (d − μ_k)²)`` on centres ``μ_k = k·spacing``, k = 0..n_rbf−1.
 
@@ -40,12 +47,11 @@ class GaussianRBF(nn.Module):
         self.n_rbf = n_rbf
         self.spacing = spacing
         self.gamma = gamma
-        self.register_buffer("centers", torch.arange(n_rbf, dtype=torch.float32) * spacing)
+        self.register_buffer("centers", rbf_centers(n_rbf, spacing))
 
     def centers_as(self, d: torch.Tensor) -> torch.Tensor:
-        """``k·spacing`` computed in d's dtype (the float32 buffer, cast up by ``.double()``,
-        would be off by up to 1e-6 Å in float64)."""
-        return torch.arange(self.n_rbf, dtype=d.dtype, device=d.device) * self.spacing
+        """:func:`rbf_centers` in d's dtype, on d's device."""
+        return rbf_centers(self.n_rbf, self.spacing, d.dtype, d.device)
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         """d: [n_pairs] → [n_pairs, n_rbf] (all centres, no truncation)."""
