@@ -27,7 +27,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import torch
 from schnet_model.calibration import Calibration
 from schnet_model.config import ModelConfig
 from schnet_model.data.molecules import Molecules
-from schnet_model.data.neighbors import all_pairs, cutoff_pairs_many
+from schnet_model.data.neighbors import block_pairs, cutoff_pairs_many
 from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model
 from schnet_model.nn.core import OFFSET_KEYS, Graph, LayoutError, energies_forces, stack_states
 from schnet_model.nn.schnet import SchNet, filter_path
@@ -54,33 +53,6 @@ class EnsembleError(ValueError):
 
 
 # -- batching -----------------------------------------------------------------------------------
-@lru_cache(maxsize=256)
-def _template(n: int, unordered: bool) -> np.ndarray:
-    if unordered:
-        return np.stack(np.triu_indices(n, 1), axis=1).astype(np.int64)  # [n(n-1)/2, 2], i < j
-    return all_pairs(n)
-
-
-def block_pairs(counts: np.ndarray, unordered: bool = True) -> np.ndarray:
-    """All pairs of a block of molecules (sizes ``counts``), batch-global: [n_pairs, 2].
-
-    ``unordered``: each pair once (i < j); else both directions (as :meth:`Molecules.batch`).
-    Grouped by molecule in molecule order; vectorised per distinct size (no Python work per molecule).
-    """
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [n_mols]
-    sizes = np.unique(counts)
-    parts, owners = [], []
-    for n in sizes:
-        sel = np.flatnonzero(counts == n)
-        t = _template(int(n), unordered)  # [n_pairs_n, 2]
-        parts.append((t[None] + starts[sel][:, None, None]).reshape(-1, 2))
-        owners.append(np.repeat(sel, len(t)))
-    if len(sizes) == 1:
-        return parts[0]
-    order = np.argsort(np.concatenate(owners), kind="stable")
-    return np.concatenate(parts)[order]
-
-
 def plan_batches(cost: np.ndarray, budget: float) -> list[tuple[int, int]]:
     """Contiguous [start, stop) ranges whose summed ``cost`` stays ≤ ``budget`` (≥ 1 item each)."""
     cum = np.cumsum(cost, dtype=np.float64)

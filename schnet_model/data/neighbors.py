@@ -7,6 +7,8 @@ vesin computes each molecule's list once (positions are fixed per sample).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -14,6 +16,36 @@ def all_pairs(n: int) -> np.ndarray:
     """All ordered pairs (i, j), i ≠ j, of n atoms: [n·(n−1), 2] int64."""
     i, j = np.nonzero(~np.eye(n, dtype=bool))
     return np.stack([i, j], axis=1).astype(np.int64)
+
+
+@lru_cache(maxsize=256)
+def pair_template(n: int, unordered: bool) -> np.ndarray:
+    """All pairs of n atoms: each once (i < j, [n(n−1)/2, 2]) when ``unordered``, else both directions."""
+    if unordered:
+        return np.stack(np.triu_indices(n, 1), axis=1).astype(np.int64)  # [n(n-1)/2, 2], i < j
+    return all_pairs(n)
+
+
+def block_pairs(counts: np.ndarray, unordered: bool = True) -> np.ndarray:
+    """All pairs of a block of molecules (sizes ``counts``), batch-global: [n_pairs, 2].
+
+    ``unordered``: each pair once (i < j); else both directions (as :meth:`Molecules.batch`).
+    Grouped by molecule in molecule order; vectorised per distinct size (no Python work per molecule).
+    """
+    if not len(counts):
+        return np.zeros((0, 2), np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [n_mols]
+    sizes = np.unique(counts)
+    parts, owners = [], []
+    for n in sizes:
+        sel = np.flatnonzero(counts == n)
+        t = pair_template(int(n), unordered)  # [n_pairs_n, 2]
+        parts.append((t[None] + starts[sel][:, None, None]).reshape(-1, 2))
+        owners.append(np.repeat(sel, len(t)))
+    if len(sizes) == 1:
+        return parts[0]
+    order = np.argsort(np.concatenate(owners), kind="stable")
+    return np.concatenate(parts)[order]
 
 
 def cutoff_pairs(R: np.ndarray, cutoff: float) -> np.ndarray:

@@ -18,12 +18,12 @@ unordered (i < j), member-local.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
 
 import numpy as np
 import torch
 
 from schnet_model.data.molecules import Molecules
+from schnet_model.data.neighbors import block_pairs
 from schnet_model.nn.core import Graph
 
 GHOST_Z = 1  # element of ghost atoms (any trained row works: their outputs carry weight 0)
@@ -66,12 +66,6 @@ class StackedBatch:
                                 if getattr(self, f.name) is not None})
 
 
-@lru_cache(maxsize=256)
-def _upper_template(n: int) -> np.ndarray:
-    """Unordered all pairs (i < j) of n atoms: [n(n−1)/2, 2]."""
-    return np.stack(np.triu_indices(n, 1), axis=1).astype(np.int64)
-
-
 class StackCollator:
     """Builds :class:`StackedBatch` objects from per-member index arrays.
 
@@ -92,14 +86,12 @@ class StackCollator:
         """Unordered pairs of member m's molecules ``idx`` placed at atom offsets ``starts``: [P, 2]."""
         mols = self.members[m]
         if self.cutoff is None:
-            counts = mols.n_atoms[idx]
-            parts = [_upper_template(int(n)) + s for n, s in zip(counts, starts, strict=True)]
-        else:
-            nb = mols.neighbors(self.cutoff)
-            parts = []
-            for i, s in zip(idx, starts, strict=True):
-                pr = nb.pairs(int(i))
-                parts.append(pr[pr[:, 0] < pr[:, 1]] + s)
+            return block_pairs(mols.n_atoms[idx])
+        nb = mols.neighbors(self.cutoff)
+        parts = []
+        for i, s in zip(idx, starts, strict=True):
+            pr = nb.pairs(int(i))
+            parts.append(pr[pr[:, 0] < pr[:, 1]] + s)
         return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
     def collate(self, picks: list[np.ndarray], fill_to: int | None = None) -> StackedBatch:
