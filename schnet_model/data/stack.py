@@ -24,7 +24,7 @@ import torch
 
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.neighbors import block_pairs
-from schnet_model.nn.core import Graph
+from schnet_model.nn.core import Graph, per_molecule
 
 GHOST_Z = 1  # element of ghost atoms (any trained row works: their outputs carry weight 0)
 GHOST_SPACING = 10.0  # Å between ghost atoms (and from the origin), far from real atoms' pair lists
@@ -156,9 +156,6 @@ def stacked_loss(E: torch.Tensor, F: torch.Tensor | None, b: StackedBatch, rho: 
     e_err = (E - b.E) ** 2  # [k, n_mols]
     if use_forces:
         assert F is not None and b.F is not None
-        k, n_mols = e_err.shape
         f_sq = ((F - b.F) ** 2).sum(-1).to(torch.float64)  # [k, n_atoms]
-        slot = (b.mol + (torch.arange(k, device=E.device) * n_mols)[:, None]).reshape(-1)
-        per_mol = torch.zeros(k * n_mols, dtype=torch.float64, device=E.device).index_add_(0, slot, f_sq.reshape(-1))
-        e_err = rho * e_err + per_mol.view(k, n_mols) / b.atoms_per_mol
+        e_err = rho * e_err + per_molecule(f_sq, b.mol, b.n_mols) / b.atoms_per_mol
     return (e_err * b.weight).sum(1) / b.weight.sum(1).clamp_min(1.0)

@@ -105,10 +105,7 @@ class Graph:
 
 def _flat_pairs(g: Graph, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair indices into the member-flattened atom axis (k·n_atoms rows): [k·n_pairs] each."""
-    if k == 1:
-        return g.pi.reshape(-1), g.pj.reshape(-1)
-    n = g.Z.shape[1]
-    off = (torch.arange(k, device=g.pi.device) * n)[:, None]  # [k, 1]
+    off = (torch.arange(k, device=g.pi.device) * g.Z.shape[1])[:, None]  # [k, 1]
     return (g.pi + off).reshape(-1), (g.pj + off).reshape(-1)
 
 
@@ -124,24 +121,23 @@ def embed(p: Params, Z: torch.Tensor) -> torch.Tensor:
     """Atom embeddings of every member [k, n_atoms, A] for atomic numbers Z [kz, n_atoms]."""
     w = p["embedding.weight"]  # [k, max_z, A]
     k, max_z = w.shape[:2]
-    if k == 1:
-        return torch.nn.functional.embedding(Z[0], w[0]).unsqueeze(0)
     idx = Z + (torch.arange(k, device=Z.device) * max_z)[:, None]  # [k, n_atoms] rows of the flattened table
     return torch.nn.functional.embedding(idx, w.reshape(k * max_z, -1))
+
+
+def per_molecule(values: torch.Tensor, mol: torch.Tensor, n_mols: int) -> torch.Tensor:
+    """Sums of per-atom ``values`` [k, n_atoms] over each member's molecule slots ``mol`` [kz, n_atoms]: [k, n_mols]."""
+    k = values.shape[0]
+    slot = (mol + (torch.arange(k, device=values.device) * n_mols)[:, None]).reshape(-1)  # [k·n_atoms]
+    out = torch.zeros(k * n_mols, dtype=values.dtype, device=values.device).index_add_(0, slot, values.reshape(-1))
+    return out.view(k, n_mols)
 
 
 def energies(p: Params, y: torch.Tensor, g: Graph) -> torch.Tensor:
     """Molecular energies [k, n_mols] float64: ``scale·Σ y + Σ atomref[Z]`` per molecule slot."""
     k, n = y.shape
-    if k == 1:
-        e_atom = y[0].to(torch.float64) * p["offsets.scale"][0] + p["offsets.atomref"][0][g.Z[0]]  # [n]
-        out = torch.zeros(g.n_mols, dtype=torch.float64, device=y.device).index_add_(0, g.mol[0], e_atom)
-        return out.unsqueeze(0)
-    Z = g.Z.expand(k, n)
-    e_atom = y.to(torch.float64) * p["offsets.scale"][:, None] + torch.gather(p["offsets.atomref"], 1, Z)  # [k, n]
-    slot = (g.mol + (torch.arange(k, device=y.device) * g.n_mols)[:, None]).reshape(-1)  # [k·n]
-    out = torch.zeros(k * g.n_mols, dtype=torch.float64, device=y.device).index_add_(0, slot, e_atom.reshape(-1))
-    return out.view(k, g.n_mols)
+    atomref = torch.gather(p["offsets.atomref"], 1, g.Z.expand(k, n))  # [k, n_atoms]
+    return per_molecule(y.to(torch.float64) * p["offsets.scale"][:, None] + atomref, g.mol, g.n_mols)
 
 
 def _windowed(p: Params, cfg: ModelConfig, g: Graph, d: torch.Tensor, vec: torch.Tensor, deriv: bool, track: bool,
