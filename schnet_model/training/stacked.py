@@ -112,8 +112,7 @@ class StackedTrainer:
             model = SchNet(model_cfg).to(dtype)
             model.offsets.set(*fit_offsets_fn(m.train, model_cfg.max_z))
             states.append(model.state_dict())
-        self.keys = param_keys(model_cfg)
-        learn = [key for key in self.keys if key not in OFFSET_KEYS]
+        learn = [key for key in param_keys(model_cfg) if key not in OFFSET_KEYS]
         self.shapes = {key: tuple(states[0][key].shape) for key in learn}
         sizes = [math.prod(self.shapes[key]) for key in learn]
         self.slices = dict(zip(learn, zip(np.cumsum([0, *sizes[:-1]]).tolist(), np.cumsum(sizes).tolist(), strict=True),
@@ -137,7 +136,6 @@ class StackedTrainer:
         self.best_epoch = [0] * self.k
         self.epochs_without_improvement = [0] * self.k
         self.stopped = [False] * self.k
-        self.last: list[EpochResult | None] = [None] * self.k
         cut = model_cfg.cutoff
         self.train_collator = StackCollator([m.train for m in members], cut, dtype)
         self.val_collator = StackCollator([m.val for m in members], cut, dtype)
@@ -273,13 +271,7 @@ class StackedTrainer:
         for m in running:
             if first_bad[m] >= 0:
                 raise MemberNonFinite(m, self.epoch[m], int(first_bad[m]), bad_value[m])
-        preds = self.predict({m: self.members[m].val for m in running})
-        vals = {}
-        for m in running:
-            try:
-                vals[m] = metrics_of(preds[m], self.members[m].val, self.rho, self.use_forces)
-            except NonFinitePrediction:  # the weights diverged without a non-finite training loss
-                raise MemberNonFinite(m, self.epoch[m], self.step[m], math.nan) from None
+        vals = self.validate(running)
         out: list[EpochResult | None] = [None] * self.k
         for m in running:
             val = vals[m]
@@ -300,7 +292,6 @@ class StackedTrainer:
             self.stopped[m] = p is not None and self.epochs_without_improvement[m] >= p
             out[m] = EpochResult(epoch=self.epoch[m], step=self.step[m], train_loss=loss_sum[m] / max(n_real[m], 1),
                                  val=val, lr=sc.lr, seconds=time.perf_counter() - t0, improved=improved)
-            self.last[m] = out[m]
         return out
 
     # -- evaluation ------------------------------------------------------------------------
@@ -338,9 +329,15 @@ class StackedTrainer:
         return {m: Predictions(E_out[m], F_out.get(m)) for m in ms}
 
     def validate(self, members: list[int], best: bool = False) -> dict[int, Metrics]:
-        """Validation metrics of ``members`` on their own validation sets."""
+        """Validation metrics of ``members`` on their own validation sets (NaN predictions: :class:`MemberNonFinite`)."""
         preds = self.predict({m: self.members[m].val for m in members}, best=best)
-        return {m: metrics_of(preds[m], self.members[m].val, self.rho, self.use_forces) for m in members}
+        out = {}
+        for m in members:
+            try:
+                out[m] = metrics_of(preds[m], self.members[m].val, self.rho, self.use_forces)
+            except NonFinitePrediction:  # the weights diverged without a non-finite training loss
+                raise MemberNonFinite(m, self.epoch[m], self.step[m], math.nan) from None
+        return out
 
     # -- checkpoints -----------------------------------------------------------------------
     def member_state_dict(self, m: int) -> dict:
