@@ -67,5 +67,5 @@ def trial_fit_error(spec: SweepSpec, nodes: list[dict[str, float]], where: str) 
         if need_gpu > have_gpu:
             fixes.append("--set resources.gpus_per_fold=0" if have_gpu == 0 else
                          f"--set resources.gpus_per_fold={int(have_gpu / k * 100) / 100:g}")
-        how = f"{k} folds × cpus_per_fold {res.cpus_per_fold:g}" + (" + 0.01 for the trial" if res.resolved_layout() == "folds" else "")
+        how = f"{k} folds × cpus_per_fold {res.cpus_per_fold:g} + 0.01 for the trial"
     return f"one trial asks for {asks} ({how}) but {where} {has}: no trial could ever start; use {' '.join(fixes)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 COMPLETED, PRUNED, BUDGET, INTERRUPTED, NOT_STARTED, FAILED = (
@@ -24,6 +25,11 @@ def trial_status(failed: bool, last: dict[str, Any] | None, budget_used: bool) -
     if last.get("done"):
         return PRUNED
     return BUDGET if budget_used else INTERRUPTED
+
+
+def budget_used(time_budget: float | None, since: float) -> bool:
+    """Whether ``search.time_budget`` seconds have run out since ``since`` (Tune's clock, to within a second)."""
+    return time_budget is not None and time.time() - since >= time_budget - 1.0
 
 
 def mlflow_status(status: str) -> str:

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.space import define_by_run
-from orchestrator.statuses import PRUNED, RANK, mlflow_status, trial_status
+from orchestrator.statuses import PRUNED, RANK, budget_used, mlflow_status, trial_status
 from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
 from orchestrator.tracking import NOTE, PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
 from schnet_model.data.load import checksum, load_dataset
@@ -287,13 +287,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         )
     t_fit = time.time()
     results = tuner.fit()
-    budget = spec.search.time_budget
-    trials = sorted(summarize(results, budget_used=budget is not None and time.time() - t_fit >= budget - 1.0) + earlier,
-                    key=_rank)
+    trials = sorted(summarize(results, budget_used(spec.search.time_budget, t_fit)) + earlier, key=_rank)
     reconcile(store, name, trials)
     best = next((t for t in trials if t["status"] == "completed"), None)
     if best is not None:
-        _log_best(store, parent, best, data, manifest)
+        _log_best(store, parent, name, best, data, manifest)
     store.end(parent, "FINISHED")
     meta["status"] = "finished"
     _write_json(root / name / "sweep.json", meta)
@@ -346,13 +344,13 @@ def _note_out_of_range(spec: SweepSpec, console: Console) -> None:
                 console.print(f"note: the first trial's {key}={value!r} is not among the choices {d.extremes()}")
 
 
-def summarize(results, budget_used: bool = False) -> list[dict[str, Any]]:
+def summarize(results, budget_ran_out: bool = False) -> list[dict[str, Any]]:
     """One dict per trial, completed ones first by CV mean validation loss (statuses: :mod:`orchestrator.statuses`)."""
     out = []
     for r in results:
         m = r.metrics or {}
         trial_id = m.get("trial_id") or Path(r.path).name
-        status = trial_status(r.error is not None, m, budget_used)
+        status = trial_status(r.error is not None, m, budget_ran_out)
         out.append({
             "trial_id": m.get("trial_id", trial_id), "status": status, "params": r.config,
             "val_loss_mean": m.get("best_val_loss_mean", m.get(METRIC)), "val_loss_std": m.get("val_loss_std"),
@@ -409,7 +407,7 @@ def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
             store.end(run.info.run_id, mlflow_status(state[trial_id]) if trial_id in state else "KILLED")
 
 
-def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: SplitManifest) -> None:
+def _log_best(store: Store, parent: str, name: str, best: dict[str, Any], data, manifest: SplitManifest) -> None:
     """Best trial: tags on the sweep run, parity plots on the test set."""
     from orchestrator.plots import parity
 
@@ -424,7 +422,7 @@ def _log_best(store: Store, parent: str, best: dict[str, Any], data, manifest: S
                                                        f"{best['test_forces_mae']:.4g} {unit}/Å (fold-mean ensemble)")
     c.set_tag(parent, NOTE, f"Best trial {best['trial_id']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())}): "
                             f"CV validation loss {best['val_loss_mean']:.4g}{errs}. Assemble its fold models into the "
-                            f"ensemble with calibrated std: `sweep ensemble {c.get_run(parent).data.tags.get(SWEEP_ID, '')}`.")
+                            f"ensemble with calibrated std: `sweep ensemble {name}`.")
     store.log(parent, {"best_val_loss_mean": best["val_loss_mean"] or np.nan,
                        **({"best_test_energy_mae": best["test_energy_mae"]} if best["test_energy_mae"] is not None else {}),
                        **({"best_test_forces_mae": best["test_forces_mae"]} if best["test_forces_mae"] is not None else {})})

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.statuses import COMPLETED, FAILED, mlflow_status, trial_status
+from orchestrator.statuses import COMPLETED, FAILED, budget_used, mlflow_status, trial_status
 
 ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
 NODE, NODES = "sweep.node_id", "sweep.node_ids"  # the Ray node a fold trains on; every node it trained on
@@ -169,8 +169,7 @@ class MlflowTracker(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         rid, folds = self.runs(trial)
-        budget_used = self.time_budget is not None and time.time() - self.t0 >= self.time_budget - 1.0
-        state = trial_status(False, trial.last_result, budget_used)
+        state = trial_status(False, trial.last_result, budget_used(self.time_budget, self.t0))
         if state == COMPLETED and trial.checkpoint is not None:
             self._log_final(trial, rid, folds)
         self.store.client.set_tag(rid, "sweep.status", state)

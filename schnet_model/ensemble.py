@@ -2,10 +2,10 @@
 
 The members' weights are stacked along a leading member axis ``k`` and evaluated by the one SchNet
 core (:func:`schnet_model.nn.core.energies_forces`) on a shared input: what is shared between
-members is computed once per batch — unordered pairs, distances, their sort, the Gaussians — and
-on CPU the first filter layer of **all members and all interaction blocks** is one product per
-chunk of pairs sorted by distance (over the chunk's window of Gaussians), the atom-wise layers
-batched products over members, and the forces of every member one explicit backward pass.
+members is computed once per batch — unordered pairs, distances, their sort and Gaussian windows —
+and on CPU each member's filters are one bank over that shared plan (the first layer of its
+interactions one product per chunk of pairs, over the chunk's window of Gaussians), the atom-wise
+layers batched products over members, and the forces of every member one explicit backward pass.
 
 Std convention: ``std`` is the **sample standard deviation over the k members with
 ddof = STD_DDOF = 1** (``torch.std(correction=1)``, ``np.std(ddof=1)``), for energies per
@@ -342,22 +342,21 @@ class SchNetEnsemble:
         m_e = np.empty((k, N)) if members else None
         m_f = np.empty((k, n_at, 3)) if members and forces else None
         ptr = mols.atom_ptr
-        with torch.inference_mode(False):
-            for m0, m1, batch in self.iter_batches(mols, memory_budget):
-                E, Fk = self.evaluate_batch(batch, forces, loop)  # [k, n], [k, n_atoms, 3]
-                e_mean[m0:m1] = E.mean(0).cpu().numpy()
-                e_std[m0:m1] = E.std(0, correction=STD_DDOF).cpu().numpy()
-                if m_e is not None:
-                    m_e[:, m0:m1] = E.cpu().numpy()
-                if Fk is not None:
-                    a0, a1 = ptr[m0], ptr[m1]
-                    F64 = Fk.to(torch.float64)
-                    f_mean[a0:a1] = F64.mean(0).cpu().numpy()  # type: ignore[index]
-                    f_std[a0:a1] = F64.std(0, correction=STD_DDOF).cpu().numpy()  # type: ignore[index]
-                    if m_f is not None:
-                        m_f[:, a0:a1] = F64.cpu().numpy()
-                if progress is not None:
-                    progress(m1, N)
+        for m0, m1, batch in self.iter_batches(mols, memory_budget):
+            E, Fk = self.evaluate_batch(batch, forces, loop)  # [k, n], [k, n_atoms, 3]
+            e_mean[m0:m1] = E.mean(0).cpu().numpy()
+            e_std[m0:m1] = E.std(0, correction=STD_DDOF).cpu().numpy()
+            if m_e is not None:
+                m_e[:, m0:m1] = E.cpu().numpy()
+            if Fk is not None:
+                a0, a1 = ptr[m0], ptr[m1]
+                F64 = Fk.to(torch.float64)
+                f_mean[a0:a1] = F64.mean(0).cpu().numpy()  # type: ignore[index]
+                f_std[a0:a1] = F64.std(0, correction=STD_DDOF).cpu().numpy()  # type: ignore[index]
+                if m_f is not None:
+                    m_f[:, a0:a1] = F64.cpu().numpy()
+            if progress is not None:
+                progress(m1, N)
         if calibrated:
             e_std = e_std * self.calibration.energy_scale
             f_std = None if f_std is None else f_std * self.calibration.forces_scale
