@@ -13,8 +13,9 @@ run's tag ``sweep.ensemble_model_uri`` unless ``--rebuild``):
 2. the sweep's dataset and split (``spec.json``, ``split.json``; the dataset's sha256 must match);
 3. recalibration (:func:`schnet_model.calibration.fit_scale_oof`): every pool molecule is
    re-predicted by all k members; the member that held it out gives the out-of-fold error; the
-   ensemble variance on the test set's *inputs* gives E[std²]; one scale per property;
-4. a report on the held-out test set, raw vs recalibrated (Spearman ρ, miscalibration area,
+   ensemble variance on held-out *inputs* gives E[std²] (the set held out of the dataset, else the
+   test files); one scale per property; a sweep with no test molecule keeps scale 1 and says so;
+4. a report on every named test set, raw vs recalibrated (Spearman ρ, miscalibration area,
    Gaussian NLL, coverage, reliability plot), logged to the sweep run;
 5. the ensemble logged as an MLflow pyfunc (models from code: ``pyfunc_ensemble.py``, the
    ensemble directory as artifact, the ``schnet_model`` package as code) under the sweep run,
@@ -191,15 +192,29 @@ def fold_model_dirs(client, trial_run, dst: Path) -> list[Path]:
     return [_download(client, f.info.run_id, "model", dst / f"fold_{f.data.tags[FOLD]}") for f in folds]
 
 
-def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], test: np.ndarray,
-                    max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0) -> tuple[Calibration, list[PropertyErrors], dict]:
-    """Fit the std scale on out-of-fold errors (pool) and ensemble variance on test inputs; test errors for the report.
+def variance_inputs(tests: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    """Which held-out inputs give the ensemble variance E[std²]: the set held out of the dataset (``test``: the
+    pool's distribution, like the out-of-fold errors), else every test file together; (description, indices)."""
+    if "test" in tests:
+        return "test", tests["test"]
+    if not tests:
+        return "", np.zeros(0, np.int64)
+    return " + ".join(tests), np.concatenate(list(tests.values()))
+
+
+def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]],
+                    tests: dict[str, np.ndarray], max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0
+                    ) -> tuple[Calibration, dict[str, list[PropertyErrors]], dict]:
+    """Fit the std scale on out-of-fold errors (pool) and the ensemble variance on held-out inputs; errors per test set.
 
     Args:
         ens: the ensemble, members in fold order (member i held out ``folds[i][1]``).
-        data: the sweep's dataset.
+        data: the sweep's molecules (the dataset's, then the test files').
         folds: (train, val) indices per fold.
-        test: held-out test indices (labels used only for the report).
+        tests: named test sets (labels used only for the reports). With none, the stds stay uncalibrated (scale 1).
+
+    Returns:
+        (calibration, {test set: [energy errors, force errors]}, out-of-fold energies).
     """
     rng = np.random.default_rng(seed)
     k = ens.k
@@ -212,37 +227,42 @@ def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
         pool, owner = pool[keep], owner[keep]
     forces = data.has_forces
     pp = ens.predict(data.subset(pool), forces=forces, calibrated=False, members=True)
-    e_oof = pp.members_energy[owner, np.arange(len(pool))] - data.E[pool]  # [n_pool]
+    oof = {"idx": pool, "owner": owner, "energy": pp.members_energy[owner, np.arange(len(pool))]}
     details: dict[str, Any] = {"k": k, "std_ddof": STD_DDOF, "n_pool": int(len(pool))}
-    sub = data.subset(pool)
-    if len(test) > max_molecules:
-        test = np.sort(rng.choice(test, max_molecules, replace=False))
-    details["n_test"] = int(len(test))
-    if not len(test):
-        raise EnsembleCommandError("the sweep has no held-out test set: nothing to estimate the ensemble variance or report on")
-    tset = data.subset(test)
-    pt = ens.predict(tset, forces=forces, calibrated=False)
-    a_e, det_e = fit_scale_oof(e_oof, pt.energy_std, k)
-    details["energy"] = det_e
+    tests = {name: np.sort(rng.choice(idx, max_molecules, replace=False)) if len(idx) > max_molecules else idx
+             for name, idx in tests.items()}
+    preds = {name: (data.subset(idx), ens.predict(data.subset(idx), forces=forces, calibrated=False))
+             for name, idx in tests.items()}
+    props: dict[str, list[PropertyErrors]] = {}
+    for name, (mols, pt) in preds.items():
+        props[name] = [PropertyErrors("energy", ens.energy_unit)]
+        props[name][0].add(pt.energy - mols.E, pt.energy_std)
+        if forces:
+            props[name].append(PropertyErrors("forces", f"{ens.energy_unit}/Å"))
+            props[name][1].add(pt.forces - mols.F, pt.forces_std)
+    source, held = variance_inputs(tests)
+    details["variance_inputs"], details["n_test"] = source, int(len(held))
+    if not len(held):
+        details["reason"] = "no test molecules: nothing held out to measure the ensemble variance on"
+        return Calibration(method="identity", details=details), props, oof
+    names = [source] if source == "test" else list(tests)
+    e_std = np.concatenate([preds[n][1].energy_std for n in names])  # [n_held]
+    a_e, details["energy"] = fit_scale_oof(oof["energy"] - data.E[pool], e_std, k)
     a_f = 1.0
-    props = [PropertyErrors("energy", ens.energy_unit)]
-    props[0].add(pt.energy - tset.E, pt.energy_std)
     if forces:
+        sub = data.subset(pool)
         atom_owner = np.repeat(owner, sub.n_atoms)  # [n_pool_atoms]
         f_oof = pp.members_forces[atom_owner, np.arange(len(sub.Z))] - sub.F  # [n_pool_atoms, 3]
-        a_f, det_f = fit_scale_oof(f_oof, pt.forces_std, k)
-        details["forces"] = det_f
-        props.append(PropertyErrors("forces", f"{ens.energy_unit}/Å"))
-        props[1].add(pt.forces - tset.F, pt.forces_std)
-    cal = Calibration(energy_scale=a_e, forces_scale=a_f, method="oof-variance-decomposition", details=details)
-    oof = {"idx": pool, "owner": owner, "energy": pp.members_energy[owner, np.arange(len(pool))]}
-    return cal, props, oof
+        f_std = np.concatenate([preds[n][1].forces_std for n in names])  # [n_held_atoms, 3]
+        a_f, details["forces"] = fit_scale_oof(f_oof, f_std, k)
+    return Calibration(energy_scale=a_e, forces_scale=a_f, method="oof-variance-decomposition", details=details), props, oof
 
 
 def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calibration: int = MAX_CALIBRATION_MOLECULES,
              register: bool = True) -> Loaded:
     """Build, calibrate, report, log and register the ensemble of a sweep's best (or given) trial."""
-    from schnet_model.data.load import checksum, load_dataset
+    from schnet_model.data.heldout import with_tests
+    from schnet_model.data.load import checksum
     from schnet_model.data.splits import SplitManifest
 
     t0 = time.time()
@@ -265,31 +285,33 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
         console.print(f"sweep {sweep_name}: trial {trial_id}, {ens.k} members ({ens.config.n_atom_basis}/"
                       f"{ens.config.n_filters}/{ens.config.n_interactions}), energies in {ens.energy_unit}")
         try:
-            loaded = load_dataset(spec.dataset)
+            joined = with_tests(spec.dataset)
         except DataError as e:
-            raise EnsembleCommandError(f"cannot re-read the sweep's dataset to calibrate the ensemble: {e}") from e
-        sha = checksum(loaded.path)
-        if sha != manifest.dataset_sha256:
-            raise EnsembleCommandError(f"{loaded.path}: sha256 {sha[:12]}… differs from the sweep's "
-                                       f"{manifest.dataset_sha256[:12]}…; the dataset changed since the sweep")
-        data = loaded.molecules
+            raise EnsembleCommandError(f"cannot re-read the sweep's data to calibrate the ensemble: {e}") from e
+        files = [(joined.dataset.path, manifest.dataset_sha256)] + [
+            (f.path, manifest.test_files[name].sha256) for name, f in joined.files.items() if name in manifest.test_files]
+        for path, want in files:
+            if (sha := checksum(path)) != want:
+                raise EnsembleCommandError(f"{path}: sha256 {sha[:12]}… differs from the sweep's {want[:12]}…; "
+                                           "the file changed since the sweep")
+        data = joined.molecules
         if data.energy_unit != ens.energy_unit:
             raise EnsembleCommandError(f"dataset in {data.energy_unit} but the members were trained in {ens.energy_unit}")
         folds = [(f.train, f.val) for f in manifest.folds]
-        cal, props, oof = fit_calibration(ens, data, folds, manifest.test, max_calibration)
+        cal, props, oof = fit_calibration(ens, data, folds, manifest.test_sets(), max_calibration)
         ens.calibration = cal
         check = _check_oof(client, trial_run.info.run_id, oof, tmp)
         if check is not None:
             cal.details["oof_energy_max_abs_diff_vs_sweep"] = check
-        report = build_report(props, cal)
-        console.print(report_table(report, cal, f"{sweep_name} trial {trial_id}: held-out test set, "
-                                                f"{ens.k}-member ensemble"))
-        console.print(f"recalibration (out-of-fold variance decomposition): σ = {cal.energy_scale:.3g}·std for energies, "
-                      f"{cal.forces_scale:.3g}·std for force components")
+        reports = {name: build_report(pr, cal) for name, pr in props.items()}
+        for name, report in reports.items():
+            console.print(report_table(report, cal, f"{sweep_name} trial {trial_id}: test set {name} "
+                                                    f"({len(manifest.test_sets()[name]):,} molecules), {ens.k}-member ensemble"))
+        console.print(calibration_line(cal))
         ens_dir = ens.save(tmp / "ensemble")
         model_uri = None
         if register:
-            model_uri = log_and_register(client, uri, sweep_run, ens_dir, report, cal, ens.energy_unit, console)
+            model_uri = log_and_register(client, uri, sweep_run, ens_dir, reports, cal, ens.energy_unit, console)
     console.print(f"assembled in {time.time() - t0:.0f} s")
     return Loaded(ens, f"sweep {sweep_name} trial {trial_id}", model_uri)
 
@@ -320,7 +342,19 @@ def _code_copy(dst: Path) -> Path:
     return out
 
 
-def log_and_register(client, uri: str, sweep_run, ens_dir: Path, report, cal: Calibration, energy_unit: str,
+def calibration_line(cal: Calibration) -> str:
+    """Where the scales come from, in one line (or why there are none)."""
+    d = cal.details
+    if cal.method == "identity":
+        return (f"stds not recalibrated (scale 1): {d.get('reason', 'no calibration data')}; give dataset.n_test or "
+                "dataset.test_path to the sweep, or judge the raw stds on a labelled file with --evaluate FILE")
+    return (f"recalibration (out-of-fold variance decomposition): σ = {cal.energy_scale:.3g}·std for energies, "
+            f"{cal.forces_scale:.3g}·std for force components — from the out-of-fold errors of {d['n_pool']:,} pool "
+            f"molecules and the ensemble variance on the inputs of {d['variance_inputs']} ({d['n_test']:,} molecules; "
+            "their labels unused)")
+
+
+def log_and_register(client, uri: str, sweep_run, ens_dir: Path, reports: dict, cal: Calibration, energy_unit: str,
                      console: Console) -> str:
     """Log report + pyfunc model under the sweep run, register it, move the ``champion`` alias; the model URI."""
     import mlflow
@@ -336,14 +370,18 @@ def log_and_register(client, uri: str, sweep_run, ens_dir: Path, report, cal: Ca
     from orchestrator.tracking import Store
 
     store = Store(uri, experiment)
-    store.log(sid, {**report.flat(), "ensemble_energy_scale": cal.energy_scale, "ensemble_forces_scale": cal.forces_scale})
+    flat = {k: v for set_name, r in reports.items() for k, v in r.flat(f"ensemble_{set_name}_").items()}
+    store.log(sid, {**flat, "ensemble_energy_scale": cal.energy_scale, "ensemble_forces_scale": cal.forces_scale})
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        reliability_plot(report, tmp / "ensemble_reliability.png", f"{sweep_run.data.tags.get(SWEEP_ID)}: held-out test set")
-        client.log_artifact(sid, str(tmp / "ensemble_reliability.png"), "plots")
+        for set_name, report in reports.items():  # plots/ensemble_reliability.png (test), …_NAME.png (test files)
+            plot = tmp / f"ensemble_reliability{'' if set_name == 'test' else '_' + set_name}.png"
+            reliability_plot(report, plot, f"{sweep_run.data.tags.get(SWEEP_ID)}: test set {set_name}")
+            client.log_artifact(sid, str(plot), "plots")
         (tmp / "ensemble_calibration.json").write_text(json.dumps(
-            {"calibration": cal.to_dict(), "metrics": report.metrics, "best_scale_on_test": report.best_scale,
-             "units": report.units}, indent=2, default=float))
+            {"calibration": cal.to_dict(), "test_sets": {n: {"metrics": r.metrics, "best_scale_here": r.best_scale,
+                                                             "units": r.units} for n, r in reports.items()}},
+            indent=2, default=float))
         client.log_artifact(sid, str(tmp / "ensemble_calibration.json"))
         code_dir = _code_copy(tmp)
         torch_req = torch.__version__.split("+")[0]

@@ -10,6 +10,7 @@ format, so a trial checkpointed by one layout resumes in the other.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ class FoldNonFinite(RuntimeError):
     """A fold's loss became NaN/inf; the message names the fold, epoch and step."""
 
 
+@dataclass
+class HeldOutSet:
+    """A named test set as a fold sees it: its molecules and their indices in the sweep's data."""
+
+    molecules: Molecules
+    idx: np.ndarray  # [n]
+
+
+def held_out_sets(data: Molecules, tests: dict[str, np.ndarray]) -> dict[str, HeldOutSet]:
+    """The named test sets of ``data`` (index arrays → molecules)."""
+    return {name: HeldOutSet(data.subset(idx), np.asarray(idx)) for name, idx in tests.items()}
+
+
 def epoch_report(r: EpochResult | None, last: dict[str, Any], best_val_loss: float, stopped: bool, epoch: int
                  ) -> dict[str, Any]:
     """One fold's per-epoch dict (``r`` None: the fold was stopped before this epoch; ``last`` repeats)."""
@@ -42,18 +56,20 @@ def epoch_report(r: EpochResult | None, last: dict[str, Any], best_val_loss: flo
 
 
 def fold_final(index: int, model: SchNet, cfg: TrainingConfig, use_forces: bool, best_epoch: int, best_val_loss: float,
-               val: Molecules, val_idx: np.ndarray, val_pred: Predictions, test: Molecules | None,
-               test_idx: np.ndarray, test_pred: Predictions | None, elements: list[int], energy_unit: str
-               ) -> dict[str, Any]:
-    """A fold's final result from its best model's predictions: metrics, OOF/test predictions, model files."""
+               val: Molecules, val_idx: np.ndarray, val_pred: Predictions, tests: dict[str, HeldOutSet],
+               test_preds: dict[str, Predictions], elements: list[int], energy_unit: str) -> dict[str, Any]:
+    """A fold's final result from its best model's predictions: metrics, OOF/test predictions, model files.
+
+    ``out["tests"]`` holds the metrics and ``out["test_preds"]`` the predictions of every named test set.
+    """
     out: dict[str, Any] = {"index": index, "best_epoch": best_epoch, "best_val_loss": best_val_loss}
     out["val"] = metrics_of(val_pred, val, cfg.rho, use_forces).as_dict()
     out["oof"] = {"idx": val_idx, "energy": val_pred.energy, "forces": val_pred.forces}
-    if test is not None and test_pred is not None:
-        out["test"] = metrics_of(test_pred, test, cfg.rho, use_forces).as_dict()
-        out["test_pred"] = {"idx": test_idx, "energy": test_pred.energy, "forces": test_pred.forces}
+    out["tests"] = {name: metrics_of(test_preds[name], t.molecules, cfg.rho, use_forces).as_dict() for name, t in tests.items()}
+    out["test_preds"] = {name: {"idx": t.idx, "energy": test_preds[name].energy, "forces": test_preds[name].forces}
+                         for name, t in tests.items()}
     info = ModelInfo(energy_unit, elements, extra={
-        "fold": index, "training": cfg.model_dump(), "metrics": {"val": out["val"], "test": out.get("test")},
+        "fold": index, "training": cfg.model_dump(), "metrics": {"val": out["val"], **out["tests"]},
         "best_epoch": best_epoch})
     with tempfile.TemporaryDirectory() as d:
         path = save_model(model.cpu(), info, Path(d) / "model")
@@ -75,7 +91,8 @@ class FoldWorker:
     Args:
         data: the whole dataset (read-only, shared through the object store).
         index: fold number.
-        train_idx, val_idx, test_idx: indices into ``data``.
+        train_idx, val_idx: indices into ``data``.
+        tests: named test sets, indices into ``data``.
         model_cfg, train_cfg: the trial's configuration (the seed is offset by the fold index).
         threads: torch CPU threads (the fold's CPU share).
 
@@ -87,14 +104,14 @@ class FoldWorker:
         if args:
             self.setup(*args)
 
-    def setup(self, data: Molecules, index: int, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
+    def setup(self, data: Molecules, index: int, train_idx: np.ndarray, val_idx: np.ndarray, tests: dict[str, np.ndarray],
               model_cfg: ModelConfig, train_cfg: TrainingConfig, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
         self.index = index
         cfg = fold_config(train_cfg, index, threads)
-        self.val_idx, self.test_idx = np.asarray(val_idx), np.asarray(test_idx)
+        self.val_idx = np.asarray(val_idx)
         self.train, self.val = data.subset(train_idx), data.subset(val_idx)
-        self.test = data.subset(test_idx) if len(test_idx) else None
+        self.tests = held_out_sets(data, tests)
         self.elements, self.energy_unit = data.elements, data.energy_unit
         torch.manual_seed(cfg.seed)
         self.trainer = Trainer(SchNet(model_cfg), self.train, self.val, cfg)
@@ -127,9 +144,9 @@ class FoldWorker:
         t.model.load_state_dict(t.best_state)
         uf = t.use_forces
         val_pred = predict(t.model, self.val, forces=uf, device=t.device)
-        test_pred = predict(t.model, self.test, forces=uf, device=t.device) if self.test is not None else None
+        test_preds = {name: predict(t.model, s.molecules, forces=uf, device=t.device) for name, s in self.tests.items()}
         return fold_final(self.index, t.model, t.cfg, uf, t.best_epoch, t.best_val_loss, self.val, self.val_idx, val_pred,
-                          self.test, self.test_idx, test_pred, self.elements, self.energy_unit)
+                          self.tests, test_preds, self.elements, self.energy_unit)
 
 
 def _node_id() -> str:
@@ -166,11 +183,11 @@ class ActorFolds:
         self.workers = self._POOL[key]
         self.threads = int(max(1, cpus))
 
-    def setup(self, data_ref, folds: list[tuple[np.ndarray, np.ndarray]], test: np.ndarray, model_cfg: ModelConfig,
-              train_cfg: TrainingConfig) -> None:
+    def setup(self, data_ref, folds: list[tuple[np.ndarray, np.ndarray]], tests: dict[str, np.ndarray],
+              model_cfg: ModelConfig, train_cfg: TrainingConfig) -> None:
         import ray
 
-        ray.get([w.setup.remote(data_ref, i, tr, va, test, model_cfg, train_cfg, self.threads)
+        ray.get([w.setup.remote(data_ref, i, tr, va, tests, model_cfg, train_cfg, self.threads)
                  for i, (w, (tr, va)) in enumerate(zip(self.workers, folds, strict=True))])
 
     def run_epoch(self) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator.spec import TrainSpec
 from schnet_model import SchNet, Trainer, evaluate, save_model
-from schnet_model.data.load import checksum, load_dataset
+from schnet_model.data.heldout import n_held_out, with_tests
+from schnet_model.data.load import checksum
 from schnet_model.data.splits import SplitManifest, random_split
 from schnet_model.model_dir import ModelInfo
 from schnet_model.training.metrics import Metrics
@@ -24,7 +25,7 @@ class TrainOutcome:
 
     out: Path
     val: Metrics
-    test: Metrics | None
+    tests: dict[str, Metrics]  # every named test set's metrics (``test``: held out of the dataset)
     stop_reason: str
     epochs: int
 
@@ -35,14 +36,20 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
     """Read the data, split, train with per-epoch progress, evaluate, write the model directory."""
     console = console or Console()
     ds = spec.dataset
-    loaded = load_dataset(ds)
-    data = loaded.molecules
-    console.print(data.describe())
-    split = random_split(len(data), ds.n_train, ds.n_val, ds.n_test, ds.split_seed, loaded.test, loaded.train_pool)
+    joined = with_tests(ds)
+    loaded, data = joined.dataset, joined.molecules
+    console.print(loaded.molecules.describe())
+    split = random_split(len(loaded.molecules), ds.n_train, ds.n_val, n_held_out(ds, loaded), ds.split_seed, loaded.test,
+                         loaded.train_pool)
     train, val = data.subset(split.train), data.subset(split.val)
-    test = data.subset(split.test) if len(split.test) else None
-    official = " (official test set)" if loaded.test is not None else ""
-    console.print(f"split (seed {ds.split_seed}): {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test{official}")
+    manifest = SplitManifest(
+        dataset=str(loaded.path), dataset_sha256=checksum(loaded.path), seed=ds.split_seed, test=split.test,
+        train=split.train, val=split.val, official_test=loaded.test is not None, test_files=joined.files,
+    )
+    manifest.check_disjoint()
+    tests = {name: data.subset(idx) for name, idx in manifest.test_sets().items()}
+    console.print(f"split (seed {ds.split_seed}): {len(split.train)} train, {len(split.val)} validation; "
+                  f"{manifest.describe_tests()}")
     torch.manual_seed(spec.training.seed)
     model = SchNet(spec.model)
     trainer = Trainer(model, train, val, spec.training)
@@ -70,22 +77,17 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
         result = trainer.fit(on_epoch)
     console.print(f"stopped: {result.stop_reason}; best epoch {result.best_epoch} ({time.perf_counter() - t0:.1f} s)")
     val_m = evaluate(trainer.model, val, spec.training.rho, trainer.use_forces)
-    test_m = evaluate(trainer.model, test, spec.training.rho, trainer.use_forces) if test is not None else None
+    test_m = {name: evaluate(trainer.model, t, spec.training.rho, trainer.use_forces) for name, t in tests.items()}
     console.print(f"[bold]validation[/] ({len(val)} molecules): {val_m.format()}")
-    if test_m is not None:
-        console.print(f"[bold]test[/] ({len(test)} molecules): {test_m.format()}")
-    manifest = SplitManifest(
-        dataset=str(loaded.path), dataset_sha256=checksum(loaded.path), seed=ds.split_seed, test=split.test,
-        train=split.train, val=split.val, official_test=loaded.test is not None,
-    )
-    manifest.check_disjoint()
+    for name, m in test_m.items():
+        console.print(f"[bold]{name}[/] ({len(tests[name])} molecules): {m.format()}")
     info = ModelInfo(
         energy_unit=data.energy_unit,
         elements=data.elements,
         extra={
             "dataset": {"path": str(loaded.path), "name": data.name, **data.meta},
             "training": spec.training.model_dump(),
-            "metrics": {"val": val_m.as_dict(), "test": test_m.as_dict() if test_m else None},
+            "metrics": {"val": val_m.as_dict(), **{name: m.as_dict() for name, m in test_m.items()}},
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
         },

@@ -105,7 +105,5 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, schema: type
     raw = read_yaml(path)
     origin = apply_overrides(raw, overrides or [])
     spec = validate(schema, raw, str(path), origin)
-    ds = spec.dataset
-    if ds.path is not None and not ds.path.is_absolute():
-        ds.path = (path.resolve().parent / ds.path).resolve()
+    spec.dataset.resolve_paths(path.resolve().parent)
     return spec

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.folds import FoldNonFinite, epoch_report, fold_config, fold_final
+from orchestrator.folds import FoldNonFinite, epoch_report, fold_config, fold_final, held_out_sets
 from schnet_model import ModelConfig, Molecules, TrainingConfig
 from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
 
@@ -26,11 +26,11 @@ class StackedFolds:
         self.trainer: StackedTrainer | None = None
         self.last: list[dict[str, Any]] = [{} for _ in range(k)]
 
-    def setup(self, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], test: np.ndarray, model_cfg: ModelConfig,
-              train_cfg: TrainingConfig) -> None:
+    def setup(self, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], tests: dict[str, np.ndarray],
+              model_cfg: ModelConfig, train_cfg: TrainingConfig) -> None:
         torch.set_num_threads(self.threads)
-        self.data, self.folds, self.test_idx = data, folds, np.asarray(test)
-        self.test = data.subset(self.test_idx) if len(self.test_idx) else None
+        self.data, self.folds = data, folds
+        self.tests = held_out_sets(data, tests)
         members = [Member(data.subset(tr), data.subset(va), fold_config(train_cfg, i, self.threads, self.device))
                    for i, (tr, va) in enumerate(folds)]
         self.trainer = StackedTrainer(model_cfg, members, device=self.device)
@@ -69,12 +69,12 @@ class StackedFolds:
         t = self.trainer
         assert t is not None
         val_pred = t.predict({m: t.members[m].val for m in range(self.k)}, best=True)
-        test_pred = t.predict({m: self.test for m in range(self.k)}, best=True) if self.test is not None else {}
+        test_preds = {name: t.predict({m: s.molecules for m in range(self.k)}, best=True) for name, s in self.tests.items()}
         out = []
         for m, (_, va) in enumerate(self.folds):
             out.append(fold_final(m, t.member_model(m), t.cfgs[m], t.use_forces, t.best_epoch[m], t.best_val_loss[m],
-                                  t.members[m].val, np.asarray(va), val_pred[m], self.test, self.test_idx,
-                                  test_pred.get(m), self.data.elements, self.data.energy_unit))
+                                  t.members[m].val, np.asarray(va), val_pred[m], self.tests,
+                                  {name: p[m] for name, p in test_preds.items()}, self.data.elements, self.data.energy_unit))
         return out
 
     @staticmethod

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator import keys
 from orchestrator.space import define_by_run
 from orchestrator.statuses import PRUNED, RANK, budget_used, mlflow_status, trial_status
 from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
 from orchestrator.tracking import NOTE, PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
-from schnet_model.data.load import checksum, load_dataset
+from schnet_model.data.heldout import n_held_out, with_tests
+from schnet_model.data.load import checksum
 from schnet_model.data.splits import SplitManifest, holdout, kfold, train_val
 
 METRIC = "val_loss_mean"
@@ -42,6 +44,8 @@ class SweepOutcome:
     max_concurrent: int = 1
     energy_unit: str = ""
     experiment_id: str = ""
+    test_sets: list[str] = field(default_factory=list)  # named test sets (the table's columns)
+    tests_line: str = ""  # what the test sets are, or that there is none
 
     def overhead_report(self) -> str:
         """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
@@ -134,17 +138,18 @@ class LiveProgress(tune.Callback):
 def prepare_data(spec: SweepSpec):
     """Load the dataset; hold out the test set; k folds over the CV pool; the split manifest."""
     ds = spec.dataset
-    loaded = load_dataset(ds)
-    data = loaded.molecules
+    joined = with_tests(ds)
+    loaded = joined.dataset
     n_pool = ds.n_train + ds.n_val
-    pool, test = holdout(len(data), ds.n_test, ds.split_seed, loaded.test, loaded.train_pool, n_needed=n_pool)
+    pool, test = holdout(len(loaded.molecules), n_held_out(ds, loaded), ds.split_seed, loaded.test, loaded.train_pool,
+                         n_needed=n_pool)
     if len(pool) > n_pool:
         pool, _ = train_val(pool, n_pool, 0, ds.split_seed)
     folds = kfold(pool, spec.cv.k, spec.cv.seed)
     manifest = SplitManifest(dataset=str(loaded.path), dataset_sha256=checksum(loaded.path), seed=ds.split_seed,
-                             test=test, folds=folds, official_test=loaded.test is not None)
+                             test=test, folds=folds, official_test=loaded.test is not None, test_files=joined.files)
     manifest.check_disjoint()
-    return data, manifest
+    return joined.molecules, manifest
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = False,
@@ -200,8 +205,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     if not (resume or more):
         _note_out_of_range(spec, console)
     console.print(f"{data.describe()}")
-    console.print(f"test set {len(manifest.test)} molecules{' (official)' if manifest.official_test else ''}; "
-                  f"{spec.cv.k} folds over {sum(len(f.val) for f in manifest.folds)} molecules")
+    console.print(f"{spec.cv.k} folds over {sum(len(f.val) for f in manifest.folds)} molecules; {manifest.describe_tests()}")
     store = Store(uri, experiment)
     if resume or more:
         parent = meta["parent_run_id"]
@@ -214,7 +218,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         flat = {f"{s}.{k}": v for s in ("cv", "search", "resources") for k, v in getattr(spec, s).model_dump().items()}
         flat.update({f"model.{k}": v for k, v in spec.model.items()})
         flat.update({f"training.{k}": v for k, v in spec.training.items()})
-        store.log(parent, {"n_test": len(manifest.test), "k": spec.cv.k}, params=flat)
+        store.log(parent, {"k": spec.cv.k, **{f"n_{name}" if name == "test" else f"n_test_{name}": len(idx)
+                                              for name, idx in manifest.test_sets().items()}}, params=flat)
         _log_dataset(store, parent, data, manifest)
         with tempfile.TemporaryDirectory() as t:
             (Path(t) / "spec.json").write_text(spec.model_dump_json(indent=2))
@@ -246,7 +251,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     res = spec.resources
     layout = res.resolved_layout()
     ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref},
-           "folds": [(f.train, f.val) for f in manifest.folds], "test": manifest.test, "layout": layout}
+           "folds": [(f.train, f.val) for f in manifest.folds], "tests": manifest.test_sets(), "layout": layout}
     console.print(f"trial layout: {res.describe(spec.cv.k)}")
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     tune.PlacementGroupFactory(res.bundles(spec.cv.k), strategy=res.placement_strategy))
@@ -256,8 +261,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         meta.update(tune_experiments=experiments, status="running")
         _write_json(root / name / "sweep.json", meta)
         store.client.update_run(parent, status="RUNNING")
+    test_sets = list(manifest.test_sets())
     earlier = [{**t, "earlier": True} for e in experiments[:-1] for t in summarize(
-        tune.Tuner.restore(f"{tune_storage(spec)}/{e}", trainable=trainable).get_results())]
+        tune.Tuner.restore(f"{tune_storage(spec)}/{e}", trainable=trainable).get_results(), test_sets)]
     tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k, spec.search.time_budget)
     callbacks = [tracker, LiveProgress(more or spec.search.num_samples, console)]
     if resume and not more:
@@ -287,7 +293,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         )
     t_fit = time.time()
     results = tuner.fit()
-    trials = sorted(summarize(results, budget_used(spec.search.time_budget, t_fit)) + earlier, key=_rank)
+    trials = sorted(summarize(results, test_sets, budget_used(spec.search.time_budget, t_fit)) + earlier, key=_rank)
     reconcile(store, name, trials)
     best = next((t for t in trials if t["status"] == "completed"), None)
     if best is not None:
@@ -296,7 +302,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     meta["status"] = "finished"
     _write_json(root / name / "sweep.json", meta)
     outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
-                           data.energy_unit, store.exp_id)
+                           data.energy_unit, store.exp_id, test_sets, manifest.describe_tests())
     store.log(parent, {"wall_seconds": outcome.seconds,
                        "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials if not t.get("earlier"))})
     return outcome
@@ -344,8 +350,9 @@ def _note_out_of_range(spec: SweepSpec, console: Console) -> None:
                 console.print(f"note: the first trial's {key}={value!r} is not among the choices {d.extremes()}")
 
 
-def summarize(results, budget_ran_out: bool = False) -> list[dict[str, Any]]:
-    """One dict per trial, completed ones first by CV mean validation loss (statuses: :mod:`orchestrator.statuses`)."""
+def summarize(results, test_sets: list[str], budget_ran_out: bool = False) -> list[dict[str, Any]]:
+    """One dict per trial, completed ones first by CV mean validation loss (statuses: :mod:`orchestrator.statuses`);
+    ``tests`` holds the fold-mean MAEs on every named test set."""
     out = []
     for r in results:
         m = r.metrics or {}
@@ -355,7 +362,7 @@ def summarize(results, budget_ran_out: bool = False) -> list[dict[str, Any]]:
             "trial_id": m.get("trial_id", trial_id), "status": status, "params": r.config,
             "val_loss_mean": m.get("best_val_loss_mean", m.get(METRIC)), "val_loss_std": m.get("val_loss_std"),
             "epochs": m.get("epoch", m.get("training_iteration")),
-            "test_energy_mae": m.get("test_ensemble_energy_mae"), "test_forces_mae": m.get("test_ensemble_forces_mae"),
+            "tests": keys.maes_by_test_set(m, test_sets),
             "checkpoint": r.checkpoint.path if r.checkpoint else None, "checkpoint_ref": r.checkpoint,
             "train_seconds": m.get("train_seconds", 0.0), "startup_seconds": m.get("startup_seconds"),
             "step_mode": m.get("step_mode"),
@@ -417,28 +424,30 @@ def _log_best(store: Store, parent: str, name: str, best: dict[str, Any], data, 
     if runs:
         c.set_tag(parent, "sweep.best_trial_run_id", runs[0].info.run_id)
     unit = data.energy_unit
-    errs = "" if best["test_forces_mae"] is None else (f"; its {len(manifest.test)}-molecule test set: energy MAE "
-                                                       f"{best['test_energy_mae']:.4g} {unit}, forces MAE "
-                                                       f"{best['test_forces_mae']:.4g} {unit}/Å (fold-mean ensemble)")
+    sets = manifest.test_sets()
+    errs = "".join(f"; its {len(sets[t]):,}-molecule {t} set: energy MAE {m['energy']:.4g} {unit}"
+                   + ("" if m["forces"] is None else f", forces MAE {m['forces']:.4g} {unit}/Å")
+                   for t, m in best["tests"].items() if m["energy"] is not None)
     c.set_tag(parent, NOTE, f"Best trial {best['trial_id']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())}): "
-                            f"CV validation loss {best['val_loss_mean']:.4g}{errs}. Assemble its fold models into the "
-                            f"ensemble with calibrated std: `sweep ensemble {name}`.")
+                            f"CV validation loss {best['val_loss_mean']:.4g}{errs or '; ' + manifest.describe_tests()} "
+                            f"(fold-mean ensemble). Assemble its fold models into the ensemble with calibrated std: "
+                            f"`sweep ensemble {name}`.")
     store.log(parent, {"best_val_loss_mean": best["val_loss_mean"] or np.nan,
-                       **({"best_test_energy_mae": best["test_energy_mae"]} if best["test_energy_mae"] is not None else {}),
-                       **({"best_test_forces_mae": best["test_forces_mae"]} if best["test_forces_mae"] is not None else {})})
-    if best["checkpoint"] is None or not len(manifest.test):
+                       **{keys.best_mae(t, p): v for t, m in best["tests"].items() for p, v in m.items() if v is not None}})
+    if best["checkpoint"] is None:
         return
     with best["checkpoint_ref"].as_directory() as d, np.load(Path(d) / "predictions.npz") as z:  # local or s3://
         pred = {k: z[k] for k in z.files}
-    test = data.subset(pred["test_idx"])
-    unit = data.energy_unit
     with tempfile.TemporaryDirectory() as t:
-        parity(test.E, pred["test_energy"].mean(0), unit, "energy", Path(t) / "parity_energy.png")
-        c.log_artifact(parent, str(Path(t) / "parity_energy.png"), "plots")
-        if "test_forces" in pred:
-            parity(test.F.ravel(), pred["test_forces"].mean(0).ravel(), f"{unit}/Å", "force components",
-                   Path(t) / "parity_forces.png")
-            c.log_artifact(parent, str(Path(t) / "parity_forces.png"), "plots")
+        for name in sets:  # parity plots per test set: plots/parity_energy.png (test), plots/parity_energy_NAME.png
+            test, tag = data.subset(pred[keys.prediction(name, "idx")]), "" if name == "test" else f"_{name}"
+            parity(test.E, pred[keys.prediction(name, "energy")].mean(0), unit, f"energy ({name})",
+                   Path(t) / f"parity_energy{tag}.png")
+            c.log_artifact(parent, str(Path(t) / f"parity_energy{tag}.png"), "plots")
+            if keys.prediction(name, "forces") in pred:
+                parity(test.F.ravel(), pred[keys.prediction(name, "forces")].mean(0).ravel(), f"{unit}/Å",
+                       f"force components ({name})", Path(t) / f"parity_forces{tag}.png")
+                c.log_artifact(parent, str(Path(t) / f"parity_forces{tag}.png"), "plots")
 
 
 def _log_dataset(store: Store, parent: str, data, manifest: SplitManifest) -> None:
@@ -447,7 +456,9 @@ def _log_dataset(store: Store, parent: str, data, manifest: SplitManifest) -> No
 
     profile = {"molecules": len(data), "atoms_min": int(data.n_atoms.min()), "atoms_max": int(data.n_atoms.max()),
                "elements": data.elements, "energy_unit": data.energy_unit, "force_unit": data.force_unit,
-               "length_unit": "Å", "test": len(manifest.test), "folds": len(manifest.folds)}
+               "length_unit": "Å", "test": len(manifest.test), "folds": len(manifest.folds),
+               "test_files": {name: {"path": f.path, "sha256": f.sha256, "molecules": len(f.idx)}
+                              for name, f in manifest.test_files.items()}}
     ds = Dataset(name=Path(manifest.dataset).name, digest=manifest.dataset_sha256[:36], source_type="local",
                  source=json.dumps({"uri": manifest.dataset}), profile=json.dumps(profile))
     store.client.log_inputs(parent, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", "training")])])
@@ -461,15 +472,18 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:
     """Rich table of the top trials."""
-    t = Table(title=f"{outcome.name}: top trials ({outcome.seconds:.0f} s)")
-    for c in ("trial", "status", "CV val loss (mean ± std)", f"test E MAE [{unit}]", f"test F MAE [{unit}/Å]", "epochs"):
+    caption = None if outcome.test_sets else outcome.tests_line
+    t = Table(title=f"{outcome.name}: top trials ({outcome.seconds:.0f} s)", caption=caption)
+    cols = [(name, p, f"{name} {p[0].upper()} MAE [{unit}{'/Å' if p == 'forces' else ''}]")
+            for name in outcome.test_sets for p in keys.PROPS]
+    for c in ("trial", "status", "CV val loss (mean ± std)", *(c for _, _, c in cols), "epochs"):
         t.add_column(c)
     for r in outcome.trials[:top]:
         std = f" ± {r['val_loss_std']:.3g}" if r["val_loss_std"] is not None else ""
+        maes = [r["tests"].get(name, {}).get(p) for name, p, _ in cols]
         t.add_row(r["trial_id"], r["status"] if not r["error"] else f"failed: {r['error'][:60]}",
                   "–" if r["val_loss_mean"] is None else f"{r['val_loss_mean']:.4g}{std}",
-                  "–" if r["test_energy_mae"] is None else f"{r['test_energy_mae']:.4g}",
-                  "–" if r["test_forces_mae"] is None else f"{r['test_forces_mae']:.4g}", str(r["epochs"]))
+                  *("–" if v is None else f"{v:.4g}" for v in maes), str(r["epochs"]))
     return t
 
 

@@ -252,8 +252,7 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> Swe
             parts.append(f"{line} (from --set {hits[0]})" if hits else line)
         raise SpecError(f"{path}: " + "; ".join(parts)) from None
     base = path.resolve().parent
-    if spec.dataset.path is not None and not spec.dataset.path.is_absolute():
-        spec.dataset.path = (base / spec.dataset.path).resolve()
+    spec.dataset.resolve_paths(base)
     if spec.storage is not None and "://" not in spec.storage and not Path(spec.storage).is_absolute():
         spec.storage = str((base / spec.storage).resolve())
     if spec.tracking.uri and spec.tracking.uri.startswith("sqlite:///") and not spec.tracking.uri.startswith("sqlite:////"):

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator import keys
 from orchestrator.statuses import COMPLETED, FAILED, budget_used, mlflow_status, trial_status
 
 ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
@@ -150,9 +151,8 @@ class MlflowTracker(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         rid, folds = self.runs(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        trial_metrics = {k: v for k, v in result.items() if "/" not in k and k in (
-            "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean",
-            "test_ensemble_energy_mae", "test_ensemble_forces_mae")}
+        trial_metrics = {k: v for k, v in result.items() if "/" not in k and (k in (
+            "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean") or keys.is_ensemble_mae(k))}
         self.store.log(rid, trial_metrics, step)
         if result.get("step_mode") and rid not in self._moded:  # how the stacked step runs, once per trial
             self._moded.add(rid)
@@ -196,7 +196,7 @@ class MlflowTracker(tune.Callback):
             for i, fid in enumerate(folds):
                 fd = d / f"fold_{i}"
                 res = json.loads((fd / "result.json").read_text())
-                self.store.log(fid, {f"test_{k}": v for k, v in (res.get("test") or {}).items()} |
+                self.store.log(fid, {keys.fold_metric(name, k): v for name, m in res["tests"].items() for k, v in m.items()} |
                                {"best_epoch": res["best_epoch"], "best_val_loss": res["best_val_loss"]})
                 c.log_artifacts(fid, str(fd / "model"), "model")
             c.log_artifact(rid, str(d / "predictions.npz"))

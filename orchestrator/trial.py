@@ -13,6 +13,7 @@ import ray
 import torch
 from ray import tune
 
+from orchestrator import keys
 from orchestrator.folds import ActorFolds, FoldNonFinite, fold_metrics_summary
 from orchestrator.stack import StackedFolds
 from orchestrator.sweep_spec import SweepSpec
@@ -31,16 +32,17 @@ def _load_states(group, d: Path, k: int) -> int:
     return int(states[0]["epoch"])
 
 
-def _ensemble_metrics(finals: list[dict[str, Any]], data, test_idx: np.ndarray) -> dict[str, float]:
-    """Errors of the fold-mean prediction on the test set."""
-    if not len(test_idx) or "test_pred" not in finals[0]:
-        return {}
-    test = data.subset(test_idx)
-    e = np.mean([f["test_pred"]["energy"] for f in finals], axis=0)
-    out = {"test_ensemble_energy_mae": float(np.abs(e - test.E).mean())}
-    if finals[0]["test_pred"]["forces"] is not None:
-        f = np.mean([fin["test_pred"]["forces"] for fin in finals], axis=0)
-        out["test_ensemble_forces_mae"] = float(np.abs(f - test.F).mean())
+def _ensemble_metrics(finals: list[dict[str, Any]], data, tests: dict[str, np.ndarray]) -> dict[str, float]:
+    """Errors of the fold-mean prediction on every named test set."""
+    out = {}
+    for name, idx in tests.items():
+        test = data.subset(idx)
+        preds = [f["test_preds"][name] for f in finals]
+        e = np.mean([p["energy"] for p in preds], axis=0)  # [n]
+        out[keys.ensemble_mae(name, "energy")] = float(np.abs(e - test.E).mean())
+        if preds[0]["forces"] is not None:
+            f = np.mean([p["forces"] for p in preds], axis=0)  # [n_atoms, 3]
+            out[keys.ensemble_mae(name, "forces")] = float(np.abs(f - test.F).mean())
     return out
 
 
@@ -51,7 +53,7 @@ def _write_final(d: Path, finals: list[dict[str, Any]], params: dict[str, Any], 
         for name, blob in f["files"].items():
             (fold_dir / "model" / name).write_bytes(blob)
         (fold_dir / "result.json").write_text(json.dumps(
-            {"val": f["val"], "test": f.get("test"), "best_epoch": f["best_epoch"], "best_val_loss": f["best_val_loss"]}))
+            {"val": f["val"], "tests": f["tests"], "best_epoch": f["best_epoch"], "best_val_loss": f["best_val_loss"]}))
     arrays: dict[str, np.ndarray] = {
         "oof_idx": np.concatenate([f["oof"]["idx"] for f in finals]),
         "oof_fold": np.concatenate([np.full(len(f["oof"]["idx"]), f["index"]) for f in finals]),
@@ -59,11 +61,11 @@ def _write_final(d: Path, finals: list[dict[str, Any]], params: dict[str, Any], 
     }
     if finals[0]["oof"]["forces"] is not None:
         arrays["oof_forces"] = np.concatenate([f["oof"]["forces"] for f in finals])
-    if "test_pred" in finals[0]:
-        arrays["test_idx"] = finals[0]["test_pred"]["idx"]
-        arrays["test_energy"] = np.stack([f["test_pred"]["energy"] for f in finals])  # [k, n_test]
-        if finals[0]["test_pred"]["forces"] is not None:
-            arrays["test_forces"] = np.stack([f["test_pred"]["forces"] for f in finals])  # [k, n_test_atoms, 3]
+    for name, first in finals[0]["test_preds"].items():
+        arrays[keys.prediction(name, "idx")] = first["idx"]
+        arrays[keys.prediction(name, "energy")] = np.stack([f["test_preds"][name]["energy"] for f in finals])  # [k, n]
+        if first["forces"] is not None:
+            arrays[keys.prediction(name, "forces")] = np.stack([f["test_preds"][name]["forces"] for f in finals])  # [k, n_atoms, 3]
     np.savez(d / "predictions.npz", **arrays)
     (d / "trial.json").write_text(json.dumps({"params": params, "summary": summary}))
 
@@ -74,12 +76,12 @@ def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
     if ctx["layout"] == "stacked":
         device = "cuda" if res.gpus_per_trial and torch.cuda.is_available() else "cpu"
         group = StackedFolds(k, max(1, round(res.trial_cpus(k))), device)
-        group.setup(ray.get(ctx["data"]["ref"]), ctx["folds"], ctx["test"], model_cfg, train_cfg)
+        group.setup(ray.get(ctx["data"]["ref"]), ctx["folds"], ctx["tests"], model_cfg, train_cfg)
         return group
     for attempt in (0, 1):
         group = ActorFolds(k, res.cpus_per_fold, res.gpus_per_fold)
         try:
-            group.setup(ctx["data"]["ref"], ctx["folds"], ctx["test"], model_cfg, train_cfg)
+            group.setup(ctx["data"]["ref"], ctx["folds"], ctx["tests"], model_cfg, train_cfg)
             return group
         except ray.exceptions.RayActorError:  # a pooled actor is gone: replace the pool once
             ActorFolds.drop()
@@ -92,7 +94,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """Train the k folds of one configuration, reporting fold-mean metrics every epoch.
 
     ``ctx`` (shared through the object store): ``spec`` (JSON), ``data`` ({"ref": ObjectRef}),
-    ``folds`` [(train, val)], ``test`` indices, ``layout`` (``stacked`` or ``folds``).
+    ``folds`` [(train, val)], ``tests`` {name: indices}, ``layout`` (``stacked`` or ``folds``).
     """
     t_begin = time.perf_counter()
     spec = SweepSpec.model_validate_json(ctx["spec"])
@@ -127,11 +129,11 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             if done:
                 finals = group.finish()
                 data = ray.get(ctx["data"]["ref"])
-                summary = {**metrics, **_ensemble_metrics(finals, data, ctx["test"]), "final": True,
+                summary = {**metrics, **_ensemble_metrics(finals, data, ctx["tests"]), "final": True,
                            "best_val_loss_mean": float(np.mean([f["best_val_loss"] for f in finals]))}
                 for f in finals:
-                    for key, v in (f.get("test") or {}).items():
-                        summary[f"fold{f['index']}/test_{key}"] = v
+                    for name, m in f["tests"].items():
+                        summary.update({f"fold{f['index']}/{keys.fold_metric(name, key)}": v for key, v in m.items()})
                 with tempfile.TemporaryDirectory() as d:
                     _write_final(Path(d), finals, params, summary)
                     _write_states(group, Path(d))

@@ -7,6 +7,7 @@ The orchestrator's YAML spec embeds these three sections unchanged.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -50,8 +51,8 @@ class ModelConfig(_Strict):
         return int(round(self.rbf_max / self.rbf_spacing))
 
 
-FORMATS = ("auto", "md17", "rmd17", "iso17", "qm9", "spk_db", "ase", "extxyz", "sgdml_xyz")
-DOWNLOADS = ("md17", "rmd17", "iso17", "qm9")
+TEST_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RESERVED_TEST_NAMES = frozenset({"val", "train", "oof", "cv", "best", "ensemble", "fold"})
 
 
 class DatasetConfig(_Strict):
@@ -80,15 +81,23 @@ class DatasetConfig(_Strict):
     qm9_exclude_uncharacterized: bool = True
     n_train: int = Field(1000, ge=1, description="training molecules (paper: 1,000 or 50,000)")
     n_val: int = Field(1000, ge=1, description="validation molecules (early stopping, model choice)")
-    n_test: int | None = Field(None, ge=1, description="test molecules; null = all the rest (or the official test set)")
+    n_test: int | None = Field(
+        None, ge=1, description="test molecules held out of path; null = all the rest (or the official test set), "
+        "or none when test_path is given")
     split_seed: int = 0
+    test_path: Path | dict[str, Path] | None = Field(
+        None, description="separate test file(s), never trained on: one path (named 'test') or {name: path}")
+    test_format: Literal["auto", "ase", "extxyz", "sgdml_xyz", "md17", "rmd17", "spk_db"] = Field(
+        "auto", description="format of the test file(s)")
+    test_energy_unit: str | None = Field(None, description="declare the test files' energy unit (overrides the files)")
+    test_length_unit: str | None = Field(None, description="declare the test files' length unit (overrides the files)")
 
-    @field_validator("energy_unit", "unit")
+    @field_validator("energy_unit", "unit", "test_energy_unit")
     @classmethod
     def _energy_unit(cls, v: str | None) -> str | None:
         return None if v is None else canonical_energy_unit(v)
 
-    @field_validator("length_unit")
+    @field_validator("length_unit", "test_length_unit")
     @classmethod
     def _length_unit(cls, v: str | None) -> str | None:
         return None if v is None else canonical_length_unit(v)
@@ -99,7 +108,36 @@ class DatasetConfig(_Strict):
             raise ValueError("give dataset.path or dataset.download")
         if self.download in ("md17", "rmd17") and self.path is None and not self.molecule:
             raise ValueError(f"dataset.download: {self.download} needs dataset.molecule (e.g. aspirin)")
+        if isinstance(self.test_path, dict):
+            if not self.test_path:
+                raise ValueError("dataset.test_path: an empty mapping; give {name: file, ...} or one file")
+            for name in self.test_path:
+                if not TEST_NAME.fullmatch(name) or name in RESERVED_TEST_NAMES:
+                    raise ValueError(f"dataset.test_path: test set name {name!r} must be letters, digits and _ "
+                                     f"(starting with a letter) and not one of {sorted(RESERVED_TEST_NAMES)}")
+            if self.n_test is not None and "test" in self.test_path:
+                raise ValueError("dataset.test_path: the name 'test' is the set held out of dataset.path (n_test); "
+                                 "name the files otherwise")
+        elif self.test_path is not None and self.n_test is not None:
+            raise ValueError("dataset: n_test holds a test set out of dataset.path and test_path names a test file; "
+                             "to have both, name the files: test_path: {name: file}")
         return self
+
+    def test_files(self) -> dict[str, Path]:
+        """The separate test files by name (one ``test_path`` is named ``test``)."""
+        if self.test_path is None:
+            return {}
+        return dict(self.test_path) if isinstance(self.test_path, dict) else {"test": self.test_path}
+
+    def resolve_paths(self, base: Path) -> None:
+        """Make relative ``path`` and ``test_path`` entries absolute against ``base`` (the spec's directory)."""
+        absolute = lambda p: p if p.is_absolute() else (base / p).resolve()  # noqa: E731
+        if self.path is not None:
+            self.path = absolute(self.path)
+        if isinstance(self.test_path, dict):
+            self.test_path = {k: absolute(v) for k, v in self.test_path.items()}
+        elif self.test_path is not None:
+            self.test_path = absolute(self.test_path)
 
 
 class TrainingConfig(_Strict):

@@ -257,11 +257,10 @@ class SchNetEnsemble:
         """Raise :class:`EnsembleError` naming unseen elements and the trained set."""
         unseen = self.unseen_elements(Z)
         if unseen:
-            from ase.data import chemical_symbols
+            from schnet_model.data.molecules import element_names
 
-            sym = lambda zs: ", ".join(f"{chemical_symbols[z] if 0 < z < len(chemical_symbols) else '?'} (Z={z})" for z in zs)  # noqa: E731
-            raise EnsembleError(f"{where}: elements not seen in training: {sym(unseen)}; the ensemble was trained on "
-                                f"{sym(self.elements)}")
+            raise EnsembleError(f"{where}: elements not seen in training: {element_names(unseen)}; the ensemble was "
+                                f"trained on {element_names(self.elements)}")
 
     def cost_per_molecule(self, n_atoms: np.ndarray, n_pairs: np.ndarray) -> np.ndarray:
         """Estimated bytes per molecule (``n_pairs`` unordered) for all k members: the batching budget's unit."""

@@ -16,6 +16,13 @@ class DataError(ValueError):
     """Invalid dataset content (shapes, values, units)."""
 
 
+def element_names(zs) -> str:
+    """``H (Z=1), C (Z=6)`` for error messages."""
+    from ase.data import chemical_symbols
+
+    return ", ".join(f"{chemical_symbols[z] if 0 < z < len(chemical_symbols) else '?'} (Z={z})" for z in map(int, zs))
+
+
 @dataclass
 class Molecules:
     """N molecules, possibly of different sizes, concatenated atom-wise.
@@ -101,6 +108,19 @@ class Molecules:
             name=self.name,
             meta=dict(self.meta),
         )
+
+    @staticmethod
+    def concat(parts: list[Molecules], name: str | None = None) -> Molecules:
+        """The molecules of ``parts`` one after the other (same energy unit; labels kept only when all have them)."""
+        unit = parts[0].energy_unit
+        if any(p.energy_unit != unit for p in parts):
+            raise DataError(f"cannot join molecules in {sorted({p.energy_unit for p in parts})}: convert to one unit first")
+        ptr = np.concatenate([[0], np.cumsum(np.concatenate([p.n_atoms for p in parts]))])
+        labelled = lambda key: None if any(getattr(p, key) is None for p in parts) else np.concatenate(  # noqa: E731
+            [getattr(p, key) for p in parts])
+        return Molecules(Z=np.concatenate([p.Z for p in parts]), R=np.concatenate([p.R for p in parts]), atom_ptr=ptr,
+                         E=labelled("E"), F=labelled("F"), energy_unit=unit, name=name or parts[0].name,
+                         meta=dict(parts[0].meta))
 
     def _atom_index(self, idx: np.ndarray) -> np.ndarray:
         """Concatenated atom indices of molecules ``idx``."""

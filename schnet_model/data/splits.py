@@ -126,6 +126,22 @@ def kfold(pool: np.ndarray, k: int, seed: int) -> list[Fold]:
 
 
 @dataclass
+class HeldOutFile:
+    """A separate test file: where it is, its checksum, and its molecules' indices in the joined data."""
+
+    path: str
+    sha256: str
+    idx: np.ndarray  # [n] indices into the training file's molecules followed by the test files'
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "idx": self.idx.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeldOutFile:
+        return cls(d["path"], d["sha256"], np.asarray(d["idx"], dtype=np.int64))
+
+
+@dataclass
 class SplitManifest:
     """Indices of every subset, with the dataset's checksum and the seed (JSON on disk)."""
 
@@ -137,10 +153,26 @@ class SplitManifest:
     val: np.ndarray | None = None
     folds: list[Fold] = field(default_factory=list)
     official_test: bool = False
+    test_files: dict[str, HeldOutFile] = field(default_factory=dict)
+
+    def test_sets(self) -> dict[str, np.ndarray]:
+        """Every test set by name: ``test`` (held out of the dataset; when not empty), then the test files."""
+        out = {"test": self.test} if len(self.test) else {}
+        return out | {name: f.idx for name, f in self.test_files.items()}
+
+    def describe_tests(self) -> str:
+        """One line: every test set and where it comes from, or that there is none."""
+        sets = self.test_sets()
+        if not sets:
+            return ("no test set: no molecules are held out of the dataset (n_test) and no dataset.test_path is given; "
+                    "test errors are not reported and the ensemble's stds cannot be recalibrated")
+        where = {name: f"file {Path(f.path).name}" for name, f in self.test_files.items()}
+        where["test"] = "official, held out of the dataset" if self.official_test else "held out of the dataset"
+        return "test sets: " + ", ".join(f"{name} {len(idx):,} molecules ({where[name]})" for name, idx in sets.items())
 
     def check_disjoint(self) -> None:
         """Raise DataError if any training/validation index is a test index (or train ∩ val)."""
-        test = set(self.test.tolist())
+        test = set(np.concatenate([np.zeros(0, np.int64), *self.test_sets().values()]).tolist())
         sets = [("train", self.train), ("val", self.val)] + [
             (f"fold {i} {name}", getattr(f, name)) for i, f in enumerate(self.folds) for name in ("train", "val")
         ]
@@ -163,6 +195,7 @@ class SplitManifest:
             "train": None if self.train is None else self.train.tolist(),
             "val": None if self.val is None else self.val.tolist(),
             "folds": [{"train": f.train.tolist(), "val": f.val.tolist()} for f in self.folds],
+            "test_files": {name: f.to_dict() for name, f in self.test_files.items()},
         }
         return json.dumps(d)
 
@@ -174,6 +207,7 @@ class SplitManifest:
             dataset=d["dataset"], dataset_sha256=d["dataset_sha256"], seed=d["seed"], test=arr(d["test"]),
             train=arr(d["train"]), val=arr(d["val"]), official_test=d.get("official_test", False),
             folds=[Fold(arr(f["train"]), arr(f["val"])) for f in d["folds"]],
+            test_files={name: HeldOutFile.from_dict(f) for name, f in d.get("test_files", {}).items()},
         )
 
     def write(self, path: str | Path) -> None:

@@ -1,0 +1,44 @@
+"""Names shared between modules: metric keys of test sets (a trial's, a fold's, the sweep's best).
+
+Test sets are named (``test`` for the set held out of the dataset, the ``dataset.test_path`` names
+for separate files); every metric of a test set starts with its name, so ``test`` keeps the keys
+``test_energy_mae`` and ``test_ensemble_forces_mae`` that a sweep with one test set always had.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROPS = ("energy", "forces")
+
+
+def fold_metric(test_set: str, metric: str) -> str:
+    """A fold model's error on a test set: ``test_300K_forces_mae``."""
+    return f"{test_set}_{metric}"
+
+
+def ensemble_mae(test_set: str, prop: str) -> str:
+    """The fold-mean (ensemble) MAE of a trial on a test set: ``test_300K_ensemble_forces_mae``."""
+    return f"{test_set}_ensemble_{prop}_mae"
+
+
+def best_mae(test_set: str, prop: str) -> str:
+    """The best trial's ensemble MAE on a test set, on the sweep run: ``best_test_300K_forces_mae``."""
+    return f"best_{test_set}_{prop}_mae"
+
+
+def prediction(test_set: str, what: str) -> str:
+    """A ``predictions.npz`` array of a test set: ``what`` is ``idx``, ``energy`` ([k, n]) or ``forces`` ([k, n_atoms, 3])."""
+    return f"{test_set}_{what}"
+
+
+def maes_by_test_set(metrics: dict[str, Any], test_sets: list[str]) -> dict[str, dict[str, float | None]]:
+    """``{test set: {"energy": MAE or None, "forces": MAE or None}}`` of a trial's metrics."""
+    return {t: {p: metrics.get(ensemble_mae(t, p)) for p in PROPS} for t in test_sets}
+
+
+def is_ensemble_mae(key: str) -> bool:
+    return key.endswith(("_ensemble_energy_mae", "_ensemble_forces_mae"))
+
+
+__all__ = ["PROPS", "best_mae", "ensemble_mae", "fold_metric", "is_ensemble_mae", "prediction", "maes_by_test_set"]
