@@ -15,6 +15,7 @@ import numpy as np
 from ray import tune
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import keys
@@ -45,7 +46,6 @@ class SweepOutcome:
     energy_unit: str = ""
     experiment_id: str = ""
     test_sets: list[str] = field(default_factory=list)  # named test sets (the table's columns)
-    tests_line: str = ""  # what the test sets are, or that there is none
 
     def overhead_report(self) -> str:
         """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
@@ -204,7 +204,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     data, manifest = prepare_data(spec)
     if not (resume or more):
         _note_out_of_range(spec, console)
-    console.print(f"{data.describe()}")
+    n_file = len(data) - sum(len(f.idx) for f in manifest.test_files.values())  # the test files' molecules come last
+    console.print(data.subset(np.arange(n_file)).describe() if manifest.test_files else data.describe())
     console.print(f"{spec.cv.k} folds over {sum(len(f.val) for f in manifest.folds)} molecules; {manifest.describe_tests()}")
     store = Store(uri, experiment)
     if resume or more:
@@ -302,7 +303,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     meta["status"] = "finished"
     _write_json(root / name / "sweep.json", meta)
     outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
-                           data.energy_unit, store.exp_id, test_sets, manifest.describe_tests())
+                           data.energy_unit, store.exp_id, test_sets)
     store.log(parent, {"wall_seconds": outcome.seconds,
                        "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials if not t.get("earlier"))})
     return outcome
@@ -472,9 +473,9 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:
     """Rich table of the top trials."""
-    caption = None if outcome.test_sets else outcome.tests_line
+    caption = None if outcome.test_sets else "no test set: no test errors (give dataset.n_test or dataset.test_path)"
     t = Table(title=f"{outcome.name}: top trials ({outcome.seconds:.0f} s)", caption=caption)
-    cols = [(name, p, f"{name} {p[0].upper()} MAE [{unit}{'/Å' if p == 'forces' else ''}]")
+    cols = [(name, p, escape(f"{name} {p[0].upper()} MAE [{unit}{'/Å' if p == 'forces' else ''}]"))  # [..] is not markup
             for name in outcome.test_sets for p in keys.PROPS]
     for c in ("trial", "status", "CV val loss (mean ± std)", *(c for _, _, c in cols), "epochs"):
         t.add_column(c)

@@ -189,8 +189,9 @@ def test_calculator_results_in_ase_units(tmp_path):
 
 
 # -- MLflow and the command line ----------------------------------------------------------------------------
-def _fake_sweep(tmp_path: Path, k: int = 3) -> tuple[str, str]:
-    """An MLflow run tree as `sweep run` writes it (sweep → completed trial → k folds with models), tiny members."""
+def _fake_sweep(tmp_path: Path, k: int = 3, n_test: int = 40) -> tuple[str, str]:
+    """An MLflow run tree as `sweep run` writes it (sweep → completed trial → k folds with models), tiny members;
+    ``n_test`` molecules held out (0: a sweep with no test set)."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator.sweep_spec import SweepSpec
@@ -201,8 +202,8 @@ def _fake_sweep(tmp_path: Path, k: int = 3) -> tuple[str, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = MlflowClient(uri)
     exp = c.create_experiment("tiny", artifact_location=str(tmp_path / "mlruns"))
-    ds = DatasetConfig(path=QUICKSTART_DATA, n_train=20, n_val=10, n_test=40)
-    pool, test = holdout(1000, 40, 0, n_needed=30)
+    ds = DatasetConfig(path=QUICKSTART_DATA, n_train=20, n_val=10, n_test=n_test or None)
+    pool, test = holdout(1000, n_test, 0, n_needed=30)
     pool = pool[:30]
     manifest = SplitManifest(str(QUICKSTART_DATA), checksum(QUICKSTART_DATA), 0, test, folds=kfold(pool, k, 0))
     spec = SweepSpec(name="tiny", dataset=ds)
@@ -307,6 +308,27 @@ def test_sweep_ensemble_assembles_registers_predicts_and_round_trips(tmp_path, m
     assert r.exit_code == 0, r.output
     assert "models:/tiny-schnet-ensemble/1" in r.output and "coverage ±2σ" in r.output and "energy MAE" in r.output
     assert not (tmp_path / "lab.ensemble.extxyz").exists()  # --evaluate writes only with -o
+
+
+def test_a_sweep_without_test_molecules_still_becomes_an_ensemble(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri, parent = _fake_sweep(tmp_path, n_test=0)
+    lab = _xyz(tmp_path / "lab.extxyz", [990, 991, 992, 993], labelled=True)
+    r = cli("ensemble", "tiny", "--tracking-uri", uri, "--evaluate", str(lab))
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert ("stds not recalibrated (scale 1): no test molecules: nothing held out to measure the ensemble variance on; "
+            "give dataset.n_test or dataset.test_path to the sweep") in out
+    assert "recalibration identity (energy ×1, forces ×1)" in out
+    assert "lab.extxyz: calibration report" in out and "energy MAE" in out and "coverage ±2σ" in out
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    assert c.get_run(parent).data.tags["sweep.ensemble_model_uri"] == "models:/tiny-schnet-ensemble/1"
+    cal = json.loads(Path(c.download_artifacts(parent, "ensemble_calibration.json", str(tmp_path))).read_text())
+    assert cal["calibration"]["method"] == "identity" and cal["test_sets"] == {}
+    r = cli("ensemble", "tiny", "--tracking-uri", uri, "--predict", str(lab), "-o", "p.extxyz")
+    assert r.exit_code == 0 and (tmp_path / "p.extxyz").is_file(), r.output
 
 
 @pytest.mark.parametrize("fmt, suffix", [("traj", ".traj"), ("db", ".db"), ("extxyz", ".extxyz")])

@@ -126,3 +126,21 @@ def test_sweep_train_reports_every_named_test_file(tmp_path):
     assert set(metrics) == {"val", "test_hot", "test_cold"} and np.isfinite(metrics["test_hot"]["forces_mae"])
     split = json.loads((tmp_path / "m" / "split.json").read_text())
     assert split["test"] == [] and split["test_files"]["test_hot"]["idx"] == list(range(1000, 1010))
+
+
+def test_the_final_table_has_a_column_pair_per_test_set_or_says_there_is_none():
+    from rich.console import Console
+
+    from orchestrator.sweep import SweepOutcome, results_table
+
+    trial = {"trial_id": "abc", "status": "completed", "error": None, "val_loss_mean": 1.0, "val_loss_std": 0.1,
+             "epochs": 3, "tests": {"test": {"energy": 0.5, "forces": 0.25}, "test_hot": {"energy": 2.0, "forces": None}}}
+    console = Console(width=250, record=True)
+    console.print(results_table(SweepOutcome("s", Path("."), "r", [trial], trial, 1.0, test_sets=["test", "test_hot"]),
+                                "eV"))
+    text = console.export_text()
+    assert "test E MAE [eV]" in text and "test_hot F MAE [eV/Å]" in text and "│ 0.5 " in text and "│ –" in text
+    console = Console(width=250, record=True)
+    console.print(results_table(SweepOutcome("s", Path("."), "r", [{**trial, "tests": {}}], trial, 1.0), "eV"))
+    text = " ".join(console.export_text().split())
+    assert "no test set: no test errors (give dataset.n_test or dataset.test_path)" in text and "MAE" not in text

@@ -285,3 +285,39 @@ def test_a_finished_sweep_is_extended_without_rerunning_its_trials(tmp_path):
     assert sum(tid[:8] in table for tid in trials) == 4  # the table lists the earlier trials too
     r = sweep("run", str(p), "--resume", cwd=tmp_path, timeout=120)
     assert r.returncode != 0 and "finished: add trials with --more N" in r.stderr
+
+
+def test_a_sweep_with_only_a_separate_test_file_reports_it_and_becomes_an_ensemble(tmp_path):
+    """The official test file kept apart (no molecule held out of the dataset): every trial, the sweep run and the
+    ensemble report it by name; the ensemble calibrates its stds from the out-of-fold errors and the file's inputs."""
+    from test_heldout import write_extxyz
+
+    write_extxyz(tmp_path / "train.xyz", range(0, 40), unit="kcal/mol")  # the whole file is the CV pool
+    write_extxyz(tmp_path / "test_1200K.xyz", range(990, 1000), unit="eV")
+    p = spec_file(tmp_path, dataset={"path": str(tmp_path / "train.xyz"), "energy_unit": "kcal/mol", "n_train": 30,
+                                     "n_val": 10, "test_path": {"test_1200K": "test_1200K.xyz"}},
+                  search={"num_samples": 1, "max_concurrent": 1, "scheduler": "none",
+                          "initial_points": [{"training.lr": 1.0e-3}]}, training__max_epochs=2)
+    r = sweep("run", str(p), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "test sets: test_1200K 10 molecules (file test_1200K.xyz)" in r.stdout
+    assert "test_1200K E MAE [kcal/mol]" in r.stdout and "test_1200K F MAE [kcal/mol/Å]" in r.stdout
+    all_runs = runs(tmp_path / "mlflow.db")
+    (trial,) = [t for t in all_runs if t["tags"].get("sweep.role") == "trial"]
+    (parent,) = [t for t in all_runs if t["tags"].get("sweep.role") == "sweep"]
+    folds = [t for t in all_runs if t["tags"].get("sweep.role") == "fold"]
+    assert trial["metrics"]["test_1200K_ensemble_forces_mae"] > 0 and "test_ensemble_forces_mae" not in trial["metrics"]
+    assert all(f["metrics"]["test_1200K_forces_mae"] > 0 for f in folds)
+    assert parent["metrics"]["best_test_1200K_forces_mae"] == trial["metrics"]["test_1200K_ensemble_forces_mae"]
+    assert parent["metrics"]["n_test_test_1200K"] == 10
+    r = sweep("ensemble", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--evaluate",
+              str(tmp_path / "test_1200K.xyz"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = " ".join(r.stdout.split())  # Rich wraps long titles
+    assert "test set test_1200K (10 molecules), 2-member ensemble" in out
+    assert "from the out-of-fold errors of 40 pool molecules and the ensemble variance on the inputs of test_1200K" in out
+    assert "test_1200K.xyz: calibration report" in out and "coverage ±2σ" in out
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(parent["id"]).data.metrics
+    assert np.isfinite(metrics["ensemble_test_1200K_forces_nll_calibrated"]) and metrics["ensemble_forces_scale"] > 0
