@@ -334,6 +334,11 @@ def _quiet() -> None:
     # last snapshot (what keeps --resume close to the newest checkpoints) and warns that this is
     # "excessive" with quick epochs; the snapshots are wanted, the warning is not
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow records a trial's end at once; Tune's experiment state (what --resume restores, searcher
+    # included) is snapshotted every ≥ 10 s by default, so a driver killed in between left trials that
+    # MLflow holds as finished unknown to Tune, and --resume ran them again. A snapshot every second
+    # keeps the two records within a second of each other (each is a small JSON + the searcher's state).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "ray", "ray.tune", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
