@@ -89,6 +89,8 @@ def run(
         fail(str(e))
     console.print(results_table(outcome, outcome.energy_unit))
     console.print(outcome.overhead_report())
+    if outcome.interrupted:
+        fail(f"sweep {outcome.name} interrupted; continue it with: sweep run {spec} --resume", 130)
     if outcome.best is None:
         fail(f"sweep {outcome.name}: no trial completed", 1)
     b = outcome.best

@@ -20,7 +20,16 @@ from rich.table import Table
 
 from orchestrator import keys
 from orchestrator.space import define_by_run
-from orchestrator.statuses import PRUNED, RANK, budget_used, mlflow_status, trial_status
+from orchestrator.statuses import (
+    COMPLETED,
+    INTERRUPTED,
+    NOT_STARTED,
+    PRUNED,
+    RANK,
+    budget_used,
+    mlflow_status,
+    trial_status,
+)
 from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
 from orchestrator.tracking import NOTE, PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
 from schnet_model.data.heldout import n_held_out, with_tests
@@ -46,6 +55,7 @@ class SweepOutcome:
     energy_unit: str = ""
     experiment_id: str = ""
     test_sets: list[str] = field(default_factory=list)  # named test sets (the table's columns)
+    interrupted: bool = False  # Ctrl-C ended it: resumable with --resume
 
     def overhead_report(self) -> str:
         """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
@@ -94,18 +104,18 @@ class LiveProgress(tune.Callback):
 
     def table(self, trials: list) -> Table:
         counts = {"RUNNING": 0, "PENDING": 0, "TERMINATED": 0, "ERROR": 0, "PAUSED": 0}
-        pruned = 0
+        ended = {COMPLETED: 0, PRUNED: 0}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-            if t.status == "TERMINATED" and trial_status(False, t.last_result, False) == PRUNED:
-                pruned += 1
+            if t.status == "TERMINATED" and (s := trial_status(False, t.last_result, False)) in ended:
+                ended[s] += 1
             v = (t.last_result or {}).get(METRIC)
             if v is not None and np.isfinite(v) and (self.best is None or v < self.best):
                 self.best = v
         t = Table(title="sweep progress", show_header=True)
         for c in ("trials", "running", "completed", "pruned", "failed", "best val loss (fold mean)", "elapsed"):
             t.add_column(c, justify="right")
-        t.add_row(f"{len(trials)}/{self.total}", str(counts["RUNNING"]), str(counts["TERMINATED"] - pruned), str(pruned),
+        t.add_row(f"{len(trials)}/{self.total}", str(counts["RUNNING"]), str(ended[COMPLETED]), str(ended[PRUNED]),
                   str(counts["ERROR"]), "–" if self.best is None else f"{self.best:.4g}", f"{time.time() - self.t0:.0f} s")
         return t
 
@@ -262,6 +272,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         meta.update(tune_experiments=experiments, status="running")
         _write_json(root / name / "sweep.json", meta)
         store.client.update_run(parent, status="RUNNING")
+    elif resume:  # an interrupted (or killed) sweep runs again
+        meta["status"] = "running"
+        _write_json(root / name / "sweep.json", meta)
+        store.client.update_run(parent, status="RUNNING")
     test_sets = list(manifest.test_sets())
     earlier = [{**t, "earlier": True} for e in experiments[:-1] for t in summarize(
         tune.Tuner.restore(f"{tune_storage(spec)}/{e}", trainable=trainable).get_results(), test_sets)]
@@ -293,17 +307,21 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
     t_fit = time.time()
-    results = tuner.fit()
-    trials = sorted(summarize(results, test_sets, budget_used(spec.search.time_budget, t_fit)) + earlier, key=_rank)
+    results = tuner.fit()  # Ctrl-C: Tune stops its trials, saves its state and returns
+    budget_ran_out = budget_used(spec.search.time_budget, t_fit)
+    now = summarize(results, test_sets, budget_ran_out)
+    interrupted = any(t["status"] == INTERRUPTED for t in now) or (
+        not budget_ran_out and (len(now) < (more or spec.search.num_samples) or any(t["status"] == NOT_STARTED for t in now)))
+    trials = sorted(now + earlier, key=_rank)
     reconcile(store, name, trials)
     best = next((t for t in trials if t["status"] == "completed"), None)
     if best is not None:
         _log_best(store, parent, name, best, data, manifest)
-    store.end(parent, "FINISHED")
-    meta["status"] = "finished"
+    store.end(parent, "KILLED" if interrupted else "FINISHED")
+    meta["status"] = "interrupted" if interrupted else "finished"
     _write_json(root / name / "sweep.json", meta)
     outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
-                           data.energy_unit, store.exp_id, test_sets)
+                           data.energy_unit, store.exp_id, test_sets, interrupted)
     store.log(parent, {"wall_seconds": outcome.seconds,
                        "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials if not t.get("earlier"))})
     return outcome
@@ -340,8 +358,11 @@ def _quiet() -> None:
     # keeps the two records within a second of each other (each is a small JSON + the searcher's state).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("mlflow", "ray", "ray.tune", "alembic"):
+    for name in ("mlflow", "ray", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune's own notices ("Stop signal received", "Resume experiment with: Tuner.restore(...)") name its
+    # API, not this tool's commands; what they say is said in our terms (the table, the resume hint)
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
 
 

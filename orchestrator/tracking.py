@@ -146,7 +146,10 @@ class MlflowTracker(tune.Callback):
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self.runs(trial)
+        rid, folds = self.runs(trial)
+        for run_id in (rid, *folds):  # an interrupted trial that --resume continues runs again
+            if self.store.client.get_run(run_id).info.status == "KILLED":
+                self.store.client.update_run(run_id, status="RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         rid, folds = self.runs(trial)

@@ -321,3 +321,54 @@ def test_a_sweep_with_only_a_separate_test_file_reports_it_and_becomes_an_ensemb
 
     metrics = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(parent["id"]).data.metrics
     assert np.isfinite(metrics["ensemble_test_1200K_forces_nll_calibrated"]) and metrics["ensemble_forces_scale"] > 0
+
+
+def _epochs_logged(db: Path) -> int:
+    """The most epochs any trial run has logged (its val_loss_mean history)."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            row = con.execute("select max(step) from metrics where key = 'val_loss_mean'").fetchone()
+        return int(row[0] or 0)
+    except sqlite3.Error:
+        return 0
+
+
+def test_ctrl_c_ends_a_sweep_as_interrupted_and_resume_finishes_it(tmp_path):
+    p = spec_file(tmp_path, search={"num_samples": 2, "max_concurrent": 1, "scheduler": "none", "checkpoint_every": 2,
+                                    "initial_points": [{"training.lr": 1.0e-3}]}, training__max_epochs=40,
+                  training__early_stopping_patience=None)
+    log = open(tmp_path / "first_run.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(p)], cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+    deadline = time.time() + 300
+    while _epochs_logged(tmp_path / "mlflow.db") < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+    assert proc.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
+    rc = proc.wait(timeout=120)
+    log.close()
+    out = (tmp_path / "first_run.log").read_text()
+    assert rc == 130, out[-3000:]
+    assert "interrupted; continue it with: sweep run" in out and out.rstrip().endswith("--resume")
+    assert "Tuner.restore" not in out and "Stop signal received" not in out  # Tune's API is not our user's
+    table = out.split("top trials")[-1]
+    assert "interrupted" in table and "pruned" not in table and "completed" not in table
+    all_runs = runs(tmp_path / "mlflow.db")
+    assert not [x for x in all_runs if x["status"] == "RUNNING"]
+    (parent,) = [x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]
+    (trial,) = [x for x in all_runs if x["tags"].get("sweep.role") == "trial"]
+    assert parent["status"] == "KILLED" and trial["status"] == "KILLED" and trial["tags"]["sweep.status"] == "interrupted"
+    r = sweep("run", str(p), "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    all_runs = runs(tmp_path / "mlflow.db")
+    trials = [x for x in all_runs if x["tags"].get("sweep.role") == "trial"]
+    (parent,) = [x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]
+    assert parent["status"] == "FINISHED" and len(trials) == 2
+    assert all(t["status"] == "FINISHED" and t["tags"]["sweep.status"] == "completed" for t in trials)
+    first = next(t for t in trials if t["id"] == trial["id"])  # the interrupted trial went on in its own run
+    from mlflow.tracking import MlflowClient
+
+    steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(first["id"], "val_loss_mean")]
+    assert set(steps) == set(range(1, 41)), steps
