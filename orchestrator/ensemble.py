@@ -305,7 +305,8 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
             cal.details["oof_energy_max_abs_diff_vs_sweep"] = check
         reports = {name: build_report(pr, cal) for name, pr in props.items()}
         for name, report in reports.items():
-            console.print(report_table(report, cal, f"{sweep_name} trial {trial_id}: test set {name} "
+            what = "held-out test set" if name == "test" else f"test file {name}"
+            console.print(report_table(report, cal, f"{sweep_name} trial {trial_id}: {what} "
                                                     f"({len(manifest.test_sets()[name]):,} molecules), {ens.k}-member ensemble"))
         console.print(calibration_line(cal))
         ens_dir = ens.save(tmp / "ensemble")

@@ -37,8 +37,17 @@ def maes_by_test_set(metrics: dict[str, Any], test_sets: list[str]) -> dict[str,
     return {t: {p: metrics.get(ensemble_mae(t, p)) for p in PROPS} for t in test_sets}
 
 
+def headline_set(metrics: dict[str, Any], best: bool = False) -> str | None:
+    """The test set a one-row summary shows: ``test`` when the run has it, else the first named one, else None."""
+    suffix = "_forces_mae" if best else "_ensemble_forces_mae"
+    prefix = "best_" if best else ""
+    names = sorted(k[len(prefix):-len(suffix)] for k in metrics
+                   if k.startswith(prefix) and k.endswith(suffix) and (best or is_ensemble_mae(k)))
+    return "test" if "test" in names else (names[0] if names else None)
+
+
 def is_ensemble_mae(key: str) -> bool:
     return key.endswith(("_ensemble_energy_mae", "_ensemble_forces_mae"))
 
 
-__all__ = ["PROPS", "best_mae", "ensemble_mae", "fold_metric", "is_ensemble_mae", "prediction", "maes_by_test_set"]
+__all__ = ["PROPS", "best_mae", "headline_set", "ensemble_mae", "fold_metric", "is_ensemble_mae", "prediction", "maes_by_test_set"]

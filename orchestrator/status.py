@@ -5,12 +5,18 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import keys
 from orchestrator.sweep_spec import TrackingConfig
 from orchestrator.tracking import PARENT, ROLE, SWEEP_ID, open_client
 
 
 def _fmt(m: dict[str, float], key: str) -> str:
     return f"{m[key]:.4g}" if key in m else "–"
+
+
+def _named(test_set: str, value: str) -> str:
+    """A value of a test set other than ``test`` says which: ``0.51 (test_1200K)``."""
+    return value if test_set == "test" or value == "–" else f"{value} ({test_set})"
 
 
 def _client(uri: str | None):
@@ -33,8 +39,9 @@ def show_list(uri: str | None, console: Console) -> None:
         name = run.data.tags.get(SWEEP_ID, "?")
         n = len(client.search_runs([run.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{run.info.run_id}'"))
         m = run.data.metrics
-        t.add_row(name, run.info.status, str(n), _fmt(m, "best_val_loss_mean"), _fmt(m, "best_test_energy_mae"),
-                  _fmt(m, "best_test_forces_mae"), run.info.run_id)
+        ts = keys.headline_set(m, best=True) or "test"
+        t.add_row(name, run.info.status, str(n), _fmt(m, "best_val_loss_mean"), _named(ts, _fmt(m, keys.best_mae(ts, "energy"))),
+                  _named(ts, _fmt(m, keys.best_mae(ts, "forces"))), run.info.run_id)
     console.print(t)
 
 
@@ -55,5 +62,6 @@ def show_status(name: str | None, uri: str | None, console: Console) -> None:
         epochs = client.get_metric_history(r.info.run_id, "val_loss_mean")
         t.add_row(r.data.tags.get("sweep.trial_id", "?"), r.data.tags.get("sweep.status", r.info.status.lower()),
                   str(max((h.step for h in epochs), default=0)), _fmt(m, "val_loss_mean"), _fmt(m, "val_loss_std"),
-                  _fmt(m, "test_ensemble_energy_mae"), _fmt(m, "test_ensemble_forces_mae"), r.data.tags.get("sweep.error", "")[:60])
+                  *(_named(ts, _fmt(m, keys.ensemble_mae(ts, p))) for ts in [keys.headline_set(m) or "test"] for p in keys.PROPS),
+                  r.data.tags.get("sweep.error", "")[:60])
     console.print(t)

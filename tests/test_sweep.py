@@ -314,13 +314,16 @@ def test_a_sweep_with_only_a_separate_test_file_reports_it_and_becomes_an_ensemb
               str(tmp_path / "test_1200K.xyz"), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = " ".join(r.stdout.split())  # Rich wraps long titles
-    assert "test set test_1200K (10 molecules), 2-member ensemble" in out
+    assert "test file test_1200K (10 molecules), 2-member ensemble" in out
     assert "from the out-of-fold errors of 40 pool molecules and the ensemble variance on the inputs of test_1200K" in out
     assert "test_1200K.xyz: calibration report" in out and "coverage ±2σ" in out
     from mlflow.tracking import MlflowClient
 
     metrics = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(parent["id"]).data.metrics
     assert np.isfinite(metrics["ensemble_test_1200K_forces_nll_calibrated"]) and metrics["ensemble_forces_scale"] > 0
+    for cmd in ("status", "list"):  # one-row summaries say which test set their MAEs are of
+        s = sweep(cmd, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+        assert s.returncode == 0 and "(test_1200K)" in s.stdout, s.stdout + s.stderr
 
 
 def _epochs_logged(db: Path) -> int:
