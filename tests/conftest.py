@@ -67,3 +67,26 @@ def write_sweep_spec(path: Path, body: dict, **over) -> Path:
         spec[sec] = {**spec[sec], key: v} if key else v
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(tmp_path_factory) -> Path:
+    """A 3-member ensemble trained briefly on the quickstart ethanol (forces that mean something), saved as a
+    directory, float64 weights: what `sweep ensemble --save DIR` writes, small enough for MD tests."""
+    from schnet_model import DatasetConfig, Trainer, TrainingConfig
+    from schnet_model.data.load import load_dataset
+    from schnet_model.ensemble import SchNetEnsemble
+    from schnet_model.model_dir import ModelInfo
+
+    data = load_dataset(DatasetConfig(path=QUICKSTART_DATA)).molecules
+    rng = np.random.default_rng(0)
+    models = []
+    for s in range(3):
+        idx = rng.permutation(900)
+        torch.manual_seed(s)
+        m = SchNet(ModelConfig(n_atom_basis=16, n_filters=16, n_interactions=2, rbf_max=6.0, cutoff=5.0))
+        cfg = TrainingConfig(max_epochs=25, batch_size=16, lr=3e-3, seed=s, early_stopping_patience=None)
+        Trainer(m, data.subset(idx[:160]), data.subset(idx[160:200]), cfg).fit()
+        models.append(m)
+    ens = SchNetEnsemble.from_models(models, [ModelInfo("kcal/mol", [1, 6, 8])] * 3)
+    return ens.save(tmp_path_factory.mktemp("ensemble") / "ens")
