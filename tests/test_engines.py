@@ -130,3 +130,105 @@ def test_openmm_ml_potential_and_bad_input(trained_ensemble):
 def test_unit_factors_used_by_the_engines():
     assert energy_factor("kcal/mol", "kJ/mol") == pytest.approx(4.184)
     assert energy_factor("eV", "Ha") == pytest.approx(1 / 27.211386245988, rel=1e-9)
+
+
+# -- i-PI ---------------------------------------------------------------------------------------------
+IPI_INPUT = """<simulation verbosity="low" safe_stride="1000">
+  <output prefix="sim">
+    <properties stride="1" filename="out">[step, conserved{{electronvolt}}, potential{{electronvolt}}, kinetic_md{{electronvolt}}]</properties>
+    <trajectory filename="unc" stride="1" extra_type="committee_uncertainty">extras</trajectory>
+  </output>
+  <total_steps>{steps}</total_steps>
+  <prng><seed>31415</seed></prng>
+  <ffcommittee name="committee">
+    <ffsocket name="schnet" mode="inet" pbc="false"><address>127.0.0.1</address><port>{port}</port></ffsocket>
+    <parse_json>true</parse_json>
+    <alpha>{alpha}</alpha>
+  </ffcommittee>
+  <system>
+    <initialize nbeads="1">
+      <file mode="xyz">init.xyz</file>
+      <velocities mode="thermal" units="kelvin">300</velocities>
+    </initialize>
+    <forces><force forcefield="committee"/></forces>
+    <ensemble><temperature units="kelvin">300</temperature></ensemble>
+    <motion mode="dynamics"><dynamics mode="nve"><timestep units="femtosecond">0.25</timestep></dynamics></motion>
+  </system>
+</simulation>
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ipi_runs_the_committee_over_a_socket(trained_ensemble, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ase.io
+    from ase import Atoms
+
+    pytest.importorskip("ipi")
+    from schnet_model.engines.ipi import driver_path
+
+    Z, R = ethanol(0)
+    ase.io.write(tmp_path / "mol.xyz", Atoms(numbers=Z, positions=R))
+    symbols = Atoms(numbers=Z).get_chemical_symbols()
+    (tmp_path / "init.xyz").write_text(f"{len(Z)}\n# CELL(abcABC): 30.0 30.0 30.0 90.0 90.0 90.0 positions{{angstrom}} "
+                                       "cell{angstrom}\n" + "".join(f"{s} {x:.10f} {y:.10f} {zz:.10f}\n"
+                                                                    for s, (x, y, zz) in zip(symbols, R, strict=True)))
+    ens = SchNetEnsemble.load(trained_ensemble)
+    port, steps = _free_port(), 40
+    (tmp_path / "input.xml").write_text(IPI_INPUT.format(steps=steps, port=port, alpha=1.0))
+    bindir = Path(sys.executable).parent
+    server = subprocess.Popen([str(bindir / "i-pi"), "input.xml"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2.0)  # i-PI opens its socket
+        t0 = time.perf_counter()
+        drv = subprocess.run([str(bindir / "i-pi-py_driver"), "-m", "custom", "-P", str(driver_path()), "-o",
+                              f"template=mol.xyz,ensemble={trained_ensemble}", "-a", "127.0.0.1", "-p", str(port)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        seconds = time.perf_counter() - t0
+        out, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert drv.returncode == 0 and "Received exit message from i-PI" in drv.stdout, drv.stdout[-2000:] + drv.stderr[-2000:]
+    assert server.returncode == 0 and "I-PI reports success" in out, out[-2000:]
+    rows = np.loadtxt(tmp_path / "sim.out")  # step, conserved eV, potential eV, kinetic eV
+    assert rows.shape == (steps + 1, 4)
+    p = ens.predict_arrays(Z, R, calibrated=False)
+    # step 0: the ensemble mean in eV (i-PI's Hartree ↔ eV table, 1e-7)
+    assert rows[0, 2] == pytest.approx(p.energy[0] * energy_factor("kcal/mol", "eV"), rel=1e-6)
+    drift = abs(rows[-1, 1] - rows[0, 1])
+    assert drift < 0.01 * rows[:, 3].mean(), (drift, rows[:, 3].mean())
+    unc = [float(x) for x in (tmp_path / "sim.unc_0").read_text().splitlines() if x.strip() and "#" not in x]
+    # committee_uncertainty (Hartree, alpha = 1): the raw ensemble std (ddof = 1) at step 0
+    assert unc[0] == pytest.approx(p.energy_std[0] * energy_factor("kcal/mol", "Ha"), rel=1e-5)
+    print(f"i-PI NVE ethanol {steps} × 0.25 fs over a socket: {steps / seconds:.0f} steps/s, conserved-energy drift "
+          f"{drift * 1000:.3g} meV")
+    shutil.rmtree(tmp_path / "RESTART", ignore_errors=True)
+
+
+def test_ipi_driver_refuses_periodic_templates_and_unseen_elements(trained_ensemble, tmp_path):
+    import ase.io
+    from ase import Atoms
+
+    pytest.importorskip("ipi")
+    from schnet_model.engines.ipi import SchNetEnsembleDriver
+
+    ase.io.write(tmp_path / "pbc.xyz", Atoms("CO", positions=[[0, 0, 0], [1.1, 0, 0]], cell=[5, 5, 5], pbc=True))
+    with pytest.raises(EnsembleError, match="pbc.xyz: periodic cell; the SchNet ensemble is molecular"):
+        SchNetEnsembleDriver(str(tmp_path / "pbc.xyz"), str(trained_ensemble))
+    ase.io.write(tmp_path / "cl.xyz", Atoms("CCl", positions=[[0, 0, 0], [1.7, 0, 0]]))
+    with pytest.raises(EnsembleError, match=r"i-PI template .*cl.xyz: elements not seen in training: Cl \(Z=17\)"):
+        SchNetEnsembleDriver(str(tmp_path / "cl.xyz"), str(trained_ensemble))
