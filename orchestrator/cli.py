@@ -141,6 +141,7 @@ def ensemble(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="assemble again even if the sweep has a registered ensemble")] = False,
     save: Annotated[Path | None, typer.Option(help="also write the ensemble directory here (for SchNetEnsembleCalculator)")] = None,
+    export: Annotated[Path | None, typer.Option(help="also write a standalone torch.export ensemble here (loads with torch only)")] = None,
     uncalibrated: Annotated[bool, typer.Option("--uncalibrated", help="report raw member stds (ddof=1), not recalibrated ones")] = False,
 ) -> None:
     """The best trial's k fold models as one ensemble with calibrated std: assemble, predict, evaluate."""
@@ -152,7 +153,8 @@ def ensemble(
     if source and model and source != model:
         fail("give the ensemble either as SOURCE or as --model, not both")
     try:
-        run_command(source or model, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console)
+        run_command(source or model, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console,
+                    export)
     except (EnsembleCommandError, EnsembleError, InputError, DataError) as e:
         fail(str(e))
 

@@ -485,7 +485,7 @@ def default_output(path: Path) -> Path:
 
 def run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
                 input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
-                console: Console) -> None:
+                console: Console, export: Path | None = None) -> None:
     """The ``sweep ensemble`` command (errors as :class:`EnsembleCommandError`, :class:`EnsembleError`, :class:`InputError`)."""
     if predict is not None and evaluate is not None:
         raise EnsembleCommandError("give --predict or --evaluate, not both")
@@ -507,6 +507,14 @@ def run_command(source: str | None, predict: Path | None, evaluate: Path | None,
     if save is not None:
         ens.save(save)
         console.print(f"ensemble directory written to {save} (load with SchNetEnsemble.load / SchNetEnsembleCalculator)")
+    if export is not None:
+        from schnet_model.export import export_ensemble
+
+        t0 = time.time()
+        export_ensemble(ens, export)
+        console.print(f"standalone ensemble exported to {export} in {time.time() - t0:.0f} s (torch.export program + "
+                      f"manifest with sha256; python -c 'import sys; sys.path.insert(0, \"{export}\"); "
+                      f"from load_ensemble import load; print(load(\"{export}\").manifest[\"outputs\"])')", soft_wrap=True)
     if target is None:
         src = f" {source}" if source else ""
         console.print(f"next: sweep ensemble{src} --predict mols.xyz -o preds.extxyz  (energies, forces and their std "

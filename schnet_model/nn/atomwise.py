@@ -74,7 +74,7 @@ def _atomwise(
     directed: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     k, n, _ = x.shape
-    flat = lambda t: t.reshape(k * t.shape[1], t.shape[2])  # noqa: E731  [k, n, F] → [k·n, F]
+    flat = lambda t: t.flatten(0, 1)  # noqa: E731  [k, n, F] → [k·n, F]
     hs, zs = [], []
     for (w_in, w0, b0, w1, b1), w in zip(layers, ws, strict=True):
         h = flat(linear(x, w_in))  # [k·n_atoms, F]
