@@ -262,8 +262,8 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
              register: bool = True) -> Loaded:
     """Build, calibrate, report, log and register the ensemble of a sweep's best (or given) trial."""
     from schnet_model.data.heldout import with_tests
-    from schnet_model.data.load import checksum
     from schnet_model.data.splits import SplitManifest
+    from schnet_model.files import sha256 as checksum
 
     t0 = time.time()
     sid = sweep_run.info.run_id

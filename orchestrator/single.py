@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from orchestrator.spec import TrainSpec
 from schnet_model import SchNet, Trainer, evaluate, save_model
 from schnet_model.data.heldout import n_held_out, with_tests
-from schnet_model.data.load import checksum
 from schnet_model.data.splits import SplitManifest, random_split
+from schnet_model.files import sha256 as checksum
 from schnet_model.model_dir import ModelInfo
 from schnet_model.training.metrics import Metrics
 

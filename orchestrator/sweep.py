@@ -33,8 +33,9 @@ from orchestrator.statuses import (
 from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
 from orchestrator.tracking import NOTE, PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
 from schnet_model.data.heldout import n_held_out, with_tests
-from schnet_model.data.load import checksum
 from schnet_model.data.splits import SplitManifest, holdout, kfold, train_val
+from schnet_model.files import sha256 as checksum
+from schnet_model.files import write_text
 
 METRIC = "val_loss_mean"
 
@@ -492,9 +493,7 @@ def _log_dataset(store: Store, parent: str, data, manifest: SplitManifest) -> No
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:

@@ -22,9 +22,6 @@ never padded, and pair lists are built per batch, vectorised over molecules of e
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +34,7 @@ from schnet_model.calibration import Calibration
 from schnet_model.config import ModelConfig
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.neighbors import block_pairs, cutoff_pairs_many
+from schnet_model.files import atomic_dir
 from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model
 from schnet_model.nn.core import OFFSET_KEYS, Graph, LayoutError, energies_forces, stack_states
 from schnet_model.nn.schnet import SchNet, filter_path
@@ -176,9 +174,7 @@ class SchNetEnsemble:
     def save(self, out: str | Path) -> Path:
         """Write the ensemble directory atomically: ``ensemble.json`` + ``member_<i>/`` model directories."""
         out = Path(out).resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             names = []
             for i, model in enumerate(self.member_models()):
                 names.append(f"member_{i}")
@@ -188,14 +184,6 @@ class SchNetEnsemble:
                         "elements": self.elements, "model": self.config.model_dump(),
                         "calibration": self.calibration.to_dict(), "meta": self.meta}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     @classmethod

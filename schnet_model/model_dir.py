@@ -13,11 +13,7 @@ sha256 and reads them with safetensors, never with pickle.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from schnet_model.config import ModelConfig
+from schnet_model.files import atomic_dir, sha256
 from schnet_model.nn.schnet import SchNet
 from schnet_model.units import canonical_energy_unit
 
@@ -49,25 +46,14 @@ class ModelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model(model: SchNet, info: ModelInfo, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model``, ``info`` and ``extra_files`` (name → text) to directory ``out`` atomically."""
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not (out / CONFIG).exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not a model directory; choose another --out")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
+    with atomic_dir(out) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(
@@ -78,22 +64,12 @@ def save_model(model: SchNet, info: ModelInfo, out: str | Path, extra_files: dic
             "length_unit": info.length_unit,
             "force_unit": f"{canonical_energy_unit(info.energy_unit)}/{info.length_unit}",
             "elements": [int(z) for z in info.elements],
-            "weights_sha256": _sha256(tmp / WEIGHTS),
+            "weights_sha256": sha256(tmp / WEIGHTS),
             **info.extra,
         }
         (tmp / METADATA).write_text(json.dumps(meta, indent=2, default=str))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -114,7 +90,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[SchNet, ModelInfo
         config = ModelConfig(**cfg["model"])
     except (ValidationError, TypeError, KeyError) as e:
         raise ModelLoadError(f"{path / CONFIG}: invalid model config ({e})") from e
-    digest = _sha256(path / WEIGHTS)
+    digest = sha256(path / WEIGHTS)
     if digest != meta.get("weights_sha256"):
         raise ModelLoadError(
             f"{path / WEIGHTS}: sha256 {digest[:12]}… does not match metadata.json; refusing modified weights"

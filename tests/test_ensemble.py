@@ -196,8 +196,8 @@ def _fake_sweep(tmp_path: Path, k: int = 3, n_test: int = 40) -> tuple[str, str]
 
     from orchestrator.sweep_spec import SweepSpec
     from schnet_model.config import DatasetConfig
-    from schnet_model.data.load import checksum
     from schnet_model.data.splits import SplitManifest, holdout, kfold
+    from schnet_model.files import sha256 as checksum
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = MlflowClient(uri)

@@ -31,9 +31,9 @@ def _free_port() -> int:
 def test_the_link_sweep_run_prints_opens_the_runs_table_with_the_dataset(tmp_path):
     from orchestrator.sweep import _log_dataset
     from orchestrator.tracking import NOTE, Store, ui_link
-    from schnet_model.data.load import checksum
     from schnet_model.data.readers import read_dataset
     from schnet_model.data.splits import SplitManifest, kfold
+    from schnet_model.files import sha256 as checksum
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store = Store(uri, "ui-check")

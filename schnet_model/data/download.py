@@ -275,12 +275,10 @@ ARCHIVES: dict[str, tuple[str, dict[str, Callable[[Path], None] | None]]] = {
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 hex digest of a file (:func:`schnet_model.files.sha256`)."""
+    from schnet_model.files import sha256
+
+    return sha256(path)
 
 
 @contextlib.contextmanager

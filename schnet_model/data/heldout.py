@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from schnet_model.config import DatasetConfig
-from schnet_model.data.load import Dataset, checksum, load_dataset
+from schnet_model.data.load import Dataset, load_dataset
 from schnet_model.data.molecules import DataError, Molecules, element_names
 from schnet_model.data.splits import HeldOutFile
+from schnet_model.files import sha256 as checksum
 
 
 @dataclass

@@ -9,7 +9,6 @@ when asked.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,14 +86,3 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     return ds
 
 
-def checksum(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (names and contents, sorted)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
-    for p in files:
-        if Path(path).is_dir():
-            h.update(str(p.relative_to(path)).encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()

@@ -212,11 +212,6 @@ class SplitManifest:
 
     def write(self, path: str | Path) -> None:
         """Write atomically."""
-        import os
-        import tempfile
+        from schnet_model.files import write_text
 
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        write_text(path, self.to_json())
