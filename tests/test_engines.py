@@ -278,6 +278,10 @@ def test_lammps_runs_nve_with_the_ensemble_and_its_uncertainty_in_thermo(trained
     assert le.last["step"] == 400
     print(f"LAMMPS (fix external) NVE ethanol 400 × 0.25 fs: {400 / seconds:.0f} steps/s, total-energy drift "
           f"{drift:.3g} kcal/mol (kinetic {np.mean(ke):.3g} kcal/mol)")
+    # the committee's max force std stops the run through fix halt (docs/md.md)
+    lmp.commands_string("variable fstd equal f_schnet[2]\nfix stop all halt 10 v_fstd > 1.0e-6 error soft")
+    lmp.command("run 100")
+    assert lmp.get_thermo("step") == 410  # halted at the first check, not 500
     lmp.close()
 
 
