@@ -190,6 +190,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
             raise SweepError(f"resources.{key}={spec.resources.gpus()} but this machine has no GPU")
     from orchestrator.fit import local_nodes, trial_fit_error
 
+    if address is None:
+        spec = _share(spec, local_nodes()[0], "this machine's", console)
     if address is None and (err := trial_fit_error(spec, local_nodes(), "this machine has")):
         raise SweepError(err)
     spec = _clamp_grace(spec, console)
@@ -251,6 +253,14 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     from orchestrator.cluster import StorageNotShared, check_storage_shared
     from orchestrator.fit import cluster_nodes
 
+    if address is not None and spec.resources.auto:
+        nodes = [n for n in cluster_nodes() if n.get("CPU", 0.0) >= 1]
+        if not nodes:
+            raise SweepError("resources: auto shares a node among the trials, but no node of the cluster has a CPU for "
+                             "trials yet (an autoscaling cluster starts workers on demand): give resources explicitly, "
+                             "e.g. --set resources.cpus_per_trial=4 --set resources.gpus_per_trial=0.25")
+        spec = _share(spec, max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0))), "the largest node's",
+                      console)
     if address is not None and (err := trial_fit_error(spec, cluster_nodes(), "the cluster's largest node has")):
         console.print(f"note: {err.replace('no trial could ever start; use', 'a trial waits for the autoscaler (or forever without one); or use')}")
 
@@ -326,6 +336,21 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     store.log(parent, {"wall_seconds": outcome.seconds,
                        "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials if not t.get("earlier"))})
     return outcome
+
+
+def _share(spec: SweepSpec, node: dict[str, float], whose: str, console: Console) -> SweepSpec:
+    """``resources: auto`` made explicit for ``node``, and said in one line."""
+    if not spec.resources.auto:
+        return spec
+    n, k = spec.search.max_concurrent, spec.cv.k
+    res = spec.resources.shared(node, k, n)
+    gpus = f" and {node.get('GPU', 0.0):g} GPU" if res.gpus_per_trial else ""
+    gpu = f" and {res.gpus_per_trial:g} GPU" if res.gpus_per_trial else ""
+    each = (f"{res.cpus_per_trial:g} CPU{gpu} per trial, its {k} folds stacked in one process"
+            if res.resolved_layout() == "stacked" else f"{res.cpus_per_fold:g} CPU per fold actor")
+    console.print(f"resources auto: {whose} {node.get('CPU', 0.0):g} CPU{gpus} shared by {n} concurrent "
+                  f"trial{'s' if n > 1 else ''} × {k} folds: {each}")
+    return spec.model_copy(update={"resources": res})
 
 
 def _clamp_grace(spec: SweepSpec, console: Console) -> SweepSpec:

@@ -50,6 +50,10 @@ docs/benchmarks.md): on CPU, k single-threaded fold processes keep every core bu
 stacked process runs the compiled atom-wise loops on one thread."""
 
 
+MIN_FOLD_SHARE = 0.5
+"""``resources: auto`` gives each fold its own actor only when it gets at least this share of a core."""
+
+
 class ResourcesConfig(_Strict):
     """What one trial asks of the cluster, and how it trains its k folds.
 
@@ -60,6 +64,7 @@ class ResourcesConfig(_Strict):
     :data:`CPU_AUTO_LAYOUT`.
     """
 
+    auto: bool = Field(False, description="share the machine (or the largest node): `resources: auto`")
     layout: Literal["auto", "stacked", "folds"] = Field("auto", description="auto | stacked | folds")
     cpus_per_fold: float = Field(1.0, gt=0, description="folds layout: CPUs of each fold actor")
     gpus_per_fold: float = Field(0.0, ge=0, description="folds layout: GPU share of each fold actor (fractional)")
@@ -68,8 +73,17 @@ class ResourcesConfig(_Strict):
     placement_strategy: Literal["PACK", "SPREAD"] = Field(
         "PACK", description="folds layout: a trial's fold bundles PACKed onto few nodes, or SPREAD over nodes")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _auto(cls, v: Any) -> Any:
+        return {"auto": True} if v == "auto" else v
+
     @model_validator(mode="after")
     def _consistent(self) -> ResourcesConfig:
+        explicit = self.model_fields_set & {"layout", "cpus_per_fold", "gpus_per_fold", "cpus_per_trial", "gpus_per_trial"}
+        if self.auto and explicit:
+            raise ValueError(f"auto shares the machine among the trials; it takes no {', '.join(sorted(explicit))} "
+                             "(drop auto to set them yourself)")
         if self.layout == "stacked" and self.gpus_per_fold:
             raise ValueError("gpus_per_fold is for layout: folds; a stacked trial asks for gpus_per_trial")
         if self.layout == "folds" and self.gpus_per_trial:
@@ -77,6 +91,25 @@ class ResourcesConfig(_Strict):
         if self.gpus_per_fold and self.gpus_per_trial:
             raise ValueError("give gpus_per_trial (stacked layout) or gpus_per_fold (folds layout), not both")
         return self
+
+    def shared(self, node: dict[str, float], k: int, concurrent: int) -> ResourcesConfig:
+        """``resources: auto`` made explicit for a node (``{"CPU": .., "GPU": ..}``): its GPUs shared by the
+        ``concurrent`` trials (stacked layout, a GPU share each), else its CPUs shared by ``concurrent`` trials × k
+        fold actors (folds layout), or by ``concurrent`` stacked trials when a fold actor would get less than
+        :data:`MIN_FOLD_SHARE` of a core (k processes per trial would only time-share the cores and hold k copies
+        of torch in memory); explicit resources are returned as they are."""
+        if not self.auto:
+            return self
+        cpus, gpus = float(node.get("CPU", 0.0)), float(node.get("GPU", 0.0))
+        floor2 = lambda x: max(int(x * 100) / 100, 0.01)  # noqa: E731  two decimals, rounded down
+        if gpus > 0:
+            return ResourcesConfig(layout="stacked", cpus_per_trial=floor2(max(cpus / concurrent, 0.01)),
+                                   gpus_per_trial=floor2(min(gpus / concurrent, 1.0)), placement_strategy=self.placement_strategy)
+        per_fold = (cpus - 0.01 * concurrent) / (concurrent * k)
+        if per_fold < MIN_FOLD_SHARE:  # more fold processes than cores: one stacked process per trial instead
+            return ResourcesConfig(layout="stacked", cpus_per_trial=floor2(cpus / concurrent),
+                                   placement_strategy=self.placement_strategy)
+        return ResourcesConfig(layout="folds", cpus_per_fold=floor2(per_fold), placement_strategy=self.placement_strategy)
 
     def resolved_layout(self) -> Layout:
         """The layout a trial uses (``auto`` resolved)."""
@@ -135,7 +168,7 @@ class SweepSpec(_Strict):
     training: dict[str, Any] = Field(default_factory=dict)
     cv: CVConfig = CVConfig()
     search: SearchConfig = SearchConfig()
-    resources: ResourcesConfig = ResourcesConfig()
+    resources: ResourcesConfig = ResourcesConfig(auto=True)
     tracking: TrackingConfig = TrackingConfig()
     storage: str | None = Field(None, description="Tune results: a local dir (default ./sweeps) or a URI")
 

@@ -375,3 +375,18 @@ def test_ctrl_c_ends_a_sweep_as_interrupted_and_resume_finishes_it(tmp_path):
 
     steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(first["id"], "val_loss_mean")]
     assert set(steps) == set(range(1, 41)), steps
+
+
+def test_resources_auto_shares_this_machine_so_a_five_fold_spec_runs_anywhere(tmp_path):
+    """What every shipped spec asks (`resources: auto`, k = 5, 2 concurrent trials) runs on this machine as it is."""
+    cpus = os.cpu_count() or 1
+    p = spec_file(tmp_path, resources="auto", cv={"k": 5}, search={"num_samples": 2, "max_concurrent": 2,
+                                                                  "scheduler": "none"}, training__max_epochs=1)
+    r = sweep("run", str(p), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    per_fold = (cpus - 0.02) / 10
+    expect = (f"{int(per_fold * 100) / 100:g} CPU per fold actor" if per_fold >= 0.5
+              else f"{max(int(cpus / 2 * 100) / 100, 0.01):g} CPU per trial, its 5 folds stacked in one process")
+    assert f"resources auto: this machine's {cpus:g} CPU shared by 2 concurrent trials × 5 folds: {expect}" in r.stdout
+    trials = [t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"]
+    assert len(trials) == 2 and all(t["status"] == "FINISHED" for t in trials)
