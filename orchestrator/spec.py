@@ -45,7 +45,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, list
         node = raw
         for i, part in enumerate(path[:-1]):
             child = node.get(part)
-            if child is None:
+            if child is None or child == "auto":  # `resources: auto` then one key set: explicit resources
                 child = node[part] = {}
             if not isinstance(child, dict):
                 raise SpecError(f"--set {text}: {'.'.join(path[: i + 1])} is {child!r}, not a section")

@@ -11,7 +11,8 @@
 - ``manifest.json``: format, units, elements, k, the calibration scales, the architecture, the
   torch version it was exported with, the outputs, and the sha256 of every file;
 - ``load_ensemble.py``: a loader using only the standard library and torch: it checks every
-  sha256 before loading (the ExportedProgram format holds no pickles) and refuses unseen elements.
+  sha256 before loading, refuses an archive holding pickled objects (the ExportedProgram format
+  stores tensors as raw bytes and the graph as JSON) and refuses unseen elements.
 
 Energies are summed in float64 (the per-element offsets of a molecule reach −10⁵ kcal/mol); the
 weights are float64 by default (``dtype``), which is what MD energy conservation wants.
@@ -95,7 +96,8 @@ LOADER_SOURCE = '''"""Load a SchNet ensemble exported by `sweep ensemble --expor
     out = ens(Z, R)   # Z [n] int64 atomic numbers, R [n, 3] float64 Å (tensors or nested lists)
     out["energy"], out["forces"], out["energy_std"], out["forces_std_atom"].max()
 
-Every file's sha256 is checked against manifest.json before anything is loaded.
+Every file's sha256 is checked against manifest.json before anything is loaded, and the program archive
+must hold no pickled objects (tensors are raw bytes, the graph JSON).
 """
 
 import hashlib
@@ -117,6 +119,25 @@ def _sha256(path):
     return h.hexdigest()
 
 
+def _no_pickles(path):
+    """Refuse an archive that would make torch.export.load unpickle: weights or constants stored with pickle, or
+    sample inputs that torch.load(weights_only=True) rejects (torch.export.load then retries without it)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            if name.endswith(("model_weights_config.json", "model_constants_config.json")):
+                config = json.loads(z.read(name)).get("config", {})
+                if any(entry.get("use_pickle") for entry in config.values()):
+                    raise ExportError(f"{path}: {name} stores tensors with pickle; refusing to load")
+            elif "/sample_inputs/" in name:
+                try:
+                    torch.load(io.BytesIO(z.read(name)), weights_only=True)
+                except Exception as e:
+                    raise ExportError(f"{path}: {name} is not a plain tensor file ({type(e).__name__}); refusing to load")
+
+
 class Ensemble:
     """The exported program with the manifest's checks; call it with Z and R."""
 
@@ -126,6 +147,7 @@ class Ensemble:
         for name, digest in self.manifest["files"].items():
             if _sha256(self.dir / name) != digest:
                 raise ExportError(f"{self.dir / name}: sha256 differs from manifest.json (the file changed)")
+        _no_pickles(self.dir / "ensemble.pt2")
         self.program = torch.export.load(str(self.dir / "ensemble.pt2")).module()
         self.elements = set(self.manifest["elements"])
         self.outputs = self.manifest["outputs"]

@@ -100,3 +100,37 @@ def test_exported_program_takes_any_molecule_size(trained_ensemble, tmp_path):
         assert float(out["energy"]) == pytest.approx(ref.energy[0], rel=1e-9)
         np.testing.assert_allclose(out["forces"].numpy(), ref.forces, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(out["members_energy"].numpy(), ref.members_energy[:, 0], rtol=1e-9)
+
+
+def test_loader_refuses_an_archive_that_would_unpickle(trained_ensemble, tmp_path):
+    import hashlib
+    import zipfile
+
+    from schnet_model.export import export_ensemble
+
+    export_ensemble(SchNetEnsemble.load(trained_ensemble), tmp_path / "exp")
+    src, bad = tmp_path / "exp" / "ensemble.pt2", tmp_path / "bad.pt2"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"]))
+                config["config"][first]["use_pickle"] = True
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
+    bad.replace(src)
+    man = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    man["files"]["ensemble.pt2"] = hashlib.sha256(src.read_bytes()).hexdigest()  # a consistent but hostile export
+    (tmp_path / "exp" / "manifest.json").write_text(json.dumps(man))
+    sys.path.insert(0, str(tmp_path / "exp"))
+    try:
+        import importlib
+
+        import load_ensemble
+
+        importlib.reload(load_ensemble)
+        with pytest.raises(load_ensemble.ExportError, match="stores tensors with pickle; refusing to load"):
+            load_ensemble.load(tmp_path / "exp")
+    finally:
+        sys.path.pop(0)
