@@ -76,9 +76,9 @@ def run(
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
     from orchestrator.spec import SpecError
+    from orchestrator.store import ui_link
     from orchestrator.sweep import SweepError, results_table, run_sweep
     from orchestrator.sweep_spec import load_sweep_spec
-    from orchestrator.tracking import ui_link
     from schnet_model.data.molecules import DataError
 
     try:
@@ -276,10 +276,6 @@ def data_download(
     except KeyboardInterrupt:
         fail("interrupted; nothing partial was left in the cache", 130)
     console.print(f"{dataset.lower()}{f' {molecule}' if molecule else ''}: {path}", soft_wrap=True, highlight=False)
-
-
-def main() -> None:  # pragma: no cover - console-script entry point
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,8 +41,8 @@ from rich.console import Console
 
 from orchestrator.ensemble_io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
 from orchestrator.ensemble_report import PropertyErrors, build_report, reliability_plot, report_table
+from orchestrator.store import FOLD, PARENT, ROLE, SWEEP_ID, StoreNotFoundError, open_client
 from orchestrator.sweep_spec import SweepSpec, TrackingConfig
-from orchestrator.tracking import FOLD, PARENT, ROLE, SWEEP_ID, StoreNotFoundError, open_client
 from schnet_model.calibration import Calibration, fit_scale_oof
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble
@@ -368,7 +368,7 @@ def log_and_register(client, uri: str, sweep_run, ens_dir: Path, reports: dict, 
     name = f"{experiment}{MODEL_SUFFIX}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    from orchestrator.tracking import Store
+    from orchestrator.store import Store
 
     store = Store(uri, experiment)
     flat = {k: v for set_name, r in reports.items() for k, v in r.flat(f"ensemble_{set_name}_").items()}
@@ -435,8 +435,7 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
             mols = Molecules(Z=chunk.Z, R=chunk.R, atom_ptr=chunk.atom_ptr, E=None, F=None, energy_unit=ens.energy_unit,
                              name=Path(path).name)
             raw = ens.predict(mols, calibrated=False).to_unit(unit)
-            sc_e, sc_f = (ens.calibration.energy_scale, ens.calibration.forces_scale) if calibrated else (1.0, 1.0)
-            pred = _scaled(raw, sc_e, sc_f)
+            pred = raw.scaled(ens.calibration) if calibrated else raw
             ref_e, ref_f = convert_refs(chunk, ref_unit, unit)
             has_ref = bool(np.isfinite(ref_e).any() or np.isfinite(ref_f).any())
             if has_ref:
@@ -464,18 +463,6 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
             raise EnsembleCommandError(f"{path}: no reference energies or forces to evaluate against")
         summary["report"] = build_report([p for p in props if p.arrays()[0].size], ens.calibration)
     return summary
-
-
-def _scaled(p, sc_e: float, sc_f: float):
-    """A prediction with stds multiplied by the calibration factors."""
-    from dataclasses import replace
-
-    from schnet_model.ensemble import _summaries
-
-    f_std = p.forces_std * sc_f
-    norm, mx, mn = _summaries(f_std, p.atom_ptr)
-    return replace(p, energy_std=p.energy_std * sc_e, forces_std=f_std, forces_std_norm=norm, forces_std_max=mx,
-                   forces_std_mean=mn)
 
 
 def default_output(path: Path) -> Path:

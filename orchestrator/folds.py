@@ -21,7 +21,7 @@ from schnet_model import ModelConfig, Molecules, SchNet, Trainer, TrainingConfig
 from schnet_model.model_dir import ModelInfo
 from schnet_model.training import NonFiniteLossError, predict
 from schnet_model.training.metrics import Predictions, metrics_of
-from schnet_model.training.trainer import EpochResult
+from schnet_model.training.trainer import EpochResult, resolve_device
 
 
 class FoldNonFinite(RuntimeError):
@@ -79,9 +79,7 @@ def fold_final(index: int, model: SchNet, cfg: TrainingConfig, use_forces: bool,
 
 def fold_config(train_cfg: TrainingConfig, index: int, threads: int, device: str | None = None) -> TrainingConfig:
     """Fold ``index``'s settings: the trial's, its seed offset by the fold index, the device resolved."""
-    dev = device or train_cfg.device
-    if dev == "auto" or (dev.startswith("cuda") and not torch.cuda.is_available()):
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = str(resolve_device(device or train_cfg.device, cpu_without_cuda=True))
     return train_cfg.model_copy(update={"seed": train_cfg.seed + index, "num_threads": max(1, threads), "device": dev})
 
 

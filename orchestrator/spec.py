@@ -76,7 +76,8 @@ def validate(schema: type[_Strict], raw: dict[str, Any], source: str, origin: di
         for err in e.errors():
             line = _format_error(err)
             loc = ".".join(str(p) for p in err["loc"])
-            hits = [t for k, t in (origin or {}).items() if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")]
+            hits = [t for k, t in (origin or {}).items()
+                    if (loc and (loc == k or loc.startswith(k + ".") or k.startswith(loc + "."))) or (not loc and k in line)]
             parts.append(f"{line} (from --set {hits[0]})" if hits else line)
         raise SpecError(f"{source}: " + "; ".join(parts)) from None
 
@@ -97,13 +98,3 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     return raw
-
-
-def load_spec(path: str | Path, overrides: list[str] | None = None, schema: type[_Strict] = TrainSpec):
-    """Read, override, validate; relative dataset paths resolve against the spec's directory."""
-    path = Path(path)
-    raw = read_yaml(path)
-    origin = apply_overrides(raw, overrides or [])
-    spec = validate(schema, raw, str(path), origin)
-    spec.dataset.resolve_paths(path.resolve().parent)
-    return spec

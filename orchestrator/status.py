@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import keys
+from orchestrator.store import PARENT, ROLE, SWEEP_ID, open_client
 from orchestrator.sweep_spec import TrackingConfig
-from orchestrator.tracking import PARENT, ROLE, SWEEP_ID, open_client
 
 
 def _fmt(m: dict[str, float], key: str) -> str:

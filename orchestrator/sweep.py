@@ -30,8 +30,9 @@ from orchestrator.statuses import (
     mlflow_status,
     trial_status,
 )
+from orchestrator.store import NOTE, PARENT, ROLE, SWEEP_ID, Store, git_commit
 from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
-from orchestrator.tracking import NOTE, PARENT, ROLE, SWEEP_ID, MlflowTracker, Store, git_commit
+from orchestrator.tracking import MlflowTracker
 from schnet_model.data.heldout import n_held_out, with_tests
 from schnet_model.data.splits import SplitManifest, holdout, kfold, train_val
 from schnet_model.files import sha256 as checksum

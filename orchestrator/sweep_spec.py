@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.space import Distribution, split_section
-from orchestrator.spec import SpecError, _format_error, apply_overrides, read_yaml
+from orchestrator.spec import _format_error, apply_overrides, read_yaml, validate
 from schnet_model.config import DatasetConfig, ModelConfig, TrainingConfig, _Strict
 
 
@@ -80,7 +80,9 @@ class ResourcesConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ResourcesConfig:
-        explicit = self.model_fields_set & {"layout", "cpus_per_fold", "gpus_per_fold", "cpus_per_trial", "gpus_per_trial"}
+        explicit = {k for k in self.model_fields_set & {"layout", "cpus_per_fold", "gpus_per_fold", "cpus_per_trial",
+                                                        "gpus_per_trial"}
+                    if getattr(self, k) != type(self).model_fields[k].default}  # a dumped spec repeats the defaults
         if self.auto and explicit:
             raise ValueError(f"auto shares the machine among the trials; it takes no {', '.join(sorted(explicit))} "
                              "(drop auto to set them yourself)")
@@ -273,17 +275,7 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> Swe
     path = Path(path)
     raw = read_yaml(path)
     origin = apply_overrides(raw, overrides or [])
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            line = _format_error(err)
-            loc = ".".join(str(p) for p in err["loc"])
-            hits = [t for k, t in origin.items() if (loc and (loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")))
-                    or (not loc and k in line)]
-            parts.append(f"{line} (from --set {hits[0]})" if hits else line)
-        raise SpecError(f"{path}: " + "; ".join(parts)) from None
+    spec = validate(SweepSpec, raw, str(path), origin)
     base = path.resolve().parent
     spec.dataset.resolve_paths(base)
     if spec.storage is not None and "://" not in spec.storage and not Path(spec.storage).is_absolute():

@@ -3,13 +3,13 @@
 Trials never open the tracking store; Tune callbacks in the driver turn trial results into
 MLflow writes. With one writer, an SQLite store never reports ``database is locked`` however
 many trials run at once. Runs are found again by tags (``sweep.id``, ``sweep.trial_id``,
-``sweep.fold``), so a resumed sweep re-attaches to its runs instead of duplicating them.
+``sweep.fold``), so a resumed sweep re-attaches to its runs instead of duplicating them. The
+store itself (tags, client, :class:`Store`) is :mod:`orchestrator.store`, free of Ray.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,98 +19,7 @@ from ray import tune
 
 from orchestrator import keys
 from orchestrator.statuses import COMPLETED, FAILED, budget_used, mlflow_status, trial_status
-
-ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
-NODE, NODES = "sweep.node_id", "sweep.node_ids"  # the Ray node a fold trains on; every node it trained on
-PARENT = "mlflow.parentRunId"
-NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
-# MLflow ≥ 3.4 sorts experiments into GenAI and model training; a sweep's opens on its runs table
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
-                   NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
-
-
-def ui_link(uri: str, experiment_id: str) -> str:
-    """How to open an experiment's runs table in the MLflow UI.
-
-    MLflow 3's UI opens every experiment on its GenAI view unless the URL (or the sidebar's
-    toggle, remembered by the browser) asks for the model-training view.
-    """
-    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-class StoreNotFoundError(LookupError):
-    """A read-only command named a SQLite tracking store that does not exist."""
-
-
-def open_client(uri: str, *, read_only: bool = False, registry: bool = False):
-    """An ``MlflowClient`` for ``uri`` without MLflow's schema-creation chatter on stderr.
-
-    Args:
-        uri: tracking URI (``sqlite:///…``, ``http://…``, a path).
-        read_only: refuse a ``sqlite:///`` file that does not exist instead of creating an empty
-            store (``sweep ensemble``/``status``/``list`` must not leave files behind).
-        registry: also use ``uri`` as the model-registry URI.
-    """
-    import logging
-
-    from mlflow.tracking import MlflowClient
-
-    for name in ("mlflow", "alembic"):  # schema creation/migration chatter on a new SQLite store
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if read_only and uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.exists():
-            raise StoreNotFoundError(f"no MLflow store at {path} (tracking URI {uri}); run a sweep first or pass --tracking-uri")
-    return MlflowClient(tracking_uri=uri, registry_uri=uri) if registry else MlflowClient(tracking_uri=uri)
-
-
-class Store:
-    """Thin helper over ``MlflowClient`` for the run tree."""
-
-    def __init__(self, uri: str, experiment: str) -> None:
-        self.uri, self.experiment = uri, experiment
-        self.client = open_client(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
-        if exp is not None and exp.tags.get(EXPERIMENT_KIND[0]) is None:
-            self.client.set_experiment_tag(self.exp_id, *EXPERIMENT_KIND)
-
-    def find(self, **tags: str) -> list:
-        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        return self.client.search_runs([self.exp_id], filter_string=flt, max_results=10_000)
-
-    def find_or_create(self, name: str, tags: dict[str, str]) -> str:
-        key = {k: v for k, v in tags.items() if k in (ROLE, SWEEP_ID, TRIAL_ID, FOLD)}
-        runs = self.find(**key)
-        if runs:
-            return runs[0].info.run_id
-        return self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
-
-    def log(self, run_id: str, metrics: dict[str, float], step: int | None = None, params: dict[str, Any] | None = None) -> None:
-        from mlflow.entities import Metric, Param
-
-        now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
-        for i in range(0, max(len(ms), 1), 900):
-            self.client.log_batch(run_id, metrics=ms[i : i + 900], params=ps if i == 0 else [])
-
-    def end(self, run_id: str, status: str) -> None:
-        if self.client.get_run(run_id).info.status == "RUNNING":
-            self.client.set_terminated(run_id, status=status)
+from orchestrator.store import FOLD, NODE, NODES, PARENT, ROLE, SWEEP_ID, TRIAL_ID, Store
 
 
 class MlflowTracker(tune.Callback):

@@ -17,6 +17,7 @@ from orchestrator import keys
 from orchestrator.folds import ActorFolds, FoldNonFinite, fold_metrics_summary
 from orchestrator.stack import StackedFolds
 from orchestrator.sweep_spec import SweepSpec
+from schnet_model.training.trainer import resolve_device
 
 NONFINITE_MARKER = "nonfinite.txt"
 
@@ -74,7 +75,7 @@ def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
     """The trial's fold members, set up for this configuration: stacked in this process, or fold actors."""
     res, k = spec.resources, len(ctx["folds"])
     if ctx["layout"] == "stacked":
-        device = "cuda" if res.gpus_per_trial and torch.cuda.is_available() else "cpu"
+        device = str(resolve_device("cuda" if res.gpus_per_trial else "cpu", cpu_without_cuda=True))
         group = StackedFolds(k, max(1, round(res.trial_cpus(k))), device)
         group.setup(ray.get(ctx["data"]["ref"]), ctx["folds"], ctx["tests"], model_cfg, train_cfg)
         return group

@@ -89,6 +89,14 @@ class EnsemblePrediction:
     def force_unit(self) -> str:
         return force_unit(self.energy_unit)
 
+    def scaled(self, calibration: Calibration) -> EnsemblePrediction:
+        """The same prediction with its stds multiplied by ``calibration``'s scales (summaries recomputed):
+        the one place a recalibration is applied to stds."""
+        f_std = None if self.forces_std is None else self.forces_std * calibration.forces_scale
+        norm, mx, mn = (None, None, None) if f_std is None else _summaries(f_std, self.atom_ptr)
+        return replace(self, energy_std=self.energy_std * calibration.energy_scale, forces_std=f_std, forces_std_norm=norm,
+                       forces_std_max=mx, forces_std_mean=mn, calibrated=calibration.method != "identity")
+
     def to_unit(self, unit: str) -> EnsemblePrediction:
         """The same prediction with energies (and forces, stds) converted to ``unit``."""
         unit = canonical_energy_unit(unit)
@@ -344,15 +352,10 @@ class SchNetEnsemble:
                     m_f[:, a0:a1] = F64.cpu().numpy()
             if progress is not None:
                 progress(m1, N)
-        if calibrated:
-            e_std = e_std * self.calibration.energy_scale
-            f_std = None if f_std is None else f_std * self.calibration.forces_scale
-        norm = mx = mn = None
-        if f_std is not None:
-            norm, mx, mn = _summaries(f_std, ptr)
-        return EnsemblePrediction(e_mean, e_std, f_mean, f_std, norm, mx, mn, ptr.copy(), self.energy_unit,
-                                  calibrated=calibrated and self.calibration.method != "identity",
-                                  members_energy=m_e, members_forces=m_f)
+        norm, mx, mn = (None, None, None) if f_std is None else _summaries(f_std, ptr)
+        raw = EnsemblePrediction(e_mean, e_std, f_mean, f_std, norm, mx, mn, ptr.copy(), self.energy_unit,
+                                 members_energy=m_e, members_forces=m_f)
+        return raw.scaled(self.calibration) if calibrated else raw
 
     def predict_arrays(self, Z: np.ndarray, R: np.ndarray, atom_ptr: np.ndarray | None = None, **kw: Any) -> EnsemblePrediction:
         """:meth:`predict` for raw arrays: ``Z`` [n_atoms], ``R`` [n_atoms, 3] Å, ``atom_ptr`` [N+1] (default: one molecule)."""

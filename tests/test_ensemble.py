@@ -372,7 +372,7 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
         (["ensemble", "ens", "--predict", str(tmp_path / "missing.xyz"), "-o", "o.extxyz"], "missing.xyz: no such file"),
         (["ensemble", "ens", "--predict", str(good), "-o", "o.extxyz", "--unit", "kcal"], "--unit: unknown energy unit 'kcal'"),
     ]
-    from orchestrator.tracking import open_client
+    from orchestrator.store import open_client
 
     open_client(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # an existing store without sweeps
     for args, expected in cases:

@@ -54,3 +54,15 @@ def test_one_schnet_computation_the_core():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module in parts:
                 raise AssertionError(f"{path}: imports {node.module}; call schnet_model.nn.core instead")
+
+
+def test_the_read_only_commands_start_without_ray():
+    """`sweep status`, `sweep list` and `sweep ensemble` read MLflow only: importing them must not import Ray (seconds
+    of start-up, and a dependency a laptop reading a cluster's store need not load)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.cli, orchestrator.status, orchestrator.ensemble, orchestrator.ensemble_io, "
+            "orchestrator.store; print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))[:5])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -49,6 +49,7 @@ from typing import BinaryIO
 import numpy as np
 
 from schnet_model.config import DatasetConfig
+from schnet_model.data.iso17 import ISO17_DBS
 from schnet_model.data.molecules import DataError
 
 try:  # POSIX: serialise concurrent fetches into one cache (e.g. parallel search trials)
@@ -76,7 +77,6 @@ RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde
 ALIASES = {"md17": {"salicylic": "salicylic_acid"}, "rmd17": {"salicylic_acid": "salicylic"}}
 QM9_TARBALL = "dsgdb9nsd.xyz.tar.bz2"
 QM9_FILES = (QM9_TARBALL, "uncharacterized.txt", "atomref.txt")
-ISO17_DBS = ("reference.db", "reference_eq.db", "test_within.db", "test_other.db", "test_eq.db")
 
 #: The official sources: cache key ``<dataset>/<file name>`` -> URL.
 URLS: dict[str, str] = {

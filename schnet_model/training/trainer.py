@@ -26,9 +26,10 @@ from schnet_model.training.metrics import Metrics, evaluate
 from schnet_model.training.optim import make_adam, make_schedulers
 
 
-def resolve_device(name: str) -> torch.device:
-    """``'auto'`` → cuda when available, else cpu."""
-    if name == "auto":
+def resolve_device(name: str, cpu_without_cuda: bool = False) -> torch.device:
+    """The one device rule: ``'auto'`` → cuda when available, else cpu; ``cuda…`` on a machine (or in a Ray
+    worker) without CUDA → cpu when ``cpu_without_cuda``, else as asked (an error at first use)."""
+    if name == "auto" or (cpu_without_cuda and name.startswith("cuda") and not torch.cuda.is_available()):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
