@@ -182,6 +182,13 @@ class SweepSpec(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _molecule_in_name(self) -> SweepSpec:
+        """``name: md17_{molecule}``: one spec per dataset family, the sweep named after the molecule chosen."""
+        if "{molecule}" in self.name:
+            self.name = self.name.replace("{molecule}", self.dataset.molecule or "any")
+        return self
+
+    @model_validator(mode="after")
     def _check_sections(self) -> SweepSpec:
         errors = []
         for section, schema in (("model", ModelConfig), ("training", TrainingConfig)):

@@ -108,6 +108,15 @@ class DatasetConfig(_Strict):
             raise ValueError("give dataset.path or dataset.download")
         if self.download in ("md17", "rmd17") and self.path is None and not self.molecule:
             raise ValueError(f"dataset.download: {self.download} needs dataset.molecule (e.g. aspirin)")
+        if self.download in ("md17", "rmd17") and self.path is None and self.molecule:
+            from schnet_model.data.download import normalize_molecule  # the one list of MD17/rMD17 molecules
+
+            try:
+                canonical = normalize_molecule(self.download, self.molecule)
+            except ValueError as e:
+                raise ValueError(f"molecule: {e}") from None
+            if canonical != self.molecule:
+                self.molecule = canonical
         if isinstance(self.test_path, dict):
             if not self.test_path:
                 raise ValueError("dataset.test_path: an empty mapping; give {name: file, ...} or one file")
