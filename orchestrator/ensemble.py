@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from orchestrator import keys
 from orchestrator.ensemble_io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
 from orchestrator.ensemble_report import PropertyErrors, build_report, reliability_plot, report_table
 from orchestrator.store import FOLD, PARENT, ROLE, SWEEP_ID, StoreNotFoundError, open_client
@@ -49,7 +50,7 @@ from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble
 from schnet_model.model_dir import ModelLoadError
 from schnet_model.units import UnitError, canonical_energy_unit
 
-MODEL_SUFFIX, ALIAS, ENSEMBLE_TAG = "-schnet-ensemble", "champion", "sweep.ensemble_model_uri"
+MODEL_SUFFIX, ALIAS, ENSEMBLE_TAG = "-schnet-ensemble", "champion", keys.ENSEMBLE_MODEL
 MAX_CALIBRATION_MOLECULES = 20_000  # test molecules used for E[std²] and the report (random subset beyond)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -100,14 +101,14 @@ def _finished_sweeps(client) -> list:
         return []
     runs = client.search_runs(exps, filter_string=f"tags.`{ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"],
                               max_results=10_000)
-    return [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("sweep.best_trial_run_id")]
+    return [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(keys.BEST_TRIAL_RUN)]
 
 
 def find_sweep(client, uri: str, name: str | None):
     """The newest finished sweep (with a completed best trial) named ``name`` (sweep.id or spec name), or overall."""
     sweeps = _finished_sweeps(client)
     if name:
-        sweeps = [r for r in sweeps if name in (r.data.tags.get(SWEEP_ID), r.data.tags.get("sweep.name"))]
+        sweeps = [r for r in sweeps if name in (r.data.tags.get(SWEEP_ID), r.data.tags.get(keys.SPEC_NAME))]
     if not sweeps:
         what = f"named {name!r} " if name else ""
         raise EnsembleCommandError(f"no finished sweep {what}with a completed trial in {uri} (see `sweep list`)")
@@ -181,9 +182,9 @@ def _download(client, run_id: str, path: str, dst: Path) -> Path:
 def fold_model_dirs(client, trial_run, dst: Path) -> list[Path]:
     """Download the k fold models of a completed trial; [member_0, …] in fold order."""
     tid = trial_run.info.run_id
-    if trial_run.data.tags.get("sweep.status") != "completed":
-        raise EnsembleCommandError(f"trial {trial_run.data.tags.get('sweep.trial_id')} is "
-                                   f"{trial_run.data.tags.get('sweep.status', trial_run.info.status)}, not completed")
+    if trial_run.data.tags.get(keys.STATUS) != "completed":
+        raise EnsembleCommandError(f"trial {trial_run.data.tags.get(keys.TRIAL_ID)} is "
+                                   f"{trial_run.data.tags.get(keys.STATUS, trial_run.info.status)}, not completed")
     folds = client.search_runs([trial_run.info.experiment_id],
                                filter_string=f"tags.`{PARENT}` = '{tid}' and tags.`{ROLE}` = 'fold'", max_results=1000)
     folds = sorted(folds, key=lambda r: int(r.data.tags[FOLD]))
@@ -269,13 +270,13 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
     sid = sweep_run.info.run_id
     sweep_name = sweep_run.data.tags.get(SWEEP_ID, sid)
     if trial_run is None:
-        trial_run = client.get_run(sweep_run.data.tags["sweep.best_trial_run_id"])
-    trial_id = trial_run.data.tags.get("sweep.trial_id", trial_run.info.run_id)
+        trial_run = client.get_run(sweep_run.data.tags[keys.BEST_TRIAL_RUN])
+    trial_id = trial_run.data.tags.get(keys.TRIAL_ID, trial_run.info.run_id)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         dirs = fold_model_dirs(client, trial_run, tmp / "folds")
-        spec = SweepSpec.model_validate_json(_download(client, sid, "spec.json", tmp).read_text())
-        manifest = SplitManifest.from_json(_download(client, sid, "split.json", tmp).read_text())
+        spec = SweepSpec.model_validate_json(_download(client, sid, keys.SPEC_JSON, tmp).read_text())
+        manifest = SplitManifest.from_json(_download(client, sid, keys.SPLIT_JSON, tmp).read_text())
         meta = {"sweep": sweep_name, "sweep_run_id": sid, "trial_id": trial_id, "trial_run_id": trial_run.info.run_id,
                 "experiment": client.get_experiment(sweep_run.info.experiment_id).name, "created": time.time()}
         try:
@@ -320,17 +321,17 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
 def _check_oof(client, trial_run_id: str, oof: dict, tmp: Path) -> float | None:
     """Max |difference| between the re-predicted out-of-fold energies and the sweep's ``predictions.npz``."""
     try:
-        path = _download(client, trial_run_id, "predictions.npz", tmp / "pred")
+        path = _download(client, trial_run_id, keys.PREDICTIONS, tmp / "pred")
     except EnsembleCommandError:
         return None
     with np.load(path, allow_pickle=False) as z:
-        if "oof_idx" not in z.files:
+        if keys.prediction("oof", "idx") not in z.files:
             return None
-        pos = {int(i): j for j, i in enumerate(z["oof_idx"])}
+        pos = {int(i): j for j, i in enumerate(z[keys.prediction("oof", "idx")])}
         sel = [pos.get(int(i), -1) for i in oof["idx"]]
         if min(sel, default=-1) < 0:
             return None
-        return float(np.max(np.abs(z["oof_energy"][sel] - oof["energy"])))
+        return float(np.max(np.abs(z[keys.prediction("oof", "energy")][sel] - oof["energy"])))
 
 
 def _code_copy(dst: Path) -> Path:

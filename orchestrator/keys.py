@@ -9,6 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
+# -- MLflow tags of the run tree (sweep run → trial runs → fold runs) ---------------------------------------
+ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
+NODE, NODES = "sweep.node_id", "sweep.node_ids"  # the Ray node a fold trains on; every node it trained on
+PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
+# MLflow ≥ 3.4 sorts experiments into GenAI and model training; a sweep's opens on its runs table
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
+                   NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
+STATUS, ERROR = "sweep.status", "sweep.error"  # a trial's end (orchestrator.statuses), and why it failed
+BEST_TRIAL, BEST_TRIAL_RUN = "sweep.best_trial_id", "sweep.best_trial_run_id"  # on the sweep run
+SPEC_NAME, VERSION, GIT_COMMIT, DATASET_SHA = "sweep.name", "sweep.version", "sweep.git_commit", "sweep.dataset_sha256"
+STEP_MODE = "sweep.step_mode"  # how a stacked trial's step runs
+ENSEMBLE_MODEL = "sweep.ensemble_model_uri"  # the registered ensemble of a sweep
+
+# -- artifacts ------------------------------------------------------------------------------------------------
+SPEC_JSON, SPLIT_JSON, PREDICTIONS, TRIAL_JSON = "spec.json", "split.json", "predictions.npz", "trial.json"
+
+# -- metrics --------------------------------------------------------------------------------------------------
 PROPS = ("energy", "forces")
 
 

@@ -49,7 +49,7 @@ def show_status(name: str | None, uri: str | None, console: Console) -> None:
     client = _client(uri)
     sweeps = _sweeps(client)
     if name:
-        sweeps = [r for r in sweeps if r.data.tags.get(SWEEP_ID) == name or r.data.tags.get("sweep.name") == name]
+        sweeps = [r for r in sweeps if r.data.tags.get(SWEEP_ID) == name or r.data.tags.get(keys.SPEC_NAME) == name]
     if not sweeps:
         raise LookupError(f"no sweep {'named ' + repr(name) + ' ' if name else ''}in {TrackingConfig(uri=uri).resolved_uri()}")
     sweep = sweeps[0]
@@ -60,8 +60,8 @@ def show_status(name: str | None, uri: str | None, console: Console) -> None:
     for r in sorted(trials, key=lambda r: r.data.metrics.get("best_val_loss_mean", r.data.metrics.get("val_loss_mean", 1e300))):
         m = r.data.metrics
         epochs = client.get_metric_history(r.info.run_id, "val_loss_mean")
-        t.add_row(r.data.tags.get("sweep.trial_id", "?"), r.data.tags.get("sweep.status", r.info.status.lower()),
+        t.add_row(r.data.tags.get(keys.TRIAL_ID, "?"), r.data.tags.get(keys.STATUS, r.info.status.lower()),
                   str(max((h.step for h in epochs), default=0)), _fmt(m, "val_loss_mean"), _fmt(m, "val_loss_std"),
                   *(_named(ts, _fmt(m, keys.ensemble_mae(ts, p))) for ts in [keys.headline_set(m) or "test"] for p in keys.PROPS),
-                  r.data.tags.get("sweep.error", "")[:60])
+                  r.data.tags.get(keys.ERROR, "")[:60])
     console.print(t)

@@ -12,14 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROLE, SWEEP_ID, TRIAL_ID, FOLD = "sweep.role", "sweep.id", "sweep.trial_id", "sweep.fold"
-NODE, NODES = "sweep.node_id", "sweep.node_ids"  # the Ray node a fold trains on; every node it trained on
-PARENT = "mlflow.parentRunId"
-NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
-# MLflow ≥ 3.4 sorts experiments into GenAI and model training; a sweep's opens on its runs table
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
-                   NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
+from orchestrator.keys import (  # noqa: F401  (re-exported: the run tree's tags)
+    EXPERIMENT_KIND,
+    EXPERIMENT_TAGS,
+    FOLD,
+    NODE,
+    NODES,
+    NOTE,
+    PARENT,
+    ROLE,
+    SWEEP_ID,
+    TRIAL_ID,
+)
 
 
 def ui_link(uri: str, experiment_id: str) -> str:

@@ -228,8 +228,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         from schnet_model import __version__
 
         parent = store.client.create_run(store.exp_id, run_name=name, tags={
-            ROLE: "sweep", SWEEP_ID: name, "sweep.name": spec.name, "sweep.version": __version__,
-            "sweep.git_commit": git_commit(), "sweep.dataset_sha256": manifest.dataset_sha256}).info.run_id
+            ROLE: "sweep", SWEEP_ID: name, keys.SPEC_NAME: spec.name, keys.VERSION: __version__,
+            keys.GIT_COMMIT: git_commit(), keys.DATASET_SHA: manifest.dataset_sha256}).info.run_id
         flat = {f"{s}.{k}": v for s in ("cv", "search", "resources") for k, v in getattr(spec, s).model_dump().items()}
         flat.update({f"model.{k}": v for k, v in spec.model.items()})
         flat.update({f"training.{k}": v for k, v in spec.training.items()})
@@ -237,10 +237,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
                                               for name, idx in manifest.test_sets().items()}}, params=flat)
         _log_dataset(store, parent, data, manifest)
         with tempfile.TemporaryDirectory() as t:
-            (Path(t) / "spec.json").write_text(spec.model_dump_json(indent=2))
-            manifest.write(Path(t) / "split.json")
-            store.client.log_artifact(parent, str(Path(t) / "spec.json"))
-            store.client.log_artifact(parent, str(Path(t) / "split.json"))
+            (Path(t) / keys.SPEC_JSON).write_text(spec.model_dump_json(indent=2))
+            manifest.write(Path(t) / keys.SPLIT_JSON)
+            store.client.log_artifact(parent, str(Path(t) / keys.SPEC_JSON))
+            store.client.log_artifact(parent, str(Path(t) / keys.SPLIT_JSON))
         (root / name).mkdir(parents=True, exist_ok=True)
         meta = {"name": name, "spec_name": spec.name, "parent_run_id": parent, "tracking_uri": uri,
                 "experiment": experiment, "status": "running", "created": time.time()}
@@ -458,13 +458,13 @@ def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
     the callbacks could not (the driver died; the time budget or Ctrl-C ended the trial)."""
     state = {t["trial_id"]: t["status"] for t in trials}
     for run in store.find(**{SWEEP_ID: name}):
-        role, trial_id = run.data.tags.get(ROLE), run.data.tags.get("sweep.trial_id")
-        if role == "trial" and trial_id in state and "sweep.status" not in run.data.tags:
-            store.client.set_tag(run.info.run_id, "sweep.status", state[trial_id])
+        role, trial_id = run.data.tags.get(ROLE), run.data.tags.get(keys.TRIAL_ID)
+        if role == "trial" and trial_id in state and keys.STATUS not in run.data.tags:
+            store.client.set_tag(run.info.run_id, keys.STATUS, state[trial_id])
         if run.info.status == "RUNNING" and role in ("trial", "fold"):
             if trial_id not in state:  # started, but the driver died before Tune's state recorded it
-                store.client.set_tag(run.info.run_id, "sweep.status", LOST)
-                store.client.set_tag(run.info.run_id, "sweep.error", LOST_REASON)
+                store.client.set_tag(run.info.run_id, keys.STATUS, LOST)
+                store.client.set_tag(run.info.run_id, keys.ERROR, LOST_REASON)
             store.end(run.info.run_id, mlflow_status(state[trial_id]) if trial_id in state else "KILLED")
 
 
@@ -473,10 +473,10 @@ def _log_best(store: Store, parent: str, name: str, best: dict[str, Any], data, 
     from orchestrator.plots import parity
 
     c = store.client
-    runs = store.find(**{"sweep.trial_id": best["trial_id"], ROLE: "trial"})
-    c.set_tag(parent, "sweep.best_trial_id", best["trial_id"])
+    runs = store.find(**{keys.TRIAL_ID: best["trial_id"], ROLE: "trial"})
+    c.set_tag(parent, keys.BEST_TRIAL, best["trial_id"])
     if runs:
-        c.set_tag(parent, "sweep.best_trial_run_id", runs[0].info.run_id)
+        c.set_tag(parent, keys.BEST_TRIAL_RUN, runs[0].info.run_id)
     unit = data.energy_unit
     sets = manifest.test_sets()
     errs = "".join(f"; its {len(sets[t]):,}-molecule {t} set: energy MAE {m['energy']:.4g} {unit}"
@@ -490,7 +490,7 @@ def _log_best(store: Store, parent: str, name: str, best: dict[str, Any], data, 
                        **{keys.best_mae(t, p): v for t, m in best["tests"].items() for p, v in m.items() if v is not None}})
     if best["checkpoint"] is None:
         return
-    with best["checkpoint_ref"].as_directory() as d, np.load(Path(d) / "predictions.npz") as z:  # local or s3://
+    with best["checkpoint_ref"].as_directory() as d, np.load(Path(d) / keys.PREDICTIONS) as z:  # local or s3://
         pred = {k: z[k] for k in z.files}
     with tempfile.TemporaryDirectory() as t:
         for name in sets:  # parity plots per test set: plots/parity_energy.png (test), plots/parity_energy_NAME.png

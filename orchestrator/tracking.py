@@ -68,7 +68,7 @@ class MlflowTracker(tune.Callback):
         self.store.log(rid, trial_metrics, step)
         if result.get("step_mode") and rid not in self._moded:  # how the stacked step runs, once per trial
             self._moded.add(rid)
-            self.store.client.set_tag(rid, "sweep.step_mode", str(result["step_mode"])[:500])
+            self.store.client.set_tag(rid, keys.STEP_MODE, str(result["step_mode"])[:500])
         for i, fid in enumerate(folds):
             prefix = f"fold{i}/"
             self.store.log(fid, {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}, step)
@@ -84,7 +84,7 @@ class MlflowTracker(tune.Callback):
         state = trial_status(False, trial.last_result, budget_used(self.time_budget, self.t0))
         if state == COMPLETED and trial.checkpoint is not None:
             self._log_final(trial, rid, folds)
-        self.store.client.set_tag(rid, "sweep.status", state)
+        self.store.client.set_tag(rid, keys.STATUS, state)
         for fid in folds:
             self.store.end(fid, mlflow_status(state))
         self.store.end(rid, mlflow_status(state))
@@ -93,8 +93,8 @@ class MlflowTracker(tune.Callback):
         rid, folds = self.runs(trial)
         reason = error_reason(trial)
         for r in [rid, *folds]:
-            self.store.client.set_tag(r, "sweep.error", reason[:5000])
-        self.store.client.set_tag(rid, "sweep.status", FAILED)
+            self.store.client.set_tag(r, keys.ERROR, reason[:5000])
+        self.store.client.set_tag(rid, keys.STATUS, FAILED)
         for fid in folds:
             self.store.end(fid, "FAILED")
         self.store.end(rid, "FAILED")
@@ -111,8 +111,8 @@ class MlflowTracker(tune.Callback):
                 self.store.log(fid, {keys.fold_metric(name, k): v for name, m in res["tests"].items() for k, v in m.items()} |
                                {"best_epoch": res["best_epoch"], "best_val_loss": res["best_val_loss"]})
                 c.log_artifacts(fid, str(fd / "model"), "model")
-            c.log_artifact(rid, str(d / "predictions.npz"))
-            c.log_artifact(rid, str(d / "trial.json"))
+            c.log_artifact(rid, str(d / keys.PREDICTIONS))
+            c.log_artifact(rid, str(d / keys.TRIAL_JSON))
         hist_mean = c.get_metric_history(rid, "val_loss_mean")
         hist_std = {m.step: m.value for m in c.get_metric_history(rid, "val_loss_std")}
         with tempfile.TemporaryDirectory() as t:

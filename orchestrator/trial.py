@@ -56,19 +56,19 @@ def _write_final(d: Path, finals: list[dict[str, Any]], params: dict[str, Any], 
         (fold_dir / "result.json").write_text(json.dumps(
             {"val": f["val"], "tests": f["tests"], "best_epoch": f["best_epoch"], "best_val_loss": f["best_val_loss"]}))
     arrays: dict[str, np.ndarray] = {
-        "oof_idx": np.concatenate([f["oof"]["idx"] for f in finals]),
-        "oof_fold": np.concatenate([np.full(len(f["oof"]["idx"]), f["index"]) for f in finals]),
-        "oof_energy": np.concatenate([f["oof"]["energy"] for f in finals]),
+        keys.prediction("oof", "idx"): np.concatenate([f["oof"]["idx"] for f in finals]),
+        keys.prediction("oof", "fold"): np.concatenate([np.full(len(f["oof"]["idx"]), f["index"]) for f in finals]),
+        keys.prediction("oof", "energy"): np.concatenate([f["oof"]["energy"] for f in finals]),
     }
     if finals[0]["oof"]["forces"] is not None:
-        arrays["oof_forces"] = np.concatenate([f["oof"]["forces"] for f in finals])
+        arrays[keys.prediction("oof", "forces")] = np.concatenate([f["oof"]["forces"] for f in finals])
     for name, first in finals[0]["test_preds"].items():
         arrays[keys.prediction(name, "idx")] = first["idx"]
         arrays[keys.prediction(name, "energy")] = np.stack([f["test_preds"][name]["energy"] for f in finals])  # [k, n]
         if first["forces"] is not None:
             arrays[keys.prediction(name, "forces")] = np.stack([f["test_preds"][name]["forces"] for f in finals])  # [k, n_atoms, 3]
-    np.savez(d / "predictions.npz", **arrays)
-    (d / "trial.json").write_text(json.dumps({"params": params, "summary": summary}))
+    np.savez(d / keys.PREDICTIONS, **arrays)
+    (d / keys.TRIAL_JSON).write_text(json.dumps({"params": params, "summary": summary}))
 
 
 def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
