@@ -203,9 +203,66 @@ def variance_inputs(tests: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
     return " + ".join(tests), np.concatenate(list(tests.values()))
 
 
+OOF_CHECK_MOLECULES = 32  # stored out-of-fold predictions are checked against the loaded members on this many
+
+
+def _stored_oof(stored: dict[str, np.ndarray] | None, folds: list[tuple[np.ndarray, np.ndarray]], forces: bool
+                ) -> dict[str, np.ndarray] | None:
+    """The trial's stored out-of-fold predictions when they cover exactly the folds' validation sets, else None."""
+    need = [keys.prediction("oof", w) for w in ("idx", "fold", "energy")] + ([keys.prediction("oof", "forces")] if forces else [])
+    if stored is None or any(n not in stored for n in need):
+        return None
+    idx, fold = stored[need[0]], stored[need[1]]
+    for i, (_, val) in enumerate(folds):
+        if not np.array_equal(np.sort(idx[fold == i]), np.sort(val)):
+            return None
+    return {"idx": idx, "owner": fold, "energy": stored[need[2]], "forces": stored[need[3]] if forces else None}
+
+
+def oof_predictions(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]],
+                    stored: dict[str, np.ndarray] | None, max_molecules: int, rng: np.random.Generator
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each pool molecule's prediction by the member that held it out: the trial's stored ones (``predictions.npz``,
+    computed once when each fold finished) after checking a sample against the loaded members, else predicted now.
+
+    Returns ({"idx" [n], "owner" [n], "energy" [n], "forces" [n_atoms, 3] or None}, details).
+    """
+    forces = data.has_forces
+    oof = _stored_oof(stored, folds, forces)
+    details: dict[str, Any] = {}
+    if oof is not None:
+        sample = rng.choice(len(oof["idx"]), min(OOF_CHECK_MOLECULES, len(oof["idx"])), replace=False)
+        pp = ens.predict(data.subset(oof["idx"][sample]), forces=False, calibrated=False, members=True)
+        diff = float(np.max(np.abs(pp.members_energy[oof["owner"][sample], np.arange(len(sample))] - oof["energy"][sample])))
+        details["oof_energy_max_abs_diff_vs_sweep"] = diff
+        if diff > 1e-6 * float(np.max(np.abs(oof["energy"]))) + 1e-3:  # not these members' predictions: predict again
+            details["oof_stored_rejected"] = True
+            oof = None
+    if oof is None:
+        pool = np.concatenate([v for _, v in folds])  # [n_pool]
+        owner = np.concatenate([np.full(len(v), i) for i, (_, v) in enumerate(folds)])  # [n_pool] member that held it out
+        if len(pool) > max_molecules:
+            keep = np.sort(rng.choice(len(pool), max_molecules, replace=False))
+            pool, owner = pool[keep], owner[keep]
+        sub = data.subset(pool)
+        pp = ens.predict(sub, forces=forces, calibrated=False, members=True)
+        atom_owner = np.repeat(owner, sub.n_atoms)  # [n_pool_atoms]
+        return {"idx": pool, "owner": owner, "energy": pp.members_energy[owner, np.arange(len(pool))],
+                "forces": pp.members_forces[atom_owner, np.arange(len(sub.Z))] if forces else None}, \
+            {**details, "oof_source": "predicted by the loaded members"}
+    if len(oof["idx"]) > max_molecules:  # a random subset of molecules, with their atoms
+        keep = np.sort(rng.choice(len(oof["idx"]), max_molecules, replace=False))
+        counts = data.n_atoms[oof["idx"]]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        atoms = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in keep])
+        oof = {"idx": oof["idx"][keep], "owner": oof["owner"][keep], "energy": oof["energy"][keep],
+               "forces": None if oof["forces"] is None else oof["forces"][atoms]}
+    return oof, {**details, "oof_source": "stored by the sweep (predictions.npz), checked on a sample"}
+
+
 def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]],
-                    tests: dict[str, np.ndarray], max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0
-                    ) -> tuple[Calibration, dict[str, list[PropertyErrors]], dict]:
+                    tests: dict[str, np.ndarray], max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0,
+                    stored: dict[str, np.ndarray] | None = None) -> tuple[Calibration, dict[str, list[PropertyErrors]], dict]:
     """Fit the std scale on out-of-fold errors (pool) and the ensemble variance on held-out inputs; errors per test set.
 
     Args:
@@ -213,23 +270,19 @@ def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
         data: the sweep's molecules (the dataset's, then the test files').
         folds: (train, val) indices per fold.
         tests: named test sets (labels used only for the reports). With none, the stds stay uncalibrated (scale 1).
+        stored: the trial's ``predictions.npz`` arrays (its out-of-fold predictions are used when they check out).
 
     Returns:
-        (calibration, {test set: [energy errors, force errors]}, out-of-fold energies).
+        (calibration, {test set: [energy errors, force errors]}, out-of-fold predictions).
     """
     rng = np.random.default_rng(seed)
     k = ens.k
     if len(folds) != k:
         raise EnsembleCommandError(f"{len(folds)} folds in split.json but {k} members")
-    pool = np.concatenate([v for _, v in folds])  # [n_pool]
-    owner = np.concatenate([np.full(len(v), i) for i, (_, v) in enumerate(folds)])  # [n_pool] member that held it out
-    if len(pool) > max_molecules:
-        keep = np.sort(rng.choice(len(pool), max_molecules, replace=False))
-        pool, owner = pool[keep], owner[keep]
     forces = data.has_forces
-    pp = ens.predict(data.subset(pool), forces=forces, calibrated=False, members=True)
-    oof = {"idx": pool, "owner": owner, "energy": pp.members_energy[owner, np.arange(len(pool))]}
-    details: dict[str, Any] = {"k": k, "std_ddof": STD_DDOF, "n_pool": int(len(pool))}
+    oof, oof_details = oof_predictions(ens, data, folds, stored, max_molecules, rng)
+    pool = oof["idx"]
+    details: dict[str, Any] = {"k": k, "std_ddof": STD_DDOF, "n_pool": int(len(pool)), **oof_details}
     tests = {name: np.sort(rng.choice(idx, max_molecules, replace=False)) if len(idx) > max_molecules else idx
              for name, idx in tests.items()}
     preds = {name: (data.subset(idx), ens.predict(data.subset(idx), forces=forces, calibrated=False))
@@ -251,9 +304,7 @@ def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
     a_e, details["energy"] = fit_scale_oof(oof["energy"] - data.E[pool], e_std, k)
     a_f = 1.0
     if forces:
-        sub = data.subset(pool)
-        atom_owner = np.repeat(owner, sub.n_atoms)  # [n_pool_atoms]
-        f_oof = pp.members_forces[atom_owner, np.arange(len(sub.Z))] - sub.F  # [n_pool_atoms, 3]
+        f_oof = oof["forces"] - data.subset(pool).F  # [n_pool_atoms, 3]
         f_std = np.concatenate([preds[n][1].forces_std for n in names])  # [n_held_atoms, 3]
         a_f, details["forces"] = fit_scale_oof(f_oof, f_std, k)
     return Calibration(energy_scale=a_e, forces_scale=a_f, method="oof-variance-decomposition", details=details), props, oof
@@ -299,11 +350,9 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
         if data.energy_unit != ens.energy_unit:
             raise EnsembleCommandError(f"dataset in {data.energy_unit} but the members were trained in {ens.energy_unit}")
         folds = [(f.train, f.val) for f in manifest.folds]
-        cal, props, oof = fit_calibration(ens, data, folds, manifest.test_sets(), max_calibration)
+        cal, props, _ = fit_calibration(ens, data, folds, manifest.test_sets(), max_calibration,
+                                        stored=_stored_predictions(client, trial_run.info.run_id, tmp))
         ens.calibration = cal
-        check = _check_oof(client, trial_run.info.run_id, oof, tmp)
-        if check is not None:
-            cal.details["oof_energy_max_abs_diff_vs_sweep"] = check
         reports = {name: build_report(pr, cal) for name, pr in props.items()}
         for name, report in reports.items():
             what = "held-out test set" if name == "test" else f"test file {name}"
@@ -318,20 +367,14 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
     return Loaded(ens, f"sweep {sweep_name} trial {trial_id}", model_uri)
 
 
-def _check_oof(client, trial_run_id: str, oof: dict, tmp: Path) -> float | None:
-    """Max |difference| between the re-predicted out-of-fold energies and the sweep's ``predictions.npz``."""
+def _stored_predictions(client, trial_run_id: str, tmp: Path) -> dict[str, np.ndarray] | None:
+    """The trial's ``predictions.npz`` arrays (None when the run has none)."""
     try:
         path = _download(client, trial_run_id, keys.PREDICTIONS, tmp / "pred")
     except EnsembleCommandError:
         return None
     with np.load(path, allow_pickle=False) as z:
-        if keys.prediction("oof", "idx") not in z.files:
-            return None
-        pos = {int(i): j for j, i in enumerate(z[keys.prediction("oof", "idx")])}
-        sel = [pos.get(int(i), -1) for i in oof["idx"]]
-        if min(sel, default=-1) < 0:
-            return None
-        return float(np.max(np.abs(z[keys.prediction("oof", "energy")][sel] - oof["energy"])))
+        return {k: z[k] for k in z.files}
 
 
 def _code_copy(dst: Path) -> Path:

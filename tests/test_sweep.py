@@ -321,6 +321,10 @@ def test_a_sweep_with_only_a_separate_test_file_reports_it_and_becomes_an_ensemb
 
     metrics = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(parent["id"]).data.metrics
     assert np.isfinite(metrics["ensemble_test_1200K_forces_nll_calibrated"]) and metrics["ensemble_forces_scale"] > 0
+    cal = json.loads(Path(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
+        parent["id"], "ensemble_calibration.json", str(tmp_path))).read_text())["calibration"]["details"]
+    # the out-of-fold predictions the folds stored are used (checked on a sample), not predicted again
+    assert cal["oof_source"].startswith("stored by the sweep") and cal["oof_energy_max_abs_diff_vs_sweep"] < 1e-2
     for cmd in ("status", "list"):  # one-row summaries say which test set their MAEs are of
         s = sweep(cmd, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
         assert s.returncode == 0 and "(test_1200K)" in s.stdout, s.stdout + s.stderr
