@@ -33,9 +33,10 @@ class MlflowTracker(tune.Callback):
         self._runs: dict[str, tuple[str, list[str]]] = {}
         self._nodes: dict[str, list[str]] = {}
         self._moded: set[str] = set()
+        self._recorded: set[str] = set()  # trials MLflow already holds as completed (a resume after a kill)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_store": None, "_runs": {}, "_nodes": {}, "_moded": set()}
+        return {**self.__dict__, "_store": None, "_runs": {}, "_nodes": {}, "_moded": set(), "_recorded": set()}
 
     @property
     def store(self) -> Store:
@@ -50,7 +51,11 @@ class MlflowTracker(tune.Callback):
             rid = self.store.find_or_create(f"trial {trial.trial_id}", {**base, ROLE: "trial", PARENT: self.parent})
             folds = [self.store.find_or_create(f"trial {trial.trial_id} fold {i}",
                                                {**base, ROLE: "fold", FOLD: str(i), PARENT: rid}) for i in range(self.k)]
-            self.store.log(rid, {}, params=dict(trial.config))
+            run = self.store.client.get_run(rid)
+            if run.info.status == "FINISHED" and run.data.tags.get(keys.STATUS) == COMPLETED:
+                self._recorded.add(trial.trial_id)  # MLflow holds it as completed: the record, not written again
+            else:
+                self.store.log(rid, {}, params=dict(trial.config))
             self._runs[trial.trial_id] = (rid, folds)
         return self._runs[trial.trial_id]
 
@@ -62,6 +67,8 @@ class MlflowTracker(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         rid, folds = self.runs(trial)
+        if trial.trial_id in self._recorded:  # its final result, re-reported on --resume (see trial.py)
+            return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         trial_metrics = {k: v for k, v in result.items() if "/" not in k and (k in (
             "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean") or keys.is_ensemble_mae(k))}
@@ -81,6 +88,8 @@ class MlflowTracker(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         rid, folds = self.runs(trial)
+        if trial.trial_id in self._recorded:
+            return
         state = trial_status(False, trial.last_result, budget_used(self.time_budget, self.t0))
         if state == COMPLETED and trial.checkpoint is not None:
             self._log_final(trial, rid, folds)

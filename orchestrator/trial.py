@@ -71,6 +71,17 @@ def _write_final(d: Path, finals: list[dict[str, Any]], params: dict[str, Any], 
     (d / keys.TRIAL_JSON).write_text(json.dumps({"params": params, "summary": summary}))
 
 
+def _final_checkpoint(trial_dir: Path) -> Path | None:
+    """This trial's final checkpoint (the one with ``trial.json``), when an earlier run of it completed.
+
+    The driver records a trial's end in MLflow at once, but Tune snapshots its own state (what ``--resume``
+    restores) every second: a driver killed in between restores the trial from an earlier checkpoint. Its final
+    checkpoint is already in the trial directory, so the trial reports it again instead of training again.
+    """
+    done = sorted(d for d in trial_dir.glob("checkpoint_*") if (d / keys.TRIAL_JSON).is_file())
+    return done[-1] if done else None
+
+
 def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
     """The trial's fold members, set up for this configuration: stacked in this process, or fold actors."""
     res, k = spec.resources, len(ctx["folds"])
@@ -103,6 +114,10 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     marker = trial_dir / NONFINITE_MARKER
     if marker.exists():  # a retry of a diverged configuration: fail at once, it would diverge again
         raise FoldNonFinite(marker.read_text())
+    if (final := _final_checkpoint(trial_dir)) is not None:  # it finished before the driver died (see below)
+        tune.report(json.loads((final / keys.TRIAL_JSON).read_text())["summary"],
+                    checkpoint=tune.Checkpoint.from_directory(final))
+        return
     params = {k: v for k, v in config.items()}
     model_cfg, train_cfg = spec.materialize(params)
     max_epochs = spec.max_epochs()
