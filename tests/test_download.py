@@ -325,8 +325,10 @@ def test_fetch_for_config_lists_molecules_for_unknown_or_missing():
     cfg = DatasetConfig.model_construct(download="rmd17", molecule=None, path=None)
     with pytest.raises(DataError, match="known: aspirin"):
         dl.fetch_for_config(cfg)
-    with pytest.raises(DataError, match="known: aspirin"):
-        dl.fetch_for_config(DatasetConfig(download="md17", molecule="caffeine"))
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="molecule: unknown md17 molecule 'caffeine' \\(known: aspirin"):
+        DatasetConfig(download="md17", molecule="caffeine")  # refused when the spec is read, before any download
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
