@@ -16,12 +16,19 @@ def test_every_shipped_spec_validates_and_shares_the_machine(path):
     assert spec.resources.auto or path.name == "quickstart.yaml"  # explicit only where the quickstart says so
 
 
-@pytest.mark.parametrize("family, dataset", [("md17", "md17"), ("md17_50k", "md17"), ("rmd17", "rmd17")])
-def test_one_spec_per_family_takes_every_molecule(family, dataset):
-    for molecule in known_molecules(dataset):
-        spec = load_sweep_spec(ROOT / "search_spaces" / f"{family}.yaml", [f"dataset.molecule={molecule}"])
-        assert spec.dataset.molecule == molecule and spec.name == f"{family}_{molecule}"
-        assert spec.train_spec().name == spec.name
+FAMILIES = (("md17", "md17"), ("md17_50k", "md17"), ("rmd17", "rmd17"))
+
+
+@pytest.mark.parametrize("family, dataset, molecule", [(f, d, m) for f, d in FAMILIES for m in known_molecules(d)],
+                         ids=lambda v: str(v))
+def test_one_spec_per_family_takes_every_molecule(family, dataset, molecule):
+    spec = load_sweep_spec(ROOT / "search_spaces" / f"{family}.yaml", [f"dataset.molecule={molecule}"])
+    assert spec.dataset.molecule == molecule and spec.name == f"{family}_{molecule}"
+    assert spec.train_spec().name == spec.name and spec.tracking.experiment is None  # the experiment is the name
+
+
+@pytest.mark.parametrize("family, dataset", FAMILIES)
+def test_an_unknown_molecule_is_a_one_line_error_naming_the_known_ones(family, dataset):
     with pytest.raises(SpecError, match=rf"{family}.yaml: dataset: molecule: unknown {dataset} molecule 'asprin' "
                                         r"\(known: aspirin, .*\) \(from --set dataset.molecule=asprin\)"):
         load_sweep_spec(ROOT / "search_spaces" / f"{family}.yaml", ["dataset.molecule=asprin"])
