@@ -252,9 +252,7 @@ def oof_predictions(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
             {**details, "oof_source": "predicted by the loaded members"}
     if len(oof["idx"]) > max_molecules:  # a random subset of molecules, with their atoms
         keep = np.sort(rng.choice(len(oof["idx"]), max_molecules, replace=False))
-        counts = data.n_atoms[oof["idx"]]
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        atoms = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in keep])
+        atoms = data.subset(oof["idx"]).atom_index(keep)  # stored forces are laid out as the pool's molecules
         oof = {"idx": oof["idx"][keep], "owner": oof["owner"][keep], "energy": oof["energy"][keep],
                "forces": None if oof["forces"] is None else oof["forces"][atoms]}
     return oof, {**details, "oof_source": "stored by the sweep (predictions.npz), checked on a sample"}
@@ -340,10 +338,10 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
             joined = with_tests(spec.dataset)
         except DataError as e:
             raise EnsembleCommandError(f"cannot re-read the sweep's data to calibrate the ensemble: {e}") from e
-        files = [(joined.dataset.path, manifest.dataset_sha256)] + [
-            (f.path, manifest.test_files[name].sha256) for name, f in joined.files.items() if name in manifest.test_files]
-        for path, want in files:
-            if (sha := checksum(path)) != want:
+        files = [(joined.dataset.path, checksum(joined.dataset.path), manifest.dataset_sha256)] + [
+            (f.path, f.sha256, manifest.test_files[name].sha256) for name, f in joined.files.items() if name in manifest.test_files]
+        for path, sha, want in files:  # the test files' sha256 were taken when with_tests read them
+            if sha != want:
                 raise EnsembleCommandError(f"{path}: sha256 {sha[:12]}… differs from the sweep's {want[:12]}…; "
                                            "the file changed since the sweep")
         data = joined.molecules

@@ -148,7 +148,7 @@ class LiveProgress(tune.Callback):
 
 
 def prepare_data(spec: SweepSpec):
-    """Load the dataset; hold out the test set; k folds over the CV pool; the split manifest."""
+    """Load the dataset and its test files; hold out the test set; k folds over the CV pool; the split manifest."""
     ds = spec.dataset
     joined = with_tests(ds)
     loaded = joined.dataset
@@ -161,7 +161,7 @@ def prepare_data(spec: SweepSpec):
     manifest = SplitManifest(dataset=str(loaded.path), dataset_sha256=checksum(loaded.path), seed=ds.split_seed,
                              test=test, folds=folds, official_test=loaded.test is not None, test_files=joined.files)
     manifest.check_disjoint()
-    return joined.molecules, manifest
+    return joined, manifest
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = False,
@@ -215,11 +215,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     uri = spec.tracking.resolved_uri()
     experiment = spec.tracking.experiment or spec.name
 
-    data, manifest = prepare_data(spec)
+    joined, manifest = prepare_data(spec)
+    data = joined.molecules  # the dataset's molecules, then every test file's
     if not (resume or more):
         _note_out_of_range(spec, console)
-    n_file = len(data) - sum(len(f.idx) for f in manifest.test_files.values())  # the test files' molecules come last
-    console.print(data.subset(np.arange(n_file)).describe() if manifest.test_files else data.describe())
+    console.print(joined.dataset.molecules.describe())
     console.print(f"{spec.cv.k} folds over {sum(len(f.val) for f in manifest.folds)} molecules; {manifest.describe_tests()}")
     store = Store(uri, experiment)
     if resume or more:

@@ -96,7 +96,7 @@ class Molecules:
     def subset(self, idx: np.ndarray) -> Molecules:
         """The molecules ``idx`` (a copy, order kept)."""
         idx = np.asarray(idx, dtype=np.int64)
-        atoms = self._atom_index(idx)
+        atoms = self.atom_index(idx)
         ptr = np.concatenate([[0], np.cumsum(self.n_atoms[idx])])
         return Molecules(
             Z=self.Z[atoms],
@@ -122,7 +122,7 @@ class Molecules:
                          E=labelled("E"), F=labelled("F"), energy_unit=unit, name=name or parts[0].name,
                          meta=dict(parts[0].meta))
 
-    def _atom_index(self, idx: np.ndarray) -> np.ndarray:
+    def atom_index(self, idx: np.ndarray) -> np.ndarray:
         """Concatenated atom indices of molecules ``idx``."""
         starts, counts = self.atom_ptr[idx], self.n_atoms[idx]
         offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
@@ -149,7 +149,7 @@ class Molecules:
         idx = np.asarray(idx, dtype=np.int64)
         nb = self.neighbors(cutoff)
         counts = self.n_atoms[idx]
-        atoms = torch.from_numpy(self._atom_index(idx))
+        atoms = torch.from_numpy(self.atom_index(idx))
         shift = np.concatenate([[0], np.cumsum(counts)[:-1]])
         pairs = np.concatenate([nb.pairs(m) + s for m, s in zip(idx, shift, strict=True)])
         t = self._tensors()

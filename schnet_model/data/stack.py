@@ -115,7 +115,7 @@ class StackCollator:
             mols = self.members[m]
             counts = mols.n_atoms[idx]
             starts = (np.cumsum(counts) - counts).astype(np.int64)
-            atoms = mols._atom_index(idx)
+            atoms = mols.atom_index(idx)
             per_member.append((idx, counts, starts, atoms, self._pairs(m, idx, starts)))
         n_pairs = max(len(pm[4]) for pm in per_member)
         n_atoms = max(len(pm[3]) + (2 if len(pm[4]) < n_pairs else 0) for pm in per_member)
