@@ -91,7 +91,7 @@ def test_test_file_errors_name_the_file_and_what_was_expected(tmp_path):
     ase.io.write(tmp_path / "bare.xyz", [Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])], format="extxyz")
     with pytest.raises(DataError, match="bare.xyz: frame 1: no energy 'energy'"):
         with_tests(DatasetConfig(path=QUICKSTART_DATA, test_path=tmp_path / "bare.xyz"))
-    with pytest.raises(DataError, match="missing.xyz: no such file"):
+    with pytest.raises(DataError, match=r"dataset.test_path 'hot': .*missing.xyz: no such file"):
         with_tests(DatasetConfig(path=QUICKSTART_DATA, test_path={"hot": tmp_path / "missing.xyz"}))
 
 

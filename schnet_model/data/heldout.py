@@ -34,7 +34,10 @@ def read_heldout_file(cfg: DatasetConfig, name: str, path: Path, train: Molecule
     sub = DatasetConfig(path=path, format=cfg.test_format, energy_unit=cfg.test_energy_unit,
                         length_unit=cfg.test_length_unit, unit=train.energy_unit, energy_key=cfg.energy_key,
                         forces_key=cfg.forces_key)
-    mol = load_dataset(sub).molecules
+    try:
+        mol = load_dataset(sub).molecules
+    except DataError as e:  # the reader names the file; say which key of the spec it came from
+        raise DataError(f"dataset.test_path {name!r}: {e}") from None
     where = f"dataset.test_path {name!r} ({path})"
     unseen = sorted(set(mol.elements) - set(train.elements))
     if unseen:
