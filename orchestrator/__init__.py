@@ -1,1 +1,4 @@
-"""orchestrator: the `sweep` CLI; search, trials, tracking and ensembles build on it."""
+"""orchestrator: the ``sweep`` CLI on top of the pipeline's stages, one subpackage each:
+``spec`` → (``schnet_model.data``: data and splits) → ``search`` (trials of k folds) → ``tracking`` (MLflow) →
+``ensemble`` (predictions, exports); ``cluster`` for multi-node runs. ``train`` (``sweep train``) and ``data_info``
+(``sweep data info``) are single commands."""

@@ -36,9 +36,9 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="model directory to write (default runs/<name>-<time>)")] = None,
 ) -> None:
     """Train one SchNet with the spec's fixed hyperparameters and write a model directory."""
-    from orchestrator.single import run_train
-    from orchestrator.spec import SpecError
-    from orchestrator.sweep_spec import load_sweep_spec
+    from orchestrator.spec.load import SpecError
+    from orchestrator.spec.sweep import load_sweep_spec
+    from orchestrator.train import run_train
     from schnet_model.data.molecules import DataError
     from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 
@@ -75,10 +75,10 @@ def run(
                                              "(the same MLflow sweep run; the searcher told the earlier results)")] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
-    from orchestrator.spec import SpecError
-    from orchestrator.store import ui_link
-    from orchestrator.sweep import SweepError, results_table, run_sweep
-    from orchestrator.sweep_spec import load_sweep_spec
+    from orchestrator.search.driver import SweepError, results_table, run_sweep
+    from orchestrator.spec.load import SpecError
+    from orchestrator.spec.sweep import load_sweep_spec
+    from orchestrator.tracking.store import ui_link
     from schnet_model.data.molecules import DataError
 
     try:
@@ -108,7 +108,7 @@ def status(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
 ) -> None:
     """Trials of a sweep with their status and metrics (read from MLflow)."""
-    from orchestrator.status import show_status
+    from orchestrator.tracking.status import show_status
 
     try:
         show_status(name, tracking_uri, console)
@@ -121,7 +121,7 @@ def list_(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
 ) -> None:
     """Sweeps in the MLflow store, newest first."""
-    from orchestrator.status import show_list
+    from orchestrator.tracking.status import show_list
 
     try:
         show_list(tracking_uri, console)
@@ -145,8 +145,8 @@ def ensemble(
     uncalibrated: Annotated[bool, typer.Option("--uncalibrated", help="report raw member stds (ddof=1), not recalibrated ones")] = False,
 ) -> None:
     """The best trial's k fold models as one ensemble with calibrated std: assemble, predict, evaluate."""
-    from orchestrator.ensemble import EnsembleCommandError, run_command
-    from orchestrator.ensemble_io import InputError
+    from orchestrator.ensemble.assemble import EnsembleCommandError, run_command
+    from orchestrator.ensemble.io import InputError
     from schnet_model.data.molecules import DataError
     from schnet_model.ensemble import EnsembleError
 
@@ -170,7 +170,7 @@ def mlflow_server(
     """MLflow tracking server on a PostgreSQL backend store with a served artifact store, until Ctrl-C."""
     import signal
 
-    from orchestrator.mlflow_server import MlflowServer, MlflowServerError
+    from orchestrator.cluster.mlflow_server import MlflowServer, MlflowServerError
 
     def _terminate(*_: object) -> None:
         raise KeyboardInterrupt

@@ -110,7 +110,7 @@ def test_missing_spec_file(tmp_path):
 
 
 def test_quickstart_spec_validates_and_trains_the_paper_configuration_first():
-    from orchestrator.sweep_spec import load_sweep_spec
+    from orchestrator.spec.sweep import load_sweep_spec
 
     s = load_sweep_spec(ROOT / "search_spaces" / "quickstart.yaml")
     assert s.dataset.path == QUICKSTART_DATA and s.cv.k == 3
@@ -136,7 +136,7 @@ def test_data_info_makes_unit_mismatch_visible(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_search_space_validates(path):
-    from orchestrator.sweep_spec import load_sweep_spec
+    from orchestrator.spec.sweep import load_sweep_spec
 
     s = load_sweep_spec(path)
     assert s.space(), "a search space searches something"

@@ -194,7 +194,7 @@ def _fake_sweep(tmp_path: Path, k: int = 3, n_test: int = 40) -> tuple[str, str]
     ``n_test`` molecules held out (0: a sweep with no test set)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.sweep_spec import SweepSpec
+    from orchestrator.spec.sweep import SweepSpec
     from schnet_model.config import DatasetConfig
     from schnet_model.data.splits import SplitManifest, holdout, kfold
     from schnet_model.files import sha256 as checksum
@@ -333,7 +333,7 @@ def test_a_sweep_without_test_molecules_still_becomes_an_ensemble(tmp_path, monk
 
 @pytest.mark.parametrize("fmt, suffix", [("traj", ".traj"), ("db", ".db"), ("extxyz", ".extxyz")])
 def test_predict_reads_ase_formats_alike(tmp_path, fmt, suffix):
-    from orchestrator.ensemble import predict_file
+    from orchestrator.ensemble.assemble import predict_file
 
     ens = SchNetEnsemble.from_model_dirs(member_dirs(tmp_path, elements=(1, 6, 8)))
     src = _xyz(tmp_path / f"in{suffix}", [1, 2, 3, 4], labelled=True, fmt=fmt)
@@ -355,7 +355,7 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
     good = _xyz(tmp_path / "good.xyz", [1, 2])
     bad = _xyz(tmp_path / "bad.xyz", [3], numbers=np.array([6, 6, 7, 1, 1, 1, 1, 1, 17]))
     (tmp_path / "mixed.xyz").write_text(good.read_text() + bad.read_text())
-    from orchestrator.ensemble import EnsembleCommandError, predict_file
+    from orchestrator.ensemble.assemble import EnsembleCommandError, predict_file
 
     with pytest.raises(EnsembleError, match=r"mixed.xyz: frame 3: elements not seen in training: N \(Z=7\), Cl \(Z=17\)"):
         predict_file(ens, tmp_path / "mixed.xyz", tmp_path / "o.extxyz", max_atoms=9)
@@ -372,7 +372,7 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
         (["ensemble", "ens", "--predict", str(tmp_path / "missing.xyz"), "-o", "o.extxyz"], "missing.xyz: no such file"),
         (["ensemble", "ens", "--predict", str(good), "-o", "o.extxyz", "--unit", "kcal"], "--unit: unknown energy unit 'kcal'"),
     ]
-    from orchestrator.store import open_client
+    from orchestrator.tracking.store import open_client
 
     open_client(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # an existing store without sweeps
     for args, expected in cases:
@@ -409,7 +409,7 @@ def test_prediction_input_with_atoms_on_top_of_each_other_is_refused(tmp_path):
     import ase.io
     from ase import Atoms
 
-    from orchestrator.ensemble_io import InputError, read_chunks
+    from orchestrator.ensemble.io import InputError, read_chunks
 
     good = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
     bad = good.copy()

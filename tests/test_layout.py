@@ -59,10 +59,65 @@ def test_one_schnet_computation_the_core():
 def test_the_read_only_commands_start_without_ray():
     """`sweep status`, `sweep list` and `sweep ensemble` read MLflow only: importing them must not import Ray (seconds
     of start-up, and a dependency a laptop reading a cluster's store need not load)."""
-    import subprocess
-    import sys
-
-    code = ("import sys, orchestrator.cli, orchestrator.status, orchestrator.ensemble, orchestrator.ensemble_io, "
-            "orchestrator.store; print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))[:5])")
+    mods = ["orchestrator.cli", *(m for m in _modules() if m.split(".")[1] in RAY_FREE_STAGES and m not in RAY_ALLOWED)]
+    code = f"import sys, {', '.join(mods)}; print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))[:5])"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+# The orchestrator's stages, in pipeline order, and which stages each may import (a stage always may import itself).
+# The top-level modules (cli, train, data_info) are commands and may import any stage.
+STAGE_IMPORTS = {
+    "spec": set(),
+    "tracking": {"spec"},
+    "cluster": {"spec"},
+    "search": {"spec", "tracking", "cluster"},
+    "ensemble": {"spec", "tracking"},
+}
+RAY_FREE_STAGES = {"spec", "tracking", "ensemble"}
+RAY_ALLOWED = {"orchestrator.tracking.callback"}  # the Tune callback, imported by the search driver only
+
+
+def _modules() -> list[str]:
+    return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "orchestrator").rglob("*.py")
+                  if p.name != "__init__.py")
+
+
+def _imports(path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_every_orchestrator_module_belongs_to_a_stage_or_is_a_command():
+    commands = {"orchestrator.cli", "orchestrator.train", "orchestrator.data_info"}
+    for m in _modules():
+        assert m in commands or m.split(".")[1] in STAGE_IMPORTS, f"{m}: put it in a stage subpackage ({', '.join(STAGE_IMPORTS)})"
+
+
+def test_stages_import_only_earlier_stages():
+    """spec → search (trials of k folds) → tracking (MLflow) → ensemble: a stage imports only what it builds on, and
+    no stage imports a command (cli, train, data_info)."""
+    for path in (ROOT / "orchestrator").rglob("*.py"):
+        parts = path.relative_to(ROOT / "orchestrator").parts
+        if len(parts) == 1:
+            continue  # a command
+        stage = parts[0]
+        for name in _imports(path):
+            if not name.startswith("orchestrator"):
+                continue
+            target = name.split(".")[1] if "." in name else ""
+            assert target == stage or target in STAGE_IMPORTS[stage], f"{path.relative_to(ROOT)}: imports {name}; " \
+                f"the {stage} stage may import only {sorted(STAGE_IMPORTS[stage] | {stage})}"
+
+
+def test_the_ray_free_stages_do_not_import_ray():
+    for m in _modules():
+        if m.split(".")[1] in RAY_FREE_STAGES and m not in RAY_ALLOWED:
+            path = ROOT.joinpath(*m.split(".")).with_suffix(".py")
+            bad = [n for n in _imports(path) if n.split(".")[0] == "ray"]
+            assert not bad, f"{m}: imports {bad}; the {m.split('.')[1]} stage runs without Ray"

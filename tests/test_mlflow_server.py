@@ -26,7 +26,7 @@ def server():
         import psycopg2  # noqa: F401
     except ImportError as e:
         pytest.skip(f"psycopg2 is not installed ({e}): pip install -e '.[dev]'")
-    from orchestrator.mlflow_server import MlflowServer, PostgresUnavailable, pg_bin
+    from orchestrator.cluster.mlflow_server import MlflowServer, PostgresUnavailable, pg_bin
 
     try:
         pg_bin("initdb")

@@ -29,8 +29,8 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_the_link_sweep_run_prints_opens_the_runs_table_with_the_dataset(tmp_path):
-    from orchestrator.store import NOTE, Store, ui_link
-    from orchestrator.sweep import _log_dataset
+    from orchestrator.search.driver import _log_dataset
+    from orchestrator.tracking.store import NOTE, Store, ui_link
     from schnet_model.data.readers import read_dataset
     from schnet_model.data.splits import SplitManifest, kfold
     from schnet_model.files import sha256 as checksum

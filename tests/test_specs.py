@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT
 
-from orchestrator.spec import SpecError
-from orchestrator.sweep_spec import load_sweep_spec
+from orchestrator.spec.load import SpecError
+from orchestrator.spec.sweep import load_sweep_spec
 from schnet_model.data.download import known_molecules
 
 

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator.spec import TrainSpec
+from orchestrator.spec.load import TrainSpec
 from schnet_model import SchNet, Trainer, evaluate, save_model
 from schnet_model.data.heldout import n_held_out, with_tests
 from schnet_model.data.splits import SplitManifest, random_split

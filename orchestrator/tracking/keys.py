@@ -18,7 +18,7 @@ NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
                    NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
-STATUS, ERROR = "sweep.status", "sweep.error"  # a trial's end (orchestrator.statuses), and why it failed
+STATUS, ERROR = "sweep.status", "sweep.error"  # a trial's end (orchestrator.tracking.statuses), and why it failed
 BEST_TRIAL, BEST_TRIAL_RUN = "sweep.best_trial_id", "sweep.best_trial_run_id"  # on the sweep run
 SPEC_NAME, VERSION, GIT_COMMIT, DATASET_SHA = "sweep.name", "sweep.version", "sweep.git_commit", "sweep.dataset_sha256"
 STEP_MODE = "sweep.step_mode"  # how a stacked trial's step runs

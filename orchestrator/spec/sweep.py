@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from orchestrator.space import Distribution, split_section
-from orchestrator.spec import _format_error, apply_overrides, read_yaml, validate
+from orchestrator.spec.load import _format_error, apply_overrides, read_yaml, validate
+from orchestrator.spec.space import Distribution, split_section
 from schnet_model.config import DatasetConfig, ModelConfig, TrainingConfig, _Strict
 
 
@@ -264,7 +264,7 @@ class SweepSpec(_Strict):
 
     def train_spec(self):
         """The spec of ``sweep train``: the first trial's configuration (the paper's, or initial_points[0])."""
-        from orchestrator.spec import TrainSpec
+        from orchestrator.spec.load import TrainSpec
 
         points = self.initial_points()
         model, training = self.materialize(points[0] if points else {})

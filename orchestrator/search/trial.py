@@ -13,10 +13,10 @@ import ray
 import torch
 from ray import tune
 
-from orchestrator import keys
-from orchestrator.folds import ActorFolds, FoldNonFinite, fold_metrics_summary
-from orchestrator.stack import StackedFolds
-from orchestrator.sweep_spec import SweepSpec
+from orchestrator.search.folds import ActorFolds, FoldNonFinite, fold_metrics_summary
+from orchestrator.search.stack import StackedFolds
+from orchestrator.spec.sweep import SweepSpec
+from orchestrator.tracking import keys
 from schnet_model.training.trainer import resolve_device
 
 NONFINITE_MARKER = "nonfinite.txt"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import keys
-from orchestrator.store import PARENT, ROLE, SWEEP_ID, open_client
-from orchestrator.sweep_spec import TrackingConfig
+from orchestrator.spec.sweep import TrackingConfig
+from orchestrator.tracking import keys
+from orchestrator.tracking.store import PARENT, ROLE, SWEEP_ID, open_client
 
 
 def _fmt(m: dict[str, float], key: str) -> str:

@@ -1,7 +1,7 @@
 """The MLflow store of the run tree: tags, the client, runs found by tags (no Ray here).
 
 Read by ``sweep status``, ``sweep list`` and ``sweep ensemble`` and written by the sweep driver
-(:mod:`orchestrator.tracking`); this module imports neither Ray nor Tune, so the read-only
+(:mod:`orchestrator.tracking.callback`); this module imports neither Ray nor Tune, so the read-only
 commands start without them.
 """
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.keys import (  # noqa: F401  (re-exported: the run tree's tags)
+from orchestrator.tracking.keys import (  # noqa: F401  (re-exported: the run tree's tags)
     EXPERIMENT_KIND,
     EXPERIMENT_TAGS,
     FOLD,

@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from orchestrator import keys
-from orchestrator.ensemble_io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
-from orchestrator.ensemble_report import PropertyErrors, build_report, reliability_plot, report_table
-from orchestrator.store import FOLD, PARENT, ROLE, SWEEP_ID, StoreNotFoundError, open_client
-from orchestrator.sweep_spec import SweepSpec, TrackingConfig
+from orchestrator.ensemble.io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
+from orchestrator.ensemble.report import PropertyErrors, build_report, reliability_plot, report_table
+from orchestrator.spec.sweep import SweepSpec, TrackingConfig
+from orchestrator.tracking import keys
+from orchestrator.tracking.store import FOLD, PARENT, ROLE, SWEEP_ID, StoreNotFoundError, open_client
 from schnet_model.calibration import Calibration, fit_scale_oof
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble
@@ -73,7 +73,7 @@ class Loaded:
 @contextlib.contextmanager
 def _no_signature_warning():
     """Drop MLflow's "Failed to infer model signature" warning: the pyfunc's input is ragged (one row
-    per molecule with variable-length arrays, documented in :mod:`orchestrator.pyfunc_ensemble`),
+    per molecule with variable-length arrays, documented in :mod:`orchestrator.ensemble.pyfunc`),
     which a column signature cannot express; every other MLflow message still shows."""
     logger = logging.getLogger("mlflow.pyfunc")
 
@@ -403,14 +403,14 @@ def log_and_register(client, uri: str, sweep_run, ens_dir: Path, reports: dict, 
     import mlflow
     import torch
 
-    import orchestrator.pyfunc_ensemble as code
+    import orchestrator.ensemble.pyfunc as code
 
     sid = sweep_run.info.run_id
     experiment = client.get_experiment(sweep_run.info.experiment_id).name
     name = f"{experiment}{MODEL_SUFFIX}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    from orchestrator.store import Store
+    from orchestrator.tracking.store import Store
 
     store = Store(uri, experiment)
     flat = {k: v for set_name, r in reports.items() for k, v in r.flat(f"ensemble_{set_name}_").items()}
@@ -452,7 +452,7 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
 
     Returns a summary: counts, units, error statistics (and the report when ``evaluate``).
     """
-    from orchestrator.ensemble_io import DEFAULT_CHUNK_ATOMS
+    from orchestrator.ensemble.io import DEFAULT_CHUNK_ATOMS
 
     console = console or Console()
     try:

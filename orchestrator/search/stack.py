@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.folds import FoldNonFinite, epoch_report, fold_config, fold_final, held_out_sets
+from orchestrator.search.folds import FoldNonFinite, epoch_report, fold_config, fold_final, held_out_sets
 from schnet_model import ModelConfig, Molecules, TrainingConfig
 from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
 

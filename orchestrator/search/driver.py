@@ -18,9 +18,11 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator import keys
-from orchestrator.space import define_by_run
-from orchestrator.statuses import (
+from orchestrator.spec.space import define_by_run
+from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
+from orchestrator.tracking import keys
+from orchestrator.tracking.callback import MlflowTracker
+from orchestrator.tracking.statuses import (
     COMPLETED,
     INTERRUPTED,
     NOT_STARTED,
@@ -30,9 +32,7 @@ from orchestrator.statuses import (
     mlflow_status,
     trial_status,
 )
-from orchestrator.store import NOTE, PARENT, ROLE, SWEEP_ID, Store, git_commit
-from orchestrator.sweep_spec import SchedulerConfig, SweepSpec
-from orchestrator.tracking import MlflowTracker
+from orchestrator.tracking.store import NOTE, PARENT, ROLE, SWEEP_ID, Store, git_commit
 from schnet_model.data.heldout import n_held_out, with_tests
 from schnet_model.data.splits import SplitManifest, holdout, kfold, train_val
 from schnet_model.files import sha256 as checksum
@@ -178,7 +178,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from orchestrator.trial import run_trial
+    from orchestrator.search.trial import run_trial
 
     console = console or Console()
     t_start = time.time()
@@ -189,7 +189,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         if not torch.cuda.is_available():
             key = "gpus_per_trial" if spec.resources.gpus_per_trial else "gpus_per_fold"
             raise SweepError(f"resources.{key}={spec.resources.gpus()} but this machine has no GPU")
-    from orchestrator.fit import local_nodes, trial_fit_error
+    from orchestrator.cluster.fit import local_nodes, trial_fit_error
 
     if address is None:
         spec = _share(spec, local_nodes()[0], "this machine's", console)
@@ -251,8 +251,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
 
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  **({} if address else {"num_cpus": os.cpu_count()}))
-    from orchestrator.cluster import StorageNotShared, check_storage_shared
-    from orchestrator.fit import cluster_nodes
+    from orchestrator.cluster.fit import cluster_nodes
+    from orchestrator.cluster.storage import StorageNotShared, check_storage_shared
 
     if address is not None and spec.resources.auto:
         nodes = [n for n in cluster_nodes() if n.get("CPU", 0.0) >= 1]
@@ -404,7 +404,7 @@ def _note_out_of_range(spec: SweepSpec, console: Console) -> None:
 
 
 def summarize(results, test_sets: list[str], budget_ran_out: bool = False) -> list[dict[str, Any]]:
-    """One dict per trial, completed ones first by CV mean validation loss (statuses: :mod:`orchestrator.statuses`);
+    """One dict per trial, completed ones first by CV mean validation loss (statuses: :mod:`orchestrator.tracking.statuses`);
     ``tests`` holds the fold-mean MAEs on every named test set."""
     out = []
     for r in results:
@@ -469,7 +469,7 @@ def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
 
 def _log_best(store: Store, parent: str, name: str, best: dict[str, Any], data, manifest: SplitManifest) -> None:
     """Best trial: tags on the sweep run, parity plots on the test set."""
-    from orchestrator.plots import parity
+    from orchestrator.tracking.plots import parity
 
     c = store.client
     runs = store.find(**{keys.TRIAL_ID: best["trial_id"], ROLE: "trial"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from orchestrator.sweep_spec import SweepSpec
+from orchestrator.spec.sweep import SweepSpec
 
 
 def local_nodes() -> list[dict[str, float]]:
@@ -20,7 +20,7 @@ def local_nodes() -> list[dict[str, float]]:
 
 def cluster_nodes() -> list[dict[str, float]]:
     """Resources of the alive nodes of the Ray cluster this process is connected to."""
-    from orchestrator.cluster import alive_nodes
+    from orchestrator.cluster.storage import alive_nodes
 
     return [dict(n["Resources"]) for n in alive_nodes()]
 

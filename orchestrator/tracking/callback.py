@@ -4,7 +4,7 @@ Trials never open the tracking store; Tune callbacks in the driver turn trial re
 MLflow writes. With one writer, an SQLite store never reports ``database is locked`` however
 many trials run at once. Runs are found again by tags (``sweep.id``, ``sweep.trial_id``,
 ``sweep.fold``), so a resumed sweep re-attaches to its runs instead of duplicating them. The
-store itself (tags, client, :class:`Store`) is :mod:`orchestrator.store`, free of Ray.
+store itself (tags, client, :class:`Store`) is :mod:`orchestrator.tracking.store`, free of Ray.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator import keys
-from orchestrator.statuses import COMPLETED, FAILED, budget_used, mlflow_status, trial_status
-from orchestrator.store import FOLD, NODE, NODES, PARENT, ROLE, SWEEP_ID, TRIAL_ID, Store
+from orchestrator.tracking import keys
+from orchestrator.tracking.statuses import COMPLETED, FAILED, budget_used, mlflow_status, trial_status
+from orchestrator.tracking.store import FOLD, NODE, NODES, PARENT, ROLE, SWEEP_ID, TRIAL_ID, Store
 
 
 class MlflowTracker(tune.Callback):
@@ -109,7 +109,7 @@ class MlflowTracker(tune.Callback):
         self.store.end(rid, "FAILED")
 
     def _log_final(self, trial, rid: str, folds: list[str]) -> None:
-        from orchestrator.plots import learning_curve
+        from orchestrator.tracking.plots import learning_curve
 
         c = self.store.client
         with trial.checkpoint.as_directory() as d:
