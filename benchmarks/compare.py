@@ -112,8 +112,6 @@ def run_worker(impl: str, data: Path, threads: int, modes: str = "train,inferenc
     cmd = [py, str(HERE / "peer_worker.py"), "--impl", impl, "--data", str(data), "--threads", str(threads),
            "--modes", modes]
     env = {**os.environ, "PYTHONPATH": str(ROOT) if impl == "sweep" else ""}
-    if impl == "sweep":  # steady state: compile the fused kernels during the warm-up batches
-        env.setdefault("SWEEP_COMPILE_AFTER", "0")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
     if r.returncode != 0:
         raise RuntimeError(f"{impl} worker failed:\n{r.stderr[-3000:]}")

@@ -16,7 +16,7 @@ energy + force training steps with Adam, molecules on a jittered 1.4 Å grid, al
 - ``stack-autograd``, ``graphs-autograd``: the same with forces by autograd (a double backward in
   training) instead of the explicit force backward — the measurement behind the default.
 
-Each layout runs in fresh processes. Kernels are compiled at once (``SWEEP_COMPILE_AFTER=0``) and
+Each layout runs in fresh processes. Kernels are compiled at once (``compile_after=0``) and
 warm-up steps (compilation, graph capture) are not timed; k fold processes start their timed
 steps together (a file barrier) and the rate is their total molecules over the span from the
 first start to the last end. Collation is inside the timed loop for every layout. Layouts alternate
@@ -79,6 +79,7 @@ def worker(a: argparse.Namespace) -> None:
     if a.layout == "folds":
         torch.manual_seed(a.index)
         model = SchNet(ModelConfig()).to(dev)
+        model.compile_after = 0
         opt = make_adam(model.parameters(), 1e-4)
         data = _molecules(z, n_mols, a.index)
         rng = np.random.default_rng(a.index)
@@ -94,7 +95,7 @@ def worker(a: argparse.Namespace) -> None:
             sync()
         k = 1
     else:
-        members = [Member(_molecules(z, n_mols, m), _molecules(z, 4, 100 + m), TrainingConfig(lr=1e-4, seed=m))
+        members = [Member(_molecules(z, n_mols, m), _molecules(z, 4, 100 + m), TrainingConfig(lr=1e-4, seed=m, compile_after=0))
                    for m in range(a.k)]
         st = StackedTrainer(ModelConfig(), members, device=dev, graphs=a.layout.startswith("graphs"),
                             forces_by="autograd" if a.layout.endswith("-autograd") else "explicit")
@@ -122,8 +123,7 @@ def _spawn(a: argparse.Namespace, layout: str, size: str, index: int, threads: i
     args = [sys.executable, str(HERE), "--worker", "--layout", layout, "--size", size, "--index", str(index),
             "--threads", str(threads), "--k", str(a.k), "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--device", a.device] + (["--barrier", barrier] if barrier else [])
-    env = {**os.environ, "SWEEP_COMPILE_AFTER": "0"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=str(HERE.parent.parent))
 
 

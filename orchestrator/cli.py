@@ -94,7 +94,7 @@ def run(
     if outcome.best is None:
         fail(f"sweep {outcome.name}: no trial completed", 1)
     b = outcome.best
-    console.print(f"best trial {b['trial_id']}: " + ", ".join(f"{k}={v}" for k, v in b["params"].items()))
+    console.print(f"best trial {b.trial_id}: " + ", ".join(f"{k}={v}" for k, v in b.params.items()))
     uri = s.tracking.resolved_uri()
     console.print(f"MLflow: experiment {s.tracking.experiment or s.name}, sweep run {outcome.parent_run_id} "
                   f"({uri}); fold models under the trial run's fold runs (artifact 'model')")

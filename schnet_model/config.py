@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schnet_model.units import canonical_energy_unit, canonical_length_unit
 
+COMPILE_AFTER = 200
+"""Default of ``training.compile_after``: a model compiles its CPU kernels after this many fast-path calls (eager
+before). Compilation costs 20–30 s once per process on a small CPU, which short runs (tests, quick trials) never
+recover. Counted per model instance, so two identically seeded runs switch at the same step."""
+
 
 class _Strict(BaseModel):
     """Base: unknown keys are errors, assignments are validated."""
@@ -181,6 +186,9 @@ class TrainingConfig(_Strict):
     seed: int = 0
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, auto")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's")
+    compile_after: int | None = Field(
+        COMPILE_AFTER, ge=0, description="CPU only: training/prediction calls run eagerly before the fused kernels are "
+        "compiled by torch.compile (20–30 s once per process, recovered only by longer runs); 0 = at once, null = never")
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:

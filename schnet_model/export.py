@@ -123,6 +123,7 @@ def _no_pickles(path):
     """Refuse an archive that would make torch.export.load unpickle: weights or constants stored with pickle, or
     sample inputs that torch.load(weights_only=True) rejects (torch.export.load then retries without it)."""
     import io
+    import pickle  # only for its exception type: nothing is unpickled
     import zipfile
 
     with zipfile.ZipFile(path) as z:
@@ -134,7 +135,7 @@ def _no_pickles(path):
             elif "/sample_inputs/" in name:
                 try:
                     torch.load(io.BytesIO(z.read(name)), weights_only=True)
-                except Exception as e:
+                except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:  # weights_only refused it
                     raise ExportError(f"{path}: {name} is not a plain tensor file ({type(e).__name__}); refusing to load")
 
 

@@ -121,3 +121,51 @@ def test_the_ray_free_stages_do_not_import_ray():
             path = ROOT.joinpath(*m.split(".")).with_suffix(".py")
             bad = [n for n in _imports(path) if n.split(".")[0] == "ray"]
             assert not bad, f"{m}: imports {bad}; the {m.split('.')[1]} stage runs without Ray"
+
+
+def _top_level_edges(package: str) -> dict[str, set[str]]:
+    """Module → the modules of ``package`` it imports at module level (``from pkg import sub`` counts as ``pkg.sub``;
+    package ``__init__`` files are left out: they only re-export)."""
+    root = ROOT / package
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in root.rglob("*.py") if p.name != "__init__.py"}
+    edges: dict[str, set[str]] = {}
+    for m, path in mods.items():
+        out = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                out |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package):
+                out |= {node.module} & mods.keys()
+                out |= {f"{node.module}.{a.name}" for a in node.names} & mods.keys()
+        edges[m] = out
+    return edges
+
+
+@pytest.mark.parametrize("package", ["schnet_model", "orchestrator"])
+def test_no_import_cycles_between_modules(package):
+    """A module imported at module level never imports its importer back, directly or through others (the readers
+    are one table in data/load.py, not modules registering themselves into it)."""
+    edges = _top_level_edges(package)
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " → ".join(path[path.index(n):] + [m, n]) if n in path else
+                                     f"import cycle: {' → '.join([*path, m, n])}")
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [])
+
+
+def test_readers_do_not_know_the_reader_table():
+    """The readers are plain functions; data/load.py's READERS table names them (no registration on import, no cycle)."""
+    for path in (ROOT / "schnet_model" / "data").glob("*.py"):
+        if path.name in ("load.py", "heldout.py", "__init__.py"):
+            continue
+        assert "schnet_model.data.load" not in _imports(path), f"{path.name} imports schnet_model.data.load"

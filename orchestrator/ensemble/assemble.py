@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -43,7 +42,15 @@ from orchestrator.ensemble.io import AtomicFiles, Writer, convert_refs, csv_path
 from orchestrator.ensemble.report import PropertyErrors, build_report, reliability_plot, report_table
 from orchestrator.spec.sweep import SweepSpec, TrackingConfig
 from orchestrator.tracking import keys
-from orchestrator.tracking.store import FOLD, PARENT, ROLE, SWEEP_ID, StoreNotFoundError, open_client
+from orchestrator.tracking.store import (
+    FOLD,
+    PARENT,
+    ROLE,
+    SWEEP_ID,
+    StoreNotFoundError,
+    no_artifact_progress_bar,
+    open_client,
+)
 from schnet_model.calibration import Calibration, fit_scale_oof
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble
@@ -53,8 +60,6 @@ from schnet_model.units import UnitError, canonical_energy_unit
 MODEL_SUFFIX, ALIAS, ENSEMBLE_TAG = "-schnet-ensemble", "champion", keys.ENSEMBLE_MODEL
 MAX_CALIBRATION_MOLECULES = 20_000  # test molecules used for E[std²] and the report (random subset beyond)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class EnsembleCommandError(RuntimeError):
@@ -516,6 +521,14 @@ def run_command(source: str | None, predict: Path | None, evaluate: Path | None,
                 input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
                 console: Console, export: Path | None = None) -> None:
     """The ``sweep ensemble`` command (errors as :class:`EnsembleCommandError`, :class:`EnsembleError`, :class:`InputError`)."""
+    with no_artifact_progress_bar():
+        _run_command(source, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console,
+                     export)
+
+
+def _run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
+                 input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
+                 console: Console, export: Path | None) -> None:
     if predict is not None and evaluate is not None:
         raise EnsembleCommandError("give --predict or --evaluate, not both")
     target = predict or evaluate

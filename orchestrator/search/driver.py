@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,33 @@ class SweepError(RuntimeError):
 
 
 @dataclass
+class TrialSummary:
+    """What became of one trial, as the results table, the searcher's warm start and MLflow's reconciliation read it."""
+
+    trial_id: str
+    status: str  # orchestrator.tracking.statuses
+    params: dict[str, Any]
+    val_loss_mean: float | None  # the CV objective: best (completed) or last fold-mean validation loss
+    val_loss_std: float | None
+    epochs: int | None
+    tests: dict[str, dict[str, float | None]]  # {test set: {"energy": MAE, "forces": MAE}} of the fold-mean prediction
+    checkpoint: Any = None  # the final (or last) tune.Checkpoint; None if it saved none
+    train_seconds: float = 0.0
+    startup_seconds: float | None = None
+    step_mode: str | None = None
+    error: str | None = None  # the last line of a failed trial's error
+    earlier: bool = False  # a trial of an earlier run of this sweep (an extension's predecessors)
+
+
+@dataclass
 class SweepOutcome:
+    """A sweep's result: its trials, best first."""
+
     name: str
     storage: Path
     parent_run_id: str
-    trials: list[dict[str, Any]]
-    best: dict[str, Any] | None
+    trials: list[TrialSummary]
+    best: TrialSummary | None
     seconds: float
     max_concurrent: int = 1
     energy_unit: str = ""
@@ -61,12 +82,12 @@ class SweepOutcome:
 
     def overhead_report(self) -> str:
         """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
-        now = [t for t in self.trials if not t.get("earlier")]  # this run's trials (not an extension's predecessors)
-        train = sum(t["train_seconds"] or 0.0 for t in now)
+        now = [t for t in self.trials if not t.earlier]  # this run's trials (not an extension's predecessors)
+        train = sum(t.train_seconds for t in now)
         share = train / (self.seconds * self.max_concurrent) if self.seconds else 0.0
-        starts = [t["startup_seconds"] for t in now if t["startup_seconds"] is not None]
+        starts = [t.startup_seconds for t in now if t.startup_seconds is not None]
         start = f"; trial start-up median {np.median(starts):.1f} s" if starts else ""
-        modes = sorted({t["step_mode"] for t in self.trials if t.get("step_mode")})
+        modes = sorted({t.step_mode for t in self.trials if t.step_mode})
         mode = "".join(f"\nstacked step: {m}" for m in modes)
         return (f"time in training epochs: {train:.0f} s of {self.seconds:.0f} s wall × {self.max_concurrent} concurrent "
                 f"= {share:.0%}{start}{mode}")
@@ -178,7 +199,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from orchestrator.search.trial import run_trial
+    from orchestrator.search.trial import TestLabels, run_trial
 
     console = console or Console()
     t_start = time.time()
@@ -273,8 +294,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     data_ref = ray.put(data)
     res = spec.resources
     layout = res.resolved_layout()
-    ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref},
-           "folds": [(f.train, f.val) for f in manifest.folds], "tests": manifest.test_sets(), "layout": layout}
+    tests = manifest.test_sets()
+    ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref}, "folds": [(f.train, f.val) for f in manifest.folds],
+           "tests": tests, "test_labels": {name: TestLabels.of(data, idx) for name, idx in tests.items()}, "layout": layout}
     console.print(f"trial layout: {res.describe(spec.cv.k)}")
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     tune.PlacementGroupFactory(res.bundles(spec.cv.k), strategy=res.placement_strategy))
@@ -289,7 +311,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         _write_json(root / name / "sweep.json", meta)
         store.client.update_run(parent, status="RUNNING")
     test_sets = list(manifest.test_sets())
-    earlier = [{**t, "earlier": True} for e in experiments[:-1] for t in summarize(
+    earlier = [replace(t, earlier=True) for e in experiments[:-1] for t in summarize(
         tune.Tuner.restore(f"{tune_storage(spec)}/{e}", trainable=trainable).get_results(), test_sets)]
     tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k, spec.search.time_budget)
     callbacks = [tracker, LiveProgress(more or spec.search.num_samples, console)]
@@ -322,11 +344,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     results = tuner.fit()  # Ctrl-C: Tune stops its trials, saves its state and returns
     budget_ran_out = budget_used(spec.search.time_budget, t_fit)
     now = summarize(results, test_sets, budget_ran_out)
-    interrupted = any(t["status"] == INTERRUPTED for t in now) or (
-        not budget_ran_out and (len(now) < (more or spec.search.num_samples) or any(t["status"] == NOT_STARTED for t in now)))
+    interrupted = any(t.status == INTERRUPTED for t in now) or (
+        not budget_ran_out and (len(now) < (more or spec.search.num_samples) or any(t.status == NOT_STARTED for t in now)))
     trials = sorted(now + earlier, key=_rank)
     reconcile(store, name, trials)
-    best = next((t for t in trials if t["status"] == "completed"), None)
+    best = next((t for t in trials if t.status == COMPLETED), None)
     if best is not None:
         _log_best(store, parent, name, best, data, manifest)
     store.end(parent, "KILLED" if interrupted else "FINISHED")
@@ -335,7 +357,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
                            data.energy_unit, store.exp_id, test_sets, interrupted)
     store.log(parent, {"wall_seconds": outcome.seconds,
-                       "train_seconds": sum(t["train_seconds"] or 0.0 for t in trials if not t.get("earlier"))})
+                       "train_seconds": sum(t.train_seconds for t in trials if not t.earlier)})
     return outcome
 
 
@@ -403,33 +425,27 @@ def _note_out_of_range(spec: SweepSpec, console: Console) -> None:
                 console.print(f"note: the first trial's {key}={value!r} is not among the choices {d.extremes()}")
 
 
-def summarize(results, test_sets: list[str], budget_ran_out: bool = False) -> list[dict[str, Any]]:
-    """One dict per trial, completed ones first by CV mean validation loss (statuses: :mod:`orchestrator.tracking.statuses`);
-    ``tests`` holds the fold-mean MAEs on every named test set."""
+def summarize(results, test_sets: list[str], budget_ran_out: bool = False) -> list[TrialSummary]:
+    """One summary per trial, completed ones first by CV mean validation loss (statuses:
+    :mod:`orchestrator.tracking.statuses`)."""
     out = []
     for r in results:
         m = r.metrics or {}
-        trial_id = m.get("trial_id") or Path(r.path).name
-        status = trial_status(r.error is not None, m, budget_ran_out)
-        out.append({
-            "trial_id": m.get("trial_id", trial_id), "status": status, "params": r.config,
-            "val_loss_mean": m.get("best_val_loss_mean", m.get(METRIC)), "val_loss_std": m.get("val_loss_std"),
-            "epochs": m.get("epoch", m.get("training_iteration")),
-            "tests": keys.maes_by_test_set(m, test_sets),
-            "checkpoint": r.checkpoint.path if r.checkpoint else None, "checkpoint_ref": r.checkpoint,
-            "train_seconds": m.get("train_seconds", 0.0), "startup_seconds": m.get("startup_seconds"),
-            "step_mode": m.get("step_mode"),
-            "error": str(r.error).strip().splitlines()[-1] if r.error else None,
-        })
+        out.append(TrialSummary(
+            trial_id=m.get("trial_id") or Path(r.path).name, status=trial_status(r.error is not None, m, budget_ran_out),
+            params=r.config, val_loss_mean=m.get("best_val_loss_mean", m.get(METRIC)), val_loss_std=m.get("val_loss_std"),
+            epochs=m.get("epoch", m.get("training_iteration")), tests=keys.maes_by_test_set(m, test_sets),
+            checkpoint=r.checkpoint, train_seconds=m.get("train_seconds") or 0.0, startup_seconds=m.get("startup_seconds"),
+            step_mode=m.get("step_mode"), error=str(r.error).strip().splitlines()[-1] if r.error else None))
     out.sort(key=_rank)
     return out
 
 
-def _rank(t: dict[str, Any]) -> tuple[int, float]:
-    return RANK[t["status"]], t["val_loss_mean"] if t["val_loss_mean"] is not None else np.inf
+def _rank(t: TrialSummary) -> tuple[int, float]:
+    return RANK[t.status], t.val_loss_mean if t.val_loss_mean is not None else np.inf
 
 
-def warm_start(searcher, space: dict, trials: list[dict[str, Any]]) -> int:
+def warm_start(searcher, space: dict, trials: list[TrialSummary]) -> int:
     """Tell the searcher's Optuna study every earlier trial with a finite objective (completed: its best CV
     loss; pruned or stopped: its last), so an extension samples from what was learnt. Returns how many."""
     import optuna
@@ -437,10 +453,10 @@ def warm_start(searcher, space: dict, trials: list[dict[str, Any]]) -> int:
     study = searcher._ot_study  # Ray's OptunaSearch keeps its study here; Ray's own warm start cannot take a define-by-run space
     told = 0
     for t in trials:
-        value = t["val_loss_mean"]
+        value = t.val_loss_mean
         if value is None or not np.isfinite(value):
             continue
-        params = {k: v for k, v in t["params"].items() if k in space}
+        params = {k: v for k, v in t.params.items() if k in space}
         study.add_trial(optuna.trial.create_trial(params=params, distributions={k: space[k].optuna() for k in params},
                                                   value=float(value)))
         told += 1
@@ -452,10 +468,10 @@ LOST_REASON = ("the driver stopped before Tune's experiment state recorded this 
                "on --resume the searcher sampled a replacement")
 
 
-def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
+def reconcile(store: Store, name: str, trials: list[TrialSummary]) -> None:
     """No run left RUNNING and every trial run says what became of it: end (and label) any trial/fold run
     the callbacks could not (the driver died; the time budget or Ctrl-C ended the trial)."""
-    state = {t["trial_id"]: t["status"] for t in trials}
+    state = {t.trial_id: t.status for t in trials}
     for run in store.find(**{SWEEP_ID: name}):
         role, trial_id = run.data.tags.get(ROLE), run.data.tags.get(keys.TRIAL_ID)
         if role == "trial" and trial_id in state and keys.STATUS not in run.data.tags:
@@ -467,29 +483,29 @@ def reconcile(store: Store, name: str, trials: list[dict[str, Any]]) -> None:
             store.end(run.info.run_id, mlflow_status(state[trial_id]) if trial_id in state else "KILLED")
 
 
-def _log_best(store: Store, parent: str, name: str, best: dict[str, Any], data, manifest: SplitManifest) -> None:
+def _log_best(store: Store, parent: str, name: str, best: TrialSummary, data, manifest: SplitManifest) -> None:
     """Best trial: tags on the sweep run, parity plots on the test set."""
     from orchestrator.tracking.plots import parity
 
     c = store.client
-    runs = store.find(**{keys.TRIAL_ID: best["trial_id"], ROLE: "trial"})
-    c.set_tag(parent, keys.BEST_TRIAL, best["trial_id"])
+    runs = store.find(**{keys.TRIAL_ID: best.trial_id, ROLE: "trial"})
+    c.set_tag(parent, keys.BEST_TRIAL, best.trial_id)
     if runs:
         c.set_tag(parent, keys.BEST_TRIAL_RUN, runs[0].info.run_id)
     unit = data.energy_unit
     sets = manifest.test_sets()
     errs = "".join(f"; its {len(sets[t]):,}-molecule {t} set: energy MAE {m['energy']:.4g} {unit}"
                    + ("" if m["forces"] is None else f", forces MAE {m['forces']:.4g} {unit}/Å")
-                   for t, m in best["tests"].items() if m["energy"] is not None)
-    c.set_tag(parent, NOTE, f"Best trial {best['trial_id']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())}): "
-                            f"CV validation loss {best['val_loss_mean']:.4g}{errs or '; ' + manifest.describe_tests()} "
+                   for t, m in best.tests.items() if m["energy"] is not None)
+    c.set_tag(parent, NOTE, f"Best trial {best.trial_id} ({', '.join(f'{k}={v}' for k, v in best.params.items())}): "
+                            f"CV validation loss {best.val_loss_mean:.4g}{errs or '; ' + manifest.describe_tests()} "
                             f"(fold-mean ensemble). Assemble its fold models into the ensemble with calibrated std: "
                             f"`sweep ensemble {name}`.")
-    store.log(parent, {"best_val_loss_mean": best["val_loss_mean"] or np.nan,
-                       **{keys.best_mae(t, p): v for t, m in best["tests"].items() for p, v in m.items() if v is not None}})
-    if best["checkpoint"] is None:
+    store.log(parent, {"best_val_loss_mean": best.val_loss_mean or np.nan,
+                       **{keys.best_mae(t, p): v for t, m in best.tests.items() for p, v in m.items() if v is not None}})
+    if best.checkpoint is None:
         return
-    with best["checkpoint_ref"].as_directory() as d, np.load(Path(d) / keys.PREDICTIONS) as z:  # local or s3://
+    with best.checkpoint.as_directory() as d, np.load(Path(d) / keys.PREDICTIONS) as z:  # local or s3://
         pred = {k: z[k] for k in z.files}
     with tempfile.TemporaryDirectory() as t:
         for name in sets:  # parity plots per test set: plots/parity_energy.png (test), plots/parity_energy_NAME.png
@@ -530,12 +546,12 @@ def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:
     for c in ("trial", "status", "CV val loss (mean ± std)", *(c for _, _, c in cols), "epochs"):
         t.add_column(c)
     for r in outcome.trials[:top]:
-        std = f" ± {r['val_loss_std']:.3g}" if r["val_loss_std"] is not None else ""
-        maes = [r["tests"].get(name, {}).get(p) for name, p, _ in cols]
-        t.add_row(r["trial_id"], r["status"] if not r["error"] else f"failed: {r['error'][:60]}",
-                  "–" if r["val_loss_mean"] is None else f"{r['val_loss_mean']:.4g}{std}",
-                  *("–" if v is None else f"{v:.4g}" for v in maes), str(r["epochs"]))
+        std = f" ± {r.val_loss_std:.3g}" if r.val_loss_std is not None else ""
+        maes = [r.tests.get(name, {}).get(p) for name, p, _ in cols]
+        t.add_row(r.trial_id, r.status if not r.error else f"failed: {r.error[:60]}",
+                  "–" if r.val_loss_mean is None else f"{r.val_loss_mean:.4g}{std}",
+                  *("–" if v is None else f"{v:.4g}" for v in maes), str(r.epochs))
     return t
 
 
-__all__ = ["PARENT", "SweepError", "SweepOutcome", "results_table", "run_sweep"]
+__all__ = ["PARENT", "SweepError", "SweepOutcome", "TrialSummary", "results_table", "run_sweep"]

@@ -10,13 +10,14 @@ format, so a trial checkpointed by one layout resumes in the other.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from orchestrator.tracking import keys
 from schnet_model import ModelConfig, Molecules, SchNet, Trainer, TrainingConfig, save_model
 from schnet_model.model_dir import ModelInfo
 from schnet_model.training import NonFiniteLossError, predict
@@ -41,40 +42,82 @@ def held_out_sets(data: Molecules, tests: dict[str, np.ndarray]) -> dict[str, He
     return {name: HeldOutSet(data.subset(idx), np.asarray(idx)) for name, idx in tests.items()}
 
 
-def epoch_report(r: EpochResult | None, last: dict[str, Any], best_val_loss: float, stopped: bool, epoch: int
-                 ) -> dict[str, Any]:
-    """One fold's per-epoch dict (``r`` None: the fold was stopped before this epoch; ``last`` repeats)."""
+@dataclass(frozen=True)
+class FoldEpoch:
+    """What one fold reports after an epoch. A fold stopped early repeats its last epoch's values (``seconds`` 0)."""
+
+    epoch: int
+    val_loss: float
+    val_energy_mae: float  # energy unit of the data
+    val_forces_mae: float | None  # energy unit / Å; None without forces
+    train_loss: float
+    lr: float
+    seconds: float
+    best_val_loss: float
+    stopped: bool
+    node_id: str = ""  # the Ray node it ran on ("" outside Ray)
+
+    def state(self) -> dict[str, Any]:
+        """Plain values for a checkpoint (``torch.load(weights_only=True)`` reads them back)."""
+        return asdict(self)
+
+
+def epoch_report(r: EpochResult | None, last: FoldEpoch | None, best_val_loss: float, stopped: bool, epoch: int
+                 ) -> FoldEpoch:
+    """One fold's epoch (``r`` None: the fold was stopped before this epoch; ``last`` repeats)."""
     if r is not None:
-        last.clear()
-        last.update({"val_loss": r.val.loss, "val_energy_mae": r.val.energy_mae, "train_loss": r.train_loss,
-                     "lr": r.lr, "seconds": r.seconds})
-        if r.val.forces_mae is not None:
-            last["val_forces_mae"] = r.val.forces_mae
-    else:
-        last["seconds"] = 0.0
-    return {**last, "best_val_loss": best_val_loss, "stopped": stopped, "epoch": epoch, "node_id": _node_id()}
+        return FoldEpoch(epoch, r.val.loss, r.val.energy_mae, r.val.forces_mae, r.train_loss, r.lr, r.seconds,
+                         best_val_loss, stopped, _node_id())
+    if last is None:
+        raise ValueError("a fold stopped before its first epoch has nothing to report")
+    return replace(last, epoch=epoch, seconds=0.0, best_val_loss=best_val_loss, stopped=stopped, node_id=_node_id())
+
+
+def last_epoch(state: dict[str, Any]) -> FoldEpoch | None:
+    """The last epoch a fold checkpoint recorded (None before its first)."""
+    last = state.get("last")
+    return FoldEpoch(**last) if last else None
+
+
+@dataclass
+class SetPredictions:
+    """One fold's predictions on a set of molecules of the sweep's data."""
+
+    idx: np.ndarray  # [n] indices into the sweep's data
+    energy: np.ndarray  # [n] energy unit of the data
+    forces: np.ndarray | None  # [n_atoms, 3] energy unit / Å
+
+
+@dataclass
+class FoldResult:
+    """A fold's final result, from its best weights: metrics, out-of-fold and test predictions, the model's files."""
+
+    index: int
+    best_epoch: int
+    best_val_loss: float
+    val: dict[str, float]  # metrics on its validation fold (Metrics.as_dict)
+    oof: SetPredictions  # its validation fold: the out-of-fold predictions
+    tests: dict[str, dict[str, float]]  # {test set: metrics}
+    test_preds: dict[str, SetPredictions]  # {test set: predictions}
+    files: dict[str, bytes]  # the model directory (save_model), file name → bytes
 
 
 def fold_final(index: int, model: SchNet, cfg: TrainingConfig, use_forces: bool, best_epoch: int, best_val_loss: float,
                val: Molecules, val_idx: np.ndarray, val_pred: Predictions, tests: dict[str, HeldOutSet],
-               test_preds: dict[str, Predictions], elements: list[int], energy_unit: str) -> dict[str, Any]:
-    """A fold's final result from its best model's predictions: metrics, OOF/test predictions, model files.
-
-    ``out["tests"]`` holds the metrics and ``out["test_preds"]`` the predictions of every named test set.
-    """
-    out: dict[str, Any] = {"index": index, "best_epoch": best_epoch, "best_val_loss": best_val_loss}
-    out["val"] = metrics_of(val_pred, val, cfg.rho, use_forces).as_dict()
-    out["oof"] = {"idx": val_idx, "energy": val_pred.energy, "forces": val_pred.forces}
-    out["tests"] = {name: metrics_of(test_preds[name], t.molecules, cfg.rho, use_forces).as_dict() for name, t in tests.items()}
-    out["test_preds"] = {name: {"idx": t.idx, "energy": test_preds[name].energy, "forces": test_preds[name].forces}
-                         for name, t in tests.items()}
+               test_preds: dict[str, Predictions], elements: list[int], energy_unit: str) -> FoldResult:
+    """A fold's final result from its best model's predictions."""
+    val_metrics = metrics_of(val_pred, val, cfg.rho, use_forces).as_dict()
+    test_metrics = {name: metrics_of(test_preds[name], t.molecules, cfg.rho, use_forces).as_dict() for name, t in tests.items()}
     info = ModelInfo(energy_unit, elements, extra={
-        "fold": index, "training": cfg.model_dump(), "metrics": {"val": out["val"], **out["tests"]},
+        "fold": index, "training": cfg.model_dump(), "metrics": {"val": val_metrics, **test_metrics},
         "best_epoch": best_epoch})
     with tempfile.TemporaryDirectory() as d:
         path = save_model(model.cpu(), info, Path(d) / "model")
-        out["files"] = {p.name: p.read_bytes() for p in path.iterdir()}
-    return out
+        files = {p.name: p.read_bytes() for p in path.iterdir()}
+    return FoldResult(index, best_epoch, best_val_loss, val_metrics,
+                      SetPredictions(val_idx, val_pred.energy, val_pred.forces), test_metrics,
+                      {name: SetPredictions(t.idx, test_preds[name].energy, test_preds[name].forces) for name, t in tests.items()},
+                      files)
 
 
 def fold_config(train_cfg: TrainingConfig, index: int, threads: int, device: str | None = None) -> TrainingConfig:
@@ -114,9 +157,9 @@ class FoldWorker:
         torch.manual_seed(cfg.seed)
         self.trainer = Trainer(SchNet(model_cfg), self.train, self.val, cfg)
         self.stopped = False
-        self.last: dict[str, Any] = {}
+        self.last: FoldEpoch | None = None
 
-    def run_epoch(self) -> dict[str, Any]:
+    def run_epoch(self) -> FoldEpoch:
         """Train one epoch (unless early-stopped) and return its metrics."""
         t = self.trainer
         r = None
@@ -126,17 +169,18 @@ class FoldWorker:
             except NonFiniteLossError as e:
                 raise FoldNonFinite(f"fold {self.index}: {e}") from None
             self.stopped = t.should_stop_early()
-        return epoch_report(r, self.last, t.best_val_loss, self.stopped, t.epoch)
+        self.last = epoch_report(r, self.last, t.best_val_loss, self.stopped, t.epoch)
+        return self.last
 
     def get_state(self) -> dict[str, Any]:
-        return {**self.trainer.state_dict(), "stopped": self.stopped, "last": self.last}
+        return {**self.trainer.state_dict(), "stopped": self.stopped, "last": self.last.state() if self.last else None}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state)
         self.stopped = bool(state.get("stopped", False))
-        self.last = dict(state.get("last", {}))
+        self.last = last_epoch(state)
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> FoldResult:
         """Best weights → validation and test predictions (once each), metrics, the model directory's files."""
         t = self.trainer
         t.model.load_state_dict(t.best_state)
@@ -154,22 +198,22 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-class ActorFolds:
-    """The ``folds`` layout: k :class:`FoldWorker` actors on the trial's fold bundles.
+class FoldActorPool:
+    """The fold actors a trial process keeps between trials: when Tune reuses the process for the next trial
+    (``TuneConfig(reuse_actors=True)``), the same placement group's bundles get the same actors (no new processes).
+    The trainable owns one (:data:`orchestrator.search.trial.POOL`) and hands it to :class:`ActorFolds`."""
 
-    Actors are kept for the next trial when Tune reuses the trial process
-    (``TuneConfig(reuse_actors=True)``): same placement group, same bundles, no new processes.
-    """
+    def __init__(self) -> None:
+        self.workers: dict[tuple, list] = {}  # (placement group, k, cpus, gpus) → k FoldWorker actors
 
-    _POOL: dict[tuple, list] = {}
-
-    def __init__(self, k: int, cpus: float, gpus: float) -> None:
+    def get(self, k: int, cpus: float, gpus: float) -> list:
+        """k actors on the current placement group's fold bundles (1..k), started unless pooled."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         pg = ray.util.get_current_placement_group()
         key = (pg.id.hex() if pg is not None else None, k, cpus, gpus)
-        if key not in self._POOL:
+        if key not in self.workers:
             self.drop()
             workers = []
             for i in range(k):
@@ -177,8 +221,25 @@ class ActorFolds:
                 if pg is not None:
                     opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
                 workers.append(ray.remote(FoldWorker).options(**opts).remote())
-            self._POOL[key] = workers
-        self.workers = self._POOL[key]
+            self.workers[key] = workers
+        return self.workers[key]
+
+    def drop(self) -> None:
+        """Kill the pooled actors (one is gone, or the layout changed: start fresh ones)."""
+        import ray
+
+        for workers in self.workers.values():
+            for w in workers:
+                ray.kill(w)
+        self.workers.clear()
+
+
+class ActorFolds:
+    """The ``folds`` layout: k :class:`FoldWorker` actors on the trial's fold bundles, taken from ``pool``."""
+
+    def __init__(self, pool: FoldActorPool, k: int, cpus: float, gpus: float) -> None:
+        self.pool = pool
+        self.workers = pool.get(k, cpus, gpus)
         self.threads = int(max(1, cpus))
 
     def setup(self, data_ref, folds: list[tuple[np.ndarray, np.ndarray]], tests: dict[str, np.ndarray],
@@ -188,7 +249,7 @@ class ActorFolds:
         ray.get([w.setup.remote(data_ref, i, tr, va, tests, model_cfg, train_cfg, self.threads)
                  for i, (w, (tr, va)) in enumerate(zip(self.workers, folds, strict=True))])
 
-    def run_epoch(self) -> list[dict[str, Any]]:
+    def run_epoch(self) -> list[FoldEpoch]:
         import ray
 
         return ray.get([w.run_epoch.remote() for w in self.workers])
@@ -203,40 +264,30 @@ class ActorFolds:
 
         ray.get([w.load_state.remote(s) for w, s in zip(self.workers, states, strict=True)])
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[FoldResult]:
         import ray
 
         return ray.get([w.finish.remote() for w in self.workers])
 
-    @classmethod
-    def drop(cls) -> None:
-        """Kill the pooled actors (one is gone: start fresh ones)."""
-        import ray
-
-        for workers in cls._POOL.values():
-            for w in workers:
-                ray.kill(w)
-        cls._POOL.clear()
+    def drop(self) -> None:
+        """Kill this trial's actors (one is gone: the next setup starts fresh ones)."""
+        self.pool.drop()
 
 
-def fold_metrics_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Trial metrics from the folds' epoch results: mean/std over folds, each fold's values and Ray node."""
-    vals = np.array([r["val_loss"] for r in results])
+def fold_metrics_summary(results: list[FoldEpoch]) -> dict[str, Any]:
+    """The trial's Tune metrics from its folds' epochs: means over folds, and each fold's own values
+    (:func:`orchestrator.tracking.keys.with_fold_metrics`)."""
+    vals = np.array([r.val_loss for r in results])
     m: dict[str, Any] = {
         "val_loss_mean": float(vals.mean()),
         "val_loss_std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-        "train_loss_mean": float(np.mean([r["train_loss"] for r in results])),
-        "folds_stopped": float(sum(r["stopped"] for r in results)),
+        "train_loss_mean": float(np.mean([r.train_loss for r in results])),
+        "folds_stopped": float(sum(r.stopped for r in results)),
     }
-    for i, r in enumerate(results):
-        m[f"fold{i}/val_loss"] = r["val_loss"]
-        m[f"fold{i}/val_energy_mae"] = r["val_energy_mae"]
-        if "val_forces_mae" in r:
-            m[f"fold{i}/val_forces_mae"] = r["val_forces_mae"]
-        if r.get("node_id"):
-            m[f"fold{i}/node_id"] = r["node_id"]
-    return m
+    per_fold = [{"val_loss": r.val_loss, "val_energy_mae": r.val_energy_mae, "node_id": r.node_id,
+                 **({} if r.val_forces_mae is None else {"val_forces_mae": r.val_forces_mae})} for r in results]
+    return keys.with_fold_metrics(m, per_fold)
 
 
-__all__ = ["ActorFolds", "FoldNonFinite", "FoldWorker", "epoch_report", "fold_config", "fold_final",
-           "fold_metrics_summary"]
+__all__ = ["ActorFolds", "FoldActorPool", "FoldEpoch", "FoldNonFinite", "FoldResult", "FoldWorker", "SetPredictions", "epoch_report",
+           "fold_config", "fold_final", "fold_metrics_summary", "last_epoch"]

@@ -7,7 +7,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.search.folds import FoldNonFinite, epoch_report, fold_config, fold_final, held_out_sets
+from orchestrator.search.folds import (
+    FoldEpoch,
+    FoldNonFinite,
+    FoldResult,
+    epoch_report,
+    fold_config,
+    fold_final,
+    held_out_sets,
+    last_epoch,
+)
 from schnet_model import ModelConfig, Molecules, TrainingConfig
 from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
 
@@ -24,7 +33,7 @@ class StackedFolds:
     def __init__(self, k: int, threads: int, device: str) -> None:
         self.k, self.threads, self.device = k, max(1, threads), device
         self.trainer: StackedTrainer | None = None
-        self.last: list[dict[str, Any]] = [{} for _ in range(k)]
+        self.last: list[FoldEpoch | None] = [None] * k
 
     def setup(self, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], tests: dict[str, np.ndarray],
               model_cfg: ModelConfig, train_cfg: TrainingConfig) -> None:
@@ -34,27 +43,29 @@ class StackedFolds:
         members = [Member(data.subset(tr), data.subset(va), fold_config(train_cfg, i, self.threads, self.device))
                    for i, (tr, va) in enumerate(folds)]
         self.trainer = StackedTrainer(model_cfg, members, device=self.device)
-        self.last = [{} for _ in range(self.k)]
+        self.last = [None] * self.k
 
     @property
     def mode(self) -> str:
         assert self.trainer is not None
         return self.trainer.mode
 
-    def run_epoch(self) -> list[dict[str, Any]]:
+    def run_epoch(self) -> list[FoldEpoch]:
         t = self.trainer
         assert t is not None
         try:
             results = t.run_epoch()
         except MemberNonFinite as e:
             raise FoldNonFinite(f"fold {e.member}: {e}") from None
-        return [epoch_report(r, self.last[m], t.best_val_loss[m], t.stopped[m], t.epoch[m])
-                for m, r in enumerate(results)]
+        self.last = [epoch_report(r, self.last[m], t.best_val_loss[m], t.stopped[m], t.epoch[m])
+                     for m, r in enumerate(results)]
+        return list(self.last)
 
     def get_states(self) -> list[dict[str, Any]]:
         t = self.trainer
         assert t is not None
-        return [{**t.member_state_dict(m), "stopped": t.stopped[m], "last": self.last[m]} for m in range(self.k)]
+        return [{**t.member_state_dict(m), "stopped": t.stopped[m], "last": last.state() if (last := self.last[m]) else None}
+                for m in range(self.k)]
 
     def load_states(self, states: list[dict[str, Any]]) -> None:
         t = self.trainer
@@ -62,9 +73,9 @@ class StackedFolds:
         for m, s in enumerate(states):
             t.load_member_state_dict(m, s)
             t.stopped[m] = bool(s.get("stopped", t.stopped[m]))
-            self.last[m] = dict(s.get("last", {}))
+            self.last[m] = last_epoch(s)
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[FoldResult]:
         """Every member's best weights → validation and test predictions (all members at once), results."""
         t = self.trainer
         assert t is not None
@@ -77,8 +88,7 @@ class StackedFolds:
                                   {name: p[m] for name, p in test_preds.items()}, self.data.elements, self.data.energy_unit))
         return out
 
-    @staticmethod
-    def drop() -> None:
+    def drop(self) -> None:
         """Nothing to release (no actors)."""
 
 

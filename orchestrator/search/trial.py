@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,27 @@ import ray
 import torch
 from ray import tune
 
-from orchestrator.search.folds import ActorFolds, FoldNonFinite, fold_metrics_summary
+from orchestrator.search.folds import ActorFolds, FoldActorPool, FoldNonFinite, FoldResult, fold_metrics_summary
 from orchestrator.search.stack import StackedFolds
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import keys
 from schnet_model.training.trainer import resolve_device
 
 NONFINITE_MARKER = "nonfinite.txt"
+POOL = FoldActorPool()  # this trial process's fold actors, kept for the next trial Tune runs in it (reuse_actors)
+
+
+@dataclass(frozen=True)
+class TestLabels:
+    """A test set's reference values, all a trial needs of it to score its fold-mean prediction."""
+
+    energy: np.ndarray  # [n] energy unit of the data
+    forces: np.ndarray | None  # [n_atoms, 3] energy unit / Å
+
+    @classmethod
+    def of(cls, data, idx: np.ndarray) -> TestLabels:
+        test = data.subset(idx)
+        return cls(test.E, test.F)
 
 
 def _write_states(group, d: Path) -> None:
@@ -33,40 +48,39 @@ def _load_states(group, d: Path, k: int) -> int:
     return int(states[0]["epoch"])
 
 
-def _ensemble_metrics(finals: list[dict[str, Any]], data, tests: dict[str, np.ndarray]) -> dict[str, float]:
+def _ensemble_metrics(finals: list[FoldResult], labels: dict[str, TestLabels]) -> dict[str, float]:
     """Errors of the fold-mean prediction on every named test set."""
     out = {}
-    for name, idx in tests.items():
-        test = data.subset(idx)
-        preds = [f["test_preds"][name] for f in finals]
-        e = np.mean([p["energy"] for p in preds], axis=0)  # [n]
-        out[keys.ensemble_mae(name, "energy")] = float(np.abs(e - test.E).mean())
-        if preds[0]["forces"] is not None:
-            f = np.mean([p["forces"] for p in preds], axis=0)  # [n_atoms, 3]
-            out[keys.ensemble_mae(name, "forces")] = float(np.abs(f - test.F).mean())
+    for name, ref in labels.items():
+        preds = [f.test_preds[name] for f in finals]
+        e = np.mean([p.energy for p in preds], axis=0)  # [n]
+        out[keys.ensemble_mae(name, "energy")] = float(np.abs(e - ref.energy).mean())
+        if preds[0].forces is not None and ref.forces is not None:
+            f = np.mean([p.forces for p in preds], axis=0)  # [n_atoms, 3]
+            out[keys.ensemble_mae(name, "forces")] = float(np.abs(f - ref.forces).mean())
     return out
 
 
-def _write_final(d: Path, finals: list[dict[str, Any]], params: dict[str, Any], summary: dict[str, float]) -> None:
+def _write_final(d: Path, finals: list[FoldResult], params: dict[str, Any], summary: dict[str, float]) -> None:
     for f in finals:
-        fold_dir = d / f"fold_{f['index']}"
+        fold_dir = d / f"fold_{f.index}"
         (fold_dir / "model").mkdir(parents=True)
-        for name, blob in f["files"].items():
+        for name, blob in f.files.items():
             (fold_dir / "model" / name).write_bytes(blob)
         (fold_dir / "result.json").write_text(json.dumps(
-            {"val": f["val"], "tests": f["tests"], "best_epoch": f["best_epoch"], "best_val_loss": f["best_val_loss"]}))
+            {"val": f.val, "tests": f.tests, "best_epoch": f.best_epoch, "best_val_loss": f.best_val_loss}))
     arrays: dict[str, np.ndarray] = {
-        keys.prediction("oof", "idx"): np.concatenate([f["oof"]["idx"] for f in finals]),
-        keys.prediction("oof", "fold"): np.concatenate([np.full(len(f["oof"]["idx"]), f["index"]) for f in finals]),
-        keys.prediction("oof", "energy"): np.concatenate([f["oof"]["energy"] for f in finals]),
+        keys.prediction("oof", "idx"): np.concatenate([f.oof.idx for f in finals]),
+        keys.prediction("oof", "fold"): np.concatenate([np.full(len(f.oof.idx), f.index) for f in finals]),
+        keys.prediction("oof", "energy"): np.concatenate([f.oof.energy for f in finals]),
     }
-    if finals[0]["oof"]["forces"] is not None:
-        arrays[keys.prediction("oof", "forces")] = np.concatenate([f["oof"]["forces"] for f in finals])
-    for name, first in finals[0]["test_preds"].items():
-        arrays[keys.prediction(name, "idx")] = first["idx"]
-        arrays[keys.prediction(name, "energy")] = np.stack([f["test_preds"][name]["energy"] for f in finals])  # [k, n]
-        if first["forces"] is not None:
-            arrays[keys.prediction(name, "forces")] = np.stack([f["test_preds"][name]["forces"] for f in finals])  # [k, n_atoms, 3]
+    if finals[0].oof.forces is not None:
+        arrays[keys.prediction("oof", "forces")] = np.concatenate([f.oof.forces for f in finals])
+    for name, first in finals[0].test_preds.items():
+        arrays[keys.prediction(name, "idx")] = first.idx
+        arrays[keys.prediction(name, "energy")] = np.stack([f.test_preds[name].energy for f in finals])  # [k, n]
+        if first.forces is not None:
+            arrays[keys.prediction(name, "forces")] = np.stack([f.test_preds[name].forces for f in finals])  # [k, n_atoms, 3]
     np.savez(d / keys.PREDICTIONS, **arrays)
     (d / keys.TRIAL_JSON).write_text(json.dumps({"params": params, "summary": summary}))
 
@@ -91,12 +105,12 @@ def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
         group.setup(ray.get(ctx["data"]["ref"]), ctx["folds"], ctx["tests"], model_cfg, train_cfg)
         return group
     for attempt in (0, 1):
-        group = ActorFolds(k, res.cpus_per_fold, res.gpus_per_fold)
+        group = ActorFolds(POOL, k, res.cpus_per_fold, res.gpus_per_fold)
         try:
             group.setup(ctx["data"]["ref"], ctx["folds"], ctx["tests"], model_cfg, train_cfg)
             return group
         except ray.exceptions.RayActorError:  # a pooled actor is gone: replace the pool once
-            ActorFolds.drop()
+            POOL.drop()
             if attempt:
                 raise
     raise AssertionError("unreachable")
@@ -106,7 +120,8 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """Train the k folds of one configuration, reporting fold-mean metrics every epoch.
 
     ``ctx`` (shared through the object store): ``spec`` (JSON), ``data`` ({"ref": ObjectRef}),
-    ``folds`` [(train, val)], ``tests`` {name: indices}, ``layout`` (``stacked`` or ``folds``).
+    ``folds`` [(train, val)], ``tests`` {name: indices}, ``test_labels`` {name: :class:`TestLabels`} (the test sets'
+    reference values: the trial's ensemble errors need only these, not the dataset), ``layout`` (``stacked`` or ``folds``).
     """
     t_begin = time.perf_counter()
     spec = SweepSpec.model_validate_json(ctx["spec"])
@@ -135,21 +150,19 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             t_epoch = time.perf_counter()
             results = group.run_epoch()
             if startup is None:  # actor start-up and data slicing happen before the first epoch's work
-                startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r["seconds"] for r in results)
-            train_seconds += max(r["seconds"] for r in results)  # folds run in parallel (or stacked)
+                startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r.seconds for r in results)
+            train_seconds += max(r.seconds for r in results)  # folds run in parallel (or stacked)
             metrics = {**fold_metrics_summary(results), "epoch": epoch, "startup_seconds": startup,
                        "train_seconds": train_seconds}
             if isinstance(group, StackedFolds):  # how the stacked step runs (CUDA graph or eager, and why)
                 metrics["step_mode"] = group.mode
-            done = epoch >= max_epochs or all(r["stopped"] for r in results)
+            done = epoch >= max_epochs or all(r.stopped for r in results)
             if done:
                 finals = group.finish()
-                data = ray.get(ctx["data"]["ref"])
-                summary = {**metrics, **_ensemble_metrics(finals, data, ctx["tests"]), "final": True,
-                           "best_val_loss_mean": float(np.mean([f["best_val_loss"] for f in finals]))}
-                for f in finals:
-                    for name, m in f["tests"].items():
-                        summary.update({f"fold{f['index']}/{keys.fold_metric(name, key)}": v for key, v in m.items()})
+                summary = keys.with_fold_metrics(
+                    {**metrics, **_ensemble_metrics(finals, ctx["test_labels"]), "final": True,
+                     "best_val_loss_mean": float(np.mean([f.best_val_loss for f in finals]))},
+                    [{keys.fold_metric(name, key): v for name, m in f.tests.items() for key, v in m.items()} for f in finals])
                 with tempfile.TemporaryDirectory() as d:
                     _write_final(Path(d), finals, params, summary)
                     _write_states(group, Path(d))
@@ -171,5 +184,5 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             raise FoldNonFinite(str(cause)) from None
         raise
     except ray.exceptions.RayActorError:  # a fold actor died (node lost, OOM): start fresh ones on retry
-        ActorFolds.drop()
+        POOL.drop()
         raise

@@ -70,16 +70,16 @@ class MlflowTracker(tune.Callback):
         if trial.trial_id in self._recorded:  # its final result, re-reported on --resume (see trial.py)
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        trial_metrics = {k: v for k, v in result.items() if "/" not in k and (k in (
-            "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean") or keys.is_ensemble_mae(k))}
+        trial_metrics = {k: v for k, v in keys.trial_metrics(result).items() if k in (
+            "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean") or keys.is_ensemble_mae(k)}
         self.store.log(rid, trial_metrics, step)
         if result.get("step_mode") and rid not in self._moded:  # how the stacked step runs, once per trial
             self._moded.add(rid)
             self.store.client.set_tag(rid, keys.STEP_MODE, str(result["step_mode"])[:500])
         for i, fid in enumerate(folds):
-            prefix = f"fold{i}/"
-            self.store.log(fid, {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}, step)
-            node = result.get(f"{prefix}node_id")
+            fold = keys.fold_metrics(result, i)
+            node = fold.pop(keys.FOLD_NODE, "")
+            self.store.log(fid, fold, step)
             if node and self._nodes.get(fid, [""])[-1] != node:  # first epoch, or the fold moved (a retry)
                 seen = self._nodes.setdefault(fid, [])
                 seen.append(node)

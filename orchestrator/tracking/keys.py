@@ -69,4 +69,25 @@ def is_ensemble_mae(key: str) -> bool:
     return key.endswith(("_ensemble_energy_mae", "_ensemble_forces_mae"))
 
 
-__all__ = ["PROPS", "best_mae", "headline_set", "ensemble_mae", "fold_metric", "is_ensemble_mae", "prediction", "maes_by_test_set"]
+# -- a trial's report to Tune: one flat dict, fold values under "fold{i}/" (Tune's results are flat) ----------------
+FOLD_NODE = "node_id"  # a fold's value that is a tag (the Ray node), not a metric
+
+
+def with_fold_metrics(trial: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """``trial``'s metrics plus each fold's, as Tune carries them: ``fold0/val_loss``, … (see :func:`fold_metrics`)."""
+    return {**trial, **{f"fold{i}/{k}": v for i, f in enumerate(folds) for k, v in f.items()}}
+
+
+def fold_metrics(result: dict[str, Any], i: int) -> dict[str, Any]:
+    """Fold ``i``'s values of a trial result written by :func:`with_fold_metrics` (its node id included)."""
+    prefix = f"fold{i}/"
+    return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
+
+
+def trial_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """A trial result without its folds' values."""
+    return {k: v for k, v in result.items() if not (k.startswith("fold") and "/" in k)}
+
+
+__all__ = ["FOLD_NODE", "PROPS", "best_mae", "ensemble_mae", "fold_metric", "fold_metrics", "headline_set", "is_ensemble_mae",
+           "maes_by_test_set", "prediction", "trial_metrics", "with_fold_metrics"]

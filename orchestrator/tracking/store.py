@@ -7,8 +7,11 @@ commands start without them.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,22 @@ def git_commit() -> str:
 
 class StoreNotFoundError(LookupError):
     """A read-only command named a SQLite tracking store that does not exist."""
+
+
+@contextlib.contextmanager
+def no_artifact_progress_bar() -> Iterator[None]:
+    """MLflow draws a progress bar for each artifact transfer unless ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is
+    false (read at each transfer; MLflow has no other switch): false inside the block, as it was after."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def open_client(uri: str, *, read_only: bool = False, registry: bool = False):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from schnet_model.config import DatasetConfig
-from schnet_model.data.load import Dataset, register
+from schnet_model.data.dataset import Dataset
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.units import UnitError, canonical_energy_unit, canonical_length_unit, length_factor
 
@@ -363,8 +363,7 @@ def read_spk_db(path: Path, cfg: DatasetConfig) -> Molecules:
                      F=None if F is None else F * f_scale, energy_unit=e_unit, name=path.stem, meta=meta)
 
 
-@register("spk_db")
-def _spk_db(path: Path, cfg: DatasetConfig) -> Dataset:
+def spk_db_dataset(path: Path, cfg: DatasetConfig) -> Dataset:
     return Dataset(read_spk_db(path, cfg))
 
 
@@ -496,11 +495,9 @@ def read_ase_file(path: Path, cfg: DatasetConfig, fmt: str = "ase") -> Molecules
     )
 
 
-@register("ase")
-def _ase(path: Path, cfg: DatasetConfig) -> Dataset:
+def read_ase(path: Path, cfg: DatasetConfig) -> Dataset:
     return Dataset(read_ase_file(path, cfg, "ase"))
 
 
-@register("extxyz")
-def _extxyz(path: Path, cfg: DatasetConfig) -> Dataset:
+def read_extxyz(path: Path, cfg: DatasetConfig) -> Dataset:
     return Dataset(read_ase_file(path, cfg, "extxyz"))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from schnet_model.config import DatasetConfig
-from schnet_model.data.load import Dataset, load_dataset
+from schnet_model.data.dataset import Dataset
+from schnet_model.data.load import load_dataset
 from schnet_model.data.molecules import DataError, Molecules, element_names
 from schnet_model.data.splits import HeldOutFile
 from schnet_model.files import sha256 as checksum

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from schnet_model.config import DatasetConfig
+from schnet_model.data.dataset import Dataset
 from schnet_model.data.formats_ase import AseDb, DbRow, choose_energy_unit, length_scale
-from schnet_model.data.load import Dataset, register
 from schnet_model.data.molecules import DataError, Molecules
 
 ISO17_DBS = ("reference.db", "reference_eq.db", "test_within.db", "test_other.db", "test_eq.db")
@@ -106,7 +106,3 @@ def read_iso17(path: Path, cfg: DatasetConfig) -> Dataset:
         return Dataset(mol)
     return Dataset(mol, test=np.arange(sizes[0], sizes[0] + sizes[1]), train_pool=np.arange(sizes[0]))
 
-
-@register("iso17")
-def _iso17(path: Path, cfg: DatasetConfig) -> Dataset:
-    return read_iso17(path, cfg)

@@ -1,6 +1,6 @@
 """From a :class:`DatasetConfig` to a :class:`Dataset`: format dispatch, units, official splits.
 
-Each format has a reader ``read(path, cfg) -> Dataset`` registered in :data:`READERS`. A reader
+Each format has a reader ``read(path, cfg) -> Dataset`` in the table :data:`READERS`. A reader
 returns energies in the unit the file declares (or ``cfg.energy_unit`` when given, which wins)
 and positions in Å, and records where the unit came from in
 ``molecules.meta['energy_unit_source']``. :func:`load_dataset` then converts to ``cfg.unit``
@@ -9,46 +9,25 @@ when asked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from schnet_model.config import DatasetConfig
+from schnet_model.data import formats_ase, iso17, qm9, readers, sgdml_xyz
 from schnet_model.data.checks import check_geometry
+from schnet_model.data.dataset import Dataset, Reader
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.units import energy_factor
 
-
-@dataclass
-class Dataset:
-    """Molecules plus the official split of the source, when it has one."""
-
-    molecules: Molecules
-    test: np.ndarray | None = None  # official held-out test indices (ISO17 test db, rMD17 index_test)
-    train_pool: np.ndarray | None = None  # official training pool (rMD17 index_train); None = all but test
-    path: Path | None = None  # the file or directory read
-
-
-Reader = Callable[[Path, DatasetConfig], Dataset]
-READERS: dict[str, Reader] = {}
-
-
-def register(fmt: str) -> Callable[[Reader], Reader]:
-    """Decorator: register a reader for a format name."""
-
-    def deco(fn: Reader) -> Reader:
-        READERS[fmt] = fn
-        return fn
-
-    return deco
+READERS: dict[str, Reader] = {
+    "md17": readers.read_md17, "rmd17": readers.read_rmd17, "iso17": iso17.read_iso17, "qm9": qm9.read_qm9,
+    "spk_db": formats_ase.spk_db_dataset, "ase": formats_ase.read_ase, "extxyz": formats_ase.read_extxyz,
+    "sgdml_xyz": sgdml_xyz.sgdml_xyz_dataset,
+}
+"""Every format's reader, by the format name ``dataset.format`` takes."""
 
 
 def detect_format(path: Path) -> str:
     """Guess the format of ``path`` from its name and content."""
-    from schnet_model.data import readers
-
     return readers.detect_format(path)
 
 
@@ -63,8 +42,6 @@ def resolve_path(cfg: DatasetConfig) -> Path:
 
 def load_dataset(cfg: DatasetConfig) -> Dataset:
     """Read the dataset a config describes, in the unit it asks for."""
-    import schnet_model.data.readers  # noqa: F401  (registers the readers)
-
     path = resolve_path(cfg)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -86,3 +63,10 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     return ds
 
 
+
+
+def read_dataset(path: str | Path, fmt: str = "auto", energy_unit: str | None = None, length_unit: str | None = None,
+                 **options) -> Molecules:
+    """Read any supported dataset file (all of it; official splits are in :func:`load_dataset`)."""
+    cfg = DatasetConfig(path=Path(path), format=fmt, energy_unit=energy_unit, length_unit=length_unit, **options)
+    return load_dataset(cfg).molecules

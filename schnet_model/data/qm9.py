@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from schnet_model.config import DatasetConfig
+from schnet_model.data.dataset import Dataset
 from schnet_model.data.formats_ase import choose_energy_unit, compact_json, length_scale, read_spk_db
-from schnet_model.data.load import Dataset, register
 from schnet_model.data.molecules import DataError, Molecules
 
 # Column of each target among the 15 properties on line 2.
@@ -167,8 +167,7 @@ def read_qm9_xyz(path: Path, cfg: DatasetConfig) -> Molecules:
                      energy_unit=e_unit, name="qm9", meta=meta)
 
 
-@register("qm9")
-def _qm9(path: Path, cfg: DatasetConfig) -> Dataset:
+def read_qm9(path: Path, cfg: DatasetConfig) -> Dataset:
     """QM9 tarball / xyz directory, or a schnetpack QM9 db (``.db``)."""
     if path.suffix == ".db":
         return Dataset(read_spk_db(path, cfg))

@@ -3,7 +3,7 @@
 Formats here: MD17/sGDML npz and rMD17 npz (both kcal/mol and Å unless the file or the spec
 says otherwise). ISO17, QM9 and the ASE formats live in :mod:`~schnet_model.data.iso17`,
 :mod:`~schnet_model.data.qm9`, :mod:`~schnet_model.data.formats_ase` and
-:mod:`~schnet_model.data.sgdml_xyz`, imported at the end of this module so that they register.
+:mod:`~schnet_model.data.sgdml_xyz`; :mod:`~schnet_model.data.load` holds the table of all readers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from schnet_model.config import DatasetConfig
-from schnet_model.data.load import Dataset, register
+from schnet_model.data import formats_ase, iso17, sgdml_xyz
+from schnet_model.data.dataset import Dataset
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.units import UnitError, canonical_energy_unit, canonical_length_unit, length_factor
 
@@ -150,13 +151,11 @@ def read_npz(
     )
 
 
-@register("md17")
-def _md17(path: Path, cfg: DatasetConfig) -> Dataset:
+def read_md17(path: Path, cfg: DatasetConfig) -> Dataset:
     return Dataset(read_npz(path, "md17", cfg.energy_unit, cfg.length_unit))
 
 
-@register("rmd17")
-def _rmd17(path: Path, cfg: DatasetConfig) -> Dataset:
+def read_rmd17(path: Path, cfg: DatasetConfig) -> Dataset:
     mol = read_npz(path, "rmd17", cfg.energy_unit, cfg.length_unit)
     if cfg.rmd17_split is None:
         return Dataset(mol)
@@ -185,16 +184,3 @@ def read_index_csv(path: Path, n: int) -> np.ndarray:
     if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
         raise DataError(f"{path}: indices must lie in 0..{n - 1} (found {idx.min() if idx.size else 'none'}..{idx.max() if idx.size else ''})")
     return np.unique(idx)
-
-
-def read_dataset(path: str | Path, fmt: str = "auto", energy_unit: str | None = None, length_unit: str | None = None,
-                 **options) -> Molecules:
-    """Read any supported dataset file (all of it; official splits are in :func:`load_dataset`)."""
-    from schnet_model.data.load import load_dataset
-
-    cfg = DatasetConfig(path=Path(path), format=fmt, energy_unit=energy_unit, length_unit=length_unit, **options)
-    return load_dataset(cfg).molecules
-
-
-# readers of the other formats register themselves on import
-from schnet_model.data import formats_ase, iso17, qm9, sgdml_xyz  # noqa: E402, F401

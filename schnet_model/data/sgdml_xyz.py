@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from schnet_model.config import DatasetConfig
+from schnet_model.data.dataset import Dataset
 from schnet_model.data.formats_ase import choose_energy_unit, length_scale
-from schnet_model.data.load import Dataset, register
 from schnet_model.data.molecules import DataError, Molecules
 
 
@@ -109,6 +109,5 @@ def read_sgdml_xyz(path: Path, energy_unit: str | None = None, length_unit: str 
                      F=vals[:, 3:] / s, energy_unit=e_unit, name=Path(path).stem, meta=meta)
 
 
-@register("sgdml_xyz")
-def _sgdml_xyz(path: Path, cfg: DatasetConfig) -> Dataset:
+def sgdml_xyz_dataset(path: Path, cfg: DatasetConfig) -> Dataset:
     return Dataset(read_sgdml_xyz(path, cfg.energy_unit, cfg.length_unit))

@@ -3,22 +3,39 @@
 :class:`Kernel` wraps a plain tensor function: once a model has made :data:`COMPILE_AFTER`
 fast-path calls it runs compiled (inductor fuses gathers, products and scatter-adds into loops,
 no ``[n_pairs, F]`` temporaries, one graph instead of many small operations); before that, if
-compilation is unavailable or fails, or with ``SWEEP_COMPILE=0``, the same function runs eagerly.
+compilation is unavailable or fails, or when the policy says never (``training.compile_after: null``), the same
+function runs eagerly.
 Used by :mod:`schnet_model.nn.atomwise` (the atom-wise network and forces) and
 :mod:`schnet_model.nn.filters` (the filter activations).
 """
 
 from __future__ import annotations
 
-import os
+import logging
+import subprocess
 import warnings
 
 import torch
 
-COMPILE_AFTER = int(os.environ.get("SWEEP_COMPILE_AFTER", "200"))
-"""A model compiles its kernels after this many fast-path calls (eager before): compilation costs
-20–30 s once per process on a small CPU, which short runs (tests, quick trials) never recover.
-Counted per model instance, so two identically seeded runs switch at the same step."""
+from schnet_model.config import COMPILE_AFTER
+
+__all__ = ["COMPILE_AFTER", "COMPILE_ERRORS", "Kernel", "compile_now"]  # COMPILE_AFTER: training.compile_after's default
+
+COMPILE_ERRORS = (RuntimeError, OSError, ImportError, subprocess.SubprocessError)
+"""What a failed ``torch.compile`` raises: dynamo/inductor errors (RuntimeError subclasses: unsupported operation,
+no or broken C++ compiler), a missing toolchain (OSError, ImportError) or a failed compiler run."""
+
+log = logging.getLogger("schnet_model.compile")
+
+
+def compile_now(calls: int, after: int | None, device: torch.device, who: str) -> bool:
+    """The compile policy: run the compiled CPU kernels once ``calls`` ≥ ``after`` (``None``: never); the switch is
+    logged once, at the call it happens (``who`` names the model)."""
+    if after is None or device.type != "cpu" or calls < after:
+        return False
+    if calls == after:
+        log.info("%s: CPU kernels compiled by torch.compile from fast-path call %d on (training.compile_after)", who, after)
+    return True
 
 
 class Kernel:
@@ -31,8 +48,6 @@ class Kernel:
             adds across threads are not), ``None`` (torch's) for purely elementwise ones.
     """
 
-    enabled = os.environ.get("SWEEP_COMPILE", "1") != "0"
-
     def __init__(self, fn, threads: int | None = 1) -> None:
         self.fn = fn
         self.threads = threads
@@ -40,13 +55,13 @@ class Kernel:
         self.failed = False
 
     def __call__(self, compiled: bool, *args):
-        if compiled and self.enabled and not self.failed and args[0].device.type == "cpu":
+        if compiled and not self.failed and args[0].device.type == "cpu":
             try:
                 if self.compiled is None:
                     options = {"cpp.threads": self.threads} if self.threads else {}
                     self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=options)
                 return self.compiled(*args)
-            except Exception as e:  # no compiler, unsupported platform, ...: same math, eagerly
+            except COMPILE_ERRORS as e:  # no compiler, unsupported platform, ...: same math, eagerly
                 self.failed = True
                 warnings.warn(f"SchNet: torch.compile of {self.fn.__name__} failed ({type(e).__name__}: "
                               f"{str(e)[:200]}); using the eager kernel", stacklevel=2)

@@ -9,7 +9,7 @@ from torch import nn
 
 from schnet_model.config import ModelConfig
 from schnet_model.data.batch import Batch
-from schnet_model.nn.compiled import COMPILE_AFTER
+from schnet_model.nn.compiled import COMPILE_AFTER, compile_now
 from schnet_model.nn.core import FilterPath, Graph, Params, energies_forces
 from schnet_model.nn.interaction import Interaction, dense
 from schnet_model.nn.offsets import EnergyOffsets
@@ -54,7 +54,8 @@ class SchNet(nn.Module):
         hidden = config.n_output_hidden or max(1, config.n_atom_basis // 2)
         self.output = nn.Sequential(dense(config.n_atom_basis, hidden, activation=True), dense(hidden, 1))
         self.offsets = EnergyOffsets(config.max_z)
-        self._fast_calls = 0  # explicit-path calls so far; CPU kernels are compiled after COMPILE_AFTER
+        self._fast_calls = 0  # explicit-path calls so far
+        self.compile_after: int | None = COMPILE_AFTER  # CPU kernels compiled after this many calls (None: never)
 
     def stacked(self) -> Params:
         """The parameters and energy offsets as core :data:`Params` with k = 1 (views, gradients flow)."""
@@ -81,7 +82,7 @@ class SchNet(nn.Module):
                       directed=n_dir != 2)
         compiled = False
         if not (batch.R.requires_grad or graph.directed):
-            compiled = self._fast_calls >= COMPILE_AFTER
+            compiled = compile_now(self._fast_calls, self.compile_after, batch.R.device, "SchNet")
             self._fast_calls += 1
         E, F = energies_forces(self.stacked(), self.config, graph, forces, create_graph,
                                filters=filter_path(batch.R.device), compiled=compiled)

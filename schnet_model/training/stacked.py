@@ -29,7 +29,7 @@ import torch
 from schnet_model.config import ModelConfig, TrainingConfig
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.stack import StackCollator, StackedBatch, stacked_loss
-from schnet_model.nn.compiled import COMPILE_AFTER
+from schnet_model.nn.compiled import compile_now
 from schnet_model.nn.core import OFFSET_KEYS, FilterPath, ForcePath, Params, energies_forces, member_state, param_keys
 from schnet_model.nn.schnet import SchNet, filter_path
 from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
@@ -91,7 +91,7 @@ class StackedTrainer:
         cfgs = [m.config for m in members]
         c0 = cfgs[0]
         for i, c in enumerate(cfgs):
-            for key in ("batch_size", "rho", "use_forces", "grad_clip"):
+            for key in ("batch_size", "rho", "use_forces", "grad_clip", "compile_after"):
                 if getattr(c, key) != getattr(c0, key):
                     raise ValueError(f"member {i}: training.{key}={getattr(c, key)!r} differs from member 0's "
                                      f"{getattr(c0, key)!r}; stacked members share it")
@@ -144,6 +144,7 @@ class StackedTrainer:
         self._graph = None
         self._graph_error = ""
         self._calls = 0
+        self.compile_after = c0.compile_after
 
     # -- descriptions ----------------------------------------------------------------------
     @property
@@ -154,7 +155,11 @@ class StackedTrainer:
             return f"{where}: whole training step as one captured CUDA graph (static shapes)"
         why = ("molecule sizes differ" if not self.static else self._graph_error or "CUDA graphs off"
                if self.device.type == "cuda" else "not CUDA")
-        return f"{where}: eager ({why})"
+        cpu = ""
+        if self.device.type == "cpu":
+            cpu = ("; CPU kernels eager (training.compile_after: null)" if self.compile_after is None else
+                   f"; CPU kernels compiled by torch.compile from step {self.compile_after} (training.compile_after)")
+        return f"{where}: eager ({why}){cpu}"
 
     # -- parameters ------------------------------------------------------------------------
     def params(self, flat: torch.Tensor | None = None) -> Params:
@@ -175,7 +180,7 @@ class StackedTrainer:
 
         ``lr`` [k] float64, ``on`` [k] float64 (1: the member takes this step, 0: it is left as is).
         """
-        compiled = self._calls >= COMPILE_AFTER and self.device.type == "cpu"
+        compiled = compile_now(self._calls, self.compile_after, self.device, f"{self.k} stacked members")
         self._calls += 1
         E, F = energies_forces(self.params(), self.model_cfg, b.graph(), self.use_forces, create_graph=True,
                                filters=self.filters, forces_by=self.forces_by, compiled=compiled)

@@ -84,6 +84,7 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.model = model.to(self.device)
+        self.model.compile_after = config.compile_after
         self.train_data, self.val_data = train, val
         self.cutoff = model.config.cutoff
         self.use_forces = train.has_forces if config.use_forces is None else config.use_forces
