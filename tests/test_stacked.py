@@ -13,6 +13,7 @@ from schnet_model import ModelConfig, SchNet, Trainer, TrainingConfig
 from schnet_model.data.stack import StackCollator, stacked_loss
 from schnet_model.nn.core import energies_forces
 from schnet_model.training.loss import energy_force_loss
+from schnet_model.training.refit import ATOMREF
 from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
 
 CFG = dict(n_atom_basis=16, n_filters=16, n_interactions=2, rbf_max=10.0)
@@ -187,6 +188,24 @@ def test_cuda_graph_step_equals_eager_step():
         assert rel(flat(graphed.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < 1e-10
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_refit_offsets_reach_the_captured_cuda_graph():
+    """The refit adds to the offsets in place: a step graph captured before it trains with the refit ones."""
+    model_cfg = ModelConfig(**CFG)
+    ms = members((9,))
+    graphed = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64)
+    eager = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64, graphs=False)
+    graphed.run_epoch()
+    eager.run_epoch()
+    assert "CUDA graph" in graphed.mode and graphed._graph is not None
+    assert [r.kept for r in graphed.refit_offsets()] == [r.kept for r in eager.refit_offsets()]
+    graphed.run_epoch()
+    eager.run_epoch()
+    for m in range(3):
+        assert torch.allclose(graphed.offsets[ATOMREF][m], eager.offsets[ATOMREF][m], rtol=0, atol=1e-9)
+        assert rel(flat(graphed.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < 1e-10
+
 def test_compiled_stacked_step_equals_the_eager_one():
     """The CPU kernels compiled by torch.compile (after COMPILE_AFTER calls) with a member axis of k = 3."""
     from schnet_model.nn.compiled import COMPILE_AFTER
@@ -201,3 +220,32 @@ def test_compiled_stacked_step_equals_the_eager_one():
         compiled.run_epoch()
     for m in range(3):
         assert rel(flat(compiled.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < TOL
+
+
+def test_stacked_refit_equals_the_refit_of_members_trained_alone():
+    """Same corrections, same decisions; the stack's member models and checkpoints then carry the refit offsets."""
+    model_cfg = ModelConfig(**CFG)
+    ms = members((3, 9, 5), scheduler="plateau", plateau_patience=1)
+    st = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    for _ in range(2):
+        st.run_epoch()
+    trainers = [alone(model_cfg, member, 2)[0] for member in ms]
+    ms[1].val.E[:] = st.predict({1: ms[1].val}, best=True)[1].energy  # member 1's validation is exact: a refit spoils it
+    before = [st.member_model(m).offsets.atomref.clone() for m in range(3)]
+    refits = st.refit_offsets()
+    assert [r.kept for r in refits] == [True, False, True]
+    for m, (member, t) in enumerate(zip(ms, trainers, strict=True)):
+        r, s = t.refit_offsets(), refits[m]
+        assert s.kept == r.kept and s.elements == r.elements
+        for key in ("val_energy_mae_before", "val_energy_mae_after", "train_mean_residual", "val_mean_residual"):
+            assert getattr(s, key) == pytest.approx(getattr(r, key), rel=1e-10, abs=1e-11), key
+        assert s.correction == pytest.approx(r.correction, rel=1e-9, abs=1e-12)
+        state = st.member_state_dict(m)
+        for ref in (st.member_model(m).offsets.atomref, st.member_model(m, best=False).offsets.atomref,
+                    state["model"][ATOMREF], state["best_state"][ATOMREF]):
+            assert torch.allclose(ref, t.best_state[ATOMREF], rtol=0, atol=1e-12)
+            assert torch.allclose(ref, t.model.offsets.atomref, rtol=0, atol=1e-12)
+        assert s.kept == (not torch.equal(st.member_model(m).offsets.atomref, before[m]))
+        pred = st.predict({m: member.val}, best=True)[m]
+        assert np.abs(pred.energy - member.val.E).mean() == pytest.approx(s.val_energy_mae_after if s.kept else
+                                                                         s.val_energy_mae_before, rel=1e-9, abs=1e-11)

@@ -1,16 +1,21 @@
-"""Trainer: overfitting, early stopping, NaN detection, reproducibility, resume, loss."""
+"""Trainer: overfitting, early stopping, NaN detection, reproducibility, resume, loss, refit of the energy references."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import QUICKSTART_DATA, random_molecules, small_model
+from conftest import QUICKSTART_DATA, SHARED, TINY_MODEL, random_molecules, small_model
 
 from schnet_model import ModelConfig, NonFiniteLossError, SchNet, Trainer, TrainingConfig, read_dataset
-from schnet_model.training import energy_force_loss
+from schnet_model.nn.offsets import element_counts, reference_energy
+from schnet_model.training import energy_force_loss, evaluate, predict
+from schnet_model.training.refit import ATOMREF
+from schnet_model.training.trainer import fit_offsets_fn
 
 SMALL = ModelConfig(n_atom_basis=32, n_filters=32, n_interactions=2, rbf_max=8.0)
 
@@ -137,3 +142,101 @@ def test_a_metric_is_never_nan_silently():
         metrics_of(Predictions(np.zeros(4), forces), data, 0.01, True)
     with pytest.raises(NonFinitePrediction, match="molecule 2"):
         metrics_of(Predictions(np.array([0.0, 0.0, np.inf, 0.0]), None), data, 0.01, False)
+
+
+# -- refit of the energy references ---------------------------------------------------------------
+TINY = ModelConfig(**TINY_MODEL)
+
+
+def _relabelled(data, model: SchNet, shift: float = 0.0, per_element: dict[int, float] | None = None):
+    """``data`` with energies replaced by ``model``'s plus ``shift`` per molecule and ``per_element`` per atom."""
+    ref = np.zeros(100)
+    for z, v in (per_element or {}).items():
+        ref[z] = v
+    e = predict(model, data, forces=False).energy + shift + reference_energy(data.Z, data.atom_ptr, ref)
+    return dataclasses.replace(data, E=e)
+
+
+def _tiny(data) -> SchNet:
+    """A tiny float64 SchNet with references fitted on ``data`` (energies of the data's magnitude)."""
+    torch.manual_seed(0)
+    model = SchNet(TINY).double()
+    model.offsets.set(*fit_offsets_fn(data, TINY.max_z))
+    return model
+
+
+def test_refit_recovers_a_constant_energy_shift_and_leaves_forces_alone():
+    data = _ethanol(40)
+    model = _tiny(data)
+    data = _relabelled(data, model, shift=0.37)  # kcal/mol per molecule; ethanol: one composition, C2H6O
+    train, val = data.subset(np.arange(30)), data.subset(np.arange(30, 40))
+    t = Trainer(model, train, val, TrainingConfig(), fit_offsets=False)
+    before = predict(t.model, val)
+    ref_before = t.model.offsets.atomref.clone()
+    r = t.refit_offsets()
+    assert r.kept and r.energy_unit == "kcal/mol" and r.elements == (1, 6, 8)
+    assert r.train_mean_residual == pytest.approx(0.37, abs=1e-10) and r.val_mean_residual == pytest.approx(0.37, abs=1e-10)
+    assert r.val_energy_mae_before == pytest.approx(0.37, abs=1e-10) and r.val_energy_mae_after < 1e-10
+    delta = (t.model.offsets.atomref - ref_before).numpy()
+    assert delta[[1, 6, 8]] == pytest.approx(0.37 * np.array([6, 2, 1]) / 41, abs=1e-13)  # minimum norm, Σ counts·δ = 0.37
+    after = predict(t.model, val)
+    assert np.abs(after.energy - val.E).max() < 1e-10  # the model itself, predicted again
+    assert np.array_equal(after.forces, before.forces)  # bit for bit
+    assert torch.equal(t.best_state[ATOMREF], t.model.offsets.atomref)
+
+
+def test_a_refit_that_worsens_validation_is_not_kept():
+    data = _ethanol(40)
+    model = _tiny(data)
+    train = _relabelled(data.subset(np.arange(30)), model, shift=0.37)
+    val = _relabelled(data.subset(np.arange(30, 40)), model)  # exact already
+    t = Trainer(model, train, val, TrainingConfig(), fit_offsets=False)
+    state = copy.deepcopy(t.state_dict())
+    r = t.refit_offsets()
+    assert not r.kept and r.val_energy_mae_before < 1e-10 and r.val_energy_mae_after == pytest.approx(0.37, abs=1e-10)
+    for key, v in t.model.state_dict().items():
+        assert torch.equal(v, state["model"][key]) and torch.equal(t.best_state[key], state["best_state"][key]), key
+
+
+@pytest.mark.parametrize("source", ["random H/C/N/O", "QM9 rows (shared)"])
+def test_refit_recovers_per_element_shifts_of_varying_compositions(source):
+    if source.startswith("QM9"):
+        path = SHARED / "schnetpack" / "test_qm9.db"
+        if not path.exists():
+            pytest.skip("../shared absent")
+        data = read_dataset(path)  # 20 molecules, Ha, no forces
+    else:
+        data = random_molecules(45, sizes=(3, 9, 5))
+    model = _tiny(data)
+    shifts = {z: 0.1 * (i + 1) * (-1) ** i for i, z in enumerate(data.elements)}  # per atom
+    data = _relabelled(data, model, per_element=shifts)
+    n = 2 * len(data) // 3
+    train, val = data.subset(np.arange(n)), data.subset(np.arange(n, len(data)))
+    assert np.linalg.matrix_rank(element_counts(train.Z, train.atom_ptr)[0]) == len(train.elements)
+    t = Trainer(model, train, val, TrainingConfig(), fit_offsets=False)
+    r = t.refit_offsets()
+    assert r.kept and r.val_energy_mae_after < 1e-10 < r.val_energy_mae_before
+    assert dict(zip(r.elements, r.correction, strict=True)) == pytest.approx(shifts, abs=1e-10)
+
+
+def test_fit_ends_with_the_refit_and_a_resumed_trainer_keeps_it():
+    data = _ethanol(48)
+    train, val = data.subset(np.arange(32)), data.subset(np.arange(32, 48))
+    cfg = TrainingConfig(seed=0, batch_size=16, max_epochs=3, rho=0.01, early_stopping_patience=None)
+    torch.manual_seed(0)
+    t = Trainer(SchNet(TINY), train, val, cfg)
+    refs = t.model.offsets.atomref.clone()
+    result = t.fit()
+    r = result.offset_refit
+    assert r is not None and r.kept  # three epochs on forces: the energies' constant has drifted
+    assert abs(r.train_mean_residual) > 0.1  # kcal/mol
+    assert evaluate(t.model, val).energy_mae == pytest.approx(r.val_energy_mae_after, rel=1e-6)
+    assert not torch.equal(t.model.offsets.atomref, refs)
+    state = t.state_dict()
+    assert torch.equal(state["best_state"][ATOMREF], state["model"][ATOMREF])
+    torch.manual_seed(5)
+    resumed = Trainer(SchNet(TINY), train, val, cfg)  # its own references, replaced by the state's
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.model.offsets.atomref, t.model.offsets.atomref)
+    assert resumed.fit(refit=False).offset_refit is None  # max_epochs reached: loads best_state, which has the refit
+    assert torch.equal(resumed.model.offsets.atomref, t.model.offsets.atomref)

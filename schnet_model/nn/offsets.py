@@ -43,6 +43,20 @@ class EnergyOffsets(nn.Module):
         self.scale.fill_(float(scale))
 
 
+def element_counts(
+    Z: np.ndarray,  # [n_atoms_total] atomic numbers, molecules concatenated
+    atom_ptr: np.ndarray,  # [n_mols + 1] offsets of each molecule's atoms
+) -> tuple[np.ndarray, np.ndarray]:
+    """Atoms of each element per molecule: (counts [n_mols, n_elements] float64, elements [n_elements] sorted)."""
+    n_mols = len(atom_ptr) - 1
+    mol = np.repeat(np.arange(n_mols), np.diff(atom_ptr))  # [n_atoms_total]
+    elements = np.unique(Z)
+    col = np.searchsorted(elements, Z)
+    counts = np.zeros((n_mols, len(elements)))
+    np.add.at(counts, (mol, col), 1.0)
+    return counts, elements
+
+
 def fit_offsets(
     Z: np.ndarray,  # [n_atoms_total] atomic numbers, molecules concatenated
     atom_ptr: np.ndarray,  # [n_mols + 1] offsets of each molecule's atoms
@@ -57,14 +71,9 @@ def fit_offsets(
     RMS force component when forces are given (forces are what the network mostly fits), else
     the standard deviation of the residual energy per atom. Returns (atomref [max_z], scale).
     """
-    n_mols = len(atom_ptr) - 1
-    mol = np.repeat(np.arange(n_mols), np.diff(atom_ptr))
-    elements = np.unique(Z)
-    col = np.searchsorted(elements, Z)
-    counts = np.zeros((n_mols, len(elements)))
-    np.add.at(counts, (mol, col), 1.0)
+    counts, elements = element_counts(Z, atom_ptr)  # [n_mols, n_el], [n_el]
     E = np.asarray(E, dtype=np.float64)
-    sol, *_ = np.linalg.lstsq(counts, E, rcond=None)
+    sol, *_ = np.linalg.lstsq(counts, E, rcond=None)  # [n_el]
     atomref = np.zeros(max_z)
     atomref[elements] = sol
     if F is not None and F.size:
@@ -75,3 +84,34 @@ def fit_offsets(
     if not np.isfinite(scale) or scale <= 1e-12:
         scale = 1.0
     return atomref, scale
+
+
+def atomref_correction(
+    Z: np.ndarray,  # [n_atoms_total] atomic numbers of the training molecules
+    atom_ptr: np.ndarray,  # [n_mols + 1]
+    residual: np.ndarray,  # [n_mols] float64, E_data − E_pred (energy unit of the data)
+    max_z: int = 100,
+) -> np.ndarray:
+    """Correction ``δ`` [max_z] float64 to add to ``atomref`` so that the energies fit the data best.
+
+    ``δ`` minimises ``Σ_m (r_m − Σ_{i∈m} δ[Z_i])²`` over the residuals ``r = E_data − E_pred``;
+    minimum-norm when the compositions do not determine every element (as :func:`fit_offsets`):
+    with one composition (MD17) only ``Σ counts·δ = mean(r)`` is fixed. Elements absent from
+    ``Z`` get 0. Forces do not change: ``δ`` is a constant per element.
+    """
+    counts, elements = element_counts(Z, atom_ptr)  # [n_mols, n_el], [n_el]
+    sol, *_ = np.linalg.lstsq(counts, np.asarray(residual, dtype=np.float64), rcond=None)  # [n_el]
+    delta = np.zeros(max_z)
+    delta[elements] = sol
+    return delta
+
+
+def reference_energy(
+    Z: np.ndarray,  # [n_atoms_total]
+    atom_ptr: np.ndarray,  # [n_mols + 1]
+    atomref: np.ndarray,  # [max_z] float64 per-element energies
+) -> np.ndarray:
+    """``Σ_{i∈m} atomref[Z_i]`` per molecule [n_mols] float64 (what ``atomref`` adds to each energy)."""
+    n_mols = len(atom_ptr) - 1
+    mol = np.repeat(np.arange(n_mols), np.diff(atom_ptr))  # [n_atoms_total]
+    return np.bincount(mol, weights=np.asarray(atomref, dtype=np.float64)[Z], minlength=n_mols)

@@ -15,6 +15,9 @@ gradient, clipping, Adam) has no host synchronisation; the host reads results on
 On CUDA, when every molecule has the same size the collation fills partial batches with weight-0
 copies, every step has the same shapes, and the whole step is captured once as a CUDA graph and
 replayed (``graphs``); otherwise, and on other devices, it runs eagerly. :attr:`mode` says which.
+
+When training ends, :meth:`StackedTrainer.refit_offsets` refits each member's energy references on
+its training residuals, as :meth:`Trainer.refit_offsets` does for a model trained alone.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from schnet_model.nn.schnet import SchNet, filter_path
 from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.metrics import Metrics, Predictions, metrics_of
 from schnet_model.training.optim import make_adam, make_schedulers
+from schnet_model.training.refit import ATOMREF, OffsetRefit, plan_refit
 from schnet_model.training.trainer import EpochResult, fit_offsets_fn
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as make_adam uses them
@@ -300,8 +304,11 @@ class StackedTrainer:
         return out
 
     # -- evaluation ------------------------------------------------------------------------
-    def predict(self, sets: dict[int, Molecules], best: bool = False, batch_size: int = 128) -> dict[int, Predictions]:
-        """Energies (and forces, when training uses them) of member m on ``sets[m]``, all members stacked."""
+    def predict(self, sets: dict[int, Molecules], best: bool = False, batch_size: int = 128,
+                forces: bool | None = None) -> dict[int, Predictions]:
+        """Energies (and forces: when training uses them, or as ``forces`` says) of member m on ``sets[m]``,
+        all members stacked."""
+        use_forces = self.use_forces if forces is None else forces
         ms = sorted(sets)
         if not ms:
             return {}
@@ -310,7 +317,7 @@ class StackedTrainer:
                     else StackCollator(datasets, self.model_cfg.cutoff, self.dtype))
         params = self.params(self.best_flat if best else self.flat.detach())
         E_out = {m: np.empty(len(sets[m])) for m in ms}
-        F_out = {m: np.empty((len(sets[m].Z), 3)) for m in ms} if self.use_forces else {}
+        F_out = {m: np.empty((len(sets[m].Z), 3)) for m in ms} if use_forces else {}
         n_steps = max(-(-len(sets[m]) // batch_size) for m in ms)
         empty = np.zeros(0, np.int64)
         with torch.no_grad():
@@ -318,7 +325,7 @@ class StackedTrainer:
                 picks = [np.arange(s * batch_size, min((s + 1) * batch_size, len(sets[m]))) if m in sets else empty
                          for m in range(self.k)]
                 b = collator.collate(picks, fill_to=batch_size if collator.fixed_size is not None else None)
-                E, F = energies_forces(params, self.model_cfg, b.to(self.device).graph(), self.use_forces,
+                E, F = energies_forces(params, self.model_cfg, b.to(self.device).graph(), use_forces,
                                        filters=self.filters)
                 E = E.cpu().numpy()
                 F = None if F is None else F.to(torch.float64).cpu().numpy()
@@ -342,6 +349,29 @@ class StackedTrainer:
                 out[m] = metrics_of(preds[m], self.members[m].val, self.rho, self.use_forces)
             except NonFinitePrediction:  # the weights diverged without a non-finite training loss
                 raise MemberNonFinite(m, self.epoch[m], self.step[m], math.nan) from None
+        return out
+
+    def refit_offsets(self, batch_size: int = 128) -> list[OffsetRefit]:
+        """Refit every member's per-element energy references on its best weights' training residuals.
+
+        Member by member what :meth:`Trainer.refit_offsets` does (kept when it lowers the member's
+        validation energy MAE), with the energies of all members predicted stacked. A kept
+        correction is added in place to ``offsets["offsets.atomref"][m]``, which the live and best
+        weights share: :meth:`member_model` and :meth:`member_state_dict` then carry it. Call it once
+        training is over. Returns one :class:`OffsetRefit` per member.
+        """
+        every = range(self.k)
+        e_train = self.predict({m: self.members[m].train for m in every}, best=True, batch_size=batch_size, forces=False)
+        e_val = self.predict({m: self.members[m].val for m in every}, best=True, batch_size=batch_size, forces=False)
+        out = []
+        for m in every:
+            delta, result = plan_refit(self.members[m].train, self.members[m].val, e_train[m].energy, e_val[m].energy,
+                                       self.model_cfg.max_z)
+            if result.kept:
+                with torch.no_grad():  # in place: a captured CUDA graph reads these very tensors
+                    ref = self.offsets[ATOMREF]  # [k, max_z] float64
+                    ref[m].add_(torch.as_tensor(delta, dtype=ref.dtype, device=ref.device))
+            out.append(result)
         return out
 
     # -- checkpoints -----------------------------------------------------------------------

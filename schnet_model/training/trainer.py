@@ -2,7 +2,9 @@
 
 The :class:`Trainer` advances one epoch at a time (``run_epoch``) and exposes
 ``state_dict``/``load_state_dict`` so a caller (a CLI, a Ray actor) can report, checkpoint and
-resume between epochs; ``fit`` is the plain loop around it.
+resume between epochs; ``fit`` is the plain loop around it, and ends by refitting the energy
+references on the training residuals (:meth:`Trainer.refit_offsets`, kept when it lowers the
+validation energy MAE).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from schnet_model.nn.offsets import fit_offsets
 from schnet_model.nn.schnet import SchNet
 from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.loss import energy_force_loss
-from schnet_model.training.metrics import Metrics, evaluate
+from schnet_model.training.metrics import Metrics, evaluate, predict
 from schnet_model.training.optim import make_adam, make_schedulers
+from schnet_model.training.refit import ATOMREF, OffsetRefit, plan_refit
 
 
 def resolve_device(name: str, cpu_without_cuda: bool = False) -> torch.device:
@@ -54,7 +57,8 @@ class TrainResult:
     history: list[EpochResult] = field(default_factory=list)
     stop_reason: str = ""
     best_epoch: int = 0
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # as monitored in training (before the refit of the energy references)
+    offset_refit: OffsetRefit | None = None  # the final refit of the energy references (None: not asked)
 
 
 class Trainer:
@@ -159,10 +163,11 @@ class Trainer:
         return p is not None and self.epochs_without_improvement >= p
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, on_epoch: Callable[[EpochResult], bool | None] | None = None) -> TrainResult:
+    def fit(self, on_epoch: Callable[[EpochResult], bool | None] | None = None, refit: bool = True) -> TrainResult:
         """Train until ``max_epochs``, ``max_time``, early stopping, or ``on_epoch`` returns False.
 
-        The best-validation weights are loaded back into the model at the end.
+        The best-validation weights are loaded back into the model at the end; then, with ``refit``,
+        the energy references are refit on them (:meth:`refit_offsets`, in ``result.offset_refit``).
         """
         result = TrainResult()
         start = time.perf_counter()
@@ -185,6 +190,33 @@ class Trainer:
                 break
         self.model.load_state_dict(self.best_state)
         result.best_epoch, result.best_val_loss = self.best_epoch, self.best_val_loss
+        if refit:
+            result.offset_refit = self.refit_offsets()
+        return result
+
+    def refit_offsets(self, batch_size: int = 128) -> OffsetRefit:
+        """Refit the per-element energy references of the best weights on their training residuals.
+
+        Predicts the energies (no forces) of the training and validation sets with ``best_state``;
+        the least-squares correction of ``atomref`` (:func:`~schnet_model.training.refit.plan_refit`)
+        is kept when it lowers the validation energy MAE, and then written into ``best_state`` and
+        the live model (which share their references: training never changes them), so ``fit``'s
+        final load, :meth:`state_dict` and a resumed run keep it. ``best_val_loss`` stays the value
+        monitored in training. Call it once the weights are final (the end of ``fit`` does).
+        """
+        model = copy.deepcopy(self.model)
+        model._fast_calls = 0  # the copy counts its own calls: the live model's count is untouched, a few stay eager
+        model.load_state_dict(self.best_state)
+        with torch.no_grad():
+            e_train = predict(model, self.train_data, batch_size, forces=False, device=self.device).energy  # [n_train]
+            e_val = predict(model, self.val_data, batch_size, forces=False, device=self.device).energy  # [n_val]
+        delta, result = plan_refit(self.train_data, self.val_data, e_train, e_val, self.model.config.max_z)
+        if result.kept:
+            old = self.best_state[ATOMREF]  # [max_z] float64
+            new = old + torch.as_tensor(delta, dtype=old.dtype, device=old.device)
+            self.best_state = {**self.best_state, ATOMREF: new}  # a new dict: a loaded checkpoint's is not edited
+            with torch.no_grad():
+                self.model.offsets.atomref.copy_(new)
         return result
 
     # -- checkpointing -------------------------------------------------------------------
