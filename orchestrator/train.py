@@ -76,6 +76,8 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
 
         result = trainer.fit(on_epoch)
     console.print(f"stopped: {result.stop_reason}; best epoch {result.best_epoch} ({time.perf_counter() - t0:.1f} s)")
+    if result.offset_refit is not None:
+        console.print(result.offset_refit.format())
     val_m = evaluate(trainer.model, val, spec.training.rho, trainer.use_forces)
     test_m = {name: evaluate(trainer.model, t, spec.training.rho, trainer.use_forces) for name, t in tests.items()}
     console.print(f"[bold]validation[/] ({len(val)} molecules): {val_m.format()}")

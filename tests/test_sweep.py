@@ -74,6 +74,10 @@ def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path, layout):
         folds = [f for f in roles["fold"] if f["tags"]["mlflow.parentRunId"] == t["id"]]
         assert len(folds) == 2 and all("model" in f["artifacts"] for f in folds)
         assert all(f["status"] == "FINISHED" and f["metrics"]["test_forces_mae"] > 0 for f in folds)
+        for f in folds:  # the energy references were refit on each fold's training residuals, kept only if better
+            m = f["metrics"]
+            kept = m["offset_refit/kept"] == 1.0
+            assert (m["offset_refit/val_energy_mae_after"] < m["offset_refit/val_energy_mae_before"]) == kept
     # the split manifest: every fold's validation (and training) indices avoid the test set
     from mlflow.tracking import MlflowClient
 

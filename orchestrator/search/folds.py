@@ -22,6 +22,7 @@ from schnet_model import ModelConfig, Molecules, SchNet, Trainer, TrainingConfig
 from schnet_model.model_dir import ModelInfo
 from schnet_model.training import NonFiniteLossError, predict
 from schnet_model.training.metrics import Predictions, metrics_of
+from schnet_model.training.refit import OffsetRefit
 from schnet_model.training.trainer import EpochResult, resolve_device
 
 
@@ -100,24 +101,25 @@ class FoldResult:
     tests: dict[str, dict[str, float]]  # {test set: metrics}
     test_preds: dict[str, SetPredictions]  # {test set: predictions}
     files: dict[str, bytes]  # the model directory (save_model), file name → bytes
+    offset_refit: dict[str, float]  # what refitting the energy references did (OffsetRefit.as_dict)
 
 
 def fold_final(index: int, model: SchNet, cfg: TrainingConfig, use_forces: bool, best_epoch: int, best_val_loss: float,
                val: Molecules, val_idx: np.ndarray, val_pred: Predictions, tests: dict[str, HeldOutSet],
-               test_preds: dict[str, Predictions], elements: list[int], energy_unit: str) -> FoldResult:
+               test_preds: dict[str, Predictions], elements: list[int], energy_unit: str, refit: OffsetRefit) -> FoldResult:
     """A fold's final result from its best model's predictions."""
     val_metrics = metrics_of(val_pred, val, cfg.rho, use_forces).as_dict()
     test_metrics = {name: metrics_of(test_preds[name], t.molecules, cfg.rho, use_forces).as_dict() for name, t in tests.items()}
     info = ModelInfo(energy_unit, elements, extra={
         "fold": index, "training": cfg.model_dump(), "metrics": {"val": val_metrics, **test_metrics},
-        "best_epoch": best_epoch})
+        "best_epoch": best_epoch, "offset_refit": refit.format()})
     with tempfile.TemporaryDirectory() as d:
         path = save_model(model.cpu(), info, Path(d) / "model")
         files = {p.name: p.read_bytes() for p in path.iterdir()}
     return FoldResult(index, best_epoch, best_val_loss, val_metrics,
                       SetPredictions(val_idx, val_pred.energy, val_pred.forces), test_metrics,
                       {name: SetPredictions(t.idx, test_preds[name].energy, test_preds[name].forces) for name, t in tests.items()},
-                      files)
+                      files, refit.as_dict())
 
 
 def fold_config(train_cfg: TrainingConfig, index: int, threads: int, device: str | None = None) -> TrainingConfig:
@@ -181,14 +183,16 @@ class FoldWorker:
         self.last = last_epoch(state)
 
     def finish(self) -> FoldResult:
-        """Best weights → validation and test predictions (once each), metrics, the model directory's files."""
+        """Best weights, energy references refit on the training residuals → validation and test predictions (once
+        each), metrics, the model directory's files."""
         t = self.trainer
+        refit = t.refit_offsets()
         t.model.load_state_dict(t.best_state)
         uf = t.use_forces
         val_pred = predict(t.model, self.val, forces=uf, device=t.device)
         test_preds = {name: predict(t.model, s.molecules, forces=uf, device=t.device) for name, s in self.tests.items()}
         return fold_final(self.index, t.model, t.cfg, uf, t.best_epoch, t.best_val_loss, self.val, self.val_idx, val_pred,
-                          self.tests, test_preds, self.elements, self.energy_unit)
+                          self.tests, test_preds, self.elements, self.energy_unit, refit)
 
 
 def _node_id() -> str:

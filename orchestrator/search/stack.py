@@ -79,13 +79,15 @@ class StackedFolds:
         """Every member's best weights → validation and test predictions (all members at once), results."""
         t = self.trainer
         assert t is not None
+        refits = t.refit_offsets()
         val_pred = t.predict({m: t.members[m].val for m in range(self.k)}, best=True)
         test_preds = {name: t.predict({m: s.molecules for m in range(self.k)}, best=True) for name, s in self.tests.items()}
         out = []
         for m, (_, va) in enumerate(self.folds):
             out.append(fold_final(m, t.member_model(m), t.cfgs[m], t.use_forces, t.best_epoch[m], t.best_val_loss[m],
                                   t.members[m].val, np.asarray(va), val_pred[m], self.tests,
-                                  {name: p[m] for name, p in test_preds.items()}, self.data.elements, self.data.energy_unit))
+                                  {name: p[m] for name, p in test_preds.items()}, self.data.elements, self.data.energy_unit,
+                                  refits[m]))
         return out
 
     def drop(self) -> None:

@@ -68,7 +68,8 @@ def _write_final(d: Path, finals: list[FoldResult], params: dict[str, Any], summ
         for name, blob in f.files.items():
             (fold_dir / "model" / name).write_bytes(blob)
         (fold_dir / "result.json").write_text(json.dumps(
-            {"val": f.val, "tests": f.tests, "best_epoch": f.best_epoch, "best_val_loss": f.best_val_loss}))
+            {"val": f.val, "tests": f.tests, "best_epoch": f.best_epoch, "best_val_loss": f.best_val_loss,
+             "offset_refit": f.offset_refit}))
     arrays: dict[str, np.ndarray] = {
         keys.prediction("oof", "idx"): np.concatenate([f.oof.idx for f in finals]),
         keys.prediction("oof", "fold"): np.concatenate([np.full(len(f.oof.idx), f.index) for f in finals]),

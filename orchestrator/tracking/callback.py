@@ -118,7 +118,8 @@ class MlflowTracker(tune.Callback):
                 fd = d / f"fold_{i}"
                 res = json.loads((fd / "result.json").read_text())
                 self.store.log(fid, {keys.fold_metric(name, k): v for name, m in res["tests"].items() for k, v in m.items()} |
-                               {"best_epoch": res["best_epoch"], "best_val_loss": res["best_val_loss"]})
+                               {"best_epoch": res["best_epoch"], "best_val_loss": res["best_val_loss"]} |
+                               res.get("offset_refit", {}))
                 c.log_artifacts(fid, str(fd / "model"), "model")
             c.log_artifact(rid, str(d / keys.PREDICTIONS))
             c.log_artifact(rid, str(d / keys.TRIAL_JSON))
