@@ -75,7 +75,7 @@ def run(
                                              "(the same MLflow sweep run; the searcher told the earlier results)")] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
-    from orchestrator.search.driver import SweepError, results_table, run_sweep
+    from orchestrator.search.driver import SweepError, baseline_line, results_table, run_sweep
     from orchestrator.spec.load import SpecError
     from orchestrator.spec.sweep import load_sweep_spec
     from orchestrator.tracking.store import ui_link
@@ -95,6 +95,8 @@ def run(
         fail(f"sweep {outcome.name}: no trial completed", 1)
     b = outcome.best
     console.print(f"best trial {b.trial_id}: " + ", ".join(f"{k}={v}" for k, v in b.params.items()))
+    if outcome.baseline is not None:
+        console.print(baseline_line(outcome))
     uri = s.tracking.resolved_uri()
     console.print(f"MLflow: experiment {s.tracking.experiment or s.name}, sweep run {outcome.parent_run_id} "
                   f"({uri}); fold models under the trial run's fold runs (artifact 'model')")

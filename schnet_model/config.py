@@ -163,9 +163,10 @@ class TrainingConfig(_Strict):
 
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
-    scheduler: Literal["exponential", "plateau"] = Field(
+    scheduler: Literal["exponential", "plateau", "cosine"] = Field(
         "exponential",
-        description="exponential: lr·decay^(step/decay_steps) (paper); plateau: ReduceLROnPlateau",
+        description="exponential: lr·decay^(step/decay_steps) (paper); plateau: ReduceLROnPlateau; "
+        "cosine: lr·½(1+cos(π·step/(max_epochs·steps per epoch))), floored at min_lr",
     )
     lr_decay: float = Field(0.96, gt=0, le=1)
     lr_decay_steps: int = Field(100_000, ge=1)

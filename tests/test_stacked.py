@@ -56,6 +56,7 @@ CASES = [
     ("ethanol-sized, exponential", (9,), {}, {}),
     ("mixed sizes, plateau, clipping", (3, 9, 5, 12), {"scheduler": "plateau", "plateau_patience": 1, "grad_clip": 0.5}, {}),
     ("ISO17/aspirin sizes, cutoff", (19, 21), {}, {"cutoff": 4.0}),
+    ("cosine decay over max_epochs", (9, 5), {"scheduler": "cosine", "max_epochs": 3, "min_lr": 1e-5}, {}),
 ]
 
 

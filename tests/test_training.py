@@ -240,3 +240,20 @@ def test_fit_ends_with_the_refit_and_a_resumed_trainer_keeps_it():
     assert torch.equal(resumed.model.offsets.atomref, t.model.offsets.atomref)
     assert resumed.fit(refit=False).offset_refit is None  # max_epochs reached: loads best_state, which has the refit
     assert torch.equal(resumed.model.offsets.atomref, t.model.offsets.atomref)
+
+
+def test_cosine_decay_runs_from_lr_to_min_lr_over_max_epochs():
+    from schnet_model.training.optim import make_schedulers
+
+    cfg = TrainingConfig(lr=1e-3, min_lr=1e-5, scheduler="cosine", max_epochs=10)
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    step, plateau = make_schedulers(opt, cfg, steps_per_epoch=4)  # T = 40 optimiser steps
+    assert plateau is None
+    lrs = []
+    for _ in range(45):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        step.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs[20] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lrs[40] == pytest.approx(1e-5) and lrs[44] == pytest.approx(1e-5)  # floored after T
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))

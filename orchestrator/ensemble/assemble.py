@@ -42,6 +42,7 @@ from orchestrator.ensemble.io import AtomicFiles, Writer, convert_refs, csv_path
 from orchestrator.ensemble.report import PropertyErrors, build_report, reliability_plot, report_table
 from orchestrator.spec.sweep import SweepSpec, TrackingConfig
 from orchestrator.tracking import keys
+from orchestrator.tracking.statuses import FINALISED
 from orchestrator.tracking.store import (
     FOLD,
     PARENT,
@@ -187,9 +188,10 @@ def _download(client, run_id: str, path: str, dst: Path) -> Path:
 def fold_model_dirs(client, trial_run, dst: Path) -> list[Path]:
     """Download the k fold models of a completed trial; [member_0, …] in fold order."""
     tid = trial_run.info.run_id
-    if trial_run.data.tags.get(keys.STATUS) != "completed":
+    if trial_run.data.tags.get(keys.STATUS) not in FINALISED:
         raise EnsembleCommandError(f"trial {trial_run.data.tags.get(keys.TRIAL_ID)} is "
-                                   f"{trial_run.data.tags.get(keys.STATUS, trial_run.info.status)}, not completed")
+                                   f"{trial_run.data.tags.get(keys.STATUS, trial_run.info.status)}: it has no fold models "
+                                   f"(only {' or '.join(FINALISED)} trials have)")
     folds = client.search_runs([trial_run.info.experiment_id],
                                filter_string=f"tags.`{PARENT}` = '{tid}' and tags.`{ROLE}` = 'fold'", max_results=1000)
     folds = sorted(folds, key=lambda r: int(r.data.tags[FOLD]))

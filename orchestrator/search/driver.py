@@ -18,16 +18,21 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.search.plan import BudgetPlan, make_plan, measure_fold_epoch, top_configs
+from orchestrator.search.trial import TrialClock
 from orchestrator.spec.space import define_by_run
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
 from orchestrator.tracking import keys
 from orchestrator.tracking.callback import MlflowTracker
 from orchestrator.tracking.statuses import (
+    BUDGET,
     COMPLETED,
+    FINALISED,
     INTERRUPTED,
     NOT_STARTED,
     PRUNED,
     RANK,
+    SCREENED,
     budget_used,
     mlflow_status,
     trial_status,
@@ -79,6 +84,7 @@ class SweepOutcome:
     experiment_id: str = ""
     test_sets: list[str] = field(default_factory=list)  # named test sets (the table's columns)
     interrupted: bool = False  # Ctrl-C ended it: resumable with --resume
+    baseline: TrialSummary | None = None  # the paper configuration at full fidelity (a budget plan's final rung)
 
     def overhead_report(self) -> str:
         """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
@@ -130,8 +136,8 @@ class LiveProgress(tune.Callback):
         ended = {COMPLETED: 0, PRUNED: 0}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-            if t.status == "TERMINATED" and (s := trial_status(False, t.last_result, False)) in ended:
-                ended[s] += 1
+            if t.status == "TERMINATED" and (s := trial_status(False, t.last_result, False)) in (*ended, BUDGET, SCREENED):
+                ended[PRUNED if s == PRUNED else COMPLETED] += 1
             v = (t.last_result or {}).get(METRIC)
             if v is not None and np.isfinite(v) and (self.best is None or v < self.best):
                 self.best = v
@@ -193,13 +199,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     (``NAME-more1``, …), the searcher told every earlier trial's result first (no trial re-run).
     """
     import ray
-    from optuna.samplers import TPESampler
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    from orchestrator.search.trial import TestLabels, run_trial
+    from orchestrator.search.trial import TestLabels
 
     console = console or Console()
     t_start = time.time()
@@ -212,8 +213,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
             raise SweepError(f"resources.{key}={spec.resources.gpus()} but this machine has no GPU")
     from orchestrator.cluster.fit import local_nodes, trial_fit_error
 
+    unshared, node = spec, local_nodes()[0] if address is None else {}
     if address is None:
-        spec = _share(spec, local_nodes()[0], "this machine's", console)
+        spec = _share(spec, node, "this machine's", console)
     if address is None and (err := trial_fit_error(spec, local_nodes(), "this machine has")):
         raise SweepError(err)
     spec = _clamp_grace(spec, console)
@@ -281,8 +283,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
             raise SweepError("resources: auto shares a node among the trials, but no node of the cluster has a CPU for "
                              "trials yet (an autoscaling cluster starts workers on demand): give resources explicitly, "
                              "e.g. --set resources.cpus_per_trial=4 --set resources.gpus_per_trial=0.25")
-        spec = _share(spec, max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0))), "the largest node's",
-                      console)
+        node = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+        spec = _share(spec, node, "the largest node's", console)
     if address is not None and (err := trial_fit_error(spec, cluster_nodes(), "the cluster's largest node has")):
         console.print(f"note: {err.replace('no trial could ever start; use', 'a trial waits for the autoscaler (or forever without one); or use')}")
 
@@ -292,14 +294,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         store.end(parent, "FAILED")
         raise SweepError(str(e)) from None
     data_ref = ray.put(data)
-    res = spec.resources
-    layout = res.resolved_layout()
     tests = manifest.test_sets()
-    ctx = {"spec": spec.model_dump_json(), "data": {"ref": data_ref}, "folds": [(f.train, f.val) for f in manifest.folds],
-           "tests": tests, "test_labels": {name: TestLabels.of(data, idx) for name, idx in tests.items()}, "layout": layout}
-    console.print(f"trial layout: {res.describe(spec.cv.k)}")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    tune.PlacementGroupFactory(res.bundles(spec.cv.k), strategy=res.placement_strategy))
+    base = {"data": {"ref": data_ref}, "tests": tests, "test_labels": {n: TestLabels.of(data, idx) for n, idx in tests.items()}}
+    folds = [(f.train, f.val) for f in manifest.folds]
     experiments = meta.get("tune_experiments", [name])  # Tune experiments of this sweep: the first, then extensions
     if more:
         experiments.append(f"{name}-more{len(experiments)}")
@@ -310,62 +307,218 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         meta["status"] = "running"
         _write_json(root / name / "sweep.json", meta)
         store.client.update_run(parent, status="RUNNING")
-    test_sets = list(manifest.test_sets())
-    earlier = [replace(t, earlier=True) for e in experiments[:-1] for t in summarize(
-        tune.Tuner.restore(f"{tune_storage(spec)}/{e}", trainable=trainable).get_results(), test_sets)]
-    tracker = MlflowTracker(uri, experiment, name, parent, spec.cv.k, spec.search.time_budget)
-    callbacks = [tracker, LiveProgress(more or spec.search.num_samples, console)]
-    if resume and not more:
-        tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{experiments[-1]}", trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+    test_sets = list(tests)
+    runner = _PhaseRunner(spec, store, name, parent, uri, experiment, console, base, test_sets)
+    budget = spec.search.time_budget
+    planned = bool(meta.get("plan")) if (resume or more) else (budget is not None and spec.search.plan == "auto")
+    planned = planned and not more
+    earlier = [replace(t, earlier=True) for e in experiments[:-1] for t in runner.restored(e)]
+    baseline = None
+    if planned:
+        plan = BudgetPlan.from_dict(meta["plan"]) if meta.get("plan") else None
+        now, baseline, budget_ran_out = _run_planned(runner, unshared, node, plan, folds, meta, root / name, bool(resume))
+        earlier = []
     else:
-        sched = spec.search.scheduler
-        if isinstance(sched, SchedulerConfig) and sched.asha is not None:
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs(),
-                                      grace_period=sched.asha.grace_period, reduction_factor=sched.asha.reduction_factor)
-        else:
-            scheduler = FIFOScheduler()
-        searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
-                                points_to_evaluate=None if more else spec.initial_points() or None,
-                                sampler=TPESampler(seed=spec.search.seed + len(experiments) - 1))
+        phase = Phase(experiments[-1], spec, folds, more or spec.search.num_samples, spec.max_epochs(),
+                      asha=True, points=None if more else spec.initial_points() or None,
+                      clock=TrialClock(deadline=time.time() + budget if budget else None), tune_budget=budget,
+                      optuna_seed=spec.search.seed + len(experiments) - 1)
         if more:
-            told = warm_start(searcher, spec.space(), earlier)
-            console.print(f"extending sweep {name} by {more} trials; the searcher knows the {told} earlier trials' results")
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=ConcurrencyLimiter(searcher, spec.search.max_concurrent),
-                                        scheduler=scheduler, num_samples=more or spec.search.num_samples,
-                                        time_budget_s=spec.search.time_budget, reuse_actors=True),
-            run_config=tune.RunConfig(name=experiments[-1], storage_path=tune_storage(spec), callbacks=callbacks, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-        )
-    t_fit = time.time()
-    results = tuner.fit()  # Ctrl-C: Tune stops its trials, saves its state and returns
-    budget_ran_out = budget_used(spec.search.time_budget, t_fit)
-    now = summarize(results, test_sets, budget_ran_out)
+            phase = replace(phase, warm=earlier)
+        now, budget_ran_out = runner.run(phase, restore=bool(resume) and not more)
     interrupted = any(t.status == INTERRUPTED for t in now) or (
-        not budget_ran_out and (len(now) < (more or spec.search.num_samples) or any(t.status == NOT_STARTED for t in now)))
+        not budget_ran_out and not planned and
+        (len(now) < (more or spec.search.num_samples) or any(t.status == NOT_STARTED for t in now)))
     trials = sorted(now + earlier, key=_rank)
     reconcile(store, name, trials)
-    best = next((t for t in trials if t.status == COMPLETED), None)
+    best = next((t for t in trials if t.status in FINALISED), None)
     if best is not None:
         _log_best(store, parent, name, best, data, manifest)
     store.end(parent, "KILLED" if interrupted else "FINISHED")
     meta["status"] = "interrupted" if interrupted else "finished"
     _write_json(root / name / "sweep.json", meta)
     outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
-                           data.energy_unit, store.exp_id, test_sets, interrupted)
+                           data.energy_unit, store.exp_id, test_sets, interrupted, baseline)
+    if baseline is not None:
+        _log_baseline(store, parent, baseline, best)
     store.log(parent, {"wall_seconds": outcome.seconds,
                        "train_seconds": sum(t.train_seconds for t in trials if not t.earlier)})
     return outcome
 
 
-def _share(spec: SweepSpec, node: dict[str, float], whose: str, console: Console) -> SweepSpec:
-    """``resources: auto`` made explicit for ``node``, and said in one line."""
+@dataclass(frozen=True)
+class Phase:
+    """One Tune experiment of a sweep: its configurations, folds, epochs, scheduler and clock."""
+
+    experiment: str
+    spec: SweepSpec  # resources made explicit for these trials' folds
+    folds: list[tuple[np.ndarray, np.ndarray]]  # the folds each trial trains (fold 0 alone when screening)
+    num_samples: int
+    max_epochs: int
+    asha: bool = True  # the spec's ASHA scheduler (when it has one), else FIFO
+    points: list[dict[str, Any]] | None = None  # configurations evaluated first (all of them when ``fixed``)
+    fixed: bool = False  # evaluate exactly ``points`` (a planned final rung), no searcher
+    clock: TrialClock = field(default_factory=TrialClock)
+    tune_budget: float | None = None  # Tune's own time limit (a backstop: trials finalise themselves before it)
+    screen: bool = False  # a screening rung: its trials are "screened", never the best trial
+    optuna_seed: int = 0
+    warm: list[TrialSummary] = field(default_factory=list)  # earlier trials the searcher is told first (--more)
+
+
+class _PhaseRunner:
+    """Runs (or restores) the Tune experiments of one sweep, each with its own trainable, tracker and view."""
+
+    def __init__(self, spec: SweepSpec, store: Store, name: str, parent: str, uri: str, experiment: str, console: Console,
+                 base: dict[str, Any], test_sets: list[str]) -> None:
+        self.spec, self.store, self.name, self.parent, self.uri = spec, store, name, parent, uri
+        self.experiment, self.console, self.base, self.test_sets = experiment, console, base, test_sets
+
+    def trainable(self, phase: Phase):
+        from ray import tune
+
+        from orchestrator.search.trial import run_trial
+
+        res, k = phase.spec.resources, len(phase.folds)
+        ctx = {**self.base, "spec": phase.spec.model_dump_json(), "folds": phase.folds, "layout": res.resolved_layout(),
+               "max_epochs": phase.max_epochs, "clock": phase.clock, "screen": phase.screen}
+        return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                   tune.PlacementGroupFactory(res.bundles(k), strategy=res.placement_strategy))
+
+    def restored(self, experiment: str) -> list[TrialSummary]:
+        """The trials of an earlier, finished experiment of this sweep."""
+        from ray import tune
+
+        phase = Phase(experiment, self.spec, [(np.arange(1), np.arange(1))], 1, 1)
+        return summarize(tune.Tuner.restore(f"{tune_storage(self.spec)}/{experiment}", trainable=self.trainable(phase))
+                         .get_results(), self.test_sets)
+
+    def run(self, phase: Phase, restore: bool) -> tuple[list[TrialSummary], bool]:
+        """Run the phase (or continue it after an interruption); its trials, and whether the budget ran out."""
+        from optuna.samplers import TPESampler
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+        from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        spec, k = phase.spec, len(phase.folds)
+        self.console.print(f"trial layout: {spec.resources.describe(k)}")
+        trainable = self.trainable(phase)
+        if restore:
+            tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{phase.experiment}", trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            sched = spec.search.scheduler
+            if phase.asha and isinstance(sched, SchedulerConfig) and sched.asha is not None:
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=phase.max_epochs,
+                                          grace_period=min(sched.asha.grace_period, phase.max_epochs),
+                                          reduction_factor=sched.asha.reduction_factor)
+            else:
+                scheduler = FIFOScheduler()
+            if phase.fixed:
+                search = BasicVariantGenerator(points_to_evaluate=phase.points, max_concurrent=spec.search.max_concurrent)
+            else:
+                searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
+                                        points_to_evaluate=phase.points, sampler=TPESampler(seed=phase.optuna_seed))
+                if phase.warm:
+                    told = warm_start(searcher, spec.space(), phase.warm)
+                    self.console.print(f"extending sweep {self.name} by {phase.num_samples} trials; the searcher knows "
+                                       f"the {told} earlier trials' results")
+                search = ConcurrencyLimiter(searcher, spec.search.max_concurrent)
+            tracker = MlflowTracker(self.uri, self.experiment, self.name, self.parent, k, spec.search.time_budget)
+            callbacks = [tracker, LiveProgress(phase.num_samples, self.console)]
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=search, scheduler=scheduler,
+                                            num_samples=phase.num_samples, time_budget_s=phase.tune_budget, reuse_actors=True),
+                run_config=tune.RunConfig(name=phase.experiment, storage_path=tune_storage(spec), callbacks=callbacks,
+                                          verbose=0, failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            )
+        t_fit = time.time()
+        results = tuner.fit()  # Ctrl-C: Tune stops its trials, saves its state and returns
+        budget_ran_out = budget_used(phase.tune_budget, t_fit)
+        return summarize(results, self.test_sets, budget_ran_out), budget_ran_out
+
+
+def _run_planned(runner: _PhaseRunner, unshared: SweepSpec, node: dict[str, float], plan: BudgetPlan | None,
+                 folds: list[tuple[np.ndarray, np.ndarray]], meta: dict[str, Any], sweep_dir: Path, resume: bool
+                 ) -> tuple[list[TrialSummary], TrialSummary | None, bool]:
+    """A time-budgeted sweep by its plan (:mod:`orchestrator.search.plan`): screen on fold 0, then the finalists
+    with all k folds. Returns every trial, the paper configuration's final trial, and whether the budget ran out."""
+    spec, console, name = runner.spec, runner.console, runner.name
+    k, budget = spec.cv.k, float(spec.search.time_budget or 0)
+    t0 = time.time()
+    screen_spec = _share(unshared, node, "for screening, this machine's", console, k=1) if unshared.resources.auto else spec
+    paper = (spec.initial_points() or [{}])[0]
+    if plan is None:
+        model_cfg, train_cfg = spec.materialize(paper)
+        data = runner.base["data"]["ref"]
+        import ray
+
+        mols = ray.get(data)
+        threads = max(1, round(screen_spec.resources.trial_cpus(1) if screen_spec.resources.resolved_layout() == "stacked"
+                               else screen_spec.resources.cpus_per_fold))
+        seconds = measure_fold_epoch(model_cfg, train_cfg, mols.subset(folds[0][0]), mols.subset(folds[0][1]), threads)
+        res1, resk = screen_spec.resources, spec.resources
+        cpus1 = res1.trial_cpus(1) if res1.resolved_layout() == "stacked" else res1.cpus_per_fold
+        cpusk = resk.trial_cpus(k) if resk.resolved_layout() == "stacked" else k * resk.cpus_per_fold
+        plan = make_plan(budget - (time.time() - t0), seconds, node.get("CPU", cpusk), k, cpus1,
+                         spec.search.max_concurrent, cpusk, spec.search.max_concurrent, spec.max_epochs(),
+                         spec.search.num_samples, _grace(spec))
+        meta.update(plan=plan.as_dict(), tune_experiments=[name], plan_started=t0)
+        _write_json(sweep_dir / "sweep.json", meta)
+    for line in plan.lines():
+        console.print(line)
+    start = float(meta.get("plan_started", t0)) if not resume else t0
+    experiments = meta["tune_experiments"]
+    screen_end = start + plan.budget - plan.final.seconds  # the screening rung's share, and the slack the plan keeps
+    screened: list[TrialSummary]
+    if len(experiments) == 1:  # the screening rung: run it (or continue it)
+        clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds)
+        phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, plan.screen.epochs, asha=False,
+                      points=[paper] if paper else None, clock=clock, tune_budget=max(1.0, screen_end - time.time()),
+                      screen=True, optuna_seed=spec.search.seed)
+        screened, _ = runner.run(phase, restore=resume)
+        if any(t.status == INTERRUPTED for t in screened):  # Ctrl-C: --resume continues the screening, then the final rung
+            return screened, None, False
+        experiments.append(f"{name}-final")
+        meta["tune_experiments"] = experiments
+        _write_json(sweep_dir / "sweep.json", meta)
+        resume = False
+    else:
+        screened = runner.restored(experiments[0])
+    finalists = [paper, *top_configs(screened, plan.final.configs - 1, exclude=paper)] if paper else \
+        top_configs(screened, plan.final.configs)
+    console.print(f"final rung: {len(finalists)} configurations × {k} folds (the paper configuration and the best "
+                  f"{len(finalists) - 1} of {len(screened)} screened)")
+    end = start + plan.budget
+    clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=plan.final.epoch_seconds)
+    phase = Phase(experiments[-1], spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
+                  fixed=True, clock=clock, tune_budget=max(1.0, end - time.time()))
+    final, ran_out = runner.run(phase, restore=resume)
+    baseline = next((t for t in final if paper and all(t.params.get(key) == v for key, v in paper.items())), None)
+    return final + [replace(t, earlier=True) for t in screened], baseline, ran_out
+
+
+def _grace(spec: SweepSpec) -> int:
+    sched = spec.search.scheduler
+    if isinstance(sched, SchedulerConfig) and sched.asha is not None:
+        return sched.asha.grace_period
+    return max(1, spec.max_epochs() // 10)
+
+
+def _log_baseline(store: Store, parent: str, baseline: TrialSummary, best: TrialSummary | None) -> None:
+    """The paper configuration's full-fidelity result on the sweep run, next to the best trial's."""
+    store.client.set_tag(parent, keys.BASELINE_TRIAL, baseline.trial_id)
+    store.log(parent, {keys.baseline_mae(t, p): v for t, m in baseline.tests.items() for p, v in m.items() if v is not None}
+              | ({"baseline_val_loss_mean": baseline.val_loss_mean} if baseline.val_loss_mean is not None else {}))
+
+
+def _share(spec: SweepSpec, node: dict[str, float], whose: str, console: Console, k: int | None = None) -> SweepSpec:
+    """``resources: auto`` made explicit for ``node`` (trials of ``k`` folds, default ``cv.k``), and said in one line."""
     if not spec.resources.auto:
         return spec
-    n, k = spec.search.max_concurrent, spec.cv.k
+    n, k = spec.search.max_concurrent, k or spec.cv.k
     res = spec.resources.shared(node, k, n)
     gpus = f" and {node.get('GPU', 0.0):g} GPU" if res.gpus_per_trial else ""
     gpu = f" and {res.gpus_per_trial:g} GPU" if res.gpus_per_trial else ""
@@ -537,6 +690,29 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     write_text(path, json.dumps(obj, indent=2))
 
 
+def baseline_line(outcome: SweepOutcome) -> str:
+    """What the search bought: the best trial against the paper configuration trained at full fidelity."""
+    base, best, unit = outcome.baseline, outcome.best, outcome.energy_unit
+    assert base is not None and best is not None
+    name = keys.headline_set({keys.ensemble_mae(t, p): v for t, m in best.tests.items() for p, v in m.items()
+                              if v is not None}) or ""
+
+    def errs(t: TrialSummary) -> str:
+        m = t.tests.get(name, {})
+        cv = "–" if t.val_loss_mean is None else f"{t.val_loss_mean:.4g}"
+        fe = "" if m.get("forces") is None else f", {name} F MAE {m['forces']:.4g} {unit}/Å"
+        ee = "" if m.get("energy") is None else f", {name} E MAE {m['energy']:.4g} {unit}"
+        return f"CV val loss {cv}{fe}{ee} ({t.status}, {t.epochs} epochs)"
+
+    if best.trial_id == base.trial_id:
+        return f"the paper configuration is the best trial ({errs(base)}): the search found nothing better in its budget"
+    gain = ""
+    bf, pf = best.tests.get(name, {}).get("forces"), base.tests.get(name, {}).get("forces")
+    if bf is not None and pf:
+        gain = f"; the search bought {100 * (pf - bf) / pf:+.0f}% on the force MAE"
+    return f"paper configuration (trial {base.trial_id}): {errs(base)}\nbest trial ({best.trial_id}): {errs(best)}{gain}"
+
+
 def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:
     """Rich table of the top trials."""
     caption = None if outcome.test_sets else "no test set: no test errors (give dataset.n_test or dataset.test_path)"
@@ -554,4 +730,4 @@ def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:
     return t
 
 
-__all__ = ["PARENT", "SweepError", "SweepOutcome", "TrialSummary", "results_table", "run_sweep"]
+__all__ = ["PARENT", "SweepError", "SweepOutcome", "TrialSummary", "baseline_line", "results_table", "run_sweep"]

@@ -18,9 +18,38 @@ from orchestrator.search.folds import ActorFolds, FoldActorPool, FoldNonFinite, 
 from orchestrator.search.stack import StackedFolds
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import keys
+from orchestrator.tracking.statuses import BUDGET_STOPPED, SCREEN
 from schnet_model.training.trainer import resolve_device
 
 NONFINITE_MARKER = "nonfinite.txt"
+
+
+@dataclass(frozen=True)
+class TrialClock:
+    """When a trial must end with its results kept (absolute ``time.time()`` seconds; None: no limit).
+
+    ``deadline``: the search's time budget ends (every trial finalises before it); ``trial_seconds``: this trial's
+    own share of it (a planned final rung that runs its configurations one after another). A trial finalises after
+    the epoch for which another epoch and the finalisation (predictions, model files: about an epoch) would not fit.
+    """
+
+    deadline: float | None = None
+    trial_seconds: float | None = None
+    epoch_seconds: float | None = None  # an estimate of one epoch of this trial (the plan's measurement), if known
+    finish_margin: float = 5.0  # seconds kept for finalising, besides one epoch's worth
+
+    def out_of_time(self, started: float, last_epoch: float) -> bool:
+        """After an epoch of ``last_epoch`` seconds, in a trial that started at ``started``: finalise now?"""
+        need = 2.0 * last_epoch + self.finish_margin  # the next epoch, then finalising
+        now = time.time()
+        return ((self.deadline is not None and now + need > self.deadline) or
+                (self.trial_seconds is not None and now - started + last_epoch > self.trial_seconds))
+
+    def no_time_to_start(self) -> bool:
+        """Not even one epoch and the finalisation fit before the deadline (needs an epoch estimate)."""
+        if self.deadline is None or self.epoch_seconds is None:
+            return False
+        return time.time() + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
 POOL = FoldActorPool()  # this trial process's fold actors, kept for the next trial Tune runs in it (reuse_actors)
 
 
@@ -122,9 +151,14 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
     ``ctx`` (shared through the object store): ``spec`` (JSON), ``data`` ({"ref": ObjectRef}),
     ``folds`` [(train, val)], ``tests`` {name: indices}, ``test_labels`` {name: :class:`TestLabels`} (the test sets'
-    reference values: the trial's ensemble errors need only these, not the dataset), ``layout`` (``stacked`` or ``folds``).
+    reference values: the trial's ensemble errors need only these, not the dataset), ``layout`` (``stacked`` or ``folds``),
+    and with a time budget ``clock`` (:class:`TrialClock`): the trial finalises its best fold states (models saved and
+    evaluated, flagged ``budget_stopped``) when its time is up, instead of being cut off with nothing kept.
     """
     t_begin = time.perf_counter()
+    clock: TrialClock = ctx.get("clock") or TrialClock()
+    if clock.no_time_to_start():  # the budget ends before one epoch could: leave the slot (the trial is "not started")
+        return
     spec = SweepSpec.model_validate_json(ctx["spec"])
     trial_dir = Path(tune.get_context().get_trial_dir())
     marker = trial_dir / NONFINITE_MARKER
@@ -136,7 +170,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         return
     params = {k: v for k, v in config.items()}
     model_cfg, train_cfg = spec.materialize(params)
-    max_epochs = spec.max_epochs()
+    max_epochs = ctx.get("max_epochs") or spec.max_epochs()
     k = len(ctx["folds"])
     group = _group(ctx, spec, model_cfg, train_cfg)
     epoch = 0
@@ -145,10 +179,12 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             epoch = _load_states(group, Path(d), k)
     startup, train_seconds = None, 0.0
+    started = time.time()
     try:
         while epoch < max_epochs:
             epoch += 1
             t_epoch = time.perf_counter()
+            w_epoch = time.time()
             results = group.run_epoch()
             if startup is None:  # actor start-up and data slicing happen before the first epoch's work
                 startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r.seconds for r in results)
@@ -157,11 +193,13 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                        "train_seconds": train_seconds}
             if isinstance(group, StackedFolds):  # how the stacked step runs (CUDA graph or eager, and why)
                 metrics["step_mode"] = group.mode
-            done = epoch >= max_epochs or all(r.stopped for r in results)
-            if done:
+            out_of_time = clock.out_of_time(started, time.time() - w_epoch)
+            if epoch >= max_epochs or all(r.stopped for r in results) or out_of_time:
                 finals = group.finish()
+                flags = {"final": True, SCREEN: bool(ctx.get("screen")),
+                         BUDGET_STOPPED: out_of_time and epoch < max_epochs and not all(r.stopped for r in results)}
                 summary = keys.with_fold_metrics(
-                    {**metrics, **_ensemble_metrics(finals, ctx["test_labels"]), "final": True,
+                    {**metrics, **_ensemble_metrics(finals, ctx["test_labels"]), **flags,
                      "best_val_loss_mean": float(np.mean([f.best_val_loss for f in finals]))},
                     [{keys.fold_metric(name, key): v for name, m in f.tests.items() for key, v in m.items()} for f in finals])
                 with tempfile.TemporaryDirectory() as d:

@@ -39,6 +39,9 @@ class SearchConfig(_Strict):
         default_factory=list, description="first trials ({dotted.key: value}); default: the paper configuration"
     )
     time_budget: float | None = Field(None, gt=0, description="seconds for the whole search")
+    plan: Literal["auto", "off"] = Field(
+        "auto", description="with time_budget: auto = screen many configurations on fold 0, then train the best and the "
+        "paper configuration with all k folds within the budget (orchestrator/search/plan.py); off = ASHA alone")
     checkpoint_every: int = Field(5, ge=1, description="epochs between fold checkpoints")
     max_failures: int = Field(2, ge=0, description="retries of a trial whose actor crashed")
 

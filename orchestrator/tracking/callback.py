@@ -18,7 +18,7 @@ from typing import Any
 from ray import tune
 
 from orchestrator.tracking import keys
-from orchestrator.tracking.statuses import COMPLETED, FAILED, budget_used, mlflow_status, trial_status
+from orchestrator.tracking.statuses import FAILED, FINALISED, budget_used, mlflow_status, trial_status
 from orchestrator.tracking.store import FOLD, NODE, NODES, PARENT, ROLE, SWEEP_ID, TRIAL_ID, Store
 
 
@@ -52,7 +52,7 @@ class MlflowTracker(tune.Callback):
             folds = [self.store.find_or_create(f"trial {trial.trial_id} fold {i}",
                                                {**base, ROLE: "fold", FOLD: str(i), PARENT: rid}) for i in range(self.k)]
             run = self.store.client.get_run(rid)
-            if run.info.status == "FINISHED" and run.data.tags.get(keys.STATUS) == COMPLETED:
+            if run.info.status == "FINISHED" and run.data.tags.get(keys.STATUS) in FINALISED:
                 self._recorded.add(trial.trial_id)  # MLflow holds it as completed: the record, not written again
             else:
                 self.store.log(rid, {}, params=dict(trial.config))
@@ -91,7 +91,7 @@ class MlflowTracker(tune.Callback):
         if trial.trial_id in self._recorded:
             return
         state = trial_status(False, trial.last_result, budget_used(self.time_budget, self.t0))
-        if state == COMPLETED and trial.checkpoint is not None:
+        if state in FINALISED and trial.checkpoint is not None:
             self._log_final(trial, rid, folds)
         self.store.client.set_tag(rid, keys.STATUS, state)
         for fid in folds:

@@ -20,6 +20,7 @@ EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
                    NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
 STATUS, ERROR = "sweep.status", "sweep.error"  # a trial's end (orchestrator.tracking.statuses), and why it failed
 BEST_TRIAL, BEST_TRIAL_RUN = "sweep.best_trial_id", "sweep.best_trial_run_id"  # on the sweep run
+BASELINE_TRIAL = "sweep.baseline_trial_id"  # the paper configuration's full-fidelity trial (a budget plan's), on the sweep run
 SPEC_NAME, VERSION, GIT_COMMIT, DATASET_SHA = "sweep.name", "sweep.version", "sweep.git_commit", "sweep.dataset_sha256"
 STEP_MODE = "sweep.step_mode"  # how a stacked trial's step runs
 ENSEMBLE_MODEL = "sweep.ensemble_model_uri"  # the registered ensemble of a sweep
@@ -44,6 +45,11 @@ def ensemble_mae(test_set: str, prop: str) -> str:
 def best_mae(test_set: str, prop: str) -> str:
     """The best trial's ensemble MAE on a test set, on the sweep run: ``best_test_300K_forces_mae``."""
     return f"best_{test_set}_{prop}_mae"
+
+
+def baseline_mae(test_set: str, prop: str) -> str:
+    """The paper configuration's ensemble MAE on a test set, on the sweep run: ``baseline_test_forces_mae``."""
+    return f"baseline_{test_set}_{prop}_mae"
 
 
 def prediction(test_set: str, what: str) -> str:
@@ -89,5 +95,5 @@ def trial_metrics(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if not (k.startswith("fold") and "/" in k)}
 
 
-__all__ = ["FOLD_NODE", "PROPS", "best_mae", "ensemble_mae", "fold_metric", "fold_metrics", "headline_set", "is_ensemble_mae",
+__all__ = ["FOLD_NODE", "PROPS", "baseline_mae", "best_mae", "ensemble_mae", "fold_metric", "fold_metrics", "headline_set", "is_ensemble_mae",
            "maes_by_test_set", "prediction", "trial_metrics", "with_fold_metrics"]

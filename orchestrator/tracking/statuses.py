@@ -5,26 +5,32 @@ from __future__ import annotations
 import time
 from typing import Any
 
-COMPLETED, PRUNED, BUDGET, INTERRUPTED, NOT_STARTED, FAILED = (
-    "completed", "pruned", "stopped by budget", "interrupted", "not started", "failed")
-MLFLOW_STATUS = {COMPLETED: "FINISHED", FAILED: "FAILED"}  # every other end is KILLED
-RANK = {COMPLETED: 0, PRUNED: 1, BUDGET: 1, INTERRUPTED: 1, FAILED: 2, NOT_STARTED: 3}
+COMPLETED, BUDGET, SCREENED, PRUNED, CUT, INTERRUPTED, NOT_STARTED, FAILED = (
+    "completed", "stopped by budget", "screened", "pruned", "cut by budget", "interrupted", "not started", "failed")
+FINALISED = (COMPLETED, BUDGET)  # trials with fold models, evaluated: candidates for the best trial and its ensemble
+MLFLOW_STATUS = {COMPLETED: "FINISHED", BUDGET: "FINISHED", SCREENED: "FINISHED", FAILED: "FAILED"}  # others: KILLED
+RANK = {COMPLETED: 0, BUDGET: 0, SCREENED: 1, PRUNED: 1, CUT: 1, INTERRUPTED: 1, FAILED: 2, NOT_STARTED: 3}
+BUDGET_STOPPED = "budget_stopped"  # a final result's flag: the trial finalised its best fold states as time ran out
+SCREEN = "screen"  # a final result's flag: a screening trial (fold 0 alone, a planned budget's first rung)
 
 
 def trial_status(failed: bool, last: dict[str, Any] | None, budget_used: bool) -> str:
-    """``failed``; ``completed`` (its final result); ``pruned`` (ASHA stopped it: Tune marks the result it
-    stopped on ``done``); ``not started`` (no epoch reported); else it was ended from outside —
-    ``stopped by budget`` when ``search.time_budget`` ran out, ``interrupted`` otherwise (Ctrl-C, a crash)."""
+    """``failed``; ``completed`` (its final result); ``stopped by budget`` (a final result from its best fold
+    states, made as ``search.time_budget`` ran out: models saved and evaluated like a completed trial's); ``screened``
+    (a planned budget's first rung: fold 0 alone for a few epochs; never the best trial);
+    ``pruned`` (ASHA stopped it: Tune marks the result it stopped on ``done``); ``not started`` (no epoch
+    reported); else it was ended from outside — ``cut by budget`` when the budget ran out before it could
+    finalise, ``interrupted`` otherwise (Ctrl-C, a crash)."""
     last = last or {}
     if failed:
         return FAILED
     if last.get("final"):
-        return COMPLETED
+        return SCREENED if last.get(SCREEN) else BUDGET if last.get(BUDGET_STOPPED) else COMPLETED
     if not last.get("epoch"):
         return NOT_STARTED
     if last.get("done"):
         return PRUNED
-    return BUDGET if budget_used else INTERRUPTED
+    return CUT if budget_used else INTERRUPTED
 
 
 def budget_used(time_budget: float | None, since: float) -> bool:

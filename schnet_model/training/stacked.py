@@ -39,7 +39,7 @@ from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.metrics import Metrics, Predictions, metrics_of
 from schnet_model.training.optim import make_adam, make_schedulers
 from schnet_model.training.refit import ATOMREF, OffsetRefit, plan_refit
-from schnet_model.training.trainer import EpochResult, fit_offsets_fn
+from schnet_model.training.trainer import EpochResult, fit_offsets_fn, steps_per_epoch
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as make_adam uses them
 
@@ -65,9 +65,9 @@ class _Schedule:
     """A member's learning rate, driven by torch's own schedulers on a parameterless proxy optimizer
     (so the state dicts are those of a Trainer's)."""
 
-    def __init__(self, cfg: TrainingConfig) -> None:
+    def __init__(self, cfg: TrainingConfig, steps: int) -> None:
         self.proxy = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
-        self.step_scheduler, self.plateau = make_schedulers(self.proxy, cfg)
+        self.step_scheduler, self.plateau = make_schedulers(self.proxy, cfg, steps)
         self.proxy._opt_called = True  # its "steps" are the stacked Adam's (no "scheduler before optimizer" warning)
 
     @property
@@ -132,7 +132,7 @@ class StackedTrainer:
         self.loss_sum = torch.zeros(self.k, dtype=torch.float64, device=dev)
         self.first_bad = torch.full((self.k,), -1.0, dtype=torch.float64, device=dev)  # step of a non-finite loss
         self.bad_value = torch.zeros(self.k, dtype=torch.float64, device=dev)
-        self.sched = [_Schedule(c) for c in cfgs]
+        self.sched = [_Schedule(c, steps_per_epoch(m.train, c)) for m, c in zip(members, cfgs, strict=True)]
         self.rng = [np.random.default_rng(c.seed) for c in cfgs]
         self.epoch = [0] * self.k
         self.step = [0] * self.k
@@ -379,7 +379,7 @@ class StackedTrainer:
         """Member ``m``'s state in the format of :meth:`Trainer.state_dict` (CPU tensors)."""
         model = self.member_model(m, best=False)
         opt = make_adam(model.parameters(), self.cfgs[m].lr)
-        step_scheduler, plateau = make_schedulers(opt, self.cfgs[m])
+        step_scheduler, plateau = make_schedulers(opt, self.cfgs[m], steps_per_epoch(self.members[m].train, self.cfgs[m]))
         step = float(self.adam_step[m])
         for key, p in model.named_parameters():
             a, b = self.slices[key]

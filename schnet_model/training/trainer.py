@@ -98,7 +98,7 @@ class Trainer:
             ref, scale = fit_offsets_fn(train, model.config.max_z)
             self.model.offsets.set(ref, scale)
         self.optimizer = make_adam(self.model.parameters(), config.lr)
-        self.step_scheduler, self.plateau = make_schedulers(self.optimizer, config)
+        self.step_scheduler, self.plateau = make_schedulers(self.optimizer, config, steps_per_epoch(train, config))
         self.rng = np.random.default_rng(config.seed)
         self.epoch = 0
         self.step = 0
@@ -248,6 +248,11 @@ class Trainer:
         for k in ("epoch", "step", "best_val_loss", "best_epoch", "epochs_without_improvement"):
             setattr(self, k, state[k])
         self.best_state = state["best_state"]
+
+
+def steps_per_epoch(train: Molecules, cfg: TrainingConfig) -> int:
+    """Optimiser steps in one epoch over ``train`` (the last batch may be partial)."""
+    return max(1, math.ceil(len(train) / cfg.batch_size))
 
 
 def fit_offsets_fn(train: Molecules, max_z: int) -> tuple[np.ndarray, float]:
