@@ -131,10 +131,10 @@ def test_sweep_train_reports_every_named_test_file(tmp_path):
 def test_the_final_table_has_a_column_pair_per_test_set_or_says_there_is_none():
     from rich.console import Console
 
-    from orchestrator.search.driver import SweepOutcome, results_table
+    from orchestrator.search.driver import SweepOutcome, TrialSummary, results_table
 
-    trial = {"trial_id": "abc", "status": "completed", "error": None, "val_loss_mean": 1.0, "val_loss_std": 0.1,
-             "epochs": 3, "tests": {"test": {"energy": 0.5, "forces": 0.25}, "test_hot": {"energy": 2.0, "forces": None}}}
+    trial = TrialSummary(trial_id="abc", status="completed", params={}, val_loss_mean=1.0, val_loss_std=0.1, epochs=3,
+                         tests={"test": {"energy": 0.5, "forces": 0.25}, "test_hot": {"energy": 2.0, "forces": None}})
     console = Console(width=250, record=True)
     console.print(results_table(SweepOutcome("s", Path("."), "r", [trial], trial, 1.0, test_sets=["test", "test_hot"]),
                                 "eV"))

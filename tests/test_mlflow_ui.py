@@ -31,7 +31,7 @@ def _free_port() -> int:
 def test_the_link_sweep_run_prints_opens_the_runs_table_with_the_dataset(tmp_path):
     from orchestrator.search.driver import _log_dataset
     from orchestrator.tracking.store import NOTE, Store, ui_link
-    from schnet_model.data.readers import read_dataset
+    from schnet_model.data.load import read_dataset
     from schnet_model.data.splits import SplitManifest, kfold
     from schnet_model.files import sha256 as checksum
 

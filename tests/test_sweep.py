@@ -261,12 +261,13 @@ def test_a_trial_the_time_budget_ends_keeps_its_best_fold_states_and_the_sweep_h
     trials = [t for t in all_runs if t["tags"].get("sweep.role") == "trial"]
     assert {t["tags"]["sweep.status"] for t in trials} <= {"stopped by budget", "not started", "cut by budget"}
     kept = [t for t in trials if t["tags"]["sweep.status"] == "stopped by budget"]
-    assert len(kept) == 1 and kept[0]["status"] == "FINISHED" and "predictions.npz" in kept[0]["artifacts"]
-    assert kept[0]["metrics"]["test_ensemble_forces_mae"] > 0
-    folds = [f for f in all_runs if f["tags"].get("mlflow.parentRunId") == kept[0]["id"]]
-    assert len(folds) == 2 and all("model" in f["artifacts"] and f["metrics"]["test_forces_mae"] > 0 for f in folds)
+    assert kept and all(k["status"] == "FINISHED" and "predictions.npz" in k["artifacts"] for k in kept)
+    for k in kept:
+        assert k["metrics"]["test_ensemble_forces_mae"] > 0
+        folds = [f for f in all_runs if f["tags"].get("mlflow.parentRunId") == k["id"]]
+        assert len(folds) == 2 and all("model" in f["artifacts"] and f["metrics"]["test_forces_mae"] > 0 for f in folds)
     sweep_run = next(x for x in all_runs if x["tags"].get("sweep.role") == "sweep")
-    assert sweep_run["tags"]["sweep.best_trial_run_id"] == kept[0]["id"]
+    assert sweep_run["tags"]["sweep.best_trial_run_id"] in {k["id"] for k in kept}
     s = sweep("status", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
     assert s.returncode == 0 and "stopped by budget" in s.stdout
 
@@ -291,7 +292,7 @@ def test_a_budget_plan_screens_on_one_fold_then_trains_the_paper_and_best_config
     screened = [t for t in trials if t["tags"].get("sweep.status") == "screened"]
     final = [t for t in trials if t["tags"].get("sweep.status") in ("completed", "stopped by budget")]
     assert len(screened) >= 2 and all(len(folds_of[t["id"]]) == 1 for t in screened)
-    assert len(final) == 2 and all(len(folds_of[t["id"]]) == 2 for t in final)
+    assert len(final) >= 2 and all(len(folds_of[t["id"]]) == 2 for t in final)
     assert all("model" in f["artifacts"] for t in final for f in folds_of[t["id"]])
     sweep_run = next(x for x in all_runs if x["tags"].get("sweep.role") == "sweep")
     assert sweep_run["tags"]["sweep.best_trial_run_id"] in {t["id"] for t in final}

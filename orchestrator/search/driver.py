@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.search.plan import BudgetPlan, make_plan, measure_fold_epoch, top_configs
+from orchestrator.search.plan import SCREEN_SHARE, BudgetPlan, make_plan, measure_fold_epoch, top_configs
 from orchestrator.search.trial import TrialClock
 from orchestrator.spec.space import define_by_run
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
@@ -357,7 +357,7 @@ class Phase:
     max_epochs: int
     asha: bool = True  # the spec's ASHA scheduler (when it has one), else FIFO
     points: list[dict[str, Any]] | None = None  # configurations evaluated first (all of them when ``fixed``)
-    fixed: bool = False  # evaluate exactly ``points`` (a planned final rung), no searcher
+    fixed: bool = False  # evaluate exactly ``points`` (a planned final rung: num_samples = len(points))
     clock: TrialClock = field(default_factory=TrialClock)
     tune_budget: float | None = None  # Tune's own time limit (a backstop: trials finalise themselves before it)
     screen: bool = False  # a screening rung: its trials are "screened", never the best trial
@@ -397,7 +397,7 @@ class _PhaseRunner:
         from optuna.samplers import TPESampler
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-        from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         spec, k = phase.spec, len(phase.folds)
@@ -414,16 +414,14 @@ class _PhaseRunner:
                                           reduction_factor=sched.asha.reduction_factor)
             else:
                 scheduler = FIFOScheduler()
-            if phase.fixed:
-                search = BasicVariantGenerator(points_to_evaluate=phase.points, max_concurrent=spec.search.max_concurrent)
-            else:
-                searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
-                                        points_to_evaluate=phase.points, sampler=TPESampler(seed=phase.optuna_seed))
-                if phase.warm:
-                    told = warm_start(searcher, spec.space(), phase.warm)
-                    self.console.print(f"extending sweep {self.name} by {phase.num_samples} trials; the searcher knows "
-                                       f"the {told} earlier trials' results")
-                search = ConcurrencyLimiter(searcher, spec.search.max_concurrent)
+            # Optuna evaluates ``points`` first: with ``fixed`` (a final rung) they are all of the phase's trials
+            searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
+                                    points_to_evaluate=phase.points, sampler=TPESampler(seed=phase.optuna_seed))
+            if phase.warm:
+                told = warm_start(searcher, spec.space(), phase.warm)
+                self.console.print(f"extending sweep {self.name} by {phase.num_samples} trials; the searcher knows "
+                                   f"the {told} earlier trials' results")
+            search = ConcurrencyLimiter(searcher, spec.search.max_concurrent)
             tracker = MlflowTracker(self.uri, self.experiment, self.name, self.parent, k, spec.search.time_budget)
             callbacks = [tracker, LiveProgress(phase.num_samples, self.console)]
             tuner = tune.Tuner(
@@ -471,7 +469,8 @@ def _run_planned(runner: _PhaseRunner, unshared: SweepSpec, node: dict[str, floa
         console.print(line)
     start = float(meta.get("plan_started", t0)) if not resume else t0
     experiments = meta["tune_experiments"]
-    screen_end = start + plan.budget - plan.final.seconds  # the screening rung's share, and the slack the plan keeps
+    # the screening rung ends when its trials have run; its deadline is a backstop for an estimate gone wrong
+    screen_end = start + min(0.75 * plan.budget, max(1.5 * plan.screen.seconds, SCREEN_SHARE * plan.budget))
     screened: list[TrialSummary]
     if len(experiments) == 1:  # the screening rung: run it (or continue it)
         clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds)

@@ -29,6 +29,7 @@ SCREEN_SHARE = 1 / 3  # of the usable budget, for the screening rung
 USABLE = 0.9  # of the budget: the rest is start-up, finalisation and the drivers' own work
 MIN_SCREENED = 10  # configurations the screening rung aims at (the issue's target for 25 minutes on 2 cores)
 MAX_FINALISTS = 4
+STARTUP_SECONDS = 5.0  # a trial's start-up (placement group, actors, data): measured median 3–4 s on 2 cores
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class BudgetPlan:
 
 
 def make_plan(budget: float, fold_epoch_seconds: float, cpus: float, k: int, screen_cpus: float, screen_concurrent: int,
-              final_cpus: float, final_concurrent: int, max_epochs: int, num_samples: int, grace: int) -> BudgetPlan:
+              final_cpus: float, final_concurrent: int, max_epochs: int, num_samples: int, grace: int,
+              startup: float = STARTUP_SECONDS) -> BudgetPlan:
     """The two rungs for ``budget`` seconds, from one measured fold-epoch.
 
     Args:
@@ -90,25 +92,32 @@ def make_plan(budget: float, fold_epoch_seconds: float, cpus: float, k: int, scr
         num_samples: the spec's number of configurations (the screening rung tries at most this many).
         grace: the epochs a configuration gets before it is judged (ASHA's grace period): the screening epochs,
             lowered when fewer than ``MIN_SCREENED`` configurations would fit.
+        startup: seconds a trial takes to start (counted once per trial, in its slot).
     """
     usable = USABLE * budget
     work = fold_epoch_seconds * screen_cpus  # CPU-seconds of one fold-epoch
+    slots = min(cpus, screen_cpus * screen_concurrent)  # CPUs the screening trials keep busy
     screen_time = SCREEN_SHARE * usable
-    screen_cpu_seconds = screen_time * min(cpus, screen_cpus * screen_concurrent)
+    screen_cpu_seconds = screen_time * slots
+
+    def configs(epochs: int) -> int:  # configurations that fit, each with its start-up
+        return math.floor(screen_cpu_seconds / (epochs * work + startup * screen_cpus))
+
     epochs = max(1, min(grace, max_epochs))
-    n = math.floor(screen_cpu_seconds / (epochs * work))
+    n = configs(epochs)
     if n < min(MIN_SCREENED, num_samples):  # fewer epochs, more configurations
-        epochs = max(1, math.floor(screen_cpu_seconds / (min(MIN_SCREENED, num_samples) * work)))
-        n = math.floor(screen_cpu_seconds / (epochs * work))
+        want = min(MIN_SCREENED, num_samples)
+        epochs = max(1, math.floor((screen_cpu_seconds / want - startup * screen_cpus) / work))
+        n = configs(epochs)
     n = max(1, min(n, num_samples))
-    final_time = usable - n * epochs * work / min(cpus, screen_cpus * screen_concurrent)
+    screen_wall = n * (epochs * work + startup * screen_cpus) / slots
+    final_time = usable - screen_wall
     final_cpu_seconds = final_time * min(cpus, final_cpus * final_concurrent)
     m = int(np.clip(math.floor(final_cpu_seconds / (max_epochs * k * work)), 2, MAX_FINALISTS))
     m = min(m, n + 1) if n > 1 else 1  # the paper configuration is among the screened ones
     final_epoch = k * work / final_cpus
     share = final_time * min(final_concurrent, m) / m if m > final_concurrent else None
-    screen = Rung(n, 1, epochs, screen_concurrent, n * epochs * work / min(cpus, screen_cpus * screen_concurrent),
-                  fold_epoch_seconds)
+    screen = Rung(n, 1, epochs, screen_concurrent, screen_wall, fold_epoch_seconds)
     final = Rung(m, k, max_epochs, final_concurrent, final_time, final_epoch)
     return BudgetPlan(budget, fold_epoch_seconds, cpus, screen, final, share)
 
