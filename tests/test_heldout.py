@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -141,6 +142,6 @@ def test_the_final_table_has_a_column_pair_per_test_set_or_says_there_is_none():
     text = console.export_text()
     assert "test E MAE [eV]" in text and "test_hot F MAE [eV/Å]" in text and "│ 0.5 " in text and "│ –" in text
     console = Console(width=250, record=True)
-    console.print(results_table(SweepOutcome("s", Path("."), "r", [{**trial, "tests": {}}], trial, 1.0), "eV"))
+    console.print(results_table(SweepOutcome("s", Path("."), "r", [dataclasses.replace(trial, tests={})], trial, 1.0), "eV"))
     text = " ".join(console.export_text().split())
     assert "no test set: no test errors (give dataset.n_test or dataset.test_path)" in text and "MAE" not in text
