@@ -70,3 +70,24 @@ def test_a_trial_clock_finalises_before_the_deadline_and_within_its_share():
     assert TrialClock(deadline=now + 10.0, epoch_seconds=5.0).no_time_to_start()
     assert not TrialClock(deadline=now + 100.0, epoch_seconds=5.0).no_time_to_start()
     assert not TrialClock(deadline=now + 1.0).no_time_to_start()  # no estimate: it runs one epoch and finalises
+
+
+def test_a_searched_rho_ranks_trials_by_one_objective_not_their_own_losses():
+    """Each trial's loss ρ·E² + F² rewards a small ρ whatever the accuracy; with ρ searched the CV objective uses
+    one ρ (search.objective_rho, the paper's 0.01) for every trial."""
+    from orchestrator.search.folds import FoldEpoch, fold_metrics_summary, objective
+    from orchestrator.spec.sweep import SweepSpec
+
+    base = {"dataset": {"path": "x.npz"}, "training": {"lr": {"loguniform": [1e-4, 1e-3]}}}
+    assert SweepSpec.model_validate(base).objective_rho() is None
+    searched = SweepSpec.model_validate({**base, "training": {"rho": {"loguniform": [1e-3, 1e-1]}}})
+    assert searched.objective_rho() == 0.01
+
+    def fold(rho, e_rmse, f_rmse):  # its own validation loss, with its own ρ
+        return FoldEpoch(1, rho * e_rmse ** 2 + 3 * f_rmse ** 2, 0.0, 0.0, e_rmse, f_rmse, 0.0, 1e-3, 1.0, 0.0, False)
+
+    worse_small_rho, better = fold(1e-3, 10.0, 1.0), fold(1e-1, 4.0, 0.95)
+    assert worse_small_rho.val_loss < better.val_loss  # by their own losses the worse model wins
+    by_objective = [fold_metrics_summary([f], 0.01)["val_loss_mean"] for f in (worse_small_rho, better)]
+    assert by_objective[1] < by_objective[0]
+    assert by_objective[1] == pytest.approx(objective(0.01, 4.0, 0.95)) == pytest.approx(0.01 * 16 + 3 * 0.95 ** 2)

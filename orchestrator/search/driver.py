@@ -380,7 +380,8 @@ class _PhaseRunner:
 
         res, k = phase.spec.resources, len(phase.folds)
         ctx = {**self.base, "spec": phase.spec.model_dump_json(), "folds": phase.folds, "layout": res.resolved_layout(),
-               "max_epochs": phase.max_epochs, "clock": phase.clock, "screen": phase.screen}
+               "max_epochs": phase.max_epochs, "clock": phase.clock, "screen": phase.screen,
+               "objective_rho": phase.spec.objective_rho()}
         return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                    tune.PlacementGroupFactory(res.bundles(k), strategy=res.placement_strategy))
 

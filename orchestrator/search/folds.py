@@ -9,6 +9,7 @@ format, so a trial checkpointed by one layout resumes in the other.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,6 +52,8 @@ class FoldEpoch:
     val_loss: float
     val_energy_mae: float  # energy unit of the data
     val_forces_mae: float | None  # energy unit / Å; None without forces
+    val_energy_rmse: float
+    val_forces_rmse: float | None
     train_loss: float
     lr: float
     seconds: float
@@ -67,8 +70,8 @@ def epoch_report(r: EpochResult | None, last: FoldEpoch | None, best_val_loss: f
                  ) -> FoldEpoch:
     """One fold's epoch (``r`` None: the fold was stopped before this epoch; ``last`` repeats)."""
     if r is not None:
-        return FoldEpoch(epoch, r.val.loss, r.val.energy_mae, r.val.forces_mae, r.train_loss, r.lr, r.seconds,
-                         best_val_loss, stopped, _node_id())
+        return FoldEpoch(epoch, r.val.loss, r.val.energy_mae, r.val.forces_mae, r.val.energy_rmse, r.val.forces_rmse,
+                         r.train_loss, r.lr, r.seconds, best_val_loss, stopped, _node_id())
     if last is None:
         raise ValueError("a fold stopped before its first epoch has nothing to report")
     return replace(last, epoch=epoch, seconds=0.0, best_val_loss=best_val_loss, stopped=stopped, node_id=_node_id())
@@ -77,7 +80,7 @@ def epoch_report(r: EpochResult | None, last: FoldEpoch | None, best_val_loss: f
 def last_epoch(state: dict[str, Any]) -> FoldEpoch | None:
     """The last epoch a fold checkpoint recorded (None before its first)."""
     last = state.get("last")
-    return FoldEpoch(**last) if last else None
+    return FoldEpoch(**{"val_energy_rmse": math.nan, "val_forces_rmse": None, **last}) if last else None  # older states
 
 
 @dataclass
@@ -278,10 +281,18 @@ class ActorFolds:
         self.pool.drop()
 
 
-def fold_metrics_summary(results: list[FoldEpoch]) -> dict[str, Any]:
+def objective(rho: float, energy_rmse: float, forces_rmse: float | None) -> float:
+    """The CV objective when ρ is searched: ``ρ·E_RMSE² + 3·F_RMSE²`` (the loss's terms with one ρ for every trial;
+    3·F_RMSE² is the mean squared force-vector error per atom)."""
+    return rho * energy_rmse ** 2 + (0.0 if forces_rmse is None else 3.0 * forces_rmse ** 2)
+
+
+def fold_metrics_summary(results: list[FoldEpoch], objective_rho: float | None = None) -> dict[str, Any]:
     """The trial's Tune metrics from its folds' epochs: means over folds, and each fold's own values
-    (:func:`orchestrator.tracking.keys.with_fold_metrics`)."""
-    vals = np.array([r.val_loss for r in results])
+    (:func:`orchestrator.tracking.keys.with_fold_metrics`). With ``objective_rho`` (ρ is searched) the fold-mean
+    validation loss is :func:`objective`, comparable across trials."""
+    vals = np.array([r.val_loss if objective_rho is None else objective(objective_rho, r.val_energy_rmse, r.val_forces_rmse)
+                     for r in results])
     m: dict[str, Any] = {
         "val_loss_mean": float(vals.mean()),
         "val_loss_std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,

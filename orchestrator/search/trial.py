@@ -14,7 +14,14 @@ import ray
 import torch
 from ray import tune
 
-from orchestrator.search.folds import ActorFolds, FoldActorPool, FoldNonFinite, FoldResult, fold_metrics_summary
+from orchestrator.search.folds import (
+    ActorFolds,
+    FoldActorPool,
+    FoldNonFinite,
+    FoldResult,
+    fold_metrics_summary,
+    objective,
+)
 from orchestrator.search.stack import StackedFolds
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import keys
@@ -88,6 +95,14 @@ def _ensemble_metrics(finals: list[FoldResult], labels: dict[str, TestLabels]) -
             f = np.mean([p.forces for p in preds], axis=0)  # [n_atoms, 3]
             out[keys.ensemble_mae(name, "forces")] = float(np.abs(f - ref.forces).mean())
     return out
+
+
+def _best_val_loss_mean(finals: list[FoldResult], objective_rho: float | None) -> float:
+    """The trial's CV objective: its folds' best validation losses, or (ρ searched) the objective of their final
+    validation errors."""
+    if objective_rho is None:
+        return float(np.mean([f.best_val_loss for f in finals]))
+    return float(np.mean([objective(objective_rho, f.val["energy_rmse"], f.val.get("forces_rmse")) for f in finals]))
 
 
 def _write_final(d: Path, finals: list[FoldResult], params: dict[str, Any], summary: dict[str, float]) -> None:
@@ -189,7 +204,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             if startup is None:  # actor start-up and data slicing happen before the first epoch's work
                 startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r.seconds for r in results)
             train_seconds += max(r.seconds for r in results)  # folds run in parallel (or stacked)
-            metrics = {**fold_metrics_summary(results), "epoch": epoch, "startup_seconds": startup,
+            metrics = {**fold_metrics_summary(results, ctx.get("objective_rho")), "epoch": epoch, "startup_seconds": startup,
                        "train_seconds": train_seconds}
             if isinstance(group, StackedFolds):  # how the stacked step runs (CUDA graph or eager, and why)
                 metrics["step_mode"] = group.mode
@@ -200,7 +215,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                          BUDGET_STOPPED: out_of_time and epoch < max_epochs and not all(r.stopped for r in results)}
                 summary = keys.with_fold_metrics(
                     {**metrics, **_ensemble_metrics(finals, ctx["test_labels"]), **flags,
-                     "best_val_loss_mean": float(np.mean([f.best_val_loss for f in finals]))},
+                     "best_val_loss_mean": _best_val_loss_mean(finals, ctx.get("objective_rho"))},
                     [{keys.fold_metric(name, key): v for name, m in f.tests.items() for key, v in m.items()} for f in finals])
                 with tempfile.TemporaryDirectory() as d:
                     _write_final(Path(d), finals, params, summary)

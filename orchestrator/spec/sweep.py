@@ -42,6 +42,9 @@ class SearchConfig(_Strict):
     plan: Literal["auto", "off"] = Field(
         "auto", description="with time_budget: auto = screen many configurations on fold 0, then train the best and the "
         "paper configuration with all k folds within the budget (orchestrator/search/plan.py); off = ASHA alone")
+    objective_rho: float = Field(
+        0.01, ge=0, description="when training.rho is searched: ρ of the CV objective ρ·E_RMSE² + 3·F_RMSE² that ranks "
+        "trials (each trial's own loss would reward a small ρ, not accuracy); default the paper's 0.01")
     checkpoint_every: int = Field(5, ge=1, description="epochs between fold checkpoints")
     max_failures: int = Field(2, ge=0, description="retries of a trial whose actor crashed")
 
@@ -272,6 +275,11 @@ class SweepSpec(_Strict):
         points = self.initial_points()
         model, training = self.materialize(points[0] if points else {})
         return TrainSpec(name=self.name, dataset=self.dataset, model=model, training=training)
+
+    def objective_rho(self) -> float | None:
+        """ρ of the CV objective when ``training.rho`` is searched (trials' own losses are then not comparable); None:
+        the trials' validation loss is the objective."""
+        return self.search.objective_rho if "training.rho" in self.space() else None
 
     def max_epochs(self) -> int:
         fixed = self.fixed()
