@@ -75,7 +75,8 @@ def run(
                                              "(the same MLflow sweep run; the searcher told the earlier results)")] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
-    from orchestrator.search.driver import SweepError, baseline_line, results_table, run_sweep
+    from orchestrator.search.driver import SweepError, run_sweep
+    from orchestrator.search.outcome import baseline_line, results_table
     from orchestrator.spec.load import SpecError
     from orchestrator.spec.sweep import load_sweep_spec
     from orchestrator.tracking.store import ui_link
