@@ -148,8 +148,9 @@ def ensemble(
     uncalibrated: Annotated[bool, typer.Option("--uncalibrated", help="report raw member stds (ddof=1), not recalibrated ones")] = False,
 ) -> None:
     """The best trial's k fold models as one ensemble with calibrated std: assemble, predict, evaluate."""
-    from orchestrator.ensemble.assemble import EnsembleCommandError, run_command
+    from orchestrator.ensemble.command import run_command
     from orchestrator.ensemble.io import InputError
+    from orchestrator.ensemble.source import EnsembleCommandError
     from schnet_model.data.molecules import DataError
     from schnet_model.ensemble import EnsembleError
 
