@@ -75,7 +75,8 @@ def run(
                                              "(the same MLflow sweep run; the searcher told the earlier results)")] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
-    from orchestrator.search.driver import SweepError, baseline_line, results_table, run_sweep
+    from orchestrator.search.driver import SweepError, run_sweep
+    from orchestrator.search.outcome import baseline_line, results_table
     from orchestrator.spec.load import SpecError
     from orchestrator.spec.sweep import load_sweep_spec
     from orchestrator.tracking.store import ui_link
@@ -147,8 +148,9 @@ def ensemble(
     uncalibrated: Annotated[bool, typer.Option("--uncalibrated", help="report raw member stds (ddof=1), not recalibrated ones")] = False,
 ) -> None:
     """The best trial's k fold models as one ensemble with calibrated std: assemble, predict, evaluate."""
-    from orchestrator.ensemble.assemble import EnsembleCommandError, run_command
+    from orchestrator.ensemble.command import run_command
     from orchestrator.ensemble.io import InputError
+    from orchestrator.ensemble.source import EnsembleCommandError
     from schnet_model.data.molecules import DataError
     from schnet_model.ensemble import EnsembleError
 

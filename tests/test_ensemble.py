@@ -333,7 +333,7 @@ def test_a_sweep_without_test_molecules_still_becomes_an_ensemble(tmp_path, monk
 
 @pytest.mark.parametrize("fmt, suffix", [("traj", ".traj"), ("db", ".db"), ("extxyz", ".extxyz")])
 def test_predict_reads_ase_formats_alike(tmp_path, fmt, suffix):
-    from orchestrator.ensemble.assemble import predict_file
+    from orchestrator.ensemble.command import predict_file
 
     ens = SchNetEnsemble.from_model_dirs(member_dirs(tmp_path, elements=(1, 6, 8)))
     src = _xyz(tmp_path / f"in{suffix}", [1, 2, 3, 4], labelled=True, fmt=fmt)
@@ -355,7 +355,8 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
     good = _xyz(tmp_path / "good.xyz", [1, 2])
     bad = _xyz(tmp_path / "bad.xyz", [3], numbers=np.array([6, 6, 7, 1, 1, 1, 1, 1, 17]))
     (tmp_path / "mixed.xyz").write_text(good.read_text() + bad.read_text())
-    from orchestrator.ensemble.assemble import EnsembleCommandError, predict_file
+    from orchestrator.ensemble.command import predict_file
+    from orchestrator.ensemble.source import EnsembleCommandError
 
     with pytest.raises(EnsembleError, match=r"mixed.xyz: frame 3: elements not seen in training: N \(Z=7\), Cl \(Z=17\)"):
         predict_file(ens, tmp_path / "mixed.xyz", tmp_path / "o.extxyz", max_atoms=9)

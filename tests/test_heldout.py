@@ -132,7 +132,7 @@ def test_sweep_train_reports_every_named_test_file(tmp_path):
 def test_the_final_table_has_a_column_pair_per_test_set_or_says_there_is_none():
     from rich.console import Console
 
-    from orchestrator.search.driver import SweepOutcome, TrialSummary, results_table
+    from orchestrator.search.outcome import SweepOutcome, TrialSummary, results_table
 
     trial = TrialSummary(trial_id="abc", status="completed", params={}, val_loss_mean=1.0, val_loss_std=0.1, epochs=3,
                          tests={"test": {"energy": 0.5, "forces": 0.25}, "test_hot": {"energy": 2.0, "forces": None}})

@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_the_link_sweep_run_prints_opens_the_runs_table_with_the_dataset(tmp_path):
-    from orchestrator.search.driver import _log_dataset
+    from orchestrator.search.record import log_dataset
     from orchestrator.tracking.store import NOTE, Store, ui_link
     from schnet_model.data.load import read_dataset
     from schnet_model.data.splits import SplitManifest, kfold
@@ -41,7 +41,7 @@ def test_the_link_sweep_run_prints_opens_the_runs_table_with_the_dataset(tmp_pat
     data = read_dataset(QUICKSTART_DATA)
     manifest = SplitManifest(dataset=str(QUICKSTART_DATA), dataset_sha256=checksum(QUICKSTART_DATA), seed=0,
                              test=np.arange(10), folds=kfold(np.arange(10, 40), 2, 0), official_test=False)
-    _log_dataset(store, run_id, data, manifest)
+    log_dataset(store, run_id, data, manifest)
     store.end(run_id, "FINISHED")
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",

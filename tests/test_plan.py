@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from orchestrator.search.driver import TrialSummary
+from orchestrator.search.outcome import TrialSummary
 from orchestrator.search.plan import MIN_SCREENED, USABLE, make_plan, top_configs
 from orchestrator.search.trial import TrialClock
 

@@ -175,12 +175,16 @@ def test_the_gpu_step_reads_nothing_back_from_the_device():
         assert st.flat.device.type == "meta"
 
 
+def _graphed_and_eager() -> tuple[StackedTrainer, StackedTrainer]:
+    """The same three members on CUDA, float64: one trainer with the captured step graph, one eager."""
+    model_cfg, ms = ModelConfig(**CFG), members((9,))
+    return (StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64),
+            StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64, graphs=False))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_step_equals_eager_step():
-    model_cfg = ModelConfig(**CFG)
-    ms = members((9,))
-    graphed = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64)
-    eager = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64, graphs=False)
+    graphed, eager = _graphed_and_eager()
     assert "CUDA graph" in graphed.mode and "eager" in eager.mode
     for _ in range(2):
         graphed.run_epoch()
@@ -189,14 +193,10 @@ def test_cuda_graph_step_equals_eager_step():
         assert rel(flat(graphed.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < 1e-10
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_refit_offsets_reach_the_captured_cuda_graph():
     """The refit adds to the offsets in place: a step graph captured before it trains with the refit ones."""
-    model_cfg = ModelConfig(**CFG)
-    ms = members((9,))
-    graphed = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64)
-    eager = StackedTrainer(model_cfg, ms, device="cuda", dtype=torch.float64, graphs=False)
+    graphed, eager = _graphed_and_eager()
     graphed.run_epoch()
     eager.run_epoch()
     assert "CUDA graph" in graphed.mode and graphed._graph is not None
@@ -206,6 +206,7 @@ def test_refit_offsets_reach_the_captured_cuda_graph():
     for m in range(3):
         assert torch.allclose(graphed.offsets[ATOMREF][m], eager.offsets[ATOMREF][m], rtol=0, atol=1e-9)
         assert rel(flat(graphed.member_model(m, best=False)), flat(eager.member_model(m, best=False))) < 1e-10
+
 
 def test_compiled_stacked_step_equals_the_eager_one():
     """The CPU kernels compiled by torch.compile (after COMPILE_AFTER calls) with a member axis of k = 3."""

@@ -1,0 +1,159 @@
+"""The ``sweep ensemble`` command: the ensemble a source names, then prediction or evaluation files, an export."""
+
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from orchestrator.ensemble.assemble import resolve
+from orchestrator.ensemble.io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
+from orchestrator.ensemble.report import PropertyErrors, build_report, report_table
+from orchestrator.ensemble.source import EnsembleCommandError
+from orchestrator.spec.sweep import TrackingConfig
+from orchestrator.tracking.store import (
+    no_artifact_progress_bar,
+)
+from schnet_model.data.molecules import Molecules
+from schnet_model.ensemble import STD_DDOF, SchNetEnsemble
+from schnet_model.units import UnitError, canonical_energy_unit
+
+
+def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | None = None, input_unit: str | None = None,
+                 calibrated: bool = True, evaluate: bool = False, console: Console | None = None,
+                 max_atoms: int | None = None) -> dict[str, Any]:
+    """Predict every frame of ``path``; write ``out`` (+ CSV) atomically when given; errors (and the report) with references.
+
+    Returns a summary: counts, units, error statistics (and the report when ``evaluate``).
+    """
+    from orchestrator.ensemble.io import DEFAULT_CHUNK_ATOMS
+
+    console = console or Console()
+    try:
+        unit = canonical_energy_unit(unit) if unit else ens.energy_unit
+    except UnitError as e:
+        raise EnsembleCommandError(f"--unit: {e}") from e
+    if out is not None and Path(out).resolve() == Path(path).resolve():
+        raise EnsembleCommandError(f"{out}: the output would overwrite the input")
+    ref_unit, chunks = read_chunks(path, max_atoms or DEFAULT_CHUNK_ATOMS, input_unit)
+    props = [PropertyErrors("energy", unit), PropertyErrors("forces", f"{unit}/Å")]
+    n_mols = n_atoms = 0
+    n_ref_e = 0
+    t0 = time.time()
+    files = AtomicFiles(*(() if out is None else (Path(out), csv_path(Path(out)))))
+    with files as handles:
+        writer = None
+        for chunk in chunks:
+            bad = ~np.isin(chunk.Z, ens.elements)  # [n_atoms]
+            if bad.any():
+                frame = chunk.first + int(np.searchsorted(chunk.atom_ptr, int(np.argmax(bad)), side="right")) - 1
+                ens.check_elements(chunk.Z, f"{path}: frame {frame}")
+            mols = Molecules(Z=chunk.Z, R=chunk.R, atom_ptr=chunk.atom_ptr, E=None, F=None, energy_unit=ens.energy_unit,
+                             name=Path(path).name)
+            raw = ens.predict(mols, calibrated=False).to_unit(unit)
+            pred = raw.scaled(ens.calibration) if calibrated else raw
+            ref_e, ref_f = convert_refs(chunk, ref_unit, unit)
+            has_ref = bool(np.isfinite(ref_e).any() or np.isfinite(ref_f).any())
+            if has_ref:
+                n_ref_e += int(np.isfinite(ref_e).sum())
+                props[0].add(raw.energy - ref_e, raw.energy_std)
+                props[1].add(raw.forces - ref_f, raw.forces_std)
+            if handles:
+                if writer is None:
+                    writer = Writer(handles[0], handles[1], unit, calibrated and ens.calibration.method != "identity", has_ref)
+                writer.write(chunk, pred, ref_e if has_ref else None, ref_f if has_ref else None)
+            n_mols += len(chunk)
+            n_atoms += len(chunk.Z)
+        if handles:
+            files.commit()
+    summary: dict[str, Any] = {"molecules": n_mols, "atoms": n_atoms, "unit": unit, "reference_unit": ref_unit,
+                               "seconds": time.time() - t0, "with_reference": n_ref_e}
+    e, _ = props[0].arrays()
+    f, _ = props[1].arrays()
+    if len(e):
+        summary["energy_mae"], summary["energy_rmse"] = float(np.abs(e).mean()), float(np.sqrt(np.mean(e**2)))
+    if len(f):
+        summary["forces_mae"], summary["forces_rmse"] = float(np.abs(f).mean()), float(np.sqrt(np.mean(f**2)))
+    if evaluate:
+        if not len(e) and not len(f):
+            raise EnsembleCommandError(f"{path}: no reference energies or forces to evaluate against")
+        summary["report"] = build_report([p for p in props if p.arrays()[0].size], ens.calibration)
+    return summary
+
+
+def default_output(path: Path) -> Path:
+    """``mols.xyz`` → ``./mols.ensemble.extxyz``."""
+    return Path.cwd() / f"{Path(path).stem}.ensemble.extxyz"
+
+
+def run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
+                input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
+                console: Console, export: Path | None = None) -> None:
+    """The ``sweep ensemble`` command (errors as :class:`EnsembleCommandError`, :class:`EnsembleError`, :class:`InputError`)."""
+    with no_artifact_progress_bar():
+        _run_command(source, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console,
+                     export)
+
+
+def _run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
+                 input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
+                 console: Console, export: Path | None) -> None:
+    if predict is not None and evaluate is not None:
+        raise EnsembleCommandError("give --predict or --evaluate, not both")
+    target = predict or evaluate
+    if target is not None and not Path(target).is_file():
+        raise EnsembleCommandError(f"{target}: no such file")
+    for opt, val in (("--unit", unit), ("--input-unit", input_unit)):
+        if val:
+            try:
+                canonical_energy_unit(val)
+            except UnitError as e:
+                raise EnsembleCommandError(f"{opt}: {e}") from e
+    uri = TrackingConfig(uri=tracking_uri).resolved_uri()
+    loaded = resolve(source, uri, rebuild, console)
+    ens = loaded.ensemble
+    console.print(f"ensemble: {loaded.description}; {ens.k} members, elements {ens.elements}, energies in {ens.energy_unit}, "
+                  f"std ddof={STD_DDOF}, recalibration {ens.calibration.method} "
+                  f"(energy ×{ens.calibration.energy_scale:.3g}, forces ×{ens.calibration.forces_scale:.3g})")
+    if save is not None:
+        ens.save(save)
+        console.print(f"ensemble directory written to {save} (load with SchNetEnsemble.load / SchNetEnsembleCalculator)")
+    if export is not None:
+        from schnet_model.export import export_ensemble
+
+        t0 = time.time()
+        export_ensemble(ens, export)
+        console.print(f"standalone ensemble exported to {export} in {time.time() - t0:.0f} s (torch.export program + "
+                      f"manifest with sha256; python -c 'import sys; sys.path.insert(0, \"{export}\"); "
+                      f"from load_ensemble import load; print(load(\"{export}\").manifest[\"outputs\"])')", soft_wrap=True)
+    if target is None:
+        src = f" {source}" if source else ""
+        console.print(f"next: sweep ensemble{src} --predict mols.xyz -o preds.extxyz  (energies, forces and their std "
+                      f"for your molecules); sweep ensemble{src} --save ens/ && python examples/md_uncertainty.py ens/  "
+                      f"(MD that stops where the ensemble is unsure); mlflow ui --backend-store-uri {uri}  "
+                      "(the sweep → trial → fold runs)")
+        return
+    if predict is not None:
+        out = out or default_output(predict)
+    res = predict_file(ens, Path(target), out, unit, input_unit, not uncalibrated, evaluate is not None, console)
+    u = res["unit"]
+    msg = f"{res['molecules']:,} molecules ({res['atoms']:,} atoms) in {res['seconds']:.1f} s"
+    if out is not None:
+        msg += f" → {out} and {csv_path(Path(out))} (energies in {u}, forces in {u}/Å)"
+    console.print(msg)
+    if "energy_mae" in res or "forces_mae" in res:
+        parts = []
+        if "energy_mae" in res:
+            parts.append(f"energy MAE {res['energy_mae']:.4g} {u} (RMSE {res['energy_rmse']:.4g})")
+        if "forces_mae" in res:
+            parts.append(f"forces MAE {res['forces_mae']:.4g} {u}/Å (RMSE {res['forces_rmse']:.4g})")
+        console.print(f"errors against the file's references (read as {res['reference_unit']}): " + ", ".join(parts))
+    if "report" in res:
+        console.print(report_table(res["report"], ens.calibration, f"{Path(target).name}: calibration report"))
+
+
+__all__ = ["default_output", "predict_file", "run_command"]

@@ -1,0 +1,218 @@
+"""A sweep's Tune experiments: one phase each (the search, an extension, a budget plan's screening and final rungs),
+run or restored by :class:`PhaseRunner`; :func:`run_planned` runs a time budget's plan (:mod:`orchestrator.search.plan`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+from rich.console import Console
+
+from orchestrator.search.outcome import METRIC, TrialSummary, summarize
+from orchestrator.search.plan import SCREEN_SHARE, BudgetPlan, make_plan, measure_fold_epoch, top_configs
+from orchestrator.search.progress import LiveProgress
+from orchestrator.search.storage import tune_storage, write_json
+from orchestrator.search.trial import TrialClock
+from orchestrator.spec.space import define_by_run
+from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
+from orchestrator.tracking.callback import MlflowTracker
+from orchestrator.tracking.statuses import (
+    INTERRUPTED,
+    budget_used,
+)
+from orchestrator.tracking.store import Store
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One Tune experiment of a sweep: its configurations, folds, epochs, scheduler and clock."""
+
+    experiment: str
+    spec: SweepSpec  # resources made explicit for these trials' folds
+    folds: list[tuple[np.ndarray, np.ndarray]]  # the folds each trial trains (fold 0 alone when screening)
+    num_samples: int
+    max_epochs: int
+    asha: bool = True  # the spec's ASHA scheduler (when it has one), else FIFO
+    points: list[dict[str, Any]] | None = None  # configurations evaluated first (all of them when ``fixed``)
+    fixed: bool = False  # evaluate exactly ``points`` (a planned final rung: num_samples = len(points))
+    clock: TrialClock = field(default_factory=TrialClock)
+    tune_budget: float | None = None  # Tune's own time limit (a backstop: trials finalise themselves before it)
+    screen: bool = False  # a screening rung: its trials are "screened", never the best trial
+    optuna_seed: int = 0
+    warm: list[TrialSummary] = field(default_factory=list)  # earlier trials the searcher is told first (--more)
+
+
+class PhaseRunner:
+    """Runs (or restores) the Tune experiments of one sweep, each with its own trainable, tracker and view."""
+
+    def __init__(self, spec: SweepSpec, store: Store, name: str, parent: str, uri: str, experiment: str, console: Console,
+                 base: dict[str, Any], test_sets: list[str]) -> None:
+        self.spec, self.store, self.name, self.parent, self.uri = spec, store, name, parent, uri
+        self.experiment, self.console, self.base, self.test_sets = experiment, console, base, test_sets
+
+    def trainable(self, phase: Phase):
+
+        from orchestrator.search.trial import run_trial
+
+        res, k = phase.spec.resources, len(phase.folds)
+        ctx = {**self.base, "spec": phase.spec.model_dump_json(), "folds": phase.folds, "layout": res.resolved_layout(),
+               "max_epochs": phase.max_epochs, "clock": phase.clock, "screen": phase.screen,
+               "objective_rho": phase.spec.objective_rho()}
+        return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                   tune.PlacementGroupFactory(res.bundles(k), strategy=res.placement_strategy))
+
+    def restored(self, experiment: str) -> list[TrialSummary]:
+        """The trials of an earlier, finished experiment of this sweep."""
+
+        phase = Phase(experiment, self.spec, [(np.arange(1), np.arange(1))], 1, 1)
+        return summarize(tune.Tuner.restore(f"{tune_storage(self.spec)}/{experiment}", trainable=self.trainable(phase))
+                         .get_results(), self.test_sets)
+
+    def run(self, phase: Phase, restore: bool) -> tuple[list[TrialSummary], bool]:
+        """Run the phase (or continue it after an interruption); its trials, and whether the budget ran out."""
+        from optuna.samplers import TPESampler
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        spec, k = phase.spec, len(phase.folds)
+        self.console.print(f"trial layout: {spec.resources.describe(k)}")
+        trainable = self.trainable(phase)
+        if restore:
+            tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{phase.experiment}", trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            sched = spec.search.scheduler
+            if phase.asha and isinstance(sched, SchedulerConfig) and sched.asha is not None:
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=phase.max_epochs,
+                                          grace_period=min(sched.asha.grace_period, phase.max_epochs),
+                                          reduction_factor=sched.asha.reduction_factor)
+            else:
+                scheduler = FIFOScheduler()
+            # Optuna evaluates ``points`` first: with ``fixed`` (a final rung) they are all of the phase's trials
+            searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
+                                    points_to_evaluate=phase.points, sampler=TPESampler(seed=phase.optuna_seed))
+            if phase.warm:
+                told = warm_start(searcher, spec.space(), phase.warm)
+                self.console.print(f"extending sweep {self.name} by {phase.num_samples} trials; the searcher knows "
+                                   f"the {told} earlier trials' results")
+            search = ConcurrencyLimiter(searcher, spec.search.max_concurrent)
+            tracker = MlflowTracker(self.uri, self.experiment, self.name, self.parent, k, spec.search.time_budget)
+            callbacks = [tracker, LiveProgress(phase.num_samples, self.console)]
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=search, scheduler=scheduler,
+                                            num_samples=phase.num_samples, time_budget_s=phase.tune_budget, reuse_actors=True),
+                run_config=tune.RunConfig(name=phase.experiment, storage_path=tune_storage(spec), callbacks=callbacks,
+                                          verbose=0, failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            )
+        t_fit = time.time()
+        results = tuner.fit()  # Ctrl-C: Tune stops its trials, saves its state and returns
+        budget_ran_out = budget_used(phase.tune_budget, t_fit)
+        return summarize(results, self.test_sets, budget_ran_out), budget_ran_out
+
+
+def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float], plan: BudgetPlan | None,
+                 folds: list[tuple[np.ndarray, np.ndarray]], meta: dict[str, Any], sweep_dir: Path, resume: bool
+                 ) -> tuple[list[TrialSummary], TrialSummary | None, bool]:
+    """A time-budgeted sweep by its plan (:mod:`orchestrator.search.plan`): screen on fold 0, then the finalists
+    with all k folds. Returns every trial, the paper configuration's final trial, and whether the budget ran out."""
+    spec, console, name = runner.spec, runner.console, runner.name
+    k, budget = spec.cv.k, float(spec.search.time_budget or 0)
+    t0 = time.time()
+    screen_spec = share_resources(unshared, node, "for screening, this machine's", console, k=1) if unshared.resources.auto else spec
+    paper = (spec.initial_points() or [{}])[0]
+    if plan is None:
+        model_cfg, train_cfg = spec.materialize(paper)
+        data = runner.base["data"]["ref"]
+        import ray
+
+        mols = ray.get(data)
+        threads = max(1, round(screen_spec.resources.trial_cpus(1) if screen_spec.resources.resolved_layout() == "stacked"
+                               else screen_spec.resources.cpus_per_fold))
+        seconds = measure_fold_epoch(model_cfg, train_cfg, mols.subset(folds[0][0]), mols.subset(folds[0][1]), threads)
+        res1, resk = screen_spec.resources, spec.resources
+        cpus1 = res1.trial_cpus(1) if res1.resolved_layout() == "stacked" else res1.cpus_per_fold
+        cpusk = resk.trial_cpus(k) if resk.resolved_layout() == "stacked" else k * resk.cpus_per_fold
+        plan = make_plan(budget - (time.time() - t0), seconds, node.get("CPU", cpusk), k, cpus1,
+                         spec.search.max_concurrent, cpusk, spec.search.max_concurrent, spec.max_epochs(),
+                         spec.search.num_samples, grace_epochs(spec))
+        meta.update(plan=plan.as_dict(), tune_experiments=[name], plan_started=t0)
+        write_json(sweep_dir / "sweep.json", meta)
+    for line in plan.lines():
+        console.print(line)
+    start = float(meta.get("plan_started", t0)) if not resume else t0
+    experiments = meta["tune_experiments"]
+    # the screening rung ends when its trials have run; its deadline is a backstop for an estimate gone wrong
+    screen_end = start + min(0.75 * plan.budget, max(1.5 * plan.screen.seconds, SCREEN_SHARE * plan.budget))
+    screened: list[TrialSummary]
+    if len(experiments) == 1:  # the screening rung: run it (or continue it)
+        clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds)
+        phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, plan.screen.epochs, asha=False,
+                      points=[paper] if paper else None, clock=clock, tune_budget=max(1.0, screen_end - time.time()),
+                      screen=True, optuna_seed=spec.search.seed)
+        screened, _ = runner.run(phase, restore=resume)
+        if any(t.status == INTERRUPTED for t in screened):  # Ctrl-C: --resume continues the screening, then the final rung
+            return screened, None, False
+        experiments.append(f"{name}-final")
+        meta["tune_experiments"] = experiments
+        write_json(sweep_dir / "sweep.json", meta)
+        resume = False
+    else:
+        screened = runner.restored(experiments[0])
+    finalists = [paper, *top_configs(screened, plan.final.configs - 1, exclude=paper)] if paper else \
+        top_configs(screened, plan.final.configs)
+    console.print(f"final rung: {len(finalists)} configurations × {k} folds (the paper configuration and the best "
+                  f"{len(finalists) - 1} of {len(screened)} screened)")
+    end = start + plan.budget
+    clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=plan.final.epoch_seconds)
+    phase = Phase(experiments[-1], spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
+                  fixed=True, clock=clock, tune_budget=max(1.0, end - time.time()))
+    final, ran_out = runner.run(phase, restore=resume)
+    baseline = next((t for t in final if paper and all(t.params.get(key) == v for key, v in paper.items())), None)
+    return final + [replace(t, earlier=True) for t in screened], baseline, ran_out
+
+
+def grace_epochs(spec: SweepSpec) -> int:
+    sched = spec.search.scheduler
+    if isinstance(sched, SchedulerConfig) and sched.asha is not None:
+        return sched.asha.grace_period
+    return max(1, spec.max_epochs() // 10)
+
+
+def warm_start(searcher, space: dict, trials: list[TrialSummary]) -> int:
+    """Tell the searcher's Optuna study every earlier trial with a finite objective (completed: its best CV
+    loss; pruned or stopped: its last), so an extension samples from what was learnt. Returns how many."""
+    import optuna
+
+    study = searcher._ot_study  # Ray's OptunaSearch keeps its study here; Ray's own warm start cannot take a define-by-run space
+    told = 0
+    for t in trials:
+        value = t.val_loss_mean
+        if value is None or not np.isfinite(value):
+            continue
+        params = {k: v for k, v in t.params.items() if k in space}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: space[k].optuna() for k in params},
+                                                  value=float(value)))
+        told += 1
+    return told
+
+
+def share_resources(spec: SweepSpec, node: dict[str, float], whose: str, console: Console, k: int | None = None) -> SweepSpec:
+    """``resources: auto`` made explicit for ``node`` (trials of ``k`` folds, default ``cv.k``), and said in one line."""
+    if not spec.resources.auto:
+        return spec
+    n, k = spec.search.max_concurrent, k or spec.cv.k
+    res = spec.resources.shared(node, k, n)
+    gpus = f" and {node.get('GPU', 0.0):g} GPU" if res.gpus_per_trial else ""
+    gpu = f" and {res.gpus_per_trial:g} GPU" if res.gpus_per_trial else ""
+    each = (f"{res.cpus_per_trial:g} CPU{gpu} per trial, its {k} folds stacked in one process"
+            if res.resolved_layout() == "stacked" else f"{res.cpus_per_fold:g} CPU per fold actor")
+    console.print(f"resources auto: {whose} {node.get('CPU', 0.0):g} CPU{gpus} shared by {n} concurrent "
+                  f"trial{'s' if n > 1 else ''} × {k} folds: {each}")
+    return spec.model_copy(update={"resources": res})
