@@ -17,7 +17,7 @@ from orchestrator.search.phases import Phase, PhaseRunner, run_planned, share_re
 from orchestrator.search.plan import BudgetPlan
 from orchestrator.search.record import log_baseline, log_best, log_dataset, reconcile
 from orchestrator.search.storage import latest_sweep, storage_root, tune_storage, write_json
-from orchestrator.search.trial import TrialClock
+from orchestrator.search.trial import FINALISE_GRACE, TrialClock
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
 from orchestrator.tracking import keys
 from orchestrator.tracking.statuses import (
@@ -182,7 +182,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     else:
         phase = Phase(experiments[-1], spec, folds, more or spec.search.num_samples, spec.max_epochs(),
                       asha=True, points=None if more else spec.initial_points() or None,
-                      clock=TrialClock(deadline=time.time() + budget if budget else None), tune_budget=budget,
+                      clock=TrialClock(deadline=time.time() + budget if budget else None),
+                      tune_budget=budget + FINALISE_GRACE if budget else None,
                       optuna_seed=spec.search.seed + len(experiments) - 1)
         if more:
             phase = replace(phase, warm=earlier)

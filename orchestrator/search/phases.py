@@ -16,7 +16,7 @@ from orchestrator.search.outcome import METRIC, TrialSummary, summarize
 from orchestrator.search.plan import SCREEN_SHARE, BudgetPlan, make_plan, measure_fold_epoch, top_configs
 from orchestrator.search.progress import LiveProgress
 from orchestrator.search.storage import tune_storage, write_json
-from orchestrator.search.trial import TrialClock
+from orchestrator.search.trial import FINALISE_GRACE, TrialClock
 from orchestrator.spec.space import define_by_run
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
 from orchestrator.tracking.callback import MlflowTracker
@@ -154,7 +154,7 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
     if len(experiments) == 1:  # the screening rung: run it (or continue it)
         clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds)
         phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, plan.screen.epochs, asha=False,
-                      points=[paper] if paper else None, clock=clock, tune_budget=max(1.0, screen_end - time.time()),
+                      points=[paper] if paper else None, clock=clock, tune_budget=max(1.0, screen_end - time.time()) + FINALISE_GRACE,
                       screen=True, optuna_seed=spec.search.seed)
         screened, _ = runner.run(phase, restore=resume)
         if any(t.status == INTERRUPTED for t in screened):  # Ctrl-C: --resume continues the screening, then the final rung
@@ -172,7 +172,7 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
     end = start + plan.budget
     clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=plan.final.epoch_seconds)
     phase = Phase(experiments[-1], spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
-                  fixed=True, clock=clock, tune_budget=max(1.0, end - time.time()))
+                  fixed=True, clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE)
     final, ran_out = runner.run(phase, restore=resume)
     baseline = next((t for t in final if paper and all(t.params.get(key) == v for key, v in paper.items())), None)
     return final + [replace(t, earlier=True) for t in screened], baseline, ran_out

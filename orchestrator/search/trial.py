@@ -31,6 +31,11 @@ from schnet_model.training.trainer import resolve_device
 NONFINITE_MARKER = "nonfinite.txt"
 
 
+FINALISE_GRACE = 10.0
+"""Seconds Tune's own time limit (a backstop) runs past the budget, so that a trial finalising just before the
+deadline on a loaded machine is not cut off: a sweep ends within its budget plus at most this."""
+
+
 @dataclass(frozen=True)
 class TrialClock:
     """When a trial must end with its results kept (absolute ``time.time()`` seconds; None: no limit).
