@@ -13,7 +13,7 @@ from ray import tune
 from rich.console import Console
 
 from orchestrator.search.outcome import METRIC, TrialSummary, summarize
-from orchestrator.search.plan import SCREEN_SHARE, BudgetPlan, make_plan, measure_fold_epoch, top_configs
+from orchestrator.search.plan import SCREEN_SHARE, BudgetPlan, is_config, make_plan, measure_fold_epoch, top_configs
 from orchestrator.search.progress import LiveProgress
 from orchestrator.search.storage import tune_storage, write_json
 from orchestrator.search.trial import FINALISE_GRACE, TrialClock
@@ -37,8 +37,7 @@ class Phase:
     num_samples: int
     max_epochs: int
     asha: bool = True  # the spec's ASHA scheduler (when it has one), else FIFO
-    points: list[dict[str, Any]] | None = None  # configurations evaluated first (all of them when ``fixed``)
-    fixed: bool = False  # evaluate exactly ``points`` (a planned final rung: num_samples = len(points))
+    points: list[dict[str, Any]] | None = None  # configurations evaluated first (all of them when num_samples = len)
     clock: TrialClock = field(default_factory=TrialClock)
     tune_budget: float | None = None  # Tune's own time limit (a backstop: trials finalise themselves before it)
     screen: bool = False  # a screening rung: its trials are "screened", never the best trial
@@ -93,7 +92,7 @@ class PhaseRunner:
                                           reduction_factor=sched.asha.reduction_factor)
             else:
                 scheduler = FIFOScheduler()
-            # Optuna evaluates ``points`` first: with ``fixed`` (a final rung) they are all of the phase's trials
+            # Optuna evaluates ``points`` first: a final rung has as many trials as points, so they are all it runs
             searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
                                     points_to_evaluate=phase.points, sampler=TPESampler(seed=phase.optuna_seed))
             if phase.warm:
@@ -133,11 +132,10 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         import ray
 
         mols = ray.get(data)
-        threads = max(1, round(screen_spec.resources.trial_cpus(1) if screen_spec.resources.resolved_layout() == "stacked"
-                               else screen_spec.resources.cpus_per_fold))
-        seconds = measure_fold_epoch(model_cfg, train_cfg, mols.subset(folds[0][0]), mols.subset(folds[0][1]), threads)
         res1, resk = screen_spec.resources, spec.resources
-        cpus1 = res1.trial_cpus(1) if res1.resolved_layout() == "stacked" else res1.cpus_per_fold
+        cpus1 = res1.trial_cpus(1) if res1.resolved_layout() == "stacked" else res1.cpus_per_fold  # one fold's CPUs
+        seconds = measure_fold_epoch(model_cfg, train_cfg, mols.subset(folds[0][0]), mols.subset(folds[0][1]),
+                                     max(1, round(cpus1)))
         cpusk = resk.trial_cpus(k) if resk.resolved_layout() == "stacked" else k * resk.cpus_per_fold
         plan = make_plan(budget - (time.time() - t0), seconds, node.get("CPU", cpusk), k, cpus1,
                          spec.search.max_concurrent, cpusk, spec.search.max_concurrent, spec.max_epochs(),
@@ -172,9 +170,9 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
     end = start + plan.budget
     clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=plan.final.epoch_seconds)
     phase = Phase(experiments[-1], spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
-                  fixed=True, clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE)
+                  clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE)
     final, ran_out = runner.run(phase, restore=resume)
-    baseline = next((t for t in final if paper and all(t.params.get(key) == v for key, v in paper.items())), None)
+    baseline = next((t for t in final if paper and is_config(t.params, paper)), None)
     return final + [replace(t, earlier=True) for t in screened], baseline, ran_out
 
 

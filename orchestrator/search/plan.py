@@ -138,13 +138,18 @@ def measure_fold_epoch(model_cfg, train_cfg, train, val, threads: int) -> float:
         torch.set_num_threads(before)
 
 
+def is_config(params: dict, point: dict) -> bool:
+    """Whether a trial's ``params`` are the configuration ``point`` (e.g. the paper's; its keys are the searched ones)."""
+    return all(params.get(key) == v for key, v in point.items())
+
+
 def top_configs(trials, n: int, exclude: dict | None = None) -> list[dict]:
     """The ``n`` best screened configurations (by fold 0's best validation loss), without ``exclude``."""
     ranked = sorted((t for t in trials if t.val_loss_mean is not None and np.isfinite(t.val_loss_mean)),
                     key=lambda t: t.val_loss_mean)
     out: list[dict] = []
     for t in ranked:
-        if exclude is not None and all(t.params.get(key) == v for key, v in exclude.items()):
+        if exclude is not None and is_config(t.params, exclude):
             continue
         if t.params not in out:
             out.append(dict(t.params))
@@ -153,4 +158,4 @@ def top_configs(trials, n: int, exclude: dict | None = None) -> list[dict]:
     return out
 
 
-__all__ = ["BudgetPlan", "Rung", "make_plan", "measure_fold_epoch", "top_configs"]
+__all__ = ["BudgetPlan", "Rung", "is_config", "make_plan", "measure_fold_epoch", "top_configs"]
