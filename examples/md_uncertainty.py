@@ -17,18 +17,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from ase import Atoms, units
-from ase.constraints import FixCom
+from ase import Atoms
 from ase.io import read, write
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation
 
-try:  # ASE ≥ 3.29
-    from ase.md.velocitydistribution import thermalize_momenta
-except ImportError:  # older ASE
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-
-from schnet_model import SchNetEnsembleCalculator
+from schnet_model import SchNetEnsemble
+from schnet_model.explore import run_trajectory
 
 
 def start_atoms(path: Path | None, molecule: str) -> Atoms:
@@ -43,50 +36,24 @@ def start_atoms(path: Path | None, molecule: str) -> Atoms:
 def run(ensemble: Path, start: Path | None, molecule: str, temperature: float, steps: int, threshold: float,
         timestep_fs: float, friction_per_fs: float, seed: int, out: Path, every: int) -> int:
     """Run MD; returns the step at which the uncertainty crossed ``threshold`` (or ``steps`` if it never did)."""
-    atoms = start_atoms(start, molecule)
-    atoms.pbc = False
-    atoms.calc = SchNetEnsembleCalculator(ensemble)  # eV, eV/Å
-    rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    atoms.set_constraint(FixCom())  # no drift of the isolated molecule (instead of Langevin's fixcm)
-    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature, friction=friction_per_fs / units.fs,
-                   fixcm=False, rng=rng)
-    frames: list[Atoms] = []
 
-    def record(step: int) -> float:
-        r = atoms.calc.results
-        worst = float(np.max(r["forces_std_norm"]))
-        snap = atoms.copy()
-        snap.calc = None
-        snap.info.update(step=step, time_fs=step * timestep_fs, energy=r["energy"], energy_std=r["energy_std"],
-                         forces_std_max=worst, temperature_K=atoms.get_temperature())
-        snap.arrays["forces"] = r["forces"]
-        snap.arrays["forces_std_norm"] = r["forces_std_norm"]
-        frames.append(snap)
-        return worst
+    def show(f: Atoms) -> None:
+        i = f.info
+        print(f"step {i['step']:6d}  t = {i['time_fs']:8.1f} fs  E = {i['energy']:12.4f} eV ± {i['energy_std']:.4f}  "
+              f"max force std = {i['forces_std_max']:.3f} eV/Å  T = {i['temperature_K']:6.0f} K")
 
-    atoms.get_forces()
-    stopped = steps
-    for step in range(steps + 1):
-        if step:
-            dyn.run(1)
-        worst = float(np.max(atoms.calc.results["forces_std_norm"]))
-        if step % every == 0 or worst > threshold:
-            record(step)
-            print(f"step {step:6d}  t = {step * timestep_fs:8.1f} fs  E = {atoms.calc.results['energy']:12.4f} eV "
-                  f"± {atoms.calc.results['energy_std']:.4f}  max force std = {worst:.3f} eV/Å  T = {atoms.get_temperature():6.0f} K")
-        if worst > threshold:
-            a = int(np.argmax(atoms.calc.results["forces_std_norm"]))
-            print(f"stopped at step {step}: atom {a} ({atoms[a].symbol}) has force std {worst:.3f} eV/Å > {threshold} eV/Å")
-            stopped = step
-            break
+    traj = run_trajectory(start_atoms(start, molecule), SchNetEnsemble.load(ensemble), temperature, steps, threshold,
+                          np.random.default_rng(seed), every, timestep_fs, friction_per_fs, on_frame=show)
+    if traj.stopped_at is not None:
+        last = traj.frames[-1]
+        a = int(np.argmax(last.arrays["forces_std_norm"]))
+        print(f"stopped at step {traj.stopped_at}: atom {a} ({last[a].symbol}) has force std "
+              f"{last.info['forces_std_max']:.3f} eV/Å > {threshold} eV/Å")
     else:
         print(f"finished {steps} steps; the force std stayed below {threshold} eV/Å")
-    write(out, frames, format="extxyz")
-    print(f"{len(frames)} frames with energies, forces and their stds written to {out}")
-    return stopped
+    write(out, traj.frames, format="extxyz")
+    print(f"{len(traj.frames)} frames with energies, forces and their stds written to {out}")
+    return steps if traj.stopped_at is None else traj.stopped_at
 
 
 def main() -> None:

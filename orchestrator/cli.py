@@ -163,6 +163,77 @@ def ensemble(
         fail(str(e))
 
 
+@app.command()
+def select(
+    source: Annotated[str | None, typer.Argument(help="the ensemble: sweep name, run id, models:/… or a directory (default: the newest finished sweep)")] = None,
+    candidates: Annotated[Path | None, typer.Option(help="choose from the frames of this file (xyz, extxyz, ASE db, traj; Å)")] = None,
+    explore: Annotated[Path | None, typer.Option(help="or: run the ensemble's own Langevin MD from frames of this file and choose from its frames")] = None,
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="molecules to select")] = 20,
+    strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std with diversity) or random")] = "uncertainty",
+    temperature: Annotated[float, typer.Option(help="K, with --explore")] = 500.0,
+    trajectories: Annotated[int, typer.Option(min=1, help="MD runs, with --explore")] = 8,
+    steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs), with --explore")] = 400,
+    threshold: Annotated[float, typer.Option(help="eV/Å: an MD run stops when a per-atom force std exceeds it")] = 1.0,
+    every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option("-o", "--out", help="extended XYZ of the selected molecules (predictions and stds, eV and eV/Å)")] = Path("selected.extxyz"),
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+) -> None:
+    """Choose which molecules to label next, by the ensemble's calibrated uncertainty with diversity; logged in MLflow."""
+    from orchestrator.ensemble.source import EnsembleCommandError
+    from orchestrator.learn.command import SelectError, run_select
+    from schnet_model.data.molecules import DataError
+    from schnet_model.ensemble import EnsembleError
+
+    if (candidates is None) == (explore is None):
+        fail("give --candidates FILE or --explore FILE (start geometries for the ensemble's MD)")
+    try:
+        run_select(source, candidates, explore, n, strategy, temperature, trajectories, steps, threshold, every, seed, out,
+                   tracking_uri, console)
+    except (SelectError, EnsembleCommandError, EnsembleError, DataError) as e:
+        fail(str(e))
+
+
+@app.command()
+def learn(
+    spec: Annotated[Path, typer.Argument(help="sweep spec YAML with a fixed test set (dataset.test_path)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: dotted.key=value (YAML-typed)")] = None,
+    rounds: Annotated[int, typer.Option(min=0, help="rounds of explore → select → label → retrain")] = 3,
+    per_round: Annotated[int, typer.Option(min=1, help="molecules labelled per round")] = 20,
+    temperature: Annotated[float, typer.Option(help="K, the exploration MD")] = 500.0,
+    strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std with diversity) or random")] = "uncertainty",
+    method: Annotated[str, typer.Option(help="reference labels: gfn2-xtb or pyscf:<functional>/<basis>")] = "gfn2-xtb",
+    trajectories: Annotated[int, typer.Option(min=1, help="exploration MD runs per round")] = 8,
+    steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs)")] = 400,
+    threshold: Annotated[float, typer.Option(help="eV/Å: an MD run stops when a per-atom force std exceeds it")] = 1.0,
+    every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="campaign directories (datasets per round, selections, ensembles)")] = Path("campaigns"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue the newest unfinished campaign of this spec")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address; default: a local cluster")] = None,
+) -> None:
+    """Active learning: the ensemble explores, selects what to label, the labels join the data, the models retrain."""
+    from orchestrator.ensemble.source import EnsembleCommandError
+    from orchestrator.learn.campaign import LearnError, LearnOptions, run_campaign
+    from orchestrator.search.driver import SweepError
+    from orchestrator.spec.load import SpecError
+    from orchestrator.spec.sweep import load_sweep_spec
+    from schnet_model.data.molecules import DataError
+
+    try:
+        s = load_sweep_spec(spec, set_ or [])
+        opts = LearnOptions(rounds, per_round, temperature, strategy, method, trajectories, steps, every, threshold, seed)
+        camp = run_campaign(s, opts, out, resume, address, console)
+    except (SpecError, LearnError, SweepError, DataError, EnsembleCommandError) as e:
+        fail(str(e))
+    u = "/Å"
+    console.print(f"campaign {camp.name} finished: {len(camp.rounds)} trainings; MLflow run {camp.run_id} ({camp.tracking_uri})")
+    for r in camp.rounds:
+        errs = ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items() if k.endswith("_mae"))
+        console.print(f"  round {r.round}: {r.dataset['n_molecules']} molecules, {errs} ({r.dataset['energy_unit']}, "
+                      f"{r.dataset['energy_unit']}{u})", soft_wrap=True)
+
+
 @app.command("mlflow-server")
 def mlflow_server(
     data: Annotated[Path, typer.Option(help="directory for PostgreSQL's data, the password file and the artifacts")] = Path("mlflow-server"),
@@ -205,20 +276,26 @@ def data_generate(
     seed: int = 0,
     stride: Annotated[int, typer.Option(min=1, help="MD steps between frames")] = 10,
     method: Annotated[str, typer.Option(help="gfn2-xtb, or pyscf:<functional>/<basis> to label frames with DFT")] = "gfn2-xtb",
-    relabel_file: Annotated[Path | None, typer.Option("--relabel", help="relabel this MD17 npz instead of running MD")] = None,
+    relabel_file: Annotated[Path | None, typer.Option("--relabel", help="label the geometries of this MD17 npz (or any "
+                                                      "ASE-readable file) with --method instead of running MD")] = None,
 ) -> None:
     """Langevin MD (GFN2-xTB) labelled by a real quantum-chemistry method, written as an MD17 npz."""
-    import numpy as np
     from rich.progress import Progress
 
-    from schnet_model.data.generate import generate_md, parse_method, relabel, start_geometry, write_npz
+    from schnet_model.data.generate import (
+        generate_md,
+        geometries,
+        parse_method,
+        relabel,
+        start_geometry,
+        theory,
+        write_npz,
+    )
 
     try:
-        kind, functional, basis = parse_method(method)
+        kind, _, _ = parse_method(method)
     except ValueError as e:
         fail(f"--method: {e}")
-    if relabel_file is not None and kind != "pyscf":
-        fail("--relabel needs --method pyscf:<functional>/<basis>")
     if relabel_file is None:
         try:
             start_geometry(molecule)
@@ -226,18 +303,19 @@ def data_generate(
             fail(f"--molecule: {e}")
     with Progress(console=console, transient=True) as p:
         if relabel_file is not None:
-            if not relabel_file.is_file():
-                fail(f"{relabel_file}: no such file")
-            with np.load(relabel_file, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            if "R" not in arrays or "z" not in arrays:
-                fail(f"{relabel_file}: expected an MD17 npz with keys R and z")
+            try:
+                arrays = geometries(relabel_file)
+            except ValueError as e:
+                fail(str(e))
         else:
             task = p.add_task(f"{molecule} GFN2-xTB MD at {temperature:g} K", total=frames)
             arrays = generate_md(molecule, frames, temperature, seed, stride, progress=lambda d, t: p.update(task, completed=d))
-        if kind == "pyscf":
-            task = p.add_task(f"PySCF {functional}/{basis} labels", total=len(arrays["R"]))
-            arrays = relabel(arrays, functional, basis, progress=lambda d, t: p.update(task, completed=d))
+        if relabel_file is not None or kind == "pyscf":
+            task = p.add_task(f"{theory(method)} labels", total=len(arrays["R"]))
+            try:
+                arrays = relabel(arrays, method, progress=lambda d, t: p.update(task, completed=d))
+            except RuntimeError as e:  # an SCF that did not converge
+                fail(f"{relabel_file or 'MD frames'}: {e}", 1)
     write_npz(arrays, out)
     theory = str(arrays["theory"])
     console.print(f"wrote {len(arrays['R'])} frames ({theory}, kcal/mol, Å) to {out}")

@@ -165,16 +165,61 @@ def label_pyscf(Z: np.ndarray, R: np.ndarray, functional: str, basis: str) -> tu
     return float(e_ha) * ha, -np.asarray(grad_ha_bohr) * ha / bohr
 
 
+def geometries(path: str | Path) -> dict[str, np.ndarray]:
+    """The geometries of an MD17 npz (``R`` Å, ``z``; its other arrays kept) or of any ASE-readable file of one molecule.
+
+    Raises ``ValueError`` naming the file when it is missing, unreadable or holds molecules of different compositions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        if "R" not in arrays or "z" not in arrays:
+            raise ValueError(f"{path}: expected an MD17 npz with keys R and z")
+        return arrays
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, ":")
+    except Exception as e:  # noqa: BLE001 — ASE raises many kinds on a file it cannot parse
+        raise ValueError(f"{path}: not a readable molecule file ({type(e).__name__}: {e})") from None
+    if not frames:
+        raise ValueError(f"{path}: no frames")
+    z = frames[0].numbers
+    for k, a in enumerate(frames):
+        if not np.array_equal(a.numbers, z):
+            raise ValueError(f"{path}: frame {k} has atoms {a.get_chemical_formula()}, frame 0 {frames[0].get_chemical_formula()}; "
+                             "one molecule (the same atoms in the same order) per file")
+    return {"R": np.array([a.positions for a in frames]), "z": z.astype(np.uint8), "r_unit": np.array("Ang")}
+
+
+def theory(method: str) -> str:
+    """The ``theory`` string a dataset labelled by ``method`` carries: ``GFN2-xTB (tblite)``, ``PBE/def2-svp (PySCF)``."""
+    kind, functional, basis = parse_method(method)
+    return "GFN2-xTB (tblite)" if kind == "gfn2-xtb" else f"{functional.upper()}/{basis} (PySCF)"
+
+
+def labeller(method: str) -> Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]:
+    """``label(Z, R) -> (E kcal/mol, F [n_atoms, 3] kcal/mol/Å)`` for ``gfn2-xtb`` or ``pyscf:<functional>/<basis>``."""
+    kind, functional, basis = parse_method(method)
+    if kind == "gfn2-xtb":
+        return label_gfn2
+    return lambda Z, R: label_pyscf(Z, R, functional, basis)
+
+
 def relabel(
-    arrays: dict[str, np.ndarray], functional: str, basis: str, progress: Callable[[int, int], None] | None = None
+    arrays: dict[str, np.ndarray], method: str, progress: Callable[[int, int], None] | None = None
 ) -> dict[str, np.ndarray]:
-    """Replace ``E``/``F`` of MD17-layout arrays with PySCF labels (kcal/mol, kcal/mol/Å)."""
+    """Replace ``E``/``F`` of MD17-layout arrays with labels by ``method`` (kcal/mol, kcal/mol/Å)."""
+    label = labeller(method)
     R, z = arrays["R"], arrays["z"]
-    E, F = np.empty(len(R)), np.empty_like(R)
+    E, F = np.empty(len(R)), np.empty(R.shape)
     for k in range(len(R)):
-        E[k], F[k] = label_pyscf(z, R[k], functional, basis)
+        E[k], F[k] = label(z, R[k])
         if progress is not None:
             progress(k + 1, len(R))
     out = dict(arrays)
-    out.update(E=E, F=F, theory=np.array(f"{functional.upper()}/{basis} (PySCF)"), e_unit=np.array("kcal/mol"))
+    out.update(E=E, F=F, theory=np.array(theory(method)), e_unit=np.array("kcal/mol"))
     return out

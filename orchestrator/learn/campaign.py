@@ -1,0 +1,290 @@
+"""``sweep learn``: explore → select → label → retrain, for R rounds, one MLflow parent run per campaign.
+
+Round r (0 … R) trains on dataset version r and evaluates the ensemble on the fixed test set(s)
+(``dataset.test_path``: never selected from, never trained on); rounds before the last then explore
+with the ensemble (Langevin MD from frames of the current data, stopped where the force std
+crosses the threshold), select N molecules (:mod:`orchestrator.learn.select`), label them with the
+reference method and write dataset version r + 1 (:mod:`orchestrator.learn.dataset`).
+
+Training: round 0 runs the spec as given (a search when it searches); later rounds train the best
+configuration of round 0 with all k folds from scratch on the grown data (one trial, no search): on
+a few hundred molecules a search per round costs many times the labels' worth, the configuration
+found on the starting data stays a good one, and training from scratch keeps every round's models
+comparable (no dependence on the order data arrived). Each round is a full sweep in the MLflow store
+(fold models, out-of-fold predictions, a registered, recalibrated ensemble), tagged with its campaign
+and round.
+
+State: ``<out>/<campaign>/campaign.json`` is rewritten after every completed round; ``--resume``
+continues the newest unfinished campaign of the spec at its first incomplete round (a round that
+crashed part-way is run again from its start).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from orchestrator.learn.dataset import Version, grow, initial
+from orchestrator.learn.select import STRATEGIES, choose, descriptors, score, selected_frames, write_selection
+from orchestrator.spec.sweep import SweepSpec
+from orchestrator.tracking import keys
+from orchestrator.tracking.store import PARENT, ROLE, SWEEP_ID, Store, no_artifact_progress_bar
+from schnet_model.data.molecules import DataError
+from schnet_model.files import write_text
+
+CAMPAIGN_JSON = "campaign.json"
+CAMPAIGN_TAG, ROUND_TAG = "sweep.campaign", "sweep.round"
+
+
+class LearnError(ValueError):
+    """A campaign that cannot start or continue (one line)."""
+
+
+@dataclass
+class LearnOptions:
+    """How a campaign explores, selects and labels (all recorded on its MLflow run)."""
+
+    rounds: int = 3
+    per_round: int = 20
+    temperature: float = 500.0  # K, exploration MD
+    strategy: str = "uncertainty"  # or random
+    method: str = "gfn2-xtb"  # reference labels (or pyscf:<functional>/<basis>)
+    trajectories: int = 8  # exploration MD runs per round
+    steps: int = 400  # MD steps per run at most (0.5 fs each)
+    every: int = 10  # a candidate frame every `every` steps
+    threshold: float = 1.0  # eV/Å: a run stops when a per-atom force std exceeds it
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise LearnError(f"--strategy: {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        from schnet_model.data.generate import parse_method
+
+        try:
+            parse_method(self.method)
+        except ValueError as e:
+            raise LearnError(f"--method: {e}") from None
+        for name in ("rounds", "per_round", "trajectories", "steps", "every"):
+            if getattr(self, name) < (0 if name == "rounds" else 1):
+                raise LearnError(f"--{name.replace('_', '-')}: must be ≥ {0 if name == 'rounds' else 1} (got {getattr(self, name)})")
+        if self.temperature <= 0 or self.threshold <= 0:
+            raise LearnError("--temperature and --threshold must be > 0")
+
+
+@dataclass
+class RoundRecord:
+    """What one completed round left."""
+
+    round: int
+    dataset: dict[str, Any]  # Version as a dict
+    sweep: str
+    run_id: str
+    metrics: dict[str, float]  # test errors (energy unit, /Å) and calibration per named test set
+    selected: str | None = None  # extended XYZ of the molecules chosen for the next round
+    seconds: float = 0.0
+
+
+@dataclass
+class Campaign:
+    """``campaign.json``: the options, the spec, the completed rounds."""
+
+    name: str
+    spec_name: str
+    options: dict[str, Any]
+    run_id: str
+    tracking_uri: str
+    experiment: str
+    params: dict[str, Any] | None = None  # the configuration later rounds train (round 0's best)
+    rounds: list[RoundRecord] = field(default_factory=list)
+    status: str = "running"
+
+    def save(self, root: Path) -> None:
+        write_text(root / self.name / CAMPAIGN_JSON, json.dumps(asdict(self), indent=2, default=str))
+
+    @classmethod
+    def load(cls, path: Path) -> Campaign:
+        d = json.loads(path.read_text())
+        d["rounds"] = [RoundRecord(**r) for r in d["rounds"]]
+        return cls(**d)
+
+
+def latest_unfinished(root: Path, spec_name: str) -> Path | None:
+    """The newest ``campaign.json`` of ``spec_name`` under ``root`` whose campaign did not finish."""
+    found = sorted(root.glob(f"{spec_name}-learn-*/{CAMPAIGN_JSON}"))
+    found = [p for p in found if json.loads(p.read_text()).get("status") != "finished"]
+    return found[-1] if found else None
+
+
+def round_spec(spec: SweepSpec, version: Version, name: str, params: dict[str, Any] | None) -> SweepSpec:
+    """The sweep spec of one round: its dataset version as the CV pool (all of it), the fixed test files; from round 1
+    the one configuration ``params`` (no search)."""
+    s = spec.model_copy(deep=True)
+    s.name = name
+    s.tracking = s.tracking.model_copy(update=dict(experiment=spec.tracking.experiment or spec.name))
+    frac = spec.dataset.n_val / (spec.dataset.n_train + spec.dataset.n_val)
+    n_val = min(max(1, round(version.n_molecules * frac)), version.n_molecules - 1)
+    s.dataset = s.dataset.model_copy(update=dict(path=Path(version.path), format="md17", download=None, n_test=None,
+                                                 n_train=version.n_molecules - n_val, n_val=n_val, energy_unit=None, unit=None))
+    if params is not None:
+        s.search = s.search.model_copy(update=dict(num_samples=1, initial_points=[params], time_budget=None, plan="off"))
+    return s
+
+
+def evaluate(ens, cfg) -> dict[str, float]:
+    """Test errors and calibration of ``ens`` on every named test file of ``cfg`` (never trained on)."""
+    from orchestrator.ensemble.report import PropertyErrors, build_report
+    from schnet_model.data.heldout import with_tests
+
+    joined = with_tests(cfg)
+    out: dict[str, float] = {}
+    for name, held in joined.files.items():
+        mols = joined.molecules.subset(held.idx)
+        raw = ens.predict(mols, calibrated=False)
+        e, f = raw.energy - mols.E, raw.forces - mols.F
+        out[f"{name}_energy_mae"], out[f"{name}_forces_mae"] = float(np.abs(e).mean()), float(np.abs(f).mean())
+        out[f"{name}_energy_rmse"] = float(np.sqrt(np.mean(e**2)))
+        out[f"{name}_forces_rmse"] = float(np.sqrt(np.mean(f**2)))
+        pe, pf = PropertyErrors("energy", ens.energy_unit), PropertyErrors("forces", f"{ens.energy_unit}/Å")
+        pe.add(e, raw.energy_std)
+        pf.add(f, raw.forces_std)
+        out.update(build_report([pe, pf], ens.calibration).flat(f"{name}_"))
+    return out
+
+
+def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = False, address: str | None = None,
+                 console: Console | None = None) -> Campaign:
+    """Run (or resume) an active-learning campaign; returns it with every round's record."""
+    from orchestrator.ensemble.assemble import resolve
+    from orchestrator.search.driver import run_sweep
+    from schnet_model.data.generate import relabel, theory
+    from schnet_model.data.load import load_dataset
+    from schnet_model.data.splits import train_val
+    from schnet_model.explore import explore
+
+    console = console or Console()
+    if not spec.dataset.test_files():
+        raise LearnError(f"{spec.name}: sweep learn needs a fixed test set that no round selects from or trains on: give "
+                         "dataset.test_path (e.g. --set dataset.test_path=test_1000K.npz); the dataset file grows every round")
+    out = out.resolve()
+    uri = spec.tracking.resolved_uri()
+    experiment = spec.tracking.experiment or spec.name
+    store = Store(uri, experiment)
+    if resume:
+        path = latest_unfinished(out, spec.name)
+        if path is None:
+            raise LearnError(f"no unfinished campaign {spec.name}-learn-* under {out} to resume")
+        camp = Campaign.load(path)
+        opts = LearnOptions(**camp.options)
+        console.print(f"resuming campaign {camp.name} at round {len(camp.rounds)} of {opts.rounds}")
+    else:
+        name = f"{spec.name}-learn-{datetime.now():%Y%m%d-%H%M%S}"
+        run_id = store.client.create_run(store.exp_id, run_name=name, tags={ROLE: "campaign", SWEEP_ID: name,
+                                                                             keys.SPEC_NAME: spec.name}).info.run_id
+        store.log(run_id, {}, params={**{k: v for k, v in asdict(opts).items()}, "test_sets": ",".join(spec.dataset.test_files())})
+        camp = Campaign(name, spec.name, asdict(opts), run_id, uri, experiment)
+        (out / name).mkdir(parents=True, exist_ok=True)
+    root = out / camp.name
+    for stale in store.find(**{ROLE: "round", CAMPAIGN_TAG: camp.run_id}):  # a round that crashed part-way
+        if stale.info.status == "RUNNING" and int(stale.data.tags.get(ROUND_TAG, -1)) >= len(camp.rounds):
+            store.end(stale.info.run_id, "FAILED")
+
+    if camp.rounds:
+        nxt = root / f"data_r{len(camp.rounds)}.json"
+        if not nxt.is_file():
+            raise LearnError(f"{root}: round {len(camp.rounds) - 1} finished but {nxt.name} is missing")
+        version = Version(**json.loads(nxt.read_text()))
+    else:
+        path0 = root / "data_r0.npz"
+        if (root / "data_r0.json").is_file():
+            version = Version(**json.loads((root / "data_r0.json").read_text()))
+        else:
+            ds = load_dataset(spec.dataset)
+            mols = ds.molecules
+            n = spec.dataset.n_train + spec.dataset.n_val
+            if n > len(mols):
+                raise DataError(f"{spec.dataset.path}: dataset.n_train + dataset.n_val = {n} but the file has {len(mols)} molecules")
+            tr, va = train_val(np.arange(len(mols)), spec.dataset.n_train, spec.dataset.n_val, spec.dataset.split_seed)
+            version = initial(mols, np.concatenate([tr, va]), path0, mols.meta.get("theory", "unknown"))
+    console.print(f"campaign {camp.name}: {opts.rounds} rounds × {opts.per_round} molecules ({opts.strategy} selection, "
+                  f"{opts.method} labels, exploration MD at {opts.temperature:g} K); data {version.n_molecules} molecules; "
+                  f"state {root / CAMPAIGN_JSON}", soft_wrap=True)
+
+    for r in range(len(camp.rounds), opts.rounds + 1):
+        t0 = time.time()
+        rid = store.client.create_run(store.exp_id, run_name=f"{camp.name}-round{r}",
+                                      tags={ROLE: "round", PARENT: camp.run_id, CAMPAIGN_TAG: camp.run_id, ROUND_TAG: str(r)}).info.run_id
+        store.client.log_artifact(rid, version.path)
+        store.client.log_artifact(rid, str(version.sidecar()))
+        store.log(rid, {"n_molecules": version.n_molecules, "added": version.added},
+                  params={"dataset_sha256": version.sha256, "dataset_parent_sha256": version.parent_sha256})
+        # -- retrain -------------------------------------------------------------------------------------------
+        s = round_spec(spec, version, f"{camp.name}-r{r}", camp.params if r else None)
+        outcome = run_sweep(s, address=address, console=console)
+        if outcome.best is None:
+            store.end(rid, "FAILED")
+            raise LearnError(f"round {r}: sweep {outcome.name} ended with no completed trial")
+        if r == 0 and spec.space():
+            camp.params = dict(outcome.best.params)
+        store.client.set_tag(outcome.parent_run_id, CAMPAIGN_TAG, camp.run_id)
+        store.client.set_tag(outcome.parent_run_id, ROUND_TAG, str(r))
+        store.client.set_tag(rid, "sweep.round_sweep", outcome.name)
+        with no_artifact_progress_bar():
+            ens = resolve(outcome.name, uri, rebuild=True, console=console).ensemble
+        ens.save(root / f"ensemble_r{r}")
+        metrics = evaluate(ens, s.dataset)
+        store.log(rid, metrics)
+        store.log(camp.run_id, {"n_molecules": version.n_molecules, **metrics}, step=r)
+        u = ens.energy_unit
+        console.print(f"round {r}: {version.n_molecules} molecules; " + "; ".join(
+            f"{t}: energy MAE {metrics[f'{t}_energy_mae']:.4g} {u}, forces MAE {metrics[f'{t}_forces_mae']:.4g} {u}/Å"
+            for t in spec.dataset.test_files()), soft_wrap=True)
+        record = RoundRecord(r, asdict(version), outcome.name, rid, metrics)
+        # -- explore, select, label -----------------------------------------------------------------------------
+        if r < opts.rounds:
+            rng = np.random.default_rng([opts.seed, r])
+            with np.load(version.path, allow_pickle=False) as npz:
+                R, z = npz["R"], npz["z"]
+            from ase import Atoms
+
+            starts = [Atoms(numbers=z, positions=R[i]) for i in rng.choice(len(R), opts.trajectories, replace=False)]
+            trajs = explore(ens, starts, opts.temperature, opts.steps, opts.threshold, seed=opts.seed * 1000 + r,
+                            every=opts.every)
+            frames = [f for t in trajs for f in t.frames]
+            scored = score(ens, frames)
+            idx = choose(scored.score, descriptors(frames), min(opts.per_round, len(frames)), opts.strategy,
+                         seed=opts.seed * 1000 + r)
+            chosen = selected_frames(scored, idx, opts.strategy)
+            sel_path = write_selection(chosen, root / f"selected_r{r}.extxyz")
+            stopped = sum(t.stopped_at is not None for t in trajs)
+            sel_metrics = {"candidates": len(frames), "trajectories_stopped": stopped,
+                           "candidates_forces_std_max_median": float(np.median(scored.score)),
+                           "selected_forces_std_max_median": float(np.median(scored.score[idx]))}
+            store.log(rid, sel_metrics)
+            store.client.log_artifact(rid, str(sel_path))
+            labelled = relabel({"R": np.stack([a.positions for a in chosen]), "z": z}, opts.method)
+            version = grow(version, labelled, root / f"data_r{r + 1}.npz", r + 1, outcome.name, opts.strategy, opts.method)
+            record.selected = str(sel_path)
+            console.print(f"round {r}: {len(frames)} candidates from {len(trajs)} MD runs at {opts.temperature:g} K "
+                          f"({stopped} stopped by the {opts.threshold:g} eV/Å threshold); {len(idx)} selected "
+                          f"({opts.strategy}; median max force std {sel_metrics['selected_forces_std_max_median']:.3f} eV/Å "
+                          f"vs {sel_metrics['candidates_forces_std_max_median']:.3f} over candidates), labelled with "
+                          f"{theory(opts.method)} → {version.path}", soft_wrap=True)
+        record.seconds = time.time() - t0
+        store.end(rid, "FINISHED")
+        camp.rounds.append(record)
+        camp.save(out)
+    camp.status = "finished"
+    camp.save(out)
+    store.end(camp.run_id, "FINISHED")
+    return camp
+
+
+__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "evaluate", "latest_unfinished", "round_spec",
+           "run_campaign"]

@@ -1,0 +1,80 @@
+"""The ``sweep select`` command: candidates (a file, or the ensemble's own MD), the chosen molecules, their MLflow record."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from orchestrator.learn.select import (
+    STRATEGIES,
+    SelectError,
+    choose,
+    descriptors,
+    read_candidates,
+    score,
+    selected_frames,
+    write_selection,
+)
+
+
+def run_select(source: str | None, candidates: Path | None, explore_from: Path | None, n: int, strategy: str,
+               temperature: float, trajectories: int, steps: int, threshold: float, every: int, seed: int, out: Path,
+               tracking_uri: str | None, console: Console) -> list:
+    """Select ``n`` molecules; write them to ``out``; log the choice under the ensemble's sweep run when it has one."""
+    from orchestrator.ensemble.assemble import resolve
+    from orchestrator.spec.sweep import TrackingConfig
+    from orchestrator.tracking.store import PARENT, ROLE, Store, no_artifact_progress_bar
+
+    if strategy not in STRATEGIES:
+        raise SelectError(f"--strategy: {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if threshold <= 0 or temperature <= 0:
+        raise SelectError("--threshold and --temperature must be > 0")
+    frames = read_candidates(candidates or explore_from)  # read before anything is loaded: a bad file fails at once
+    uri = TrackingConfig(uri=tracking_uri).resolved_uri()
+    with no_artifact_progress_bar():
+        loaded = resolve(source, uri, console=console)
+    ens = loaded.ensemble
+    what = f"{len(frames)} frames of {candidates}"
+    if explore_from is not None:
+        from schnet_model.explore import explore
+
+        rng = np.random.default_rng(seed)
+        starts = [frames[i] for i in rng.choice(len(frames), trajectories, replace=len(frames) < trajectories)]
+        trajs = explore(ens, starts, temperature, steps, threshold, seed=seed, every=every)
+        frames = [f for t in trajs for f in t.frames]
+        stopped = sum(t.stopped_at is not None for t in trajs)
+        what = (f"{len(frames)} frames of {len(trajs)} MD runs at {temperature:g} K from {explore_from} "
+                f"({stopped} stopped by the {threshold:g} eV/Å threshold)")
+    scored = score(ens, frames)
+    idx = choose(scored.score, descriptors(frames), n, strategy, seed)  # type: ignore[arg-type]
+    chosen = selected_frames(scored, idx, strategy)
+    write_selection(chosen, out)
+    console.print(f"ensemble: {loaded.description}; candidates: {what}; max per-atom force std (calibrated) median "
+                  f"{np.median(scored.score):.3f} eV/Å, of the {len(idx)} selected ({strategy}) median "
+                  f"{np.median(scored.score[idx]):.3f} eV/Å → {out} (predictions and stds in eV, eV/Å)", soft_wrap=True)
+    sweep_run = ens.meta.get("sweep_run_id")
+    if sweep_run:
+        store = Store(uri, ens.meta.get("experiment") or "Default")
+        rid = store.client.create_run(store.exp_id, run_name=f"select-{Path(out).stem}",
+                                      tags={ROLE: "selection", PARENT: sweep_run}).info.run_id
+        store.log(rid, {"candidates": len(frames), "selected": len(idx),
+                        "candidates_forces_std_max_median": float(np.median(scored.score)),
+                        "selected_forces_std_max_median": float(np.median(scored.score[idx]))},
+                  params={"strategy": strategy, "source": str(candidates or explore_from), "seed": seed,
+                          **({"temperature_K": temperature, "trajectories": trajectories, "steps": steps,
+                              "threshold_eV_per_A": threshold} if explore_from else {})})
+        with tempfile.TemporaryDirectory() as t:
+            store.client.log_artifact(rid, str(write_selection(chosen, Path(t) / Path(out).name)))
+        store.end(rid, "FINISHED")
+        console.print(f"logged as run {rid} under sweep run {sweep_run} ({uri}); label them with: sweep data generate "
+                      f"--relabel {out} -o labelled.npz", soft_wrap=True)
+    else:
+        console.print(f"not logged in MLflow (the ensemble has no sweep run); label them with: sweep data generate "
+                      f"--relabel {out} -o labelled.npz", soft_wrap=True)
+    return chosen
+
+
+__all__ = ["SelectError", "run_select"]

@@ -1,0 +1,155 @@
+"""``sweep select``: which candidate molecules to label next, by calibrated uncertainty with diversity.
+
+Candidates are ASE ``Atoms`` (frames of the ensemble's own MD, :mod:`schnet_model.explore`, or a
+user's file) scored by the ensemble's recalibrated uncertainty: the largest per-atom force std
+``forces_std_max = max_a sqrt(σx² + σy² + σz²)`` (eV/Å), the quantity DP-GEN's model deviation and
+``examples/md_uncertainty.py`` use.
+
+``uncertainty`` (the default) keeps the ``pool_factor·N`` most uncertain candidates, clusters them
+into N groups in a structural descriptor space (k-means++ on standardised inverse interatomic
+distances when all candidates are the same molecule, else on sorted Coulomb-matrix eigenvalues),
+and takes the most uncertain candidate of each group: N near-duplicates from one stretch of one
+trajectory cannot all be chosen. ``random`` draws N uniformly (the control of the benchmark).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from ase import Atoms
+
+from schnet_model.data.molecules import Molecules
+from schnet_model.ensemble import SchNetEnsemble
+
+Strategy = Literal["uncertainty", "random"]
+STRATEGIES: tuple[str, ...] = ("uncertainty", "random")
+POOL_FACTOR = 4  # the uncertainty strategy clusters the POOL_FACTOR·N most uncertain candidates
+
+
+class SelectError(ValueError):
+    """Bad selection input (one line, names the file or option)."""
+
+
+@dataclass
+class Scored:
+    """Candidates with the ensemble's prediction (eV, eV/Å; stds recalibrated)."""
+
+    frames: list[Atoms]
+    energy: np.ndarray  # [n] eV
+    energy_std: np.ndarray  # [n] eV
+    forces: list[np.ndarray]  # n × [n_atoms, 3] eV/Å
+    forces_std_norm: list[np.ndarray]  # n × [n_atoms] eV/Å
+    score: np.ndarray  # [n] forces_std_max, eV/Å
+
+
+def score(ens: SchNetEnsemble, frames: list[Atoms]) -> Scored:
+    """The ensemble's calibrated prediction for every frame (positions in Å)."""
+    if not frames:
+        raise SelectError("no candidate molecules to select from")
+    ens.check_elements(np.concatenate([a.numbers for a in frames]), "candidates")
+    ptr = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
+    mols = Molecules(Z=np.concatenate([a.numbers for a in frames]), R=np.concatenate([a.positions for a in frames]),
+                     atom_ptr=ptr, E=None, F=None, energy_unit=ens.energy_unit, name="candidates")
+    p = ens.predict(mols).to_unit("eV")
+    split = ptr[1:-1]
+    return Scored(frames, p.energy, p.energy_std, np.split(p.forces, split), np.split(p.forces_std_norm, split),
+                  np.asarray(p.forces_std_max))
+
+
+def descriptors(frames: list[Atoms]) -> np.ndarray:
+    """[n, d] structural descriptors: inverse pair distances (1/Å) for one molecule, else Coulomb eigenvalues."""
+    same = all(len(a) == len(frames[0]) and np.array_equal(a.numbers, frames[0].numbers) for a in frames)
+    if same:
+        i, j = np.triu_indices(len(frames[0]), 1)
+        R = np.stack([a.positions for a in frames])  # [n, n_atoms, 3]
+        return 1.0 / np.linalg.norm(R[:, i] - R[:, j], axis=-1)  # [n, n_pairs]
+    width = max(len(a) for a in frames)
+    out = np.zeros((len(frames), width))
+    for k, a in enumerate(frames):
+        z = a.numbers.astype(float)
+        d = np.linalg.norm(a.positions[:, None] - a.positions[None], axis=-1)
+        np.fill_diagonal(d, 1.0)
+        cm = np.outer(z, z) / d
+        np.fill_diagonal(cm, 0.5 * z**2.4)
+        out[k, : len(a)] = np.sort(np.linalg.eigvalsh(cm))[::-1]
+    return out
+
+
+def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, seed: int = 0,
+           pool_factor: int = POOL_FACTOR) -> np.ndarray:
+    """Indices of the ``n`` candidates to label, in order of selection (most uncertain first for ``uncertainty``)."""
+    if n < 1:
+        raise SelectError(f"select at least one molecule (got {n})")
+    if n > len(scores):
+        raise SelectError(f"cannot select {n} molecules from {len(scores)} candidates")
+    rng = np.random.default_rng(seed)
+    if strategy == "random":
+        return rng.choice(len(scores), n, replace=False)
+    if strategy != "uncertainty":
+        raise SelectError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    top = np.argsort(-scores, kind="stable")[: max(n, pool_factor * n)]  # [m] most uncertain first
+    if len(top) == n:
+        return top
+    from scipy.cluster.vq import kmeans2
+
+    x = desc[top]
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    _, label = kmeans2(x, n, minit="++", seed=rng, iter=20)
+    picked = [int(top[label == c][0]) for c in range(n) if (label == c).any()]  # the most uncertain of each group
+    for i in top:  # empty clusters: the next most uncertain not yet chosen
+        if len(picked) == n:
+            break
+        if int(i) not in picked:
+            picked.append(int(i))
+    return np.array(sorted(picked, key=lambda i: -scores[i]))
+
+
+def selected_frames(scored: Scored, idx: np.ndarray, strategy: str) -> list[Atoms]:
+    """The chosen frames with their predictions (``*_pred``, eV and eV/Å: not labels) and provenance in ``info``."""
+    out = []
+    for rank, i in enumerate(idx):
+        src = scored.frames[i]
+        a = Atoms(numbers=src.numbers, positions=src.positions)
+        a.info.update({k: v for k, v in src.info.items() if k in ("trajectory", "step", "time_fs", "temperature_K")})
+        a.info.update(candidate=int(i), rank=rank, strategy=strategy, energy_pred=float(scored.energy[i]),
+                      energy_std=float(scored.energy_std[i]), forces_std_max=float(scored.score[i]), energy_unit="eV")
+        a.arrays["forces_pred"] = scored.forces[i]
+        a.arrays["forces_std_norm"] = scored.forces_std_norm[i]
+        out.append(a)
+    return out
+
+
+def read_candidates(path: Path) -> list[Atoms]:
+    """Every frame of an ASE-readable file (positions in Å), as a one-line :class:`SelectError` when it cannot be read."""
+    import ase.io
+
+    if not path.is_file():
+        raise SelectError(f"{path}: no such file")
+    try:
+        frames = ase.io.read(path, ":")
+    except Exception as e:  # noqa: BLE001 — ASE raises many kinds on a file it cannot parse
+        raise SelectError(f"{path}: not a readable molecule file ({type(e).__name__}: {e})") from None
+    if not frames:
+        raise SelectError(f"{path}: no frames")
+    return frames
+
+
+def write_selection(frames: list[Atoms], out: Path) -> Path:
+    """Extended XYZ, written atomically."""
+    import io
+
+    import ase.io
+
+    from schnet_model.files import write_text
+
+    buf = io.StringIO()
+    ase.io.write(buf, frames, format="extxyz")
+    write_text(out, buf.getvalue())
+    return out
+
+
+__all__ = ["POOL_FACTOR", "STRATEGIES", "Scored", "SelectError", "Strategy", "choose", "descriptors", "read_candidates",
+           "score", "selected_frames", "write_selection"]
