@@ -73,6 +73,7 @@ STAGE_IMPORTS = {
     "cluster": {"spec"},
     "search": {"spec", "tracking", "cluster"},
     "ensemble": {"spec", "tracking"},
+    "learn": {"spec", "tracking", "search", "ensemble"},  # active learning: sweeps and ensembles, round after round
 }
 RAY_FREE_STAGES = {"spec", "tracking", "ensemble"}
 RAY_ALLOWED = {"orchestrator.tracking.callback"}  # the Tune callback, imported by the search driver only

@@ -68,9 +68,14 @@ class LearnOptions:
         from schnet_model.data.generate import parse_method
 
         try:
-            parse_method(self.method)
+            kind, _, _ = parse_method(self.method)
         except ValueError as e:
             raise LearnError(f"--method: {e}") from None
+        import importlib.util
+
+        package, extra = ("tblite", "generate") if kind == "gfn2-xtb" else ("pyscf", "dft")
+        if importlib.util.find_spec(package) is None:
+            raise LearnError(f"--method {self.method}: the labels need {package}; pip install -e '.[{extra}]'")
         for name in ("rounds", "per_round", "trajectories", "steps", "every"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise LearnError(f"--{name.replace('_', '-')}: must be ≥ {0 if name == 'rounds' else 1} (got {getattr(self, name)})")

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from ase import Atoms
 
-from schnet_model.data.molecules import Molecules
+from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.ensemble import SchNetEnsemble
 
 Strategy = Literal["uncertainty", "random"]
@@ -124,17 +124,12 @@ def selected_frames(scored: Scored, idx: np.ndarray, strategy: str) -> list[Atom
 
 def read_candidates(path: Path) -> list[Atoms]:
     """Every frame of an ASE-readable file (positions in Å), as a one-line :class:`SelectError` when it cannot be read."""
-    import ase.io
+    from schnet_model.data.formats_ase import read_frames
 
-    if not path.is_file():
-        raise SelectError(f"{path}: no such file")
     try:
-        frames = ase.io.read(path, ":")
-    except Exception as e:  # noqa: BLE001 — ASE raises many kinds on a file it cannot parse
-        raise SelectError(f"{path}: not a readable molecule file ({type(e).__name__}: {e})") from None
-    if not frames:
-        raise SelectError(f"{path}: no frames")
-    return frames
+        return read_frames(path)
+    except DataError as e:
+        raise SelectError(str(e)) from None
 
 
 def write_selection(frames: list[Atoms], out: Path) -> Path:

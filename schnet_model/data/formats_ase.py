@@ -411,6 +411,17 @@ def iter_ase_frames(path: Path, io_fmt: str | None) -> Iterator[tuple[int, Any]]
         yield k, atoms
 
 
+def read_frames(path: str | Path) -> list[Any]:
+    """Every frame of an ASE-readable file as ``ase.Atoms``; a missing, empty or malformed file raises DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    frames = [a for _, a in iter_ase_frames(path, "extxyz" if path.suffix in (".xyz", ".extxyz") else None)]
+    if not frames:
+        raise DataError(f"{path}: no frames")
+    return frames
+
+
 def frame_energy(atoms, key: str = "energy") -> Any:
     """``atoms.info[key]``, else the calculator's result, else None."""
     if key in atoms.info:

@@ -179,14 +179,13 @@ def geometries(path: str | Path) -> dict[str, np.ndarray]:
         if "R" not in arrays or "z" not in arrays:
             raise ValueError(f"{path}: expected an MD17 npz with keys R and z")
         return arrays
-    import ase.io
+    from schnet_model.data.formats_ase import read_frames
+    from schnet_model.data.molecules import DataError
 
     try:
-        frames = ase.io.read(path, ":")
-    except Exception as e:  # noqa: BLE001 — ASE raises many kinds on a file it cannot parse
-        raise ValueError(f"{path}: not a readable molecule file ({type(e).__name__}: {e})") from None
-    if not frames:
-        raise ValueError(f"{path}: no frames")
+        frames = read_frames(path)
+    except DataError as e:
+        raise ValueError(str(e)) from None
     z = frames[0].numbers
     for k, a in enumerate(frames):
         if not np.array_equal(a.numbers, z):
