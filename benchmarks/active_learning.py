@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--temperature", type=float, default=1000.0, help="K, exploration MD")
-    ap.add_argument("--trajectories", type=int, default=8)
+    ap.add_argument("--trajectories", type=int, default=16)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--threshold", type=float, default=1.0, help="eV/Å")
     ap.add_argument("--test-frames", type=int, default=300)

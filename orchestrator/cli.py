@@ -175,6 +175,8 @@ def select(
     steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs), with --explore")] = 400,
     threshold: Annotated[float, typer.Option(help="eV/Å: an MD run stops when a per-atom force std exceeds it")] = 1.0,
     every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
+    max_std: Annotated[float | None, typer.Option(help="eV/Å: leave out candidates whose max force std exceeds this (upper "
+                                                  "trust level; default: --threshold with --explore, none with --candidates)")] = None,
     seed: int = 0,
     out: Annotated[Path, typer.Option("-o", "--out", help="extended XYZ of the selected molecules (predictions and stds, eV and eV/Å)")] = Path("selected.extxyz"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
@@ -189,7 +191,7 @@ def select(
         fail("give --candidates FILE or --explore FILE (start geometries for the ensemble's MD)")
     try:
         run_select(source, candidates, explore, n, strategy, temperature, trajectories, steps, threshold, every, seed, out,
-                   tracking_uri, console)
+                   tracking_uri, console, max_std)
     except (SelectError, EnsembleCommandError, EnsembleError, DataError) as e:
         fail(str(e))
 
@@ -203,9 +205,10 @@ def learn(
     temperature: Annotated[float, typer.Option(help="K, the exploration MD")] = 500.0,
     strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std with diversity) or random")] = "uncertainty",
     method: Annotated[str, typer.Option(help="reference labels: gfn2-xtb or pyscf:<functional>/<basis>")] = "gfn2-xtb",
-    trajectories: Annotated[int, typer.Option(min=1, help="exploration MD runs per round")] = 8,
+    trajectories: Annotated[int, typer.Option(min=1, help="exploration MD runs per round")] = 16,
     steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs)")] = 400,
-    threshold: Annotated[float, typer.Option(help="eV/Å: an MD run stops when a per-atom force std exceeds it")] = 1.0,
+    threshold: Annotated[float, typer.Option(help="eV/Å: an MD run stops when a per-atom force std exceeds it; the "
+                                             "uncertainty selection leaves out candidates above it")] = 1.0,
     every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="campaign directories (datasets per round, selections, ensembles)")] = Path("campaigns"),

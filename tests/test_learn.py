@@ -47,6 +47,14 @@ def test_uncertainty_selection_takes_the_most_uncertain_of_each_group_not_near_d
     assert choose(scores, desc, 25, "uncertainty").tolist() == np.argsort(-scores, kind="stable").tolist()  # all of them
 
 
+def test_candidates_above_the_upper_trust_level_are_left_out_unless_too_few_are_below_it():
+    scores = np.array([5.0, 0.9, 0.8, 3.0, 0.1, 0.5])  # 5.0 and 3.0: where exploration runs crossed the threshold
+    desc = np.arange(6.0)[:, None]
+    assert choose(scores, desc, 2, "uncertainty", max_score=1.0).tolist() == [1, 5]  # groups {1, 2} and {4, 5}
+    assert choose(scores, desc, 5, "uncertainty", max_score=1.0).tolist() == [1, 2, 5, 4, 3]  # + the least uncertain above
+    assert sorted(choose(scores, desc, 6, "random", max_score=1.0).tolist()) == list(range(6))  # random: the whole pool
+
+
 def test_random_selection_is_seeded_and_without_repeats():
     scores, desc = np.arange(50.0), np.zeros((50, 3))
     a, b, c = (choose(scores, desc, 10, "random", seed=s) for s in (1, 1, 2))

@@ -19,7 +19,7 @@ def _plan(budget=1500.0, fold_epoch=1.0, **kw):
 
 
 def test_a_25_minute_budget_on_2_cores_screens_at_least_10_configurations_and_fits_the_budget():
-    plan = _plan()
+    plan = _plan(baseline_final=True)
     assert plan.screen.configs >= MIN_SCREENED and plan.screen.folds == 1 and 1 <= plan.screen.epochs <= 50
     assert plan.final.folds == 5 and 2 <= plan.final.configs <= plan.screen.configs + 1
     assert plan.screen.seconds + plan.final.seconds == pytest.approx(USABLE * 1500, rel=1e-6)
@@ -27,6 +27,16 @@ def test_a_25_minute_budget_on_2_cores_screens_at_least_10_configurations_and_fi
     assert plan.trial_seconds == pytest.approx(plan.final.seconds / plan.final.configs)
     text = "\n".join(plan.lines())
     assert "configurations × fold 0" in text and "the paper configuration + the" in text and "× 5 folds" in text
+
+
+def test_without_a_privileged_baseline_the_final_rungs_time_goes_to_the_best_screened():
+    """search.baseline: screen (the default): the paper configuration is a finalist only if it screens among the best,
+    so a budget that trains one k-fold trial to max_epochs gives it all the final rung's time."""
+    plan = _plan()
+    assert not plan.baseline_final and plan.final.configs == 1 and plan.trial_seconds is None
+    assert "rung 2, final: the best screened configuration × 5 folds" in "\n".join(plan.lines())
+    big = _plan(budget=1e6)  # time for several finalists: at most MAX_FINALISTS, never more than were screened
+    assert 1 < big.final.configs <= min(4, big.screen.configs) and "the 4 best screened configurations" in "\n".join(big.lines())
 
 
 def test_a_slow_epoch_lowers_the_screening_epochs_before_the_number_of_configurations():

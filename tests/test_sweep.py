@@ -41,7 +41,7 @@ def runs(db: Path) -> list[dict]:
     out = []
     for exp in c.search_experiments():
         for r in c.search_runs([exp.experiment_id], max_results=10_000):
-            out.append({"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics,
+            out.append({"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics, "params": r.data.params,
                         "artifacts": [a.path for a in c.list_artifacts(r.info.run_id)]})
     return out
 
@@ -272,19 +272,22 @@ def test_a_trial_the_time_budget_ends_keeps_its_best_fold_states_and_the_sweep_h
     assert s.returncode == 0 and "stopped by budget" in s.stdout
 
 
-def test_a_budget_plan_screens_on_one_fold_then_trains_the_paper_and_best_configurations_with_all_folds(tmp_path):
+@pytest.mark.parametrize("baseline", ["final", "screen"])
+def test_a_budget_plan_screens_on_one_fold_then_trains_the_best_configurations_with_all_folds(tmp_path, baseline):
     """search.plan: auto: the plan is printed from a measured epoch; screening trials train fold 0 alone; the final
-    rung trains the paper configuration and the best screened one with all k folds; the sweep ends within its
-    budget (plus start-up) with a best trial that has k fold models, and reports the paper configuration next to it."""
+    rung trains the best screened configurations (baseline: final — and the paper configuration) with all k folds;
+    the sweep ends within its budget (plus start-up) with a best trial that has k fold models, and reports the paper
+    configuration next to it (at full fidelity, or its screening when it was not promoted)."""
     p = spec_file(tmp_path, search={"num_samples": 12, "max_concurrent": 2, "scheduler": {"asha": {"grace_period": 3}},
-                                    "time_budget": 60, "initial_points": [{"training.lr": 1.0e-3}]},
+                                    "time_budget": 60, "initial_points": [{"training.lr": 1.0e-3}], "baseline": baseline},
                   training__max_epochs=40, training__early_stopping_patience=None)
     t0 = time.time()
     r = sweep("run", str(p), cwd=tmp_path, timeout=400)
     wall = time.time() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
-    assert "budget plan for" in out and "rung 1, screen:" in out and "rung 2, final: the paper configuration" in out
+    assert "budget plan for" in out and "rung 1, screen:" in out
+    assert ("rung 2, final: the paper configuration" in out) == (baseline == "final")
     assert "paper configuration" in out.split("top trials")[-1] and "best trial" in out
     all_runs = runs(tmp_path / "mlflow.db")
     trials = [t for t in all_runs if t["tags"].get("sweep.role") == "trial"]
@@ -292,11 +295,19 @@ def test_a_budget_plan_screens_on_one_fold_then_trains_the_paper_and_best_config
     screened = [t for t in trials if t["tags"].get("sweep.status") == "screened"]
     final = [t for t in trials if t["tags"].get("sweep.status") in ("completed", "stopped by budget")]
     assert len(screened) >= 2 and all(len(folds_of[t["id"]]) == 1 for t in screened)
-    assert len(final) >= 2 and all(len(folds_of[t["id"]]) == 2 for t in final)
+    assert len(final) >= (2 if baseline == "final" else 1) and all(len(folds_of[t["id"]]) == 2 for t in final)
     assert all("model" in f["artifacts"] for t in final for f in folds_of[t["id"]])
     sweep_run = next(x for x in all_runs if x["tags"].get("sweep.role") == "sweep")
     assert sweep_run["tags"]["sweep.best_trial_run_id"] in {t["id"] for t in final}
-    assert "sweep.baseline_trial_id" in sweep_run["tags"] and sweep_run["metrics"]["baseline_test_forces_mae"] > 0
+    base = next(t for t in trials if t["id"] == sweep_run["tags"]["sweep.baseline_trial_id"] or
+                t["tags"].get("sweep.trial_id") == sweep_run["tags"]["sweep.baseline_trial_id"])
+    assert float(base["params"]["training.lr"]) == 1.0e-3  # the paper configuration's trial
+    fidelity = sweep_run["tags"]["sweep.baseline_fidelity"]
+    assert fidelity == ("final" if base in final else "screen") and (baseline == "screen" or fidelity == "final")
+    if fidelity == "screen":
+        assert "not promoted" in out
+    else:
+        assert sweep_run["metrics"]["baseline_test_forces_mae"] > 0
     assert wall < 60 + 90, wall  # the budget, plus Ray's start-up and the driver's own work (2-core CI machine)
 
 

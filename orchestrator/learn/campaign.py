@@ -3,7 +3,7 @@
 Round r (0 … R) trains on dataset version r and evaluates the ensemble on the fixed test set(s)
 (``dataset.test_path``: never selected from, never trained on); rounds before the last then explore
 with the ensemble (Langevin MD from frames of the current data, stopped where the force std
-crosses the threshold), select N molecules (:mod:`orchestrator.learn.select`), label them with the
+crosses the threshold), select N molecules below the threshold (:mod:`orchestrator.learn.select`), label them with the
 reference method and write dataset version r + 1 (:mod:`orchestrator.learn.dataset`).
 
 Training: round 0 runs the spec as given (a search when it searches); later rounds train the best
@@ -56,7 +56,7 @@ class LearnOptions:
     temperature: float = 500.0  # K, exploration MD
     strategy: str = "uncertainty"  # or random
     method: str = "gfn2-xtb"  # reference labels (or pyscf:<functional>/<basis>)
-    trajectories: int = 8  # exploration MD runs per round
+    trajectories: int = 16  # exploration MD runs per round
     steps: int = 400  # MD steps per run at most (0.5 fs each)
     every: int = 10  # a candidate frame every `every` steps
     threshold: float = 1.0  # eV/Å: a run stops when a per-atom force std exceeds it
@@ -264,7 +264,7 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
             frames = [f for t in trajs for f in t.frames]
             scored = score(ens, frames)
             idx = choose(scored.score, descriptors(frames), min(opts.per_round, len(frames)), opts.strategy,
-                         seed=opts.seed * 1000 + r)
+                         seed=opts.seed * 1000 + r, max_score=opts.threshold)
             chosen = selected_frames(scored, idx, opts.strategy)
             sel_path = write_selection(chosen, root / f"selected_r{r}.extxyz")
             stopped = sum(t.stopped_at is not None for t in trajs)

@@ -22,7 +22,7 @@ from orchestrator.learn.select import (
 
 def run_select(source: str | None, candidates: Path | None, explore_from: Path | None, n: int, strategy: str,
                temperature: float, trajectories: int, steps: int, threshold: float, every: int, seed: int, out: Path,
-               tracking_uri: str | None, console: Console) -> list:
+               tracking_uri: str | None, console: Console, max_std: float | None = None) -> list:
     """Select ``n`` molecules; write them to ``out``; log the choice under the ensemble's sweep run when it has one."""
     from orchestrator.ensemble.assemble import resolve
     from orchestrator.spec.sweep import TrackingConfig
@@ -49,7 +49,8 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
         what = (f"{len(frames)} frames of {len(trajs)} MD runs at {temperature:g} K from {explore_from} "
                 f"({stopped} stopped by the {threshold:g} eV/Å threshold)")
     scored = score(ens, frames)
-    idx = choose(scored.score, descriptors(frames), n, strategy, seed)  # type: ignore[arg-type]
+    idx = choose(scored.score, descriptors(frames), n, strategy, seed,  # type: ignore[arg-type]
+                 max_score=max_std if max_std is not None else (threshold if explore_from is not None else None))
     chosen = selected_frames(scored, idx, strategy)
     write_selection(chosen, out)
     console.print(f"ensemble: {loaded.description}; candidates: {what}; max per-atom force std (calibrated) median "

@@ -5,7 +5,10 @@ user's file) scored by the ensemble's recalibrated uncertainty: the largest per-
 ``forces_std_max = max_a sqrt(σx² + σy² + σz²)`` (eV/Å), the quantity DP-GEN's model deviation and
 ``examples/md_uncertainty.py`` use.
 
-``uncertainty`` (the default) keeps the ``pool_factor·N`` most uncertain candidates, clusters them
+``uncertainty`` (the default) first leaves out candidates above ``max_score`` (DP-GEN's upper trust
+level: the frame at which an exploration run crossed its threshold is usually a geometry the reference
+would never visit at that temperature, and labelling it teaches the model about the wrong region),
+then keeps the ``pool_factor·N`` most uncertain of the rest, clusters them
 into N groups in a structural descriptor space (k-means++ on standardised inverse interatomic
 distances when all candidates are the same molecule, else on sorted Coulomb-matrix eigenvalues),
 and takes the most uncertain candidate of each group: N near-duplicates from one stretch of one
@@ -79,8 +82,12 @@ def descriptors(frames: list[Atoms]) -> np.ndarray:
 
 
 def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, seed: int = 0,
-           pool_factor: int = POOL_FACTOR) -> np.ndarray:
-    """Indices of the ``n`` candidates to label, in order of selection (most uncertain first for ``uncertainty``)."""
+           pool_factor: int = POOL_FACTOR, max_score: float | None = None) -> np.ndarray:
+    """Indices of the ``n`` candidates to label, in order of selection (most uncertain first for ``uncertainty``).
+
+    ``max_score``: the uncertainty strategy's upper trust level (candidates above it are taken only when fewer than
+    ``n`` lie below it, least uncertain first); ``random`` ignores it (the naive control).
+    """
     if n < 1:
         raise SelectError(f"select at least one molecule (got {n})")
     if n > len(scores):
@@ -90,7 +97,13 @@ def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, see
         return rng.choice(len(scores), n, replace=False)
     if strategy != "uncertainty":
         raise SelectError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    top = np.argsort(-scores, kind="stable")[: max(n, pool_factor * n)]  # [m] most uncertain first
+    order = np.argsort(-scores, kind="stable")  # most uncertain first
+    if max_score is not None:
+        trusted = order[scores[order] <= max_score]
+        if len(trusted) < n:  # too few below the trust level: the least uncertain above it complete the choice
+            return np.concatenate([trusted, order[scores[order] > max_score][::-1][: n - len(trusted)]])
+        order = trusted
+    top = order[: max(n, pool_factor * n)]  # [m]
     if len(top) == n:
         return top
     from scipy.cluster.vq import kmeans2

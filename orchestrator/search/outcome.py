@@ -14,6 +14,7 @@ from rich.table import Table
 from orchestrator.tracking import keys
 from orchestrator.tracking.statuses import (
     RANK,
+    SCREENED,
     trial_status,
 )
 
@@ -105,6 +106,16 @@ def baseline_line(outcome: SweepOutcome) -> str:
 
     if best.trial_id == base.trial_id:
         return f"the paper configuration is the best trial ({errs(base)}): the search found nothing better in its budget"
+    if base.status == SCREENED:  # search.baseline: screen, and it was not promoted: compare the two screenings
+        screened = sorted((t for t in outcome.trials if t.status == SCREENED and t.val_loss_mean is not None),
+                          key=lambda t: t.val_loss_mean)
+        mine = next((t for t in screened if t.params == best.params), None)
+        place = next((i + 1 for i, t in enumerate(screened) if t.trial_id == base.trial_id), None)
+        vs = "" if mine is None else f" vs {mine.val_loss_mean:.4g} for the best trial's configuration"
+        return (f"paper configuration (trial {base.trial_id}): screened on fold 0 for {base.epochs} epochs, val loss "
+                f"{base.val_loss_mean:.4g}{vs} (rank {place} of {len(screened)}); not promoted, so the final rung's time "
+                f"went to the best screened (search.baseline: final trains it with all k folds too)\n"
+                f"best trial ({best.trial_id}): {errs(best)}")
     gain = ""
     bf, pf = best.tests.get(name, {}).get("forces"), base.tests.get(name, {}).get("forces")
     if bf is not None and pf:

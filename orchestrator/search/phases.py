@@ -139,7 +139,7 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         cpusk = resk.trial_cpus(k) if resk.resolved_layout() == "stacked" else k * resk.cpus_per_fold
         plan = make_plan(budget - (time.time() - t0), seconds, node.get("CPU", cpusk), k, cpus1,
                          spec.search.max_concurrent, cpusk, spec.search.max_concurrent, spec.max_epochs(),
-                         spec.search.num_samples, grace_epochs(spec))
+                         spec.search.num_samples, grace_epochs(spec), baseline_final=spec.search.baseline == "final")
         meta.update(plan=plan.as_dict(), tune_experiments=[name], plan_started=t0)
         write_json(sweep_dir / "sweep.json", meta)
     for line in plan.lines():
@@ -163,16 +163,27 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         resume = False
     else:
         screened = runner.restored(experiments[0])
-    finalists = [paper, *top_configs(screened, plan.final.configs - 1, exclude=paper)] if paper else \
-        top_configs(screened, plan.final.configs)
-    console.print(f"final rung: {len(finalists)} configurations × {k} folds (the paper configuration and the best "
-                  f"{len(finalists) - 1} of {len(screened)} screened)")
+    if paper and plan.baseline_final:
+        finalists = [paper, *top_configs(screened, plan.final.configs - 1, exclude=paper)]
+        what = f"the paper configuration and the best {len(finalists) - 1} of {len(screened)} screened"
+    else:
+        finalists = top_configs(screened, plan.final.configs)
+        promoted = bool(paper) and any(is_config(f, paper) for f in finalists)
+        what = f"the best {len(finalists)} of {len(screened)} screened" + (
+            "; the paper configuration among them" if promoted else "; the paper configuration screened worse")
+    console.print(f"final rung: {len(finalists)} configuration{'s' if len(finalists) > 1 else ''} × {k} folds ({what})")
+    final_spec = spec
+    if unshared.resources.auto and len(finalists) < spec.search.max_concurrent:  # fewer finalists than slots: more CPUs each
+        fewer = unshared.model_copy(update={"search": unshared.search.model_copy(update={"max_concurrent": len(finalists)})})
+        final_spec = share_resources(fewer, node, "for the final rung, this machine's", console)
     end = start + plan.budget
     clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=plan.final.epoch_seconds)
-    phase = Phase(experiments[-1], spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
+    phase = Phase(experiments[-1], final_spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
                   clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE)
     final, ran_out = runner.run(phase, restore=resume)
     baseline = next((t for t in final if paper and is_config(t.params, paper)), None)
+    if baseline is None and paper:  # not promoted: its screening result is the baseline
+        baseline = next((t for t in screened if is_config(t.params, paper)), None)
     return final + [replace(t, earlier=True) for t in screened], baseline, ran_out
 
 

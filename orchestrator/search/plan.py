@@ -6,10 +6,13 @@ configuration and plans two rungs from it:
 1. **screen** — ``n`` configurations (the paper configuration first, then Optuna's) on fold 0 alone for ``r``
    epochs each: a fifth of a full trial's cost per epoch with k = 5, so many more configurations are tried than
    k-fold trials could be; ranked by fold 0's validation loss.
-2. **final** — the ``m`` best screened configurations plus the paper configuration (a baseline, not a privilege:
-   it is screened like the others, and trained at full fidelity so that what the search bought is measured), all
-   k folds, until early stopping, ``max_epochs`` or their share of the time left; a trial whose time is up
-   finalises its best fold states (models saved and evaluated, status ``stopped by budget``).
+2. **final** — the ``m`` best screened configurations (``m`` ≥ 1: as many as the time left can train to
+   convergence, at most ``MAX_FINALISTS``), all k folds, until early stopping, ``max_epochs`` or their share of the
+   time left; a trial whose time is up finalises its best fold states (models saved and evaluated, status
+   ``stopped by budget``). The paper configuration is a baseline, not a privilege: it is screened like the others
+   and promoted only if it screens among the best (``search.baseline: screen``, the default; its screening result
+   is reported next to the best configuration's); ``search.baseline: final`` always trains it with all k folds too,
+   so that what the search bought is measured at full fidelity — at the price of the best configurations' time.
 
 The cost model is linear in CPU-seconds: a fold-epoch costs ``fold_epoch_seconds × cpus`` of the screening trial,
 whatever layout runs it. Asynchronous successive halving (ASHA) without a plan lets the first trial run to
@@ -55,6 +58,7 @@ class BudgetPlan:
     screen: Rung
     final: Rung
     trial_seconds: float | None  # each final trial's share when the finalists run one after another
+    baseline_final: bool = True  # the paper configuration is always a finalist (search.baseline: final)
 
     def lines(self) -> list[str]:
         s, f = self.screen, self.final
@@ -63,10 +67,16 @@ class BudgetPlan:
             f"budget plan for {self.budget:.0f} s: one epoch of one fold measured at {self.fold_epoch_seconds:.2f} s",
             f"  rung 1, screen: {s.configs} configurations × fold 0 × {s.epochs} epochs, {s.concurrent} at a time "
             f"(≈ {s.epoch_seconds:.1f} s an epoch, ≈ {s.seconds:.0f} s)",
-            f"  rung 2, final: the paper configuration + the {f.configs - 1} best screened × {f.folds} folds × up to "
+            f"  rung 2, final: {self.finalists()} × {f.folds} folds × up to "
             f"{f.epochs} epochs{cap}, {f.concurrent} at a time (≈ {f.epoch_seconds:.1f} s an epoch, ≈ {f.seconds:.0f} s); "
             f"a trial whose time is up keeps its best fold states",
         ]
+
+    def finalists(self) -> str:
+        m = self.final.configs
+        if self.baseline_final:
+            return f"the paper configuration + the {m - 1} best screened"
+        return f"the {'best' if m == 1 else f'{m} best'} screened configuration{'s' if m > 1 else ''}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +88,7 @@ class BudgetPlan:
 
 def make_plan(budget: float, fold_epoch_seconds: float, cpus: float, k: int, screen_cpus: float, screen_concurrent: int,
               final_cpus: float, final_concurrent: int, max_epochs: int, num_samples: int, grace: int,
-              startup: float = STARTUP_SECONDS) -> BudgetPlan:
+              startup: float = STARTUP_SECONDS, baseline_final: bool = False) -> BudgetPlan:
     """The two rungs for ``budget`` seconds, from one measured fold-epoch.
 
     Args:
@@ -93,6 +103,7 @@ def make_plan(budget: float, fold_epoch_seconds: float, cpus: float, k: int, scr
         grace: the epochs a configuration gets before it is judged (ASHA's grace period): the screening epochs,
             lowered when fewer than ``MIN_SCREENED`` configurations would fit.
         startup: seconds a trial takes to start (counted once per trial, in its slot).
+        baseline_final: the paper configuration is a finalist whatever its screening (``search.baseline: final``).
     """
     usable = USABLE * budget
     work = fold_epoch_seconds * screen_cpus  # CPU-seconds of one fold-epoch
@@ -113,13 +124,17 @@ def make_plan(budget: float, fold_epoch_seconds: float, cpus: float, k: int, scr
     screen_wall = n * (epochs * work + startup * screen_cpus) / slots
     final_time = usable - screen_wall
     final_cpu_seconds = final_time * min(cpus, final_cpus * final_concurrent)
-    m = int(np.clip(math.floor(final_cpu_seconds / (max_epochs * k * work)), 2, MAX_FINALISTS))
-    m = min(m, n + 1) if n > 1 else 1  # the paper configuration is among the screened ones
+    fit = math.floor(final_cpu_seconds / (max_epochs * k * work))  # finalists the time left trains to max_epochs
+    if baseline_final:
+        m = int(np.clip(fit, 2, MAX_FINALISTS))
+        m = min(m, n + 1) if n > 1 else 1  # the paper configuration is among the screened ones
+    else:
+        m = int(np.clip(fit, 1, min(MAX_FINALISTS, n)))
     final_epoch = k * work / final_cpus
     share = final_time * min(final_concurrent, m) / m if m > final_concurrent else None
     screen = Rung(n, 1, epochs, screen_concurrent, screen_wall, fold_epoch_seconds)
     final = Rung(m, k, max_epochs, final_concurrent, final_time, final_epoch)
-    return BudgetPlan(budget, fold_epoch_seconds, cpus, screen, final, share)
+    return BudgetPlan(budget, fold_epoch_seconds, cpus, screen, final, share, baseline_final)
 
 
 def measure_fold_epoch(model_cfg, train_cfg, train, val, threads: int) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 from orchestrator.search.outcome import TrialSummary
 from orchestrator.tracking import keys
 from orchestrator.tracking.statuses import (
+    SCREENED,
     mlflow_status,
 )
 from orchestrator.tracking.store import NOTE, ROLE, SWEEP_ID, Store
@@ -88,7 +89,9 @@ def log_dataset(store: Store, parent: str, data, manifest: SplitManifest) -> Non
 
 
 def log_baseline(store: Store, parent: str, baseline: TrialSummary, best: TrialSummary | None) -> None:
-    """The paper configuration's full-fidelity result on the sweep run, next to the best trial's."""
+    """The paper configuration's result on the sweep run (full fidelity, or its screening when it was not promoted),
+    next to the best trial's."""
     store.client.set_tag(parent, keys.BASELINE_TRIAL, baseline.trial_id)
+    store.client.set_tag(parent, keys.BASELINE_FIDELITY, "screen" if baseline.status == SCREENED else "final")
     store.log(parent, {keys.baseline_mae(t, p): v for t, m in baseline.tests.items() for p, v in m.items() if v is not None}
               | ({"baseline_val_loss_mean": baseline.val_loss_mean} if baseline.val_loss_mean is not None else {}))

@@ -42,6 +42,11 @@ class SearchConfig(_Strict):
     plan: Literal["auto", "off"] = Field(
         "auto", description="with time_budget: auto = screen many configurations on fold 0, then train the best and the "
         "paper configuration with all k folds within the budget (orchestrator/search/plan.py); off = ASHA alone")
+    baseline: Literal["screen", "final"] = Field(
+        "screen", description="with a budget plan: screen = the paper configuration is screened like any other and "
+        "trained with all k folds only if it screens among the best (the final rung's time goes to the best "
+        "configurations; it is reported at screening fidelity next to the best's screening); final = it is always "
+        "trained with all k folds too (reported at full fidelity, at the cost of the best configurations' time)")
     objective_rho: float = Field(
         0.01, ge=0, description="when training.rho is searched: ρ of the CV objective ρ·E_RMSE² + 3·F_RMSE² that ranks "
         "trials (each trial's own loss would reward a small ρ, not accuracy); default the paper's 0.01")

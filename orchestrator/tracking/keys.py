@@ -20,7 +20,8 @@ EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
                    NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
 STATUS, ERROR = "sweep.status", "sweep.error"  # a trial's end (orchestrator.tracking.statuses), and why it failed
 BEST_TRIAL, BEST_TRIAL_RUN = "sweep.best_trial_id", "sweep.best_trial_run_id"  # on the sweep run
-BASELINE_TRIAL = "sweep.baseline_trial_id"  # the paper configuration's full-fidelity trial (a budget plan's), on the sweep run
+BASELINE_TRIAL = "sweep.baseline_trial_id"  # the paper configuration's trial in a budget plan, on the sweep run
+BASELINE_FIDELITY = "sweep.baseline_fidelity"  # final (trained with all k folds) or screen (fold 0, not promoted)
 SPEC_NAME, VERSION, GIT_COMMIT, DATASET_SHA = "sweep.name", "sweep.version", "sweep.git_commit", "sweep.dataset_sha256"
 STEP_MODE = "sweep.step_mode"  # how a stacked trial's step runs
 ENSEMBLE_MODEL = "sweep.ensemble_model_uri"  # the registered ensemble of a sweep
