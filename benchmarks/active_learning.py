@@ -35,6 +35,9 @@ dataset:
   split_seed: {seed}
   test_path: {{test_1000K: {test}}}
 training:
+  lr: 2.0e-3
+  batch_size: 8
+  scheduler: plateau
   max_epochs: {epochs}
   early_stopping_patience: {patience}
 cv:
@@ -65,6 +68,9 @@ def campaign(work: Path, strategy: str, seed: int, a: argparse.Namespace, test: 
     n_val = a.initial // 3
     (d / "spec.yaml").write_text(SPEC.format(data=ROOT / "data" / "ethanol_gfn2xtb_500K.npz", n_train=a.initial - n_val,
                                              n_val=n_val, seed=seed, test=test, epochs=a.epochs, patience=a.patience))
+    done = [p for p in (d / "campaigns").glob("*/campaign.json") if json.loads(p.read_text())["status"] == "finished"]
+    if done:  # a finished campaign of this work directory (an earlier, interrupted run of the benchmark): reuse it
+        return json.loads(done[0].read_text())
     sweep = Path(sys.executable).parent / "sweep"
     cmd = [str(sweep), "learn", "spec.yaml", "--rounds", str(a.rounds), "--per-round", str(a.per_round),
            "--temperature", str(a.temperature), "--strategy", strategy, "--seed", str(seed), "--trajectories",
@@ -87,8 +93,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-round", type=int, default=20)
     ap.add_argument("--initial", type=int, default=60, help="starting molecules (500 K)")
-    ap.add_argument("--epochs", type=int, default=150)
-    ap.add_argument("--patience", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=600)
+    ap.add_argument("--patience", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=1000.0, help="K, exploration MD")
     ap.add_argument("--trajectories", type=int, default=16)
     ap.add_argument("--steps", type=int, default=400)

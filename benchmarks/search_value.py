@@ -5,8 +5,9 @@ For each dataset and seed, two real ``sweep run`` invocations with the same ``se
 (a) **paper alone** — the paper configuration (64 features, 3 interactions, lr 1e-3, batch 32, ρ 0.01, exponential
     decay), k folds, one trial, trained until early stopping or the budget (a trial the budget ends keeps its best
     fold states);
-(b) **sweep** — ``search.plan: auto``: configurations screened on fold 0, then the paper configuration and the
-    best screened ones trained with all k folds, within the same budget.
+(b) **sweep** — ``search.plan: auto``: configurations screened on fold 0 (the paper configuration first), then the
+    best screened ones trained with all k folds, within the same budget (``search.baseline: screen``, the default:
+    the paper configuration is trained with all k folds only if it screens among the best).
 
 Both report the fold-mean (ensemble) force and energy MAE of their best trial on the same held-out test molecules
 (the split seed is fixed; the seed varies the folds, the initial weights and the searcher). Prints a Markdown table
@@ -94,7 +95,8 @@ def run_one(name: str, dataset: dict, method: str, budget: float, seed: int, k: 
         plan = [line for line in r.stdout.splitlines() if "budget plan" in line or "rung " in line]
         return {"dataset": name, "method": method, "seed": seed, "budget_s": budget, "wall_s": wall,
                 "forces_mae": m["best_test_forces_mae"], "energy_mae": m["best_test_energy_mae"],
-                "baseline_forces_mae": m.get("baseline_test_forces_mae"), "statuses": statuses,
+                "baseline_forces_mae": m.get("baseline_test_forces_mae"),
+                "baseline_fidelity": sweep_run.data.tags.get("sweep.baseline_fidelity"), "statuses": statuses,
                 "best_params": dict(best.data.params), "best_epochs": best.data.metrics.get("best_epoch"),
                 "plan": plan}
 

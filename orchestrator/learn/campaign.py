@@ -138,7 +138,8 @@ def round_spec(spec: SweepSpec, version: Version, name: str, params: dict[str, A
     s.dataset = s.dataset.model_copy(update=dict(path=Path(version.path), format="md17", download=None, n_test=None,
                                                  n_train=version.n_molecules - n_val, n_val=n_val, energy_unit=None, unit=None))
     if params is not None:
-        s.search = s.search.model_copy(update=dict(num_samples=1, initial_points=[params], time_budget=None, plan="off"))
+        s.search = s.search.model_copy(update=dict(num_samples=1, initial_points=[params] if params else [],
+                                                   time_budget=None, plan="off"))
     return s
 
 
@@ -235,8 +236,8 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
         if outcome.best is None:
             store.end(rid, "FAILED")
             raise LearnError(f"round {r}: sweep {outcome.name} ended with no completed trial")
-        if r == 0 and spec.space():
-            camp.params = dict(outcome.best.params)
+        if r == 0:
+            camp.params = dict(outcome.best.params)  # {} when the spec searches nothing
         store.client.set_tag(outcome.parent_run_id, CAMPAIGN_TAG, camp.run_id)
         store.client.set_tag(outcome.parent_run_id, ROUND_TAG, str(r))
         store.client.set_tag(rid, "sweep.round_sweep", outcome.name)
