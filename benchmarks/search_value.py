@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--k", type=int, default=3, help="folds per trial")
     ap.add_argument("--datasets", default="ethanol_gfn2xtb,acac_botnet", help=f"comma-separated, of {', '.join(DATASETS)}")
+    ap.add_argument("--methods", default="paper,sweep", help="comma-separated, of paper, sweep")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "search_value.json")
     a = ap.parse_args()
     names = [n for n in a.datasets.split(",") if n]
@@ -138,7 +139,7 @@ def main() -> None:
     rows = []
     for seed in range(a.seeds):
         for n in names:
-            for method in ("paper", "sweep"):
+            for method in [m for m in ("paper", "sweep") if m in a.methods.split(",")]:
                 row = run_one(n, DATASETS[n][0], method, a.budget, seed, a.k)
                 rows.append(row)
                 print(f"{n} {method} seed {seed}: force MAE {row['forces_mae']:.4g} {units[n]}/Å, energy MAE "

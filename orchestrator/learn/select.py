@@ -8,7 +8,9 @@ user's file) scored by the ensemble's recalibrated uncertainty: the largest per-
 ``uncertainty`` (the default) first leaves out candidates above ``max_score`` (DP-GEN's upper trust
 level: the frame at which an exploration run crossed its threshold is usually a geometry the reference
 would never visit at that temperature, and labelling it teaches the model about the wrong region),
-then keeps the ``pool_factor·N`` most uncertain of the rest, clusters them
+then keeps the ``pool_factor·N`` most uncertain of the rest (β = 10, as in Zhdanov's "diverse mini-batch
+active learning", 2019: a narrower cut takes only the far tail — rare, strained geometries that teach the
+model little about the typical ones it will meet; measured in docs/active_learning.md), clusters them
 into N groups in a structural descriptor space (k-means++ on standardised inverse interatomic
 distances when all candidates are the same molecule, else on sorted Coulomb-matrix eigenvalues),
 and takes the most uncertain candidate of each group: N near-duplicates from one stretch of one
@@ -29,7 +31,7 @@ from schnet_model.ensemble import SchNetEnsemble
 
 Strategy = Literal["uncertainty", "random"]
 STRATEGIES: tuple[str, ...] = ("uncertainty", "random")
-POOL_FACTOR = 4  # the uncertainty strategy clusters the POOL_FACTOR·N most uncertain candidates
+POOL_FACTOR = 10  # the uncertainty strategy clusters the POOL_FACTOR·N most uncertain candidates (Zhdanov 2019's β)
 
 
 class SelectError(ValueError):
