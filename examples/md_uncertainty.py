@@ -20,7 +20,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
-from schnet_model import SchNetEnsemble
+from schnet_model.ensemble import SchNetEnsemble
 from schnet_model.explore import run_trajectory
 
 
