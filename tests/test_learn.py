@@ -212,7 +212,8 @@ def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monk
 
     # `sweep select` with a round's sweep as the source logs its choice under that sweep run
     ase.io.write("cands.xyz", ethanol_frames(12, 500), format="extxyz")
-    r = cli("select", camp["rounds"][1]["sweep"], "--candidates", "cands.xyz", "-n", "4", "-o", "sel.extxyz")
+    r = cli("select", camp["rounds"][1]["sweep"], "--candidates", "cands.xyz", "-n", "4", "-o", "sel.extxyz",
+            "--tracking-uri", "sqlite:///mlflow.db")  # explicit: MLflow leaves $MLFLOW_TRACKING_URI set by earlier tests
     assert r.exit_code == 0 and "logged as run" in r.output, r.output
     sweep_run = client.search_runs([r0.info.experiment_id], f"tags.`sweep.id` = '{camp['rounds'][1]['sweep']}' and tags.`sweep.role` = 'sweep'")[0]
     (sel_run,) = client.search_runs([r0.info.experiment_id], "tags.`sweep.role` = 'selection'")
