@@ -32,7 +32,7 @@ import numpy as np
 from rich.console import Console
 
 from orchestrator.learn.dataset import Version, grow, initial
-from orchestrator.learn.select import STRATEGIES, choose, descriptors, score, selected_frames, write_selection
+from orchestrator.learn.select import STRATEGIES, select, write_selection
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import keys
 from orchestrator.tracking.store import PARENT, ROLE, SWEEP_ID, Store, no_artifact_progress_bar
@@ -263,22 +263,18 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
             trajs = explore(ens, starts, opts.temperature, opts.steps, opts.threshold, seed=opts.seed * 1000 + r,
                             every=opts.every)
             frames = [f for t in trajs for f in t.frames]
-            scored = score(ens, frames)
-            idx = choose(scored.score, descriptors(frames), min(opts.per_round, len(frames)), opts.strategy,
-                         seed=opts.seed * 1000 + r, max_score=opts.threshold)
-            chosen = selected_frames(scored, idx, opts.strategy)
+            sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
+                         max_score=opts.threshold)
+            chosen, sel_metrics = sel.chosen, sel.stats()
             sel_path = write_selection(chosen, root / f"selected_r{r}.extxyz")
             stopped = sum(t.stopped_at is not None for t in trajs)
-            sel_metrics = {"candidates": len(frames), "trajectories_stopped": stopped,
-                           "candidates_forces_std_max_median": float(np.median(scored.score)),
-                           "selected_forces_std_max_median": float(np.median(scored.score[idx]))}
-            store.log(rid, sel_metrics)
+            store.log(rid, {**sel_metrics, "trajectories_stopped": stopped})
             store.client.log_artifact(rid, str(sel_path))
             labelled = relabel({"R": np.stack([a.positions for a in chosen]), "z": z}, opts.method)
             version = grow(version, labelled, root / f"data_r{r + 1}.npz", r + 1, outcome.name, opts.strategy, opts.method)
             record.selected = str(sel_path)
             console.print(f"round {r}: {len(frames)} candidates from {len(trajs)} MD runs at {opts.temperature:g} K "
-                          f"({stopped} stopped by the {opts.threshold:g} eV/Å threshold); {len(idx)} selected "
+                          f"({stopped} stopped by the {opts.threshold:g} eV/Å threshold); {len(chosen)} selected "
                           f"({opts.strategy}; median max force std {sel_metrics['selected_forces_std_max_median']:.3f} eV/Å "
                           f"vs {sel_metrics['candidates_forces_std_max_median']:.3f} over candidates), labelled with "
                           f"{theory(opts.method)} → {version.path}", soft_wrap=True)

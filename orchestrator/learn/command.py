@@ -8,16 +8,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from orchestrator.learn.select import (
-    STRATEGIES,
-    SelectError,
-    choose,
-    descriptors,
-    read_candidates,
-    score,
-    selected_frames,
-    write_selection,
-)
+from orchestrator.learn.select import STRATEGIES, SelectError, read_candidates, select, write_selection
 
 
 def run_select(source: str | None, candidates: Path | None, explore_from: Path | None, n: int, strategy: str,
@@ -48,22 +39,19 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
         stopped = sum(t.stopped_at is not None for t in trajs)
         what = (f"{len(frames)} frames of {len(trajs)} MD runs at {temperature:g} K from {explore_from} "
                 f"({stopped} stopped by the {threshold:g} eV/Å threshold)")
-    scored = score(ens, frames)
-    idx = choose(scored.score, descriptors(frames), n, strategy, seed,  # type: ignore[arg-type]
+    sel = select(ens, frames, n, strategy, seed,  # type: ignore[arg-type]
                  max_score=max_std if max_std is not None else (threshold if explore_from is not None else None))
-    chosen = selected_frames(scored, idx, strategy)
+    chosen, stats = sel.chosen, sel.stats()
     write_selection(chosen, out)
     console.print(f"ensemble: {loaded.description}; candidates: {what}; max per-atom force std (calibrated) median "
-                  f"{np.median(scored.score):.3f} eV/Å, of the {len(idx)} selected ({strategy}) median "
-                  f"{np.median(scored.score[idx]):.3f} eV/Å → {out} (predictions and stds in eV, eV/Å)", soft_wrap=True)
+                  f"{stats['candidates_forces_std_max_median']:.3f} eV/Å, of the {len(chosen)} selected ({strategy}) median "
+                  f"{stats['selected_forces_std_max_median']:.3f} eV/Å → {out} (predictions and stds in eV, eV/Å)", soft_wrap=True)
     sweep_run = ens.meta.get("sweep_run_id")
     if sweep_run:
         store = Store(uri, ens.meta.get("experiment") or "Default")
         rid = store.client.create_run(store.exp_id, run_name=f"select-{Path(out).stem}",
                                       tags={ROLE: "selection", PARENT: sweep_run}).info.run_id
-        store.log(rid, {"candidates": len(frames), "selected": len(idx),
-                        "candidates_forces_std_max_median": float(np.median(scored.score)),
-                        "selected_forces_std_max_median": float(np.median(scored.score[idx]))},
+        store.log(rid, stats,
                   params={"strategy": strategy, "source": str(candidates or explore_from), "seed": seed,
                           **({"temperature_K": temperature, "trajectories": trajectories, "steps": steps,
                               "threshold_eV_per_A": threshold} if explore_from else {})})

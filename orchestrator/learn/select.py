@@ -137,6 +137,30 @@ def selected_frames(scored: Scored, idx: np.ndarray, strategy: str) -> list[Atom
     return out
 
 
+@dataclass
+class Selection:
+    """What one selection chose and from what."""
+
+    scored: Scored
+    idx: np.ndarray  # [n] chosen candidates, in order of selection
+    chosen: list[Atoms]  # their frames with predictions (:func:`selected_frames`)
+
+    def stats(self) -> dict[str, float]:
+        """Candidates and the median calibrated max force std (eV/Å) of all candidates and of the chosen ones."""
+        return {"candidates": len(self.scored.frames), "selected": len(self.idx),
+                "candidates_forces_std_max_median": float(np.median(self.scored.score)),
+                "selected_forces_std_max_median": float(np.median(self.scored.score[self.idx]))}
+
+
+def select(ens: SchNetEnsemble, frames: list[Atoms], n: int, strategy: Strategy, seed: int = 0,
+           max_score: float | None = None) -> Selection:
+    """Score ``frames`` with ``ens`` and choose ``n`` of them (:func:`choose`): what ``sweep select`` and every round of
+    ``sweep learn`` do."""
+    scored = score(ens, frames)
+    idx = choose(scored.score, descriptors(frames), n, strategy, seed, max_score=max_score)
+    return Selection(scored, idx, selected_frames(scored, idx, strategy))
+
+
 def read_candidates(path: Path) -> list[Atoms]:
     """Every frame of an ASE-readable file (positions in Å), as a one-line :class:`SelectError` when it cannot be read."""
     from schnet_model.data.formats_ase import read_frames
@@ -161,5 +185,5 @@ def write_selection(frames: list[Atoms], out: Path) -> Path:
     return out
 
 
-__all__ = ["POOL_FACTOR", "STRATEGIES", "Scored", "SelectError", "Strategy", "choose", "descriptors", "read_candidates",
-           "score", "selected_frames", "write_selection"]
+__all__ = ["POOL_FACTOR", "STRATEGIES", "Scored", "SelectError", "Selection", "Strategy", "choose", "descriptors",
+           "read_candidates", "score", "select", "selected_frames", "write_selection"]
