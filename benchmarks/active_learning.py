@@ -6,8 +6,8 @@ Start: the shipped ethanol GFN2-xTB data at 500 K (``data/ethanol_gfn2xtb_500K.n
 ``--initial`` molecules. Test: an independent GFN2-xTB Langevin run at 1,000 K (``sweep data generate``,
 seed 1; generated once into the work directory). Each seed runs two campaigns of ``sweep learn``
 from the same starting molecules and the same round-0 models: (a) ``--strategy uncertainty``
-(calibrated max per-atom force std with k-means diversity) and (b) ``--strategy random``, each
-exploring with its own ensemble's Langevin MD at 1,000 K and labelling what it chose with
+(calibrated max per-atom force std, uncertainty-weighted k-means diversity) and (b) ``--strategy random``, each
+exploring with its own ensemble's Langevin MD at 1,000 K (stopped at 4 × the round's median force std) and labelling what it chose with
 GFN2-xTB. The table reports the 1,000 K test MAE of every round's k-fold ensemble, mean ± std over
 seeds, side by side. Everything is a real ``sweep learn`` run (Ray, MLflow, xTB labels).
 """
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1000.0, help="K, exploration MD")
     ap.add_argument("--trajectories", type=int, default=16)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--threshold", type=float, default=1.0, help="eV/Å")
+    ap.add_argument("--threshold", default="4x", help="eV/Å, or a multiple of the median force std on the round's data (4x)")
     ap.add_argument("--test-frames", type=int, default=300)
     ap.add_argument("--work", type=Path, default=Path("al_bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

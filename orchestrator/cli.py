@@ -173,7 +173,8 @@ def select(
     temperature: Annotated[float, typer.Option(help="K, with --explore")] = 500.0,
     trajectories: Annotated[int, typer.Option(min=1, help="MD runs, with --explore")] = 8,
     steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs), with --explore")] = 400,
-    threshold: Annotated[float, typer.Option(help="eV/Å: an MD run stops when a per-atom force std exceeds it")] = 1.0,
+    threshold: Annotated[str, typer.Option(help="an MD run stops when a per-atom force std exceeds it: eV/Å (1.0), or a "
+                                           "multiple of the ensemble's median on the start frames (4x)")] = "1.0",
     every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
     max_std: Annotated[float | None, typer.Option(help="eV/Å: leave out candidates whose max force std exceeds this (upper "
                                                   "trust level; default: --threshold with --explore, none with --candidates)")] = None,
@@ -207,8 +208,10 @@ def learn(
     method: Annotated[str, typer.Option(help="reference labels: gfn2-xtb or pyscf:<functional>/<basis>")] = "gfn2-xtb",
     trajectories: Annotated[int, typer.Option(min=1, help="exploration MD runs per round")] = 16,
     steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs)")] = 400,
-    threshold: Annotated[float, typer.Option(help="eV/Å: an MD run stops when a per-atom force std exceeds it; the "
-                                             "uncertainty selection leaves out candidates above it")] = 1.0,
+    threshold: Annotated[str, typer.Option(help="an MD run stops when a per-atom force std exceeds it, and the uncertainty "
+                                           "selection leaves out candidates above it: eV/Å (1.0), or a multiple of the "
+                                           "ensemble's median on the round's data (4x, the default: it follows the "
+                                           "round's recalibration)")] = "4x",
     every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="campaign directories (datasets per round, selections, ensembles)")] = Path("campaigns"),

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import ase.io
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.learn.dataset import Version, grow, initial
-from orchestrator.learn.select import SelectError, choose, descriptors, score
+from orchestrator.learn.select import SelectError, choose, descriptors, parse_threshold, score, threshold_eV
 from schnet_model.data.load import read_dataset
 from schnet_model.data.molecules import DataError
 from schnet_model.ensemble import SchNetEnsemble
@@ -46,15 +47,26 @@ def ethanol_frames(n: int, start: int = 0) -> list[Atoms]:
 
 
 # -- selection ----------------------------------------------------------------------------------------
-def test_uncertainty_selection_takes_the_most_uncertain_of_each_group_not_near_duplicates():
+def test_uncertainty_selection_takes_one_of_each_uncertain_group_not_near_duplicates():
     rng = np.random.default_rng(0)
     # group A: 5 near-duplicates with the highest scores; group B: 10 with middling scores; C: low scores
     desc = np.concatenate([rng.normal(0, 0.01, (5, 4)), rng.normal(5, 0.01, (10, 4)), rng.normal(-5, 0.01, (10, 4))])
     scores = np.concatenate([10 - 0.1 * np.arange(5), 5 - 0.1 * np.arange(10), 1 - 0.01 * np.arange(10)])
     picked = choose(scores, desc, 2, "uncertainty", seed=0)
-    assert picked.tolist() == [0, 5]  # the best of A, then the best of B — not the two best of A
-    assert np.argsort(-scores)[:2].tolist() == [0, 1]  # what plain top-N would have taken
+    assert picked[0] in range(5) and picked[1] in range(5, 15)  # one of A (most uncertain first), one of B
+    assert np.argsort(-scores)[:2].tolist() == [0, 1]  # what plain top-N would have taken: two of A
     assert choose(scores, desc, 25, "uncertainty").tolist() == np.argsort(-scores, kind="stable").tolist()  # all of them
+
+
+def test_uncertainty_selection_takes_a_typical_member_of_an_uncertain_region_not_its_outlier():
+    rng = np.random.default_rng(1)
+    # 9 similar geometries (score 1) and one strained outlier 3 units away, the most uncertain (score 2)
+    desc = np.concatenate([rng.normal(0, 0.05, (9, 3)), [[3.0, 0.0, 0.0]]])
+    scores = np.concatenate([np.full(9, 1.0), [2.0]])
+    picked = choose(scores, desc, 1, "uncertainty", seed=0)
+    assert picked.tolist() != [9] and picked[0] in range(9)  # nearest the uncertainty-weighted centre
+    # the weights pull the centre: with the outlier weighted 30×, it is the pick
+    assert choose(np.concatenate([np.full(9, 1.0), [30.0]]), desc, 1, "uncertainty").tolist() == [9]
 
 
 def test_candidates_above_the_upper_trust_level_are_left_out_unless_too_few_are_below_it():
@@ -107,6 +119,19 @@ def test_exploration_is_seeded_and_stops_at_the_threshold(trained_ensemble):
     s = score(ens, [f for t in a for f in t.frames])
     # the score is the calibrated max per-atom force std, in eV/Å, the same number the MD recorded
     np.testing.assert_allclose(s.score, [f.info["forces_std_max"] for t in a for f in t.frames], rtol=1e-6)
+
+
+def test_a_relative_threshold_follows_the_ensembles_own_uncertainty_and_its_recalibration(trained_ensemble):
+    ens = SchNetEnsemble.load(trained_ensemble)
+    data = ethanol_frames(30)
+    median = float(np.median(score(ens, data).score))  # eV/Å
+    assert threshold_eV("3x", ens, data) == pytest.approx(3 * median) and threshold_eV("0.7", ens, data) == 0.7
+    ens.calibration = replace(ens.calibration, forces_scale=2 * ens.calibration.forces_scale)  # a recalibration ×2
+    assert threshold_eV("3x", ens, data) == pytest.approx(6 * median)  # moves with it: the same raw disagreement
+    assert threshold_eV("0.7", ens, data) == 0.7
+    for bad, msg in (("4y", "expected eV/Å"), ("-1", "must be > 0"), ("0x", "must be > 0")):
+        with pytest.raises(SelectError, match=msg):
+            parse_threshold(bad)
 
 
 # -- versioned datasets -------------------------------------------------------------------------------

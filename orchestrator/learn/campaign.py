@@ -32,7 +32,7 @@ import numpy as np
 from rich.console import Console
 
 from orchestrator.learn.dataset import Version, grow, initial
-from orchestrator.learn.select import STRATEGIES, select, write_selection
+from orchestrator.learn.select import STRATEGIES, SelectError, parse_threshold, select, threshold_eV, write_selection
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import keys
 from orchestrator.tracking.store import PARENT, ROLE, SWEEP_ID, Store, no_artifact_progress_bar
@@ -59,7 +59,7 @@ class LearnOptions:
     trajectories: int = 16  # exploration MD runs per round
     steps: int = 400  # MD steps per run at most (0.5 fs each)
     every: int = 10  # a candidate frame every `every` steps
-    threshold: float = 1.0  # eV/Å: a run stops when a per-atom force std exceeds it
+    threshold: str = "4x"  # a run stops when a per-atom force std exceeds it: eV/Å, or "4x": 4 × the median on the data
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,8 +79,13 @@ class LearnOptions:
         for name in ("rounds", "per_round", "trajectories", "steps", "every"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise LearnError(f"--{name.replace('_', '-')}: must be ≥ {0 if name == 'rounds' else 1} (got {getattr(self, name)})")
-        if self.temperature <= 0 or self.threshold <= 0:
-            raise LearnError("--temperature and --threshold must be > 0")
+        if self.temperature <= 0:
+            raise LearnError("--temperature must be > 0")
+        try:
+            parse_threshold(self.threshold)
+        except SelectError as e:
+            raise LearnError(str(e)) from None
+        self.threshold = str(self.threshold)
 
 
 @dataclass
@@ -259,22 +264,24 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
                 R, z = npz["R"], npz["z"]
             from ase import Atoms
 
-            starts = [Atoms(numbers=z, positions=R[i]) for i in rng.choice(len(R), opts.trajectories, replace=False)]
-            trajs = explore(ens, starts, opts.temperature, opts.steps, opts.threshold, seed=opts.seed * 1000 + r,
+            data = [Atoms(numbers=z, positions=x) for x in R]
+            starts = [data[i] for i in rng.choice(len(R), opts.trajectories, replace=len(R) < opts.trajectories)]
+            threshold = threshold_eV(opts.threshold, ens, data)  # eV/Å
+            trajs = explore(ens, starts, opts.temperature, opts.steps, threshold, seed=opts.seed * 1000 + r,
                             every=opts.every)
             frames = [f for t in trajs for f in t.frames]
             sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
-                         max_score=opts.threshold)
+                         max_score=threshold)
             chosen, sel_metrics = sel.chosen, sel.stats()
             sel_path = write_selection(chosen, root / f"selected_r{r}.extxyz")
             stopped = sum(t.stopped_at is not None for t in trajs)
-            store.log(rid, {**sel_metrics, "trajectories_stopped": stopped})
+            store.log(rid, {**sel_metrics, "trajectories_stopped": stopped, "threshold_eV_per_A": threshold})
             store.client.log_artifact(rid, str(sel_path))
             labelled = relabel({"R": np.stack([a.positions for a in chosen]), "z": z}, opts.method)
             version = grow(version, labelled, root / f"data_r{r + 1}.npz", r + 1, outcome.name, opts.strategy, opts.method)
             record.selected = str(sel_path)
             console.print(f"round {r}: {len(frames)} candidates from {len(trajs)} MD runs at {opts.temperature:g} K "
-                          f"({stopped} stopped by the {opts.threshold:g} eV/Å threshold); {len(chosen)} selected "
+                          f"({stopped} stopped by the {threshold:.3g} eV/Å threshold, {opts.threshold}); {len(chosen)} selected "
                           f"({opts.strategy}; median max force std {sel_metrics['selected_forces_std_max_median']:.3f} eV/Å "
                           f"vs {sel_metrics['candidates_forces_std_max_median']:.3f} over candidates), labelled with "
                           f"{theory(opts.method)} → {version.path}", soft_wrap=True)

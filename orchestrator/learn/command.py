@@ -8,11 +8,19 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from orchestrator.learn.select import STRATEGIES, SelectError, read_candidates, select, write_selection
+from orchestrator.learn.select import (
+    STRATEGIES,
+    SelectError,
+    parse_threshold,
+    read_candidates,
+    select,
+    threshold_eV,
+    write_selection,
+)
 
 
 def run_select(source: str | None, candidates: Path | None, explore_from: Path | None, n: int, strategy: str,
-               temperature: float, trajectories: int, steps: int, threshold: float, every: int, seed: int, out: Path,
+               temperature: float, trajectories: int, steps: int, threshold: str | float, every: int, seed: int, out: Path,
                tracking_uri: str | None, console: Console, max_std: float | None = None) -> list:
     """Select ``n`` molecules; write them to ``out``; log the choice under the ensemble's sweep run when it has one."""
     from orchestrator.ensemble.assemble import resolve
@@ -21,8 +29,9 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
 
     if strategy not in STRATEGIES:
         raise SelectError(f"--strategy: {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    if threshold <= 0 or temperature <= 0:
-        raise SelectError("--threshold and --temperature must be > 0")
+    if temperature <= 0:
+        raise SelectError("--temperature must be > 0")
+    parse_threshold(threshold)
     frames = read_candidates(candidates or explore_from)  # read before anything is loaded: a bad file fails at once
     uri = TrackingConfig(uri=tracking_uri).resolved_uri()
     with no_artifact_progress_bar():
@@ -34,11 +43,12 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
 
         rng = np.random.default_rng(seed)
         starts = [frames[i] for i in rng.choice(len(frames), trajectories, replace=len(frames) < trajectories)]
+        threshold = threshold_eV(threshold, ens, frames)  # eV/Å (relative: to the median over the start file)
         trajs = explore(ens, starts, temperature, steps, threshold, seed=seed, every=every)
         frames = [f for t in trajs for f in t.frames]
         stopped = sum(t.stopped_at is not None for t in trajs)
         what = (f"{len(frames)} frames of {len(trajs)} MD runs at {temperature:g} K from {explore_from} "
-                f"({stopped} stopped by the {threshold:g} eV/Å threshold)")
+                f"({stopped} stopped by the {threshold:.3g} eV/Å threshold)")
     sel = select(ens, frames, n, strategy, seed,  # type: ignore[arg-type]
                  max_score=max_std if max_std is not None else (threshold if explore_from is not None else None))
     chosen, stats = sel.chosen, sel.stats()

@@ -8,13 +8,15 @@ user's file) scored by the ensemble's recalibrated uncertainty: the largest per-
 ``uncertainty`` (the default) first leaves out candidates above ``max_score`` (DP-GEN's upper trust
 level: the frame at which an exploration run crossed its threshold is usually a geometry the reference
 would never visit at that temperature, and labelling it teaches the model about the wrong region),
-then keeps the ``pool_factor·N`` most uncertain of the rest (β = 10, as in Zhdanov's "diverse mini-batch
-active learning", 2019: a narrower cut takes only the far tail — rare, strained geometries that teach the
-model little about the typical ones it will meet; measured in docs/active_learning.md), clusters them
-into N groups in a structural descriptor space (k-means++ on standardised inverse interatomic
-distances when all candidates are the same molecule, else on sorted Coulomb-matrix eigenvalues),
-and takes the most uncertain candidate of each group: N near-duplicates from one stretch of one
-trajectory cannot all be chosen. ``random`` draws N uniformly (the control of the benchmark).
+then keeps the ``pool_factor·N`` most uncertain of the rest (β = 10) and runs Zhdanov's weighted
+k-means ("diverse mini-batch active learning", 2019) on them: N clusters in a structural descriptor
+space (standardised inverse interatomic distances when all candidates are the same molecule, else
+sorted Coulomb-matrix eigenvalues), each candidate weighted by its uncertainty, and from each cluster
+the candidate nearest its centre. The centres sit where the pool is both dense and uncertain, and the
+candidate nearest a centre is a typical member of that region, not its most strained outlier (taking
+the most uncertain of each cluster chose the tail of the exploration and lost to random choice:
+docs/active_learning.md). N near-duplicates from one stretch of one trajectory cannot all be chosen.
+``random`` draws N uniformly (the control of the benchmark).
 """
 
 from __future__ import annotations
@@ -108,12 +110,22 @@ def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, see
     top = order[: max(n, pool_factor * n)]  # [m]
     if len(top) == n:
         return top
-    from scipy.cluster.vq import kmeans2
+    import warnings
 
-    x = desc[top]
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = desc[top]  # [m, d]
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
-    _, label = kmeans2(x, n, minit="++", seed=rng, iter=20)
-    picked = [int(top[label == c][0]) for c in range(n) if (label == c).any()]  # the most uncertain of each group
+    with warnings.catch_warnings():  # fewer distinct candidates than clusters: the fill below completes the choice
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n, init="k-means++", n_init=4, random_state=seed).fit(x, sample_weight=scores[top])
+    dist = km.transform(x)  # [m, n] distance of every candidate to every centre
+    picked: list[int] = []
+    for c in range(n):
+        members = np.flatnonzero(km.labels_ == c)
+        if members.size:  # the candidate nearest the (uncertainty-weighted) centre
+            picked.append(int(top[members[np.argmin(dist[members, c])]]))
     for i in top:  # empty clusters: the next most uncertain not yet chosen
         if len(picked) == n:
             break
@@ -161,6 +173,30 @@ def select(ens: SchNetEnsemble, frames: list[Atoms], n: int, strategy: Strategy,
     return Selection(scored, idx, selected_frames(scored, idx, strategy))
 
 
+def parse_threshold(text: str | float) -> tuple[float, bool]:
+    """An exploration threshold: ``"1.0"`` → (1.0, False), eV/Å; ``"4x"`` → (4.0, True), times the ensemble's median
+    max per-atom force std on the geometries the runs start from (:func:`threshold_eV`)."""
+    t = str(text).strip()
+    relative = t.lower().endswith("x")
+    try:
+        value = float(t[:-1] if relative else t)
+    except ValueError:
+        raise SelectError(f"--threshold: {text!r}; expected eV/Å (e.g. 1.0) or a multiple of the ensemble's median "
+                          "force std on the start geometries (e.g. 4x)") from None
+    if not value > 0:
+        raise SelectError(f"--threshold: {text!r}; must be > 0")
+    return value, relative
+
+
+def threshold_eV(text: str | float, ens: SchNetEnsemble, reference: list[Atoms]) -> float:
+    """The threshold in eV/Å. Relative (``"4x"``): 4 × the median calibrated max force std over ``reference`` (the
+    data the runs start from), so that it follows the ensemble: a recalibration that doubles every std, or models
+    that have become more certain, move the stopping point with them instead of stopping every run at once (or
+    none)."""
+    value, relative = parse_threshold(text)
+    return value * float(np.median(score(ens, reference).score)) if relative else value
+
+
 def read_candidates(path: Path) -> list[Atoms]:
     """Every frame of an ASE-readable file (positions in Å), as a one-line :class:`SelectError` when it cannot be read."""
     from schnet_model.data.formats_ase import read_frames
@@ -186,4 +222,4 @@ def write_selection(frames: list[Atoms], out: Path) -> Path:
 
 
 __all__ = ["POOL_FACTOR", "STRATEGIES", "Scored", "SelectError", "Selection", "Strategy", "choose", "descriptors",
-           "read_candidates", "score", "select", "selected_frames", "write_selection"]
+           "parse_threshold", "read_candidates", "score", "select", "selected_frames", "threshold_eV", "write_selection"]
