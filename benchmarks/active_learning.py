@@ -87,6 +87,20 @@ def campaign(work: Path, strategy: str, seed: int, a: argparse.Namespace, test: 
     return camp
 
 
+def round_stats(d: Path) -> dict[int, dict[str, float]]:
+    """Each round's MLflow metrics in campaign directory ``d``: the selection's statistics (candidates, runs stopped by
+    the threshold, the threshold in eV/Å, median max force std of the candidates and of the chosen ones)."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.learn.campaign import ROUND_TAG
+    from orchestrator.tracking.store import ROLE
+
+    client = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return {int(r.data.tags[ROUND_TAG]): r.data.metrics
+            for r in client.search_runs(ids, filter_string=f"tags.`{ROLE}` = 'round'")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -127,15 +141,35 @@ def main() -> None:
         wins = int((fu < fr).sum())
         print(f"{r:>5} {row['uncertainty']['n_molecules']:>6} | {fu.mean():>13.3f} ± {fu.std():.3f} {fr.mean():>9.3f} ± "
               f"{fr.std():.3f} | {eu.mean():>13.3f} ± {eu.std():.3f} {er.mean():>9.3f} ± {er.std():.3f} | "
-              f"{wins}/{len(fu)} seeds")
+              f"{'–' if np.array_equal(fu, fr) else f'{wins}/{len(fu)} seeds'}")
         rows.append(row)
     print(f"(forces in {unit}/Å, energies in {unit}; total {time.time() - t0:.0f} s)")
+    stats = {s: {seed: round_stats(a.work / f"{s}-seed{seed}") for seed in a.seeds} for s in runs}
+    print("\nwhat each round chose from, mean over seeds: candidates (exploration runs stopped of "
+          f"{a.trajectories}), threshold (eV/Å), median max force std of the chosen ÷ of the candidates; "
+          "Spearman ρ(σ, |error|) of the test forces")
+    for r in range(a.rounds + 1):
+        cells = []
+        for s in runs:
+            m = [stats[s][seed].get(r, {}) for seed in a.seeds]
+            rho = np.mean([x.get("test_1000K_forces_spearman_calibrated", np.nan) for x in m])
+            if r < a.rounds:
+                mean = {k: np.mean([x.get(k, np.nan) for x in m]) for k in
+                        ("candidates", "trajectories_stopped", "threshold_eV_per_A")}
+                ratio = np.mean([x.get("selected_forces_std_max_median", np.nan) / x.get("candidates_forces_std_max_median", np.nan)
+                                 for x in m])
+                cells.append(f"{s}: {mean['candidates']:.0f} ({mean['trajectories_stopped']:.1f} stopped), "
+                             f"{mean['threshold_eV_per_A']:.2f}, ×{ratio:.2f}, ρ {rho:.2f}")
+            else:
+                cells.append(f"{s}: ρ {rho:.2f}")
+        print(f"{r:>5} | " + " | ".join(cells))
     a.out.mkdir(parents=True, exist_ok=True)
     res = a.out / f"active_learning_{date.today()}.json"
     res.write_text(json.dumps({"date": str(date.today()), "machine": platform.node(), "cpus": os.cpu_count(),
                                "args": {k: str(v) for k, v in vars(a).items()}, "unit": unit, "rounds": rows,
-                               "selection": {s: {seed: [r.get("metrics", {}) for r in c["rounds"]] for seed, c in camps.items()}
-                                             for s, camps in runs.items()},
+                               "round_metrics": {s: {seed: [stats[s][seed].get(r["round"], r.get("metrics", {}))
+                                                             for r in c["rounds"]] for seed, c in camps.items()}
+                                                 for s, camps in runs.items()},
                                "seconds": time.time() - t0}, indent=2))
     print(f"results: {res}")
 

@@ -210,6 +210,8 @@ def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monk
     camp = json.loads((camp_dir / "campaign.json").read_text())
     assert camp["status"] == "finished" and [x["dataset"]["n_molecules"] for x in camp["rounds"]] == [24, 27]
     assert "hot_forces_mae" in camp["rounds"][1]["metrics"] and "hot_forces_coverage68_calibrated" in camp["rounds"][1]["metrics"]
+    chose = camp["rounds"][0]["selection"]  # what round 0 chose from, also in the state file
+    assert chose["threshold_eV_per_A"] == 1000 and chose["selected"] == 3 and chose["candidates"] >= 3
     with np.load(camp_dir / "data_r1.npz") as d1, np.load(tmp_path / "test.npz") as t:
         assert d1["round"].tolist() == [0] * 24 + [1] * 3
         assert not any((np.abs(t["R"] - x).max((1, 2)) < 1e-9).any() for x in d1["R"])  # nothing of the test set
@@ -266,3 +268,6 @@ def test_sweep_learn_needs_a_fixed_test_set(tmp_path, monkeypatch):
     assert not Path("campaigns").exists() and not Path("mlflow.db").exists()
     r = cli("learn", str(spec), "--set", "dataset.test_path=x.npz", "--strategy", "best")
     assert r.exit_code == 2 and "--strategy: 'best'" in r.stderr
+    r = cli("learn", str(spec), "--set", "dataset.test_path=x.npz", "--threshold", "4y")
+    assert r.exit_code == 2 and "--threshold: '4y'; expected eV/Å (e.g. 1.0) or a multiple" in r.stderr
+    assert not Path("campaigns").exists()

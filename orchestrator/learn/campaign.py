@@ -98,6 +98,7 @@ class RoundRecord:
     run_id: str
     metrics: dict[str, float]  # test errors (energy unit, /Å) and calibration per named test set
     selected: str | None = None  # extended XYZ of the molecules chosen for the next round
+    selection: dict[str, float] | None = None  # candidates, runs stopped, threshold (eV/Å), median stds (eV/Å)
     seconds: float = 0.0
 
 
@@ -275,7 +276,8 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
             chosen, sel_metrics = sel.chosen, sel.stats()
             sel_path = write_selection(chosen, root / f"selected_r{r}.extxyz")
             stopped = sum(t.stopped_at is not None for t in trajs)
-            store.log(rid, {**sel_metrics, "trajectories_stopped": stopped, "threshold_eV_per_A": threshold})
+            record.selection = {**sel_metrics, "trajectories_stopped": stopped, "threshold_eV_per_A": threshold}
+            store.log(rid, record.selection)
             store.client.log_artifact(rid, str(sel_path))
             labelled = relabel({"R": np.stack([a.positions for a in chosen]), "z": z}, opts.method)
             version = grow(version, labelled, root / f"data_r{r + 1}.npz", r + 1, outcome.name, opts.strategy, opts.method)
