@@ -101,6 +101,50 @@ def round_stats(d: Path) -> dict[int, dict[str, float]]:
             for r in client.search_runs(ids, filter_string=f"tags.`{ROLE}` = 'round'")}
 
 
+def oracle(work: Path, seeds: list[int], rounds: int) -> list[dict]:
+    """Does the uncertainty find the errors? For every selection round of the uncertainty campaigns: the same pool the
+    round chose from (its saved ensemble and data, its seeds), every candidate labelled with GFN2-xTB, and each
+    frame's force MAE (kcal/mol/Å): Spearman ρ(max force std, frame error) over the pool, and the mean frame error of
+    the pool (= what random choice gets on average), of the 20 chosen, and of the 20 most uncertain."""
+    from orchestrator.learn.campaign import LearnOptions, explore_round
+    from orchestrator.learn.select import select
+    from schnet_model.calibration import spearman
+    from schnet_model.data.generate import label_gfn2
+    from schnet_model.ensemble import SchNetEnsemble
+    from schnet_model.units import energy_factor
+
+    to_kcal = energy_factor("eV", "kcal/mol")
+    out = []
+    for seed in seeds:
+        root = next((work / f"uncertainty-seed{seed}" / "campaigns").glob("*/campaign.json")).parent
+        camp = json.loads((root / "campaign.json").read_text())
+        opts = LearnOptions(**camp["options"])
+        for r in range(rounds):
+            ens = SchNetEnsemble.load(root / f"ensemble_r{r}")
+            with np.load(root / f"data_r{r}.npz", allow_pickle=False) as d:
+                R, z = d["R"], d["z"]
+            trajs, threshold = explore_round(ens, R, z, opts, r)
+            frames = [f for t in trajs for f in t.frames]
+            sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
+                         max_score=threshold)
+            err = np.array([np.abs(sel.scored.forces[i] * to_kcal - label_gfn2(a.numbers, a.positions)[1]).mean()
+                            for i, a in enumerate(frames)])  # [n] kcal/mol/Å
+            top = np.argsort(-sel.scored.score)[: len(sel.idx)]
+            out.append({"seed": seed, "round": r, "candidates": len(frames),
+                        "candidates_logged": (camp["rounds"][r].get("selection") or {}).get("candidates"),
+                        "spearman": spearman(sel.scored.score, err), "pool": float(err.mean()),
+                        "chosen": float(err[sel.idx].mean()), "most_uncertain": float(err[top].mean())})
+    print("\ndoes the uncertainty find the errors? every candidate of the uncertainty campaigns' pools labelled "
+          "(GFN2-xTB); mean per-frame force MAE in kcal/mol/Å, mean over seeds")
+    print(f"{'round':>5} | {'candidates':>10} | {'ρ(σ, error)':>11} | {'pool (random)':>13} | {'chosen':>7} | most uncertain")
+    for r in range(rounds):
+        x = [o for o in out if o["round"] == r]
+        m = {k: np.mean([o[k] for o in x]) for k in ("candidates", "spearman", "pool", "chosen", "most_uncertain")}
+        print(f"{r:>5} | {m['candidates']:>10.0f} | {m['spearman']:>11.2f} | {m['pool']:>13.2f} | {m['chosen']:>7.2f} | "
+              f"{m['most_uncertain']:.2f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -163,6 +207,7 @@ def main() -> None:
             else:
                 cells.append(f"{s}: ρ {rho:.2f}")
         print(f"{r:>5} | " + " | ".join(cells))
+    found = oracle(a.work, a.seeds, a.rounds)
     a.out.mkdir(parents=True, exist_ok=True)
     res = a.out / f"active_learning_{date.today()}.json"
     res.write_text(json.dumps({"date": str(date.today()), "machine": platform.node(), "cpus": os.cpu_count(),
@@ -170,7 +215,7 @@ def main() -> None:
                                "round_metrics": {s: {seed: [stats[s][seed].get(r["round"], r.get("metrics", {}))
                                                              for r in c["rounds"]] for seed, c in camps.items()}
                                                  for s, camps in runs.items()},
-                               "seconds": time.time() - t0}, indent=2))
+                               "oracle": found, "seconds": time.time() - t0}, indent=2))
     print(f"results: {res}")
 
 

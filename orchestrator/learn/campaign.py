@@ -170,6 +170,22 @@ def evaluate(ens, cfg) -> dict[str, float]:
     return out
 
 
+def explore_round(ens, R: np.ndarray, z: np.ndarray, opts: LearnOptions, r: int) -> tuple[list, float]:
+    """Round ``r``'s exploration: ``opts.trajectories`` Langevin runs of ``ens`` from frames of the round's data
+    (``R`` [n, n_atoms, 3] Å, ``z`` [n_atoms]), seeded by (``opts.seed``, ``r``), each stopped at the threshold;
+    returns the trajectories and the threshold in eV/Å. Selection then uses seed ``opts.seed * 1000 + r``."""
+    from ase import Atoms
+
+    from schnet_model.explore import explore
+
+    rng = np.random.default_rng([opts.seed, r])
+    data = [Atoms(numbers=z, positions=x) for x in R]
+    starts = [data[i] for i in rng.choice(len(R), opts.trajectories, replace=len(R) < opts.trajectories)]
+    threshold = threshold_eV(opts.threshold, ens, data)  # eV/Å
+    return explore(ens, starts, opts.temperature, opts.steps, threshold, seed=opts.seed * 1000 + r,
+                   every=opts.every), threshold
+
+
 def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = False, address: str | None = None,
                  console: Console | None = None) -> Campaign:
     """Run (or resume) an active-learning campaign; returns it with every round's record."""
@@ -178,7 +194,6 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
     from schnet_model.data.generate import relabel, theory
     from schnet_model.data.load import load_dataset
     from schnet_model.data.splits import train_val
-    from schnet_model.explore import explore
 
     console = console or Console()
     if not spec.dataset.test_files():
@@ -260,16 +275,9 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
         record = RoundRecord(r, asdict(version), outcome.name, rid, metrics)
         # -- explore, select, label -----------------------------------------------------------------------------
         if r < opts.rounds:
-            rng = np.random.default_rng([opts.seed, r])
             with np.load(version.path, allow_pickle=False) as npz:
                 R, z = npz["R"], npz["z"]
-            from ase import Atoms
-
-            data = [Atoms(numbers=z, positions=x) for x in R]
-            starts = [data[i] for i in rng.choice(len(R), opts.trajectories, replace=len(R) < opts.trajectories)]
-            threshold = threshold_eV(opts.threshold, ens, data)  # eV/Å
-            trajs = explore(ens, starts, opts.temperature, opts.steps, threshold, seed=opts.seed * 1000 + r,
-                            every=opts.every)
+            trajs, threshold = explore_round(ens, R, z, opts, r)
             frames = [f for t in trajs for f in t.frames]
             sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
                          max_score=threshold)
@@ -297,5 +305,5 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
     return camp
 
 
-__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "evaluate", "latest_unfinished", "round_spec",
+__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "evaluate", "explore_round", "latest_unfinished", "round_spec",
            "run_campaign"]
