@@ -41,14 +41,14 @@ training:
   max_epochs: {epochs}
   early_stopping_patience: {patience}
 cv:
-  k: 3
+  k: {k}
   seed: {seed}
 search:
   num_samples: 1
   max_concurrent: 1
   scheduler: none
 resources:
-  cpus_per_fold: 0.6
+  cpus_per_fold: {cpus}
 """
 
 
@@ -67,7 +67,8 @@ def campaign(work: Path, strategy: str, seed: int, a: argparse.Namespace, test: 
     d.mkdir(parents=True, exist_ok=True)
     n_val = a.initial // 3
     (d / "spec.yaml").write_text(SPEC.format(data=ROOT / "data" / "ethanol_gfn2xtb_500K.npz", n_train=a.initial - n_val,
-                                             n_val=n_val, seed=seed, test=test, epochs=a.epochs, patience=a.patience))
+                                             n_val=n_val, seed=seed, test=test, epochs=a.epochs, patience=a.patience, k=a.k,
+                                             cpus=round(min(0.6, 1.8 / a.k), 2)))  # a trial's folds fit on 2 cores
     done = [p for p in (d / "campaigns").glob("*/campaign.json") if json.loads(p.read_text())["status"] == "finished"]
     if done:  # a finished campaign of this work directory (an earlier, interrupted run of the benchmark): reuse it
         return json.loads(done[0].read_text())
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-round", type=int, default=20)
     ap.add_argument("--initial", type=int, default=60, help="starting molecules (500 K)")
+    ap.add_argument("--k", type=int, default=3, help="folds = ensemble members")
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--patience", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=1000.0, help="K, exploration MD")
@@ -165,7 +167,10 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     test = test_set(a.work, a.test_frames)
     t0 = time.time()
-    runs = {s: {seed: campaign(a.work, s, seed, a, test) for seed in a.seeds} for s in ("uncertainty", "random")}
+    runs: dict[str, dict[int, dict]] = {"uncertainty": {}, "random": {}}
+    for seed in a.seeds:  # seed by seed: an interrupted run leaves paired campaigns (reused when run again)
+        for s in runs:
+            runs[s][seed] = campaign(a.work, s, seed, a, test)
     unit = runs["uncertainty"][a.seeds[0]]["rounds"][0]["dataset"]["energy_unit"]
     rows = []
     print(f"\nactive learning, ethanol GFN2-xTB: start {a.initial} molecules at 500 K, +{a.per_round} per round "
