@@ -107,8 +107,7 @@ def oracle(work: Path, seeds: list[int], rounds: int) -> list[dict]:
     round chose from (its saved ensemble and data, its seeds), every candidate labelled with GFN2-xTB, and each
     frame's force MAE (kcal/mol/Å): Spearman ρ(max force std, frame error) over the pool, and the mean frame error of
     the pool (= what random choice gets on average), of the 20 chosen, and of the 20 most uncertain."""
-    from orchestrator.learn.campaign import LearnOptions, explore_round
-    from orchestrator.learn.select import select
+    from orchestrator.learn.campaign import LearnOptions, choose_round
     from schnet_model.calibration import spearman
     from schnet_model.data.generate import label_gfn2
     from schnet_model.ensemble import SchNetEnsemble
@@ -124,10 +123,8 @@ def oracle(work: Path, seeds: list[int], rounds: int) -> list[dict]:
             ens = SchNetEnsemble.load(root / f"ensemble_r{r}")
             with np.load(root / f"data_r{r}.npz", allow_pickle=False) as d:
                 R, z = d["R"], d["z"]
-            trajs, threshold = explore_round(ens, R, z, opts, r)
-            frames = [f for t in trajs for f in t.frames]
-            sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
-                         max_score=threshold)
+            sel = choose_round(ens, R, z, opts, r).selection  # the pool and the choice the round made
+            frames = sel.scored.frames
             err = np.array([np.abs(sel.scored.forces[i] * to_kcal - label_gfn2(a.numbers, a.positions)[1]).mean()
                             for i, a in enumerate(frames)])  # [n] kcal/mol/Å
             top = np.argsort(-sel.scored.score)[: len(sel.idx)]

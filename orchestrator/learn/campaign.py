@@ -32,7 +32,15 @@ import numpy as np
 from rich.console import Console
 
 from orchestrator.learn.dataset import Version, grow, initial
-from orchestrator.learn.select import STRATEGIES, SelectError, parse_threshold, select, threshold_eV, write_selection
+from orchestrator.learn.select import (
+    STRATEGIES,
+    SelectError,
+    Selection,
+    parse_threshold,
+    select,
+    threshold_eV,
+    write_selection,
+)
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import keys
 from orchestrator.tracking.store import PARENT, ROLE, SWEEP_ID, Store, no_artifact_progress_bar
@@ -170,10 +178,25 @@ def evaluate(ens, cfg) -> dict[str, float]:
     return out
 
 
-def explore_round(ens, R: np.ndarray, z: np.ndarray, opts: LearnOptions, r: int) -> tuple[list, float]:
-    """Round ``r``'s exploration: ``opts.trajectories`` Langevin runs of ``ens`` from frames of the round's data
-    (``R`` [n, n_atoms, 3] Å, ``z`` [n_atoms]), seeded by (``opts.seed``, ``r``), each stopped at the threshold;
-    returns the trajectories and the threshold in eV/Å. Selection then uses seed ``opts.seed * 1000 + r``."""
+@dataclass
+class RoundChoice:
+    """What one round explored and chose."""
+
+    trajectories: list  # schnet_model.explore.Trajectory per exploration run
+    threshold: float  # eV/Å, the stopping threshold and the upper trust level of the selection
+    selection: Selection
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The selection's statistics, the exploration runs stopped and the threshold (eV/Å): what a round logs."""
+        stopped = sum(t.stopped_at is not None for t in self.trajectories)
+        return {**self.selection.stats(), "trajectories_stopped": stopped, "threshold_eV_per_A": self.threshold}
+
+
+def choose_round(ens, R: np.ndarray, z: np.ndarray, opts: LearnOptions, r: int) -> RoundChoice:
+    """Round ``r``'s exploration and selection: ``opts.trajectories`` Langevin runs of ``ens`` from frames of the
+    round's data (``R`` [n, n_atoms, 3] Å, ``z`` [n_atoms]), seeded by (``opts.seed``, ``r``), each stopped at the
+    threshold, then ``opts.per_round`` of their frames chosen by ``opts.strategy`` (seed ``opts.seed * 1000 + r``)."""
     from ase import Atoms
 
     from schnet_model.explore import explore
@@ -182,8 +205,11 @@ def explore_round(ens, R: np.ndarray, z: np.ndarray, opts: LearnOptions, r: int)
     data = [Atoms(numbers=z, positions=x) for x in R]
     starts = [data[i] for i in rng.choice(len(R), opts.trajectories, replace=len(R) < opts.trajectories)]
     threshold = threshold_eV(opts.threshold, ens, data)  # eV/Å
-    return explore(ens, starts, opts.temperature, opts.steps, threshold, seed=opts.seed * 1000 + r,
-                   every=opts.every), threshold
+    trajs = explore(ens, starts, opts.temperature, opts.steps, threshold, seed=opts.seed * 1000 + r, every=opts.every)
+    frames = [f for t in trajs for f in t.frames]
+    sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
+                 max_score=threshold)
+    return RoundChoice(trajs, threshold, sel)
 
 
 def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = False, address: str | None = None,
@@ -277,21 +303,18 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
         if r < opts.rounds:
             with np.load(version.path, allow_pickle=False) as npz:
                 R, z = npz["R"], npz["z"]
-            trajs, threshold = explore_round(ens, R, z, opts, r)
-            frames = [f for t in trajs for f in t.frames]
-            sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
-                         max_score=threshold)
-            chosen, sel_metrics = sel.chosen, sel.stats()
+            choice = choose_round(ens, R, z, opts, r)
+            chosen, sel_metrics = choice.selection.chosen, choice.stats
             sel_path = write_selection(chosen, root / f"selected_r{r}.extxyz")
-            stopped = sum(t.stopped_at is not None for t in trajs)
-            record.selection = {**sel_metrics, "trajectories_stopped": stopped, "threshold_eV_per_A": threshold}
-            store.log(rid, record.selection)
+            record.selection = sel_metrics
+            store.log(rid, sel_metrics)
             store.client.log_artifact(rid, str(sel_path))
             labelled = relabel({"R": np.stack([a.positions for a in chosen]), "z": z}, opts.method)
             version = grow(version, labelled, root / f"data_r{r + 1}.npz", r + 1, outcome.name, opts.strategy, opts.method)
             record.selected = str(sel_path)
-            console.print(f"round {r}: {len(frames)} candidates from {len(trajs)} MD runs at {opts.temperature:g} K "
-                          f"({stopped} stopped by the {threshold:.3g} eV/Å threshold, {opts.threshold}); {len(chosen)} selected "
+            console.print(f"round {r}: {sel_metrics['candidates']} candidates from {len(choice.trajectories)} MD runs at "
+                          f"{opts.temperature:g} K ({sel_metrics['trajectories_stopped']} stopped by the "
+                          f"{choice.threshold:.3g} eV/Å threshold, {opts.threshold}); {len(chosen)} selected "
                           f"({opts.strategy}; median max force std {sel_metrics['selected_forces_std_max_median']:.3f} eV/Å "
                           f"vs {sel_metrics['candidates_forces_std_max_median']:.3f} over candidates), labelled with "
                           f"{theory(opts.method)} → {version.path}", soft_wrap=True)
@@ -305,5 +328,5 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
     return camp
 
 
-__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "evaluate", "explore_round", "latest_unfinished", "round_spec",
-           "run_campaign"]
+__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "RoundChoice", "choose_round", "evaluate", "latest_unfinished",
+           "round_spec", "run_campaign"]
