@@ -75,7 +75,7 @@ def campaign(work: Path, strategy: str, seed: int, a: argparse.Namespace, test: 
     sweep = Path(sys.executable).parent / "sweep"
     cmd = [str(sweep), "learn", "spec.yaml", "--rounds", str(a.rounds), "--per-round", str(a.per_round),
            "--temperature", str(a.temperature), "--strategy", strategy, "--seed", str(seed), "--trajectories",
-           str(a.trajectories), "--steps", str(a.steps), "--threshold", str(a.threshold)]
+           str(a.trajectories), "--steps", str(a.steps), "--threshold", str(a.threshold), "--pool-factor", str(a.pool_factor)]
     if (d / "campaigns").is_dir():
         cmd.append("--resume")
     t0 = time.time()
@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=16)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--threshold", default="4x", help="eV/Å, or a multiple of the median force std on the round's data (4x)")
+    ap.add_argument("--pool-factor", type=int, default=10, help="the uncertainty selection clusters the pool-factor × "
+                    "per-round most uncertain candidates")
     ap.add_argument("--test-frames", type=int, default=300)
     ap.add_argument("--work", type=Path, default=Path("al_bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -178,6 +178,9 @@ def select(
     every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
     max_std: Annotated[float | None, typer.Option(help="eV/Å: leave out candidates whose max force std exceeds this (upper "
                                                   "trust level; default: --threshold with --explore, none with --candidates)")] = None,
+    pool_factor: Annotated[int | None, typer.Option(min=1, help="uncertainty: cluster the pool-factor × n most uncertain "
+                                                    "candidates (smaller: more uncertain choices; larger: more typical ones; "
+                                                    "default 10)")] = None,
     seed: int = 0,
     out: Annotated[Path, typer.Option("-o", "--out", help="extended XYZ of the selected molecules (predictions and stds, eV and eV/Å)")] = Path("selected.extxyz"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
@@ -192,7 +195,7 @@ def select(
         fail("give --candidates FILE or --explore FILE (start geometries for the ensemble's MD)")
     try:
         run_select(source, candidates, explore, n, strategy, temperature, trajectories, steps, threshold, every, seed, out,
-                   tracking_uri, console, max_std)
+                   tracking_uri, console, max_std, pool_factor)
     except (SelectError, EnsembleCommandError, EnsembleError, DataError) as e:
         fail(str(e))
 
@@ -213,6 +216,9 @@ def learn(
                                            "ensemble's median on the round's data (4x, the default: it follows the "
                                            "round's recalibration)")] = "4x",
     every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
+    pool_factor: Annotated[int | None, typer.Option(min=1, help="uncertainty: cluster the pool-factor × per-round most "
+                                                    "uncertain candidates (smaller: more uncertain choices; larger: more "
+                                                    "typical ones; default 10)")] = None,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="campaign directories (datasets per round, selections, ensembles)")] = Path("campaigns"),
     resume: Annotated[bool, typer.Option("--resume", help="continue the newest unfinished campaign of this spec")] = False,
@@ -228,7 +234,8 @@ def learn(
 
     try:
         s = load_sweep_spec(spec, set_ or [])
-        opts = LearnOptions(rounds, per_round, temperature, strategy, method, trajectories, steps, every, threshold, seed)
+        opts = LearnOptions(rounds, per_round, temperature, strategy, method, trajectories, steps, every, threshold, seed,
+                            **({} if pool_factor is None else {"pool_factor": pool_factor}))
         camp = run_campaign(s, opts, out, resume, address, console)
     except (SpecError, LearnError, SweepError, DataError, EnsembleCommandError) as e:
         fail(str(e))

@@ -18,6 +18,7 @@ from conftest import QUICKSTART_DATA, write_sweep_spec
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.learn.campaign import LearnError, LearnOptions
 from orchestrator.learn.dataset import Version, grow, initial
 from orchestrator.learn.select import SelectError, choose, descriptors, parse_threshold, score, threshold_eV
 from schnet_model.data.load import read_dataset
@@ -67,6 +68,19 @@ def test_uncertainty_selection_takes_a_typical_member_of_an_uncertain_region_not
     assert picked.tolist() != [9] and picked[0] in range(9)  # nearest the uncertainty-weighted centre
     # the weights pull the centre: with the outlier weighted 30×, it is the pick
     assert choose(np.concatenate([np.full(9, 1.0), [30.0]]), desc, 1, "uncertainty").tolist() == [9]
+
+
+def test_a_smaller_pool_factor_chooses_more_uncertain_candidates_still_one_per_region():
+    rng = np.random.default_rng(2)
+    # 60 candidates along one coordinate, uncertainty rising with it; 3 per region of 20 near-duplicates each
+    desc = np.repeat(np.arange(20.0), 3)[:, None] + rng.normal(0, 0.01, (60, 1))
+    scores = 0.1 + desc[:, 0] / 20 + rng.uniform(0, 0.01, 60)
+    wide, narrow, top = (choose(scores, desc, 3, "uncertainty", seed=0, pool_factor=b) for b in (10, 3, 1))
+    assert np.median(scores[wide]) < np.median(scores[narrow]) < np.median(scores[top])
+    assert top.tolist() == np.argsort(-scores)[:3].tolist()  # pool factor 1: the n most uncertain
+    assert len(set(np.round(desc[narrow, 0]).tolist())) == 3  # clustered: three different regions, not one's duplicates
+    with pytest.raises(SelectError, match=r"--pool-factor: must be ≥ 1 \(got 0\)"):
+        choose(scores, desc, 3, "uncertainty", pool_factor=0)
 
 
 def test_candidates_above_the_upper_trust_level_are_left_out_unless_too_few_are_below_it():
@@ -270,4 +284,8 @@ def test_sweep_learn_needs_a_fixed_test_set(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "--strategy: 'best'" in r.stderr
     r = cli("learn", str(spec), "--set", "dataset.test_path=x.npz", "--threshold", "4y")
     assert r.exit_code == 2 and "--threshold: '4y'; expected eV/Å (e.g. 1.0) or a multiple" in r.stderr
+    r = cli("learn", str(spec), "--set", "dataset.test_path=x.npz", "--pool-factor", "0")
+    assert r.exit_code == 2 and "--pool-factor" in r.stderr
+    with pytest.raises(LearnError, match=r"--pool-factor: must be ≥ 1 \(got 0\)"):
+        LearnOptions(pool_factor=0)
     assert not Path("campaigns").exists()

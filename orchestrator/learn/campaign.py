@@ -33,6 +33,7 @@ from rich.console import Console
 
 from orchestrator.learn.dataset import Version, grow, initial
 from orchestrator.learn.select import (
+    POOL_FACTOR,
     STRATEGIES,
     SelectError,
     Selection,
@@ -69,6 +70,7 @@ class LearnOptions:
     every: int = 10  # a candidate frame every `every` steps
     threshold: str = "4x"  # a run stops when a per-atom force std exceeds it: eV/Å, or "4x": 4 × the median on the data
     seed: int = 0
+    pool_factor: int = POOL_FACTOR  # the uncertainty selection clusters the pool_factor × per_round most uncertain candidates
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -84,7 +86,7 @@ class LearnOptions:
         package, extra = ("tblite", "generate") if kind == "gfn2-xtb" else ("pyscf", "dft")
         if importlib.util.find_spec(package) is None:
             raise LearnError(f"--method {self.method}: the labels need {package}; pip install -e '.[{extra}]'")
-        for name in ("rounds", "per_round", "trajectories", "steps", "every"):
+        for name in ("rounds", "per_round", "trajectories", "steps", "every", "pool_factor"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise LearnError(f"--{name.replace('_', '-')}: must be ≥ {0 if name == 'rounds' else 1} (got {getattr(self, name)})")
         if self.temperature <= 0:
@@ -208,7 +210,7 @@ def choose_round(ens, R: np.ndarray, z: np.ndarray, opts: LearnOptions, r: int) 
     trajs = explore(ens, starts, opts.temperature, opts.steps, threshold, seed=opts.seed * 1000 + r, every=opts.every)
     frames = [f for t in trajs for f in t.frames]
     sel = select(ens, frames, min(opts.per_round, len(frames)), opts.strategy, seed=opts.seed * 1000 + r,
-                 max_score=threshold)
+                 max_score=threshold, pool_factor=opts.pool_factor)
     return RoundChoice(trajs, threshold, sel)
 
 

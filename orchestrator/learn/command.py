@@ -9,6 +9,7 @@ import numpy as np
 from rich.console import Console
 
 from orchestrator.learn.select import (
+    POOL_FACTOR,
     STRATEGIES,
     SelectError,
     parse_threshold,
@@ -21,7 +22,8 @@ from orchestrator.learn.select import (
 
 def run_select(source: str | None, candidates: Path | None, explore_from: Path | None, n: int, strategy: str,
                temperature: float, trajectories: int, steps: int, threshold: str | float, every: int, seed: int, out: Path,
-               tracking_uri: str | None, console: Console, max_std: float | None = None) -> list:
+               tracking_uri: str | None, console: Console, max_std: float | None = None,
+               pool_factor: int | None = None) -> list:
     """Select ``n`` molecules; write them to ``out``; log the choice under the ensemble's sweep run when it has one."""
     from orchestrator.ensemble.assemble import resolve
     from orchestrator.spec.sweep import TrackingConfig
@@ -32,6 +34,7 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
     if temperature <= 0:
         raise SelectError("--temperature must be > 0")
     parse_threshold(threshold)
+    pool_factor = POOL_FACTOR if pool_factor is None else pool_factor
     frames = read_candidates(candidates or explore_from)  # read before anything is loaded: a bad file fails at once
     uri = TrackingConfig(uri=tracking_uri).resolved_uri()
     with no_artifact_progress_bar():
@@ -50,7 +53,8 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
         what = (f"{len(frames)} frames of {len(trajs)} MD runs at {temperature:g} K from {explore_from} "
                 f"({stopped} stopped by the {threshold:.3g} eV/Å threshold)")
     sel = select(ens, frames, n, strategy, seed,  # type: ignore[arg-type]
-                 max_score=max_std if max_std is not None else (threshold if explore_from is not None else None))
+                 max_score=max_std if max_std is not None else (threshold if explore_from is not None else None),
+                 pool_factor=pool_factor)
     chosen, stats = sel.chosen, sel.stats()
     write_selection(chosen, out)
     console.print(f"ensemble: {loaded.description}; candidates: {what}; max per-atom force std (calibrated) median "
@@ -62,7 +66,7 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
         rid = store.client.create_run(store.exp_id, run_name=f"select-{Path(out).stem}",
                                       tags={ROLE: "selection", PARENT: sweep_run}).info.run_id
         store.log(rid, stats,
-                  params={"strategy": strategy, "source": str(candidates or explore_from), "seed": seed,
+                  params={"strategy": strategy, "pool_factor": pool_factor, "source": str(candidates or explore_from), "seed": seed,
                           **({"temperature_K": temperature, "trajectories": trajectories, "steps": steps,
                               "threshold_eV_per_A": threshold} if explore_from else {})})
         with tempfile.TemporaryDirectory() as t:

@@ -96,6 +96,8 @@ def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, see
         raise SelectError(f"select at least one molecule (got {n})")
     if n > len(scores):
         raise SelectError(f"cannot select {n} molecules from {len(scores)} candidates")
+    if pool_factor < 1:
+        raise SelectError(f"--pool-factor: must be ≥ 1 (got {pool_factor})")
     rng = np.random.default_rng(seed)
     if strategy == "random":
         return rng.choice(len(scores), n, replace=False)
@@ -165,11 +167,11 @@ class Selection:
 
 
 def select(ens: SchNetEnsemble, frames: list[Atoms], n: int, strategy: Strategy, seed: int = 0,
-           max_score: float | None = None) -> Selection:
+           max_score: float | None = None, pool_factor: int = POOL_FACTOR) -> Selection:
     """Score ``frames`` with ``ens`` and choose ``n`` of them (:func:`choose`): what ``sweep select`` and every round of
     ``sweep learn`` do."""
     scored = score(ens, frames)
-    idx = choose(scored.score, descriptors(frames), n, strategy, seed, max_score=max_score)
+    idx = choose(scored.score, descriptors(frames), n, strategy, seed, pool_factor=pool_factor, max_score=max_score)
     return Selection(scored, idx, selected_frames(scored, idx, strategy))
 
 
