@@ -102,7 +102,7 @@ def round_stats(d: Path) -> dict[int, dict[str, float]]:
             for r in client.search_runs(ids, filter_string=f"tags.`{ROLE}` = 'round'")}
 
 
-def oracle(work: Path, seeds: list[int], rounds: int) -> list[dict]:
+def oracle(work: Path, seeds: list[int], rounds: int, arm: str = "uncertainty") -> list[dict]:
     """Does the uncertainty find the errors? For every selection round of the uncertainty campaigns: the same pool the
     round chose from (its saved ensemble and data, its seeds), every candidate labelled with GFN2-xTB, and each
     frame's force MAE (kcal/mol/Å): Spearman ρ(max force std, frame error) over the pool, and the mean frame error of
@@ -116,7 +116,7 @@ def oracle(work: Path, seeds: list[int], rounds: int) -> list[dict]:
     to_kcal = energy_factor("eV", "kcal/mol")
     out = []
     for seed in seeds:
-        root = next((work / f"uncertainty-seed{seed}" / "campaigns").glob("*/campaign.json")).parent
+        root = next((work / f"{arm}-seed{seed}" / "campaigns").glob("*/campaign.json")).parent
         camp = json.loads((root / "campaign.json").read_text())
         opts = LearnOptions(**camp["options"])
         for r in range(rounds):
@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=16)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--threshold", default="4x", help="eV/Å, or a multiple of the median force std on the round's data (4x)")
+    ap.add_argument("--strategy", default="uncertainty", choices=["uncertainty", "stochastic"],
+                    help="the selection compared with random choice")
     ap.add_argument("--pool-factor", type=int, default=10, help="the uncertainty selection clusters the pool-factor × "
                     "per-round most uncertain candidates")
     ap.add_argument("--test-frames", type=int, default=300)
@@ -166,17 +168,18 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     test = test_set(a.work, a.test_frames)
     t0 = time.time()
-    runs: dict[str, dict[int, dict]] = {"uncertainty": {}, "random": {}}
+    arm = a.strategy  # the selection compared with random choice
+    runs: dict[str, dict[int, dict]] = {arm: {}, "random": {}}
     for seed in a.seeds:  # seed by seed: an interrupted run leaves paired campaigns (reused when run again)
         for s in runs:
             runs[s][seed] = campaign(a.work, s, seed, a, test)
-    unit = runs["uncertainty"][a.seeds[0]]["rounds"][0]["dataset"]["energy_unit"]
+    unit = runs[arm][a.seeds[0]]["rounds"][0]["dataset"]["energy_unit"]
     rows = []
     print(f"\nactive learning, ethanol GFN2-xTB: start {a.initial} molecules at 500 K, +{a.per_round} per round "
           f"(exploration MD at {a.temperature:g} K), test {a.test_frames} molecules at 1,000 K; "
           f"mean ± std over seeds {a.seeds}; {date.today()}, {platform.node()} ({os.cpu_count()} CPUs)")
-    print(f"{'round':>5} {'labels':>6} | {'forces MAE uncertainty':>23} {'random':>17} | {'energy MAE uncertainty':>23} "
-          f"{'random':>17} | unc. better (forces)")
+    print(f"{'round':>5} {'labels':>6} | {'forces MAE ' + arm:>23} {'random':>17} | {'energy MAE ' + arm:>23} "
+          f"{'random':>17} | {arm} better (forces)")
     for r in range(a.rounds + 1):
         row = {"round": r}
         for s, camps in runs.items():
@@ -184,10 +187,10 @@ def main() -> None:
             e = np.array([c["rounds"][r]["metrics"]["test_1000K_energy_mae"] for c in camps.values()])
             row[s] = {"forces_mae": f.tolist(), "energy_mae": e.tolist(),
                       "n_molecules": runs[s][a.seeds[0]]["rounds"][r]["dataset"]["n_molecules"]}
-        fu, fr = np.array(row["uncertainty"]["forces_mae"]), np.array(row["random"]["forces_mae"])
-        eu, er = np.array(row["uncertainty"]["energy_mae"]), np.array(row["random"]["energy_mae"])
+        fu, fr = np.array(row[arm]["forces_mae"]), np.array(row["random"]["forces_mae"])
+        eu, er = np.array(row[arm]["energy_mae"]), np.array(row["random"]["energy_mae"])
         wins = int((fu < fr).sum())
-        print(f"{r:>5} {row['uncertainty']['n_molecules']:>6} | {fu.mean():>13.3f} ± {fu.std():.3f} {fr.mean():>9.3f} ± "
+        print(f"{r:>5} {row[arm]['n_molecules']:>6} | {fu.mean():>13.3f} ± {fu.std():.3f} {fr.mean():>9.3f} ± "
               f"{fr.std():.3f} | {eu.mean():>13.3f} ± {eu.std():.3f} {er.mean():>9.3f} ± {er.std():.3f} | "
               f"{'–' if np.array_equal(fu, fr) else f'{wins}/{len(fu)} seeds'}")
         rows.append(row)
@@ -211,7 +214,7 @@ def main() -> None:
             else:
                 cells.append(f"{s}: ρ {rho:.2f}")
         print(f"{r:>5} | " + " | ".join(cells))
-    found = oracle(a.work, a.seeds, a.rounds)
+    found = oracle(a.work, a.seeds, a.rounds, arm)
     a.out.mkdir(parents=True, exist_ok=True)
     res = a.out / f"active_learning_{date.today()}.json"
     res.write_text(json.dumps({"date": str(date.today()), "machine": platform.node(), "cpus": os.cpu_count(),

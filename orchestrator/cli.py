@@ -169,7 +169,8 @@ def select(
     candidates: Annotated[Path | None, typer.Option(help="choose from the frames of this file (xyz, extxyz, ASE db, traj; Å)")] = None,
     explore: Annotated[Path | None, typer.Option(help="or: run the ensemble's own Langevin MD from frames of this file and choose from its frames")] = None,
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="molecules to select")] = 20,
-    strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std with diversity) or random")] = "uncertainty",
+    strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std, weighted k-means diversity), "
+                                         "stochastic (drawn with probability ∝ std²) or random")] = "uncertainty",
     temperature: Annotated[float, typer.Option(help="K, with --explore")] = 500.0,
     trajectories: Annotated[int, typer.Option(min=1, help="MD runs, with --explore")] = 8,
     steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs), with --explore")] = 400,
@@ -207,7 +208,8 @@ def learn(
     rounds: Annotated[int, typer.Option(min=0, help="rounds of explore → select → label → retrain")] = 3,
     per_round: Annotated[int, typer.Option(min=1, help="molecules labelled per round")] = 20,
     temperature: Annotated[float, typer.Option(help="K, the exploration MD")] = 500.0,
-    strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std with diversity) or random")] = "uncertainty",
+    strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std, weighted k-means diversity), "
+                                         "stochastic (drawn with probability ∝ std²) or random")] = "uncertainty",
     method: Annotated[str, typer.Option(help="reference labels: gfn2-xtb or pyscf:<functional>/<basis>")] = "gfn2-xtb",
     trajectories: Annotated[int, typer.Option(min=1, help="exploration MD runs per round")] = 16,
     steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs)")] = 400,

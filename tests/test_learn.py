@@ -91,6 +91,17 @@ def test_candidates_above_the_upper_trust_level_are_left_out_unless_too_few_are_
     assert sorted(choose(scores, desc, 6, "random", max_score=1.0).tolist()) == list(range(6))  # random: the whole pool
 
 
+def test_stochastic_selection_draws_in_proportion_to_the_variance_below_the_trust_level():
+    scores = np.concatenate([np.full(50, 1.0), np.full(50, 3.0), [9.0]])  # 9.0: above the trust level
+    desc = np.zeros((101, 2))
+    draws = [choose(scores, desc, 10, "stochastic", seed=s, max_score=5.0) for s in range(200)]
+    assert all(len(set(d.tolist())) == 10 and 100 not in d for d in draws)  # no repeats, nothing above the trust level
+    high = np.mean([np.mean(d >= 50) for d in draws])
+    assert 0.8 < high < 0.95  # p ∝ σ²: 9 : 1 per candidate (without replacement a little less than 0.9)
+    assert draws[0].tolist() == choose(scores, desc, 10, "stochastic", seed=0, max_score=5.0).tolist()  # seeded
+    assert np.all(np.diff(scores[draws[0]]) <= 0)  # most uncertain first, like the other strategies
+
+
 def test_random_selection_is_seeded_and_without_repeats():
     scores, desc = np.arange(50.0), np.zeros((50, 3))
     a, b, c = (choose(scores, desc, 10, "random", seed=s) for s in (1, 1, 2))
@@ -100,7 +111,7 @@ def test_random_selection_is_seeded_and_without_repeats():
 @pytest.mark.parametrize(("n", "strategy", "message"), [
     (0, "uncertainty", "select at least one molecule"),
     (11, "uncertainty", "cannot select 11 molecules from 10 candidates"),
-    (2, "greedy", "unknown strategy 'greedy'; expected one of uncertainty, random"),
+    (2, "greedy", "unknown strategy 'greedy'; expected one of uncertainty, stochastic, random"),
 ])
 def test_bad_selection_requests_are_one_line_errors(n, strategy, message):
     with pytest.raises(SelectError, match=message):

@@ -31,8 +31,8 @@ from ase import Atoms
 from schnet_model.data.molecules import DataError, Molecules
 from schnet_model.ensemble import SchNetEnsemble
 
-Strategy = Literal["uncertainty", "random"]
-STRATEGIES: tuple[str, ...] = ("uncertainty", "random")
+Strategy = Literal["uncertainty", "stochastic", "random"]
+STRATEGIES: tuple[str, ...] = ("uncertainty", "stochastic", "random")
 POOL_FACTOR = 10  # the uncertainty strategy clusters the POOL_FACTOR·N most uncertain candidates (Zhdanov 2019's β)
 
 
@@ -101,7 +101,7 @@ def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, see
     rng = np.random.default_rng(seed)
     if strategy == "random":
         return rng.choice(len(scores), n, replace=False)
-    if strategy != "uncertainty":
+    if strategy not in ("uncertainty", "stochastic"):
         raise SelectError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     order = np.argsort(-scores, kind="stable")  # most uncertain first
     if max_score is not None:
@@ -109,6 +109,10 @@ def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, see
         if len(trusted) < n:  # too few below the trust level: the least uncertain above it complete the choice
             return np.concatenate([trusted, order[scores[order] > max_score][::-1][: n - len(trusted)]])
         order = trusted
+    if strategy == "stochastic":  # N draws without replacement, p ∝ σ² (a calibrated ensemble's expected squared error)
+        w = scores[order].astype(float) ** 2 + 1e-12  # [m]; the floor keeps zero-std candidates drawable
+        drawn = rng.choice(order, n, replace=False, p=w / w.sum())
+        return np.array(sorted(drawn.tolist(), key=lambda i: -scores[i]))
     top = order[: max(n, pool_factor * n)]  # [m]
     if len(top) == n:
         return top
