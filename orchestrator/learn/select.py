@@ -16,7 +16,10 @@ the candidate nearest its centre. The centres sit where the pool is both dense a
 candidate nearest a centre is a typical member of that region, not its most strained outlier (taking
 the most uncertain of each cluster chose the tail of the exploration and lost to random choice:
 docs/active_learning.md). N near-duplicates from one stretch of one trajectory cannot all be chosen.
-``random`` draws N uniformly (the control of the benchmark).
+``pool_factor`` (β) sets how far into the uncertain end the clusters reach: β = 1 is the N most uncertain.
+``stochastic`` draws N of the candidates below ``max_score`` without replacement with probability ∝ σ²
+(power acquisition, Kirsch et al. 2023): tilted towards the uncertain, but matched to the density of the
+pool where k-means spreads its centres out. ``random`` draws N uniformly (the control of the benchmark).
 """
 
 from __future__ import annotations
@@ -87,10 +90,10 @@ def descriptors(frames: list[Atoms]) -> np.ndarray:
 
 def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, seed: int = 0,
            pool_factor: int = POOL_FACTOR, max_score: float | None = None) -> np.ndarray:
-    """Indices of the ``n`` candidates to label, in order of selection (most uncertain first for ``uncertainty``).
+    """Indices of the ``n`` candidates to label, most uncertain first (``random``: in the order drawn).
 
-    ``max_score``: the uncertainty strategy's upper trust level (candidates above it are taken only when fewer than
-    ``n`` lie below it, least uncertain first); ``random`` ignores it (the naive control).
+    ``max_score``: the upper trust level of ``uncertainty`` and ``stochastic`` (candidates above it are taken only when
+    fewer than ``n`` lie below it, least uncertain first); ``random`` ignores it (the naive control).
     """
     if n < 1:
         raise SelectError(f"select at least one molecule (got {n})")
