@@ -143,6 +143,24 @@ def oracle(work: Path, seeds: list[int], rounds: int, arm: str = "uncertainty") 
     return out
 
 
+def beyond_test(work: Path, runs: dict[str, dict[int, dict]], test: Path) -> dict[str, dict[int, list[int]]]:
+    """Labels spent on geometries the test never reaches: per arm, seed and round, how many of the molecules the round
+    added have a reference energy above the highest energy of the 1,000 K test set (printed as totals over seeds)."""
+    with np.load(test, allow_pickle=False) as t:
+        top = float(t["E"].max())
+    out: dict[str, dict[int, list[int]]] = {}
+    for s, camps in runs.items():
+        out[s] = {}
+        for seed, c in camps.items():
+            last = Path(c["rounds"][-1]["dataset"]["path"])
+            with np.load(last, allow_pickle=False) as d:
+                E, rnd = d["E"], d["round"]
+            out[s][seed] = [int(((E > top) & (rnd == r)).sum()) for r in range(1, len(c["rounds"]))]
+    print(f"\nlabels above the test set's highest energy ({top:.1f}), summed over seeds, per round added: " +
+          " | ".join(f"{s}: {np.sum(list(v.values()), axis=0).tolist()}" for s, v in out.items()))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -179,7 +197,7 @@ def main() -> None:
           f"(exploration MD at {a.temperature:g} K), test {a.test_frames} molecules at 1,000 K; "
           f"mean ± std over seeds {a.seeds}; {date.today()}, {platform.node()} ({os.cpu_count()} CPUs)")
     print(f"{'round':>5} {'labels':>6} | {'forces MAE ' + arm:>23} {'random':>17} | {'energy MAE ' + arm:>23} "
-          f"{'random':>17} | {arm} better (forces)")
+          f"{'random':>17} | {arm} better (forces) | Δ forces ± s.e. (paired)")
     for r in range(a.rounds + 1):
         row = {"round": r}
         for s, camps in runs.items():
@@ -190,9 +208,13 @@ def main() -> None:
         fu, fr = np.array(row[arm]["forces_mae"]), np.array(row["random"]["forces_mae"])
         eu, er = np.array(row[arm]["energy_mae"]), np.array(row["random"]["energy_mae"])
         wins = int((fu < fr).sum())
+        diff = fu - fr  # [seeds] paired by seed: same starting molecules and round-0 models
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.nan
+        row["forces_mae_difference"] = {"mean": float(diff.mean()), "standard_error": float(se)}
         print(f"{r:>5} {row[arm]['n_molecules']:>6} | {fu.mean():>13.3f} ± {fu.std():.3f} {fr.mean():>9.3f} ± "
               f"{fr.std():.3f} | {eu.mean():>13.3f} ± {eu.std():.3f} {er.mean():>9.3f} ± {er.std():.3f} | "
-              f"{'–' if np.array_equal(fu, fr) else f'{wins}/{len(fu)} seeds'}")
+              f"{'–' if np.array_equal(fu, fr) else f'{wins}/{len(fu)} seeds'} | "
+              f"{'–' if np.array_equal(fu, fr) else f'{diff.mean():+.3f} ± {se:.3f}'}")
         rows.append(row)
     print(f"(forces in {unit}/Å, energies in {unit}; total {time.time() - t0:.0f} s)")
     stats = {s: {seed: round_stats(a.work / f"{s}-seed{seed}") for seed in a.seeds} for s in runs}
@@ -214,6 +236,7 @@ def main() -> None:
             else:
                 cells.append(f"{s}: ρ {rho:.2f}")
         print(f"{r:>5} | " + " | ".join(cells))
+    hot = beyond_test(a.work, runs, test)
     found = oracle(a.work, a.seeds, a.rounds, arm)
     a.out.mkdir(parents=True, exist_ok=True)
     res = a.out / f"active_learning_{date.today()}.json"
@@ -222,7 +245,7 @@ def main() -> None:
                                "round_metrics": {s: {seed: [stats[s][seed].get(r["round"], r.get("metrics", {}))
                                                              for r in c["rounds"]] for seed, c in camps.items()}
                                                  for s, camps in runs.items()},
-                               "oracle": found, "seconds": time.time() - t0}, indent=2))
+                               "labels_above_test_max_energy": hot, "oracle": found, "seconds": time.time() - t0}, indent=2))
     print(f"results: {res}")
 
 
