@@ -132,7 +132,7 @@ def oracle(work: Path, seeds: list[int], rounds: int, arm: str = "uncertainty") 
                         "candidates_logged": (camp["rounds"][r].get("selection") or {}).get("candidates"),
                         "spearman": spearman(sel.scored.score, err), "pool": float(err.mean()),
                         "chosen": float(err[sel.idx].mean()), "most_uncertain": float(err[top].mean())})
-    print("\ndoes the uncertainty find the errors? every candidate of the uncertainty campaigns' pools labelled "
+    print(f"\ndoes the uncertainty find the errors? every candidate of the {arm} campaigns' pools labelled "
           "(GFN2-xTB); mean per-frame force MAE in kcal/mol/Å, mean over seeds")
     print(f"{'round':>5} | {'candidates':>10} | {'ρ(σ, error)':>11} | {'pool (random)':>13} | {'chosen':>7} | most uncertain")
     for r in range(rounds):
