@@ -161,6 +161,44 @@ def beyond_test(work: Path, runs: dict[str, dict[int, dict]], test: Path) -> dic
     return out
 
 
+def retrain(work: Path, runs: dict[str, dict[int, dict]], training_seed: int) -> dict[str, dict[int, dict[str, float]]]:
+    """Training noise at fixed data: every campaign's last dataset trained again exactly as its round was (same folds,
+    same configuration) but with ``training.seed`` = ``training_seed``; the test MAE of each (kcal/mol, /Å)."""
+    from rich.console import Console
+
+    from orchestrator.ensemble.assemble import resolve
+    from orchestrator.learn.campaign import evaluate, round_spec
+    from orchestrator.learn.dataset import Version
+    from orchestrator.search.driver import run_sweep
+    from orchestrator.spec.sweep import load_sweep_spec
+
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    quiet = Console(quiet=True)
+    for s, camps in runs.items():
+        out[s] = {}
+        for seed, c in camps.items():
+            d = work / f"{s}-seed{seed}"
+            uri = f"sqlite:///{d / 'retrain.db'}"
+            spec = load_sweep_spec(d / "spec.yaml", [f"training.seed={training_seed}", f"tracking.uri={uri}"])
+            last = c["rounds"][-1]
+            rs = round_spec(spec, Version(**last["dataset"]), f"retrain-r{last['round']}-t{training_seed}", c["params"])
+            cwd = Path.cwd()
+            os.chdir(d)  # the sweep's files next to the campaign's
+            try:
+                ens = resolve(run_sweep(rs, console=quiet).name, uri, rebuild=True, console=quiet).ensemble
+            finally:
+                os.chdir(cwd)
+            m = evaluate(ens, rs.dataset)
+            out[s][seed] = {"forces_mae": m["test_1000K_forces_mae"], "energy_mae": m["test_1000K_energy_mae"]}
+    print(f"\ntraining noise: the last round's data of every campaign trained again with training.seed {training_seed}; "
+          "test MAE, mean over seeds (as run → again)")
+    for s, v in out.items():
+        f0 = np.array([runs[s][k]["rounds"][-1]["metrics"]["test_1000K_forces_mae"] for k in v])
+        f1 = np.array([x["forces_mae"] for x in v.values()])
+        print(f"  {s}: forces {f0.mean():.3f} → {f1.mean():.3f}; one training's std ≈ {np.sqrt(np.mean((f1 - f0) ** 2) / 2):.3f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -178,6 +216,8 @@ def main() -> None:
                     help="the selection compared with random choice")
     ap.add_argument("--pool-factor", type=int, default=10, help="the uncertainty selection clusters the pool-factor × "
                     "per-round most uncertain candidates")
+    ap.add_argument("--retrain-seed", type=int, default=None, help="also train every campaign's last dataset again "
+                    "with this training seed (the training noise at fixed data)")
     ap.add_argument("--test-frames", type=int, default=300)
     ap.add_argument("--work", type=Path, default=Path("al_bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -237,6 +277,7 @@ def main() -> None:
                 cells.append(f"{s}: ρ {rho:.2f}")
         print(f"{r:>5} | " + " | ".join(cells))
     hot = beyond_test(a.work, runs, test)
+    again = retrain(a.work, runs, a.retrain_seed) if a.retrain_seed is not None else None
     found = oracle(a.work, a.seeds, a.rounds, arm)
     a.out.mkdir(parents=True, exist_ok=True)
     res = a.out / f"active_learning_{date.today()}.json"
@@ -245,7 +286,7 @@ def main() -> None:
                                "round_metrics": {s: {seed: [stats[s][seed].get(r["round"], r.get("metrics", {}))
                                                              for r in c["rounds"]] for seed, c in camps.items()}
                                                  for s, camps in runs.items()},
-                               "labels_above_test_max_energy": hot, "oracle": found, "seconds": time.time() - t0}, indent=2))
+                               "labels_above_test_max_energy": hot, "retrained": again, "oracle": found, "seconds": time.time() - t0}, indent=2))
     print(f"results: {res}")
 
 
