@@ -217,6 +217,22 @@ def test_sweep_select_writes_the_chosen_molecules_with_predictions_and_refuses_b
         assert not Path("bad.extxyz").exists()
 
 
+def test_sweep_select_does_not_log_under_a_sweep_run_the_store_does_not_hold(tmp_path, trained_ensemble, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    ens = shutil.copytree(trained_ensemble, tmp_path / "ens")  # as if saved from another machine's sweep
+    man = json.loads((ens / "ensemble.json").read_text())
+    man["meta"].update(sweep_run_id="c355336ecaa44b54bc633237d9deeb73", experiment="elsewhere")
+    (ens / "ensemble.json").write_text(json.dumps(man))
+    ase.io.write("cands.xyz", ethanol_frames(20), format="extxyz")
+    r = cli("select", str(ens), "--candidates", "cands.xyz", "-n", "3", "--strategy", "stochastic", "-o", "sel.extxyz",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'here.db'}")
+    assert r.exit_code == 0, r.output
+    assert "not logged in MLflow (the ensemble's sweep run c355336ecaa44b54bc633237d9deeb73 is not in" in r.output
+    assert len(ase.io.read("sel.extxyz", ":")) == 3 and not (tmp_path / "here.db").exists()
+
+
 # -- sweep learn, for real ----------------------------------------------------------------------------
 def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

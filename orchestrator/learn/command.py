@@ -27,7 +27,7 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
     """Select ``n`` molecules; write them to ``out``; log the choice under the ensemble's sweep run when it has one."""
     from orchestrator.ensemble.assemble import resolve
     from orchestrator.spec.sweep import TrackingConfig
-    from orchestrator.tracking.store import PARENT, ROLE, Store, no_artifact_progress_bar
+    from orchestrator.tracking.store import PARENT, ROLE, Store, no_artifact_progress_bar, run_exists
 
     if strategy not in STRATEGIES:
         raise SelectError(f"--strategy: {strategy!r}; expected one of {', '.join(STRATEGIES)}")
@@ -61,7 +61,10 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
                   f"{stats['candidates_forces_std_max_median']:.3f} eV/Å, of the {len(chosen)} selected ({strategy}) median "
                   f"{stats['selected_forces_std_max_median']:.3f} eV/Å → {out} (predictions and stds in eV, eV/Å)", soft_wrap=True)
     sweep_run = ens.meta.get("sweep_run_id")
-    if sweep_run:
+    if sweep_run and not run_exists(uri, sweep_run):  # a directory saved from another store: no dangling child run
+        console.print(f"not logged in MLflow (the ensemble's sweep run {sweep_run} is not in {uri}); label them with: "
+                      f"sweep data generate --relabel {out} -o labelled.npz", soft_wrap=True)
+    elif sweep_run:
         store = Store(uri, ens.meta.get("experiment") or "Default")
         rid = store.client.create_run(store.exp_id, run_name=f"select-{Path(out).stem}",
                                       tags={ROLE: "selection", PARENT: sweep_run}).info.run_id

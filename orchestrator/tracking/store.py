@@ -92,6 +92,17 @@ def open_client(uri: str, *, read_only: bool = False, registry: bool = False):
     return MlflowClient(tracking_uri=uri, registry_uri=uri) if registry else MlflowClient(tracking_uri=uri)
 
 
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the MLflow store at ``uri`` holds run ``run_id`` (a SQLite store that does not exist is not created)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        open_client(uri, read_only=True).get_run(run_id)
+    except (StoreNotFoundError, MlflowException):
+        return False
+    return True
+
+
 class Store:
     """Thin helper over ``MlflowClient`` for the run tree."""
 
