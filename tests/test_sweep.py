@@ -190,6 +190,26 @@ def test_resume_after_the_driver_is_killed(tmp_path, layout):
     assert len([x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]) == 1
 
 
+def test_a_checkpoint_the_last_snapshot_names_but_tune_deleted_is_restored_from_a_later_one(tmp_path):
+    """Tune deletes a trial's oldest checkpoint in the step that forces the next snapshot: a driver killed in
+    between leaves a snapshot naming deleted checkpoints (seen in CI: the trial then failed on --resume)."""
+    from orchestrator.search.storage import repair_checkpoints
+
+    exp = tmp_path / "t-1"
+    trial = exp / "run_trial_be8d537c_3_training_lr=0.0005"
+    for i, epoch in ((2, 6), (3, 8)):
+        (trial / f"checkpoint_00000{i}").mkdir(parents=True)
+        (trial / f"checkpoint_00000{i}" / "state.json").write_text(json.dumps({"epoch": epoch}))
+    manager = b"".join(b"\x8c\xa5" + str(trial / f"checkpoint_00000{i}").encode() + b"\x94" for i in (0, 1))  # as pickled
+    inner = json.dumps({"checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": manager.hex()}})
+    (exp / "experiment_state-2026-11-30_17-25-25.json").write_text(json.dumps({"trial_data": [["{}", inner]]}))
+    repaired = repair_checkpoints(str(exp))
+    assert repaired == [str(trial / "checkpoint_000000"), str(trial / "checkpoint_000001")]
+    assert json.loads((trial / "checkpoint_000001" / "state.json").read_text()) == {"epoch": 6}  # not the newest
+    assert json.loads((trial / "checkpoint_000003" / "state.json").read_text()) == {"epoch": 8}  # untouched
+    assert repair_checkpoints(str(exp)) == [] and repair_checkpoints("s3://bucket/sweeps/t-1") == []
+
+
 @pytest.mark.parametrize(
     "over, expected",
     [

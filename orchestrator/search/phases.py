@@ -15,7 +15,7 @@ from rich.console import Console
 from orchestrator.search.outcome import METRIC, TrialSummary, summarize
 from orchestrator.search.plan import SCREEN_SHARE, BudgetPlan, is_config, make_plan, measure_fold_epoch, top_configs
 from orchestrator.search.progress import LiveProgress
-from orchestrator.search.storage import tune_storage, write_json
+from orchestrator.search.storage import repair_checkpoints, tune_storage, write_json
 from orchestrator.search.trial import FINALISE_GRACE, TrialClock
 from orchestrator.spec.space import define_by_run
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
@@ -82,6 +82,7 @@ class PhaseRunner:
         self.console.print(f"trial layout: {spec.resources.describe(k)}")
         trainable = self.trainable(phase)
         if restore:
+            repair_checkpoints(f"{tune_storage(spec)}/{phase.experiment}")  # a driver killed mid-checkpoint
             tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{phase.experiment}", trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
         else:
