@@ -143,7 +143,7 @@ def oracle(work: Path, seeds: list[int], rounds: int, arm: str = "uncertainty") 
     return out
 
 
-def beyond_test(work: Path, runs: dict[str, dict[int, dict]], test: Path) -> dict[str, dict[int, list[int]]]:
+def beyond_test(runs: dict[str, dict[int, dict]], test: Path) -> dict[str, dict[int, list[int]]]:
     """Labels spent on geometries the test never reaches: per arm, seed and round, how many of the molecules the round
     added have a reference energy above the highest energy of the 1,000 K test set (printed as totals over seeds)."""
     with np.load(test, allow_pickle=False) as t:
@@ -276,7 +276,7 @@ def main() -> None:
             else:
                 cells.append(f"{s}: ρ {rho:.2f}")
         print(f"{r:>5} | " + " | ".join(cells))
-    hot = beyond_test(a.work, runs, test)
+    hot = beyond_test(runs, test)
     again = retrain(a.work, runs, a.retrain_seed) if a.retrain_seed is not None else None
     found = oracle(a.work, a.seeds, a.rounds, arm)
     a.out.mkdir(parents=True, exist_ok=True)
