@@ -74,7 +74,7 @@ def campaign(work: Path, strategy: str, seed: int, a: argparse.Namespace, test: 
         return json.loads(done[0].read_text())
     sweep = Path(sys.executable).parent / "sweep"
     cmd = [str(sweep), "learn", "spec.yaml", "--rounds", str(a.rounds), "--per-round", str(a.per_round),
-           "--temperature", str(a.temperature), "--strategy", strategy, "--seed", str(seed), "--trajectories",
+           *[x for t in a.temperature for x in ("--temperature", f"{t:g}")], "--strategy", strategy, "--seed", str(seed), "--trajectories",
            str(a.trajectories), "--steps", str(a.steps), "--threshold", str(a.threshold), "--pool-factor", str(a.pool_factor)]
     if (d / "campaigns").is_dir():
         cmd.append("--resume")
@@ -208,7 +208,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3, help="folds = ensemble members")
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--patience", type=int, default=60)
-    ap.add_argument("--temperature", type=float, default=1000.0, help="K, exploration MD")
+    ap.add_argument("--temperature", type=float, nargs="+", default=[1000.0],
+                    help="K, exploration MD; several: a ladder shared out over the runs (the pool then differs from the "
+                    "1,000 K test distribution)")
     ap.add_argument("--trajectories", type=int, default=16)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--threshold", default="4x", help="eV/Å, or a multiple of the median force std on the round's data (4x)")
@@ -221,6 +223,7 @@ def main() -> None:
     ap.add_argument("--test-frames", type=int, default=300)
     ap.add_argument("--work", type=Path, default=Path("al_bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--name", default="", help="results file active_learning_NAME_DATE.json (an experiment's name)")
     a = ap.parse_args()
     a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -234,7 +237,7 @@ def main() -> None:
     unit = runs[arm][a.seeds[0]]["rounds"][0]["dataset"]["energy_unit"]
     rows = []
     print(f"\nactive learning, ethanol GFN2-xTB: start {a.initial} molecules at 500 K, +{a.per_round} per round "
-          f"(exploration MD at {a.temperature:g} K), test {a.test_frames} molecules at 1,000 K; "
+          f"(exploration MD at {', '.join(f'{t:g}' for t in a.temperature)} K), test {a.test_frames} molecules at 1,000 K; "
           f"mean ± std over seeds {a.seeds}; {date.today()}, {platform.node()} ({os.cpu_count()} CPUs)")
     print(f"{'round':>5} {'labels':>6} | {'forces MAE ' + arm:>23} {'random':>17} | {'energy MAE ' + arm:>23} "
           f"{'random':>17} | {arm} better (forces) | Δ forces ± s.e. (paired)")
@@ -276,11 +279,21 @@ def main() -> None:
             else:
                 cells.append(f"{s}: ρ {rho:.2f}")
         print(f"{r:>5} | " + " | ".join(cells))
+    if len(a.temperature) > 1:
+        print("\nwhere each arm's labels came from: chosen ÷ candidates per exploration temperature, summed over seeds "
+              "and rounds 0–" + str(a.rounds - 1))
+        for s in runs:
+            cells = []
+            for t in a.temperature:
+                n_sel = sum(stats[s][seed].get(r, {}).get(f"selected_{t:g}K", 0) for seed in a.seeds for r in range(a.rounds))
+                n_cand = sum(stats[s][seed].get(r, {}).get(f"candidates_{t:g}K", 0) for seed in a.seeds for r in range(a.rounds))
+                cells.append(f"{t:g} K {n_sel:.0f} / {n_cand:.0f}")
+            print(f"  {s}: " + ", ".join(cells))
     hot = beyond_test(runs, test)
     again = retrain(a.work, runs, a.retrain_seed) if a.retrain_seed is not None else None
     found = oracle(a.work, a.seeds, a.rounds, arm)
     a.out.mkdir(parents=True, exist_ok=True)
-    res = a.out / f"active_learning_{date.today()}.json"
+    res = a.out / f"active_learning_{a.name + '_' if a.name else ''}{date.today()}.json"
     res.write_text(json.dumps({"date": str(date.today()), "machine": platform.node(), "cpus": os.cpu_count(),
                                "args": {k: str(v) for k, v in vars(a).items()}, "unit": unit, "rounds": rows,
                                "round_metrics": {s: {seed: [stats[s][seed].get(r["round"], r.get("metrics", {}))

@@ -171,7 +171,8 @@ def select(
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="molecules to select")] = 20,
     strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std, weighted k-means diversity), "
                                          "stochastic (drawn with probability ∝ std²) or random")] = "uncertainty",
-    temperature: Annotated[float, typer.Option(help="K, with --explore")] = 500.0,
+    temperature: Annotated[list[float] | None, typer.Option(help="K, with --explore; repeat it for a ladder shared out "
+                                                       "over the MD runs (default 500)")] = None,
     trajectories: Annotated[int, typer.Option(min=1, help="MD runs, with --explore")] = 8,
     steps: Annotated[int, typer.Option(min=1, help="MD steps per run at most (0.5 fs), with --explore")] = 400,
     threshold: Annotated[str, typer.Option(help="an MD run stops when a per-atom force std exceeds it: eV/Å (1.0), or a "
@@ -195,7 +196,7 @@ def select(
     if (candidates is None) == (explore is None):
         fail("give --candidates FILE or --explore FILE (start geometries for the ensemble's MD)")
     try:
-        run_select(source, candidates, explore, n, strategy, temperature, trajectories, steps, threshold, every, seed, out,
+        run_select(source, candidates, explore, n, strategy, temperature or 500.0, trajectories, steps, threshold, every, seed, out,
                    tracking_uri, console, max_std, pool_factor)
     except (SelectError, EnsembleCommandError, EnsembleError, DataError) as e:
         fail(str(e))
@@ -207,7 +208,9 @@ def learn(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: dotted.key=value (YAML-typed)")] = None,
     rounds: Annotated[int, typer.Option(min=0, help="rounds of explore → select → label → retrain")] = 3,
     per_round: Annotated[int, typer.Option(min=1, help="molecules labelled per round")] = 20,
-    temperature: Annotated[float, typer.Option(help="K, the exploration MD")] = 500.0,
+    temperature: Annotated[list[float] | None, typer.Option(help="K, the exploration MD; repeat it for a ladder "
+                                                       "shared out over the runs, e.g. --temperature 500 --temperature "
+                                                       "1000 (default 500)")] = None,
     strategy: Annotated[str, typer.Option(help="uncertainty (calibrated force std, weighted k-means diversity), "
                                          "stochastic (drawn with probability ∝ std²) or random")] = "uncertainty",
     method: Annotated[str, typer.Option(help="reference labels: gfn2-xtb or pyscf:<functional>/<basis>")] = "gfn2-xtb",
@@ -236,7 +239,7 @@ def learn(
 
     try:
         s = load_sweep_spec(spec, set_ or [])
-        opts = LearnOptions(rounds, per_round, temperature, strategy, method, trajectories, steps, every, threshold, seed,
+        opts = LearnOptions(rounds, per_round, temperature or 500.0, strategy, method, trajectories, steps, every, threshold, seed,
                             **({} if pool_factor is None else {"pool_factor": pool_factor}))
         camp = run_campaign(s, opts, out, resume, address, console)
     except (SpecError, LearnError, SweepError, DataError, EnsembleCommandError) as e:

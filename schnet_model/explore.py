@@ -6,12 +6,13 @@ sqrt(σx² + σy² + σz²)``, eV/Å). A trajectory stops at the first step wher
 ``forces_std_norm`` exceeds ``threshold`` (eV/Å): it has left the region the training data covered.
 The frames it recorded (every ``every`` steps, and the frame that crossed the threshold) are the
 candidates an active-learning round selects from (:mod:`orchestrator.learn.select`) and
-``examples/md_uncertainty.py`` writes.
+``examples/md_uncertainty.py`` writes. Several thermostat temperatures (a ladder, as DP-GEN explores) are
+shared out over the runs in turn; each frame records the one its run was at (``thermostat_K``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ class Trajectory:
     """The recorded frames of one run and where it ended."""
 
     frames: list[Atoms]  # info: trajectory, step, time_fs, energy (eV), energy_std (eV), forces_std_max (eV/Å),
-    #                       temperature_K; arrays: forces [n_atoms, 3] eV/Å, forces_std_norm [n_atoms] eV/Å
+    #                       temperature_K (instantaneous), thermostat_K; arrays: forces [n_atoms, 3] eV/Å, forces_std_norm [n_atoms] eV/Å
     stopped_at: int | None  # the step at which the force std crossed the threshold; None: it never did
     steps: int  # steps run
 
@@ -59,7 +60,7 @@ def run_trajectory(atoms: Atoms, ensemble: SchNetEnsemble, temperature_K: float,
         snap = Atoms(numbers=atoms.numbers, positions=atoms.positions)
         snap.info.update(trajectory=index, step=step, time_fs=step * timestep_fs, energy=r["energy"],
                          energy_std=r["energy_std"], forces_std_max=r["forces_std_max"],
-                         temperature_K=atoms.get_temperature())
+                         temperature_K=atoms.get_temperature(), thermostat_K=float(temperature_K))
         snap.arrays["forces"] = np.array(r["forces"])
         snap.arrays["forces_std_norm"] = np.array(r["forces_std_norm"])
         frames.append(snap)
@@ -79,10 +80,13 @@ def run_trajectory(atoms: Atoms, ensemble: SchNetEnsemble, temperature_K: float,
     return Trajectory(frames, None, steps)
 
 
-def explore(ensemble: SchNetEnsemble, starts: list[Atoms], temperature_K: float, steps: int, threshold: float,
-            seed: int = 0, every: int = 10, timestep_fs: float = 0.5, friction_per_fs: float = 0.01) -> list[Trajectory]:
-    """One trajectory per start geometry, each with its own random stream (``seed``, trajectory index)."""
-    return [run_trajectory(a, ensemble, temperature_K, steps, threshold, np.random.default_rng([seed, i]), every,
+def explore(ensemble: SchNetEnsemble, starts: list[Atoms], temperature_K: float | Sequence[float], steps: int,
+            threshold: float, seed: int = 0, every: int = 10, timestep_fs: float = 0.5,
+            friction_per_fs: float = 0.01) -> list[Trajectory]:
+    """One trajectory per start geometry, each with its own random stream (``seed``, trajectory index); with several
+    temperatures (K), run ``i`` is at ``temperature_K[i % len(temperature_K)]``."""
+    temps = [float(temperature_K)] if np.isscalar(temperature_K) else [float(t) for t in temperature_K]  # type: ignore[union-attr]
+    return [run_trajectory(a, ensemble, temps[i % len(temps)], steps, threshold, np.random.default_rng([seed, i]), every,
                            timestep_fs, friction_per_fs, index=i) for i, a in enumerate(starts)]
 
 

@@ -146,6 +146,34 @@ def test_exploration_is_seeded_and_stops_at_the_threshold(trained_ensemble):
     np.testing.assert_allclose(s.score, [f.info["forces_std_max"] for t in a for f in t.frames], rtol=1e-6)
 
 
+def test_a_temperature_ladder_is_shared_out_over_the_runs_and_counted_in_the_selection(trained_ensemble):
+    from orchestrator.learn.select import parse_temperatures, select
+
+    ens = SchNetEnsemble.load(trained_ensemble)
+    starts = ethanol_frames(5)
+    ladder = explore(ens, starts, [300.0, 1500.0], 200, threshold=1e9, seed=3, every=10)
+    assert [t.frames[0].info["thermostat_K"] for t in ladder] == [300.0, 1500.0, 300.0, 1500.0, 300.0]
+    # run i keeps its own random stream: the 300 K runs are the runs of a 300 K exploration
+    alone = explore(ens, starts, 300.0, 200, threshold=1e9, seed=3, every=10)
+    np.testing.assert_array_equal(ladder[2].frames[-1].positions, alone[2].frames[-1].positions)
+    hot = np.mean([f.info["temperature_K"] for t in ladder[1::2] for f in t.frames[5:]])
+    cold = np.mean([f.info["temperature_K"] for t in ladder[::2] for f in t.frames[5:]])
+    assert cold < 700 < hot  # each run thermalised at its own thermostat (instantaneous T, 9 atoms: noisy)
+    frames = [f for t in ladder for f in t.frames]
+    stats = select(ens, frames, 6, "random", seed=0).stats()
+    assert stats["candidates_300K"] == 3 * 21 and stats["candidates_1500K"] == 2 * 21
+    assert stats["selected_300K"] + stats["selected_1500K"] == 6
+    assert "candidates_300K" not in select(ens, [f for t in alone for f in t.frames], 6, "random").stats()
+    assert parse_temperatures(800) == [800.0] and parse_temperatures((500, 1000.0)) == [500.0, 1000.0]
+    for bad, msg in ((-5.0, "--temperature: -5.0; expected a temperature in K > 0"), ([], "at least one temperature"),
+                     ([500.0, 0.0], "--temperature: 0.0;")):
+        with pytest.raises(SelectError, match=msg):
+            parse_temperatures(bad)
+    with pytest.raises(LearnError, match="--temperature: -1"):
+        LearnOptions(temperature=[500.0, -1.0])
+    assert LearnOptions(temperature=750).temperature == [750.0]  # a campaign.json of before the ladder resumes
+
+
 def test_a_relative_threshold_follows_the_ensembles_own_uncertainty_and_its_recalibration(trained_ensemble):
     ens = SchNetEnsemble.load(trained_ensemble)
     data = ethanol_frames(30)
@@ -244,7 +272,7 @@ def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monk
     r = sweep("learn", str(spec), "--rounds", "0", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]  # zero rounds: train and evaluate the starting data
     args = ("learn", str(spec), "--rounds", "1", "--per-round", "3", "--trajectories", "2", "--steps", "10", "--every",
-            "2", "--temperature", "800", "--threshold", "1000")  # tiny 2-epoch models: every std is large
+            "2", "--temperature", "600", "--temperature", "900", "--threshold", "1000")  # tiny 2-epoch models: every std is large
     r = sweep(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     camp_dir = max(Path("campaigns").glob("al-learn-*"))
@@ -253,6 +281,8 @@ def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monk
     assert "hot_forces_mae" in camp["rounds"][1]["metrics"] and "hot_forces_coverage68_calibrated" in camp["rounds"][1]["metrics"]
     chose = camp["rounds"][0]["selection"]  # what round 0 chose from, also in the state file
     assert chose["threshold_eV_per_A"] == 1000 and chose["selected"] == 3 and chose["candidates"] >= 3
+    assert chose["candidates_600K"] + chose["candidates_900K"] == chose["candidates"]  # one run at each temperature
+    assert chose["selected_600K"] + chose["selected_900K"] == 3 and camp["options"]["temperature"] == [600.0, 900.0]
     with np.load(camp_dir / "data_r1.npz") as d1, np.load(tmp_path / "test.npz") as t:
         assert d1["round"].tolist() == [0] * 24 + [1] * 3
         assert not any((np.abs(t["R"] - x).max((1, 2)) < 1e-9).any() for x in d1["R"])  # nothing of the test set

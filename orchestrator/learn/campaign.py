@@ -37,6 +37,8 @@ from orchestrator.learn.select import (
     STRATEGIES,
     SelectError,
     Selection,
+    kelvin,
+    parse_temperatures,
     parse_threshold,
     select,
     threshold_eV,
@@ -62,7 +64,7 @@ class LearnOptions:
 
     rounds: int = 3
     per_round: int = 20
-    temperature: float = 500.0  # K, exploration MD
+    temperature: float | list[float] = 500.0  # K, exploration MD: one, or a ladder shared out over the runs
     strategy: str = "uncertainty"  # or random
     method: str = "gfn2-xtb"  # reference labels (or pyscf:<functional>/<basis>)
     trajectories: int = 16  # exploration MD runs per round
@@ -89,9 +91,8 @@ class LearnOptions:
         for name in ("rounds", "per_round", "trajectories", "steps", "every", "pool_factor"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
                 raise LearnError(f"--{name.replace('_', '-')}: must be ≥ {0 if name == 'rounds' else 1} (got {getattr(self, name)})")
-        if self.temperature <= 0:
-            raise LearnError("--temperature must be > 0")
         try:
+            self.temperature = parse_temperatures(self.temperature)
             parse_threshold(self.threshold)
         except SelectError as e:
             raise LearnError(str(e)) from None
@@ -268,7 +269,7 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
             tr, va = train_val(np.arange(len(mols)), spec.dataset.n_train, spec.dataset.n_val, spec.dataset.split_seed)
             version = initial(mols, np.concatenate([tr, va]), path0, mols.meta.get("theory", "unknown"))
     console.print(f"campaign {camp.name}: {opts.rounds} rounds × {opts.per_round} molecules ({opts.strategy} selection, "
-                  f"{opts.method} labels, exploration MD at {opts.temperature:g} K); data {version.n_molecules} molecules; "
+                  f"{opts.method} labels, exploration MD at {kelvin(opts.temperature)}); data {version.n_molecules} molecules; "
                   f"state {root / CAMPAIGN_JSON}", soft_wrap=True)
 
     for r in range(len(camp.rounds), opts.rounds + 1):
@@ -315,7 +316,7 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
             version = grow(version, labelled, root / f"data_r{r + 1}.npz", r + 1, outcome.name, opts.strategy, opts.method)
             record.selected = str(sel_path)
             console.print(f"round {r}: {sel_metrics['candidates']} candidates from {len(choice.trajectories)} MD runs at "
-                          f"{opts.temperature:g} K ({sel_metrics['trajectories_stopped']} stopped by the "
+                          f"{kelvin(opts.temperature)} ({sel_metrics['trajectories_stopped']} stopped by the "
                           f"{choice.threshold:.3g} eV/Å threshold, {opts.threshold}); {len(chosen)} selected "
                           f"({opts.strategy}; median max force std {sel_metrics['selected_forces_std_max_median']:.3f} eV/Å "
                           f"vs {sel_metrics['candidates_forces_std_max_median']:.3f} over candidates), labelled with "

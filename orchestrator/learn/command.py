@@ -12,6 +12,8 @@ from orchestrator.learn.select import (
     POOL_FACTOR,
     STRATEGIES,
     SelectError,
+    kelvin,
+    parse_temperatures,
     parse_threshold,
     read_candidates,
     select,
@@ -21,7 +23,7 @@ from orchestrator.learn.select import (
 
 
 def run_select(source: str | None, candidates: Path | None, explore_from: Path | None, n: int, strategy: str,
-               temperature: float, trajectories: int, steps: int, threshold: str | float, every: int, seed: int, out: Path,
+               temperature: float | list[float], trajectories: int, steps: int, threshold: str | float, every: int, seed: int, out: Path,
                tracking_uri: str | None, console: Console, max_std: float | None = None,
                pool_factor: int | None = None) -> list:
     """Select ``n`` molecules; write them to ``out``; log the choice under the ensemble's sweep run when it has one."""
@@ -31,8 +33,7 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
 
     if strategy not in STRATEGIES:
         raise SelectError(f"--strategy: {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    if temperature <= 0:
-        raise SelectError("--temperature must be > 0")
+    temperature = parse_temperatures(temperature)
     parse_threshold(threshold)
     pool_factor = POOL_FACTOR if pool_factor is None else pool_factor
     frames = read_candidates(candidates or explore_from)  # read before anything is loaded: a bad file fails at once
@@ -50,7 +51,7 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
         trajs = explore(ens, starts, temperature, steps, threshold, seed=seed, every=every)
         frames = [f for t in trajs for f in t.frames]
         stopped = sum(t.stopped_at is not None for t in trajs)
-        what = (f"{len(frames)} frames of {len(trajs)} MD runs at {temperature:g} K from {explore_from} "
+        what = (f"{len(frames)} frames of {len(trajs)} MD runs at {kelvin(temperature)} from {explore_from} "
                 f"({stopped} stopped by the {threshold:.3g} eV/Å threshold)")
     sel = select(ens, frames, n, strategy, seed,  # type: ignore[arg-type]
                  max_score=max_std if max_std is not None else (threshold if explore_from is not None else None),
@@ -70,7 +71,7 @@ def run_select(source: str | None, candidates: Path | None, explore_from: Path |
                                       tags={ROLE: "selection", PARENT: sweep_run}).info.run_id
         store.log(rid, stats,
                   params={"strategy": strategy, "pool_factor": pool_factor, "source": str(candidates or explore_from), "seed": seed,
-                          **({"temperature_K": temperature, "trajectories": trajectories, "steps": steps,
+                          **({"temperature_K": ",".join(f"{t:g}" for t in temperature), "trajectories": trajectories, "steps": steps,
                               "threshold_eV_per_A": threshold} if explore_from else {})})
         with tempfile.TemporaryDirectory() as t:
             store.client.log_artifact(rid, str(write_selection(chosen, Path(t) / Path(out).name)))

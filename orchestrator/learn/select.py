@@ -149,7 +149,8 @@ def selected_frames(scored: Scored, idx: np.ndarray, strategy: str) -> list[Atom
     for rank, i in enumerate(idx):
         src = scored.frames[i]
         a = Atoms(numbers=src.numbers, positions=src.positions)
-        a.info.update({k: v for k, v in src.info.items() if k in ("trajectory", "step", "time_fs", "temperature_K")})
+        a.info.update({k: v for k, v in src.info.items() if k in ("trajectory", "step", "time_fs", "temperature_K",
+                                                                     "thermostat_K")})
         a.info.update(candidate=int(i), rank=rank, strategy=strategy, energy_pred=float(scored.energy[i]),
                       energy_std=float(scored.energy_std[i]), forces_std_max=float(scored.score[i]), energy_unit="eV")
         a.arrays["forces_pred"] = scored.forces[i]
@@ -167,10 +168,18 @@ class Selection:
     chosen: list[Atoms]  # their frames with predictions (:func:`selected_frames`)
 
     def stats(self) -> dict[str, float]:
-        """Candidates and the median calibrated max force std (eV/Å) of all candidates and of the chosen ones."""
-        return {"candidates": len(self.scored.frames), "selected": len(self.idx),
-                "candidates_forces_std_max_median": float(np.median(self.scored.score)),
-                "selected_forces_std_max_median": float(np.median(self.scored.score[self.idx]))}
+        """Candidates and the median calibrated max force std (eV/Å) of all candidates and of the chosen ones; for
+        frames of exploration MD at several temperatures, how many of each were candidates and chosen
+        (``candidates_1000K``, ``selected_1000K``)."""
+        out = {"candidates": len(self.scored.frames), "selected": len(self.idx),
+               "candidates_forces_std_max_median": float(np.median(self.scored.score)),
+               "selected_forces_std_max_median": float(np.median(self.scored.score[self.idx]))}
+        thermostat = [f.info.get("thermostat_K") for f in self.scored.frames]
+        if None not in thermostat and len(set(thermostat)) > 1:
+            for t in sorted(set(thermostat)):
+                out[f"candidates_{t:g}K"] = sum(x == t for x in thermostat)
+                out[f"selected_{t:g}K"] = sum(thermostat[i] == t for i in self.idx)
+        return out
 
 
 def select(ens: SchNetEnsemble, frames: list[Atoms], n: int, strategy: Strategy, seed: int = 0,
@@ -195,6 +204,22 @@ def parse_threshold(text: str | float) -> tuple[float, bool]:
     if not value > 0:
         raise SelectError(f"--threshold: {text!r}; must be > 0")
     return value, relative
+
+
+def parse_temperatures(value: float | list[float] | tuple[float, ...]) -> list[float]:
+    """Exploration temperatures (K): one, or a ladder shared out over the MD runs in turn."""
+    temps = [value] if isinstance(value, (int, float)) else list(value)
+    if not temps:
+        raise SelectError("--temperature: give at least one temperature (K)")
+    for t in temps:
+        if not (isinstance(t, (int, float)) and float(t) > 0):
+            raise SelectError(f"--temperature: {t!r}; expected a temperature in K > 0")
+    return [float(t) for t in temps]
+
+
+def kelvin(temps: list[float]) -> str:
+    """``[500.0, 1000.0]`` → ``"500, 1000 K"``."""
+    return ", ".join(f"{t:g}" for t in temps) + " K"
 
 
 def threshold_eV(text: str | float, ens: SchNetEnsemble, reference: list[Atoms]) -> float:
@@ -231,4 +256,4 @@ def write_selection(frames: list[Atoms], out: Path) -> Path:
 
 
 __all__ = ["POOL_FACTOR", "STRATEGIES", "Scored", "SelectError", "Selection", "Strategy", "choose", "descriptors",
-           "parse_threshold", "read_candidates", "score", "select", "selected_frames", "threshold_eV", "write_selection"]
+           "kelvin", "parse_temperatures", "parse_threshold", "read_candidates", "score", "select", "selected_frames", "threshold_eV", "write_selection"]
