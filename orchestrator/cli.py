@@ -378,5 +378,24 @@ def data_download(
     console.print(f"{dataset.lower()}{f' {molecule}' if molecule else ''}: {path}", soft_wrap=True, highlight=False)
 
 
+def main() -> None:
+    """The ``sweep`` script: the app, with Typer's own usage errors (a bad option value, an unknown option, a missing
+    argument) as one line like every other error, instead of a boxed panel under the usage text."""
+    try:
+        code = app(standalone_mode=False, prog_name="sweep")  # typer.Exit (our fail(), --help) comes back as its code
+    except typer.Abort:  # Ctrl-C at a prompt
+        code = 130
+    except typer.TyperException as e:  # UsageError, BadParameter, NoSuchOption, MissingParameter
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `sweep` or `sweep data` alone: the help, as before
+            console.print(e.format_message(), highlight=False)
+            code = 0
+        else:
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", soft_wrap=True, highlight=False)
+            code = getattr(e, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

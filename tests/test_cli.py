@@ -110,6 +110,24 @@ def test_missing_spec_file(tmp_path):
     assert r.returncode != 0 and "nope.yaml: no such spec file" in r.stderr
 
 
+@pytest.mark.parametrize("args, expected", [
+    (("learn", "x.yaml", "--pool-factor", "0"), "error: Invalid value for '--pool-factor': Input should be greater than or equal to 1 (see sweep learn --help)"),
+    (("select", "--temperature", "hot"), "error: Invalid value for '--temperature': Input should be a valid number"),
+    (("run", "x.yaml", "--bogus"), "error: No such option: --bogus"),
+    (("data", "info"), "error: Missing argument 'path'. (see sweep data info --help)"),
+])
+def test_the_command_lines_own_usage_errors_are_one_line_too(tmp_path, args, expected):
+    r = sweep(*args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and expected in r.stderr, r.stderr
+    assert not r.stdout and not any(tmp_path.iterdir())
+
+
+def test_sweep_alone_and_help_print_the_help_and_exit_zero(tmp_path):
+    for args in ((), ("data",), ("--help",), ("learn", "--help")):
+        r = sweep(*args, cwd=tmp_path)
+        assert r.returncode == 0 and "Usage: sweep" in r.stdout and not r.stderr, (args, r.stderr)
+
+
 def test_quickstart_spec_validates_and_trains_the_paper_configuration_first():
     from orchestrator.spec.sweep import load_sweep_spec
 
