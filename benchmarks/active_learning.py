@@ -75,7 +75,8 @@ def campaign(work: Path, strategy: str, seed: int, a: argparse.Namespace, test: 
     sweep = Path(sys.executable).parent / "sweep"
     cmd = [str(sweep), "learn", "spec.yaml", "--rounds", str(a.rounds), "--per-round", str(a.per_round),
            *[x for t in a.temperature for x in ("--temperature", f"{t:g}")], "--strategy", strategy, "--seed", str(seed), "--trajectories",
-           str(a.trajectories), "--steps", str(a.steps), "--threshold", str(a.threshold), "--pool-factor", str(a.pool_factor)]
+           str(a.trajectories), "--steps", str(a.steps), "--threshold", str(a.threshold),
+           *(["--pool-factor", str(a.pool_factor)] if a.pool_factor is not None else [])]
     if (d / "campaigns").is_dir():
         cmd.append("--resume")
     t0 = time.time()
@@ -166,10 +167,8 @@ def retrain(work: Path, runs: dict[str, dict[int, dict]], training_seed: int) ->
     same configuration) but with ``training.seed`` = ``training_seed``; the test MAE of each (kcal/mol, /Å)."""
     from rich.console import Console
 
-    from orchestrator.ensemble.assemble import resolve
-    from orchestrator.learn.campaign import evaluate, round_spec
+    from orchestrator.learn.campaign import train_round
     from orchestrator.learn.dataset import Version
-    from orchestrator.search.driver import run_sweep
     from orchestrator.spec.sweep import load_sweep_spec
 
     out: dict[str, dict[int, dict[str, float]]] = {}
@@ -181,14 +180,13 @@ def retrain(work: Path, runs: dict[str, dict[int, dict]], training_seed: int) ->
             uri = f"sqlite:///{d / 'retrain.db'}"
             spec = load_sweep_spec(d / "spec.yaml", [f"training.seed={training_seed}", f"tracking.uri={uri}"])
             last = c["rounds"][-1]
-            rs = round_spec(spec, Version(**last["dataset"]), f"retrain-r{last['round']}-t{training_seed}", c["params"])
             cwd = Path.cwd()
             os.chdir(d)  # the sweep's files next to the campaign's
             try:
-                ens = resolve(run_sweep(rs, console=quiet).name, uri, rebuild=True, console=quiet).ensemble
+                m = train_round(spec, Version(**last["dataset"]), f"retrain-r{last['round']}-t{training_seed}", c["params"],
+                                uri, console=quiet).metrics
             finally:
                 os.chdir(cwd)
-            m = evaluate(ens, rs.dataset)
             out[s][seed] = {"forces_mae": m["test_1000K_forces_mae"], "energy_mae": m["test_1000K_energy_mae"]}
     print(f"\ntraining noise: the last round's data of every campaign trained again with training.seed {training_seed}; "
           "test MAE, mean over seeds (as run → again)")
@@ -216,8 +214,8 @@ def main() -> None:
     ap.add_argument("--threshold", default="4x", help="eV/Å, or a multiple of the median force std on the round's data (4x)")
     ap.add_argument("--strategy", default="uncertainty", choices=["uncertainty", "stochastic"],
                     help="the selection compared with random choice")
-    ap.add_argument("--pool-factor", type=int, default=10, help="the uncertainty selection clusters the pool-factor × "
-                    "per-round most uncertain candidates")
+    ap.add_argument("--pool-factor", type=int, default=None, help="the uncertainty selection clusters the pool-factor × "
+                    "per-round most uncertain candidates (default: sweep learn's)")
     ap.add_argument("--retrain-seed", type=int, default=None, help="also train every campaign's last dataset again "
                     "with this training seed (the training noise at fixed data)")
     ap.add_argument("--test-frames", type=int, default=300)

@@ -182,6 +182,33 @@ def evaluate(ens, cfg) -> dict[str, float]:
 
 
 @dataclass
+class Trained:
+    """One round's training: its sweep, the k-fold ensemble and its test errors."""
+
+    spec: SweepSpec  # the round's sweep spec (round_spec)
+    outcome: Any  # orchestrator.search.driver.SweepOutcome
+    ensemble: Any  # schnet_model.ensemble.SchNetEnsemble, rebuilt from the sweep's best trial
+    metrics: dict[str, float]  # evaluate(): test errors and calibration per named test set
+
+
+def train_round(spec: SweepSpec, version: Version, name: str, params: dict[str, Any] | None, uri: str,
+                address: str | None = None, console: Console | None = None) -> Trained:
+    """Train a dataset version as one round does: the sweep of :func:`round_spec`, its best trial's k folds as an
+    ensemble (tracking store ``uri``), evaluated on the fixed test sets. Raises :class:`LearnError` when no trial
+    completed."""
+    from orchestrator.ensemble.assemble import resolve
+    from orchestrator.search.driver import run_sweep
+
+    s = round_spec(spec, version, name, params)
+    outcome = run_sweep(s, address=address, console=console)
+    if outcome.best is None:
+        raise LearnError(f"sweep {outcome.name} ended with no completed trial")
+    with no_artifact_progress_bar():
+        ens = resolve(outcome.name, uri, rebuild=True, console=console).ensemble
+    return Trained(s, outcome, ens, evaluate(ens, s.dataset))
+
+
+@dataclass
 class RoundChoice:
     """What one round explored and chose."""
 
@@ -218,8 +245,6 @@ def choose_round(ens, R: np.ndarray, z: np.ndarray, opts: LearnOptions, r: int) 
 def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = False, address: str | None = None,
                  console: Console | None = None) -> Campaign:
     """Run (or resume) an active-learning campaign; returns it with every round's record."""
-    from orchestrator.ensemble.assemble import resolve
-    from orchestrator.search.driver import run_sweep
     from schnet_model.data.generate import relabel, theory
     from schnet_model.data.load import load_dataset
     from schnet_model.data.splits import train_val
@@ -281,20 +306,18 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
         store.log(rid, {"n_molecules": version.n_molecules, "added": version.added},
                   params={"dataset_sha256": version.sha256, "dataset_parent_sha256": version.parent_sha256})
         # -- retrain -------------------------------------------------------------------------------------------
-        s = round_spec(spec, version, f"{camp.name}-r{r}", camp.params if r else None)
-        outcome = run_sweep(s, address=address, console=console)
-        if outcome.best is None:
+        try:
+            trained = train_round(spec, version, f"{camp.name}-r{r}", camp.params if r else None, uri, address, console)
+        except LearnError as e:
             store.end(rid, "FAILED")
-            raise LearnError(f"round {r}: sweep {outcome.name} ended with no completed trial")
+            raise LearnError(f"round {r}: {e}") from None
+        outcome, ens, metrics = trained.outcome, trained.ensemble, trained.metrics
         if r == 0:
             camp.params = dict(outcome.best.params)  # {} when the spec searches nothing
         store.client.set_tag(outcome.parent_run_id, CAMPAIGN_TAG, camp.run_id)
         store.client.set_tag(outcome.parent_run_id, ROUND_TAG, str(r))
         store.client.set_tag(rid, "sweep.round_sweep", outcome.name)
-        with no_artifact_progress_bar():
-            ens = resolve(outcome.name, uri, rebuild=True, console=console).ensemble
         ens.save(root / f"ensemble_r{r}")
-        metrics = evaluate(ens, s.dataset)
         store.log(rid, metrics)
         store.log(camp.run_id, {"n_molecules": version.n_molecules, **metrics}, step=r)
         u = ens.energy_unit
@@ -331,5 +354,5 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
     return camp
 
 
-__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "RoundChoice", "choose_round", "evaluate", "latest_unfinished",
-           "round_spec", "run_campaign"]
+__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "RoundChoice", "choose_round", "Trained", "evaluate", "latest_unfinished",
+           "round_spec", "run_campaign", "train_round"]
