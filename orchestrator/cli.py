@@ -182,7 +182,7 @@ def select(
                                                   "trust level; default: --threshold with --explore, none with --candidates)")] = None,
     pool_factor: Annotated[int | None, typer.Option(min=1, help="uncertainty: cluster the pool-factor × n most uncertain "
                                                     "candidates (smaller: more uncertain choices; larger: more typical ones; "
-                                                    "default 10)")] = None,
+                                                    "default 3)")] = None,
     seed: int = 0,
     out: Annotated[Path, typer.Option("-o", "--out", help="extended XYZ of the selected molecules (predictions and stds, eV and eV/Å)")] = Path("selected.extxyz"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
@@ -223,7 +223,7 @@ def learn(
     every: Annotated[int, typer.Option(min=1, help="a candidate frame every N MD steps")] = 10,
     pool_factor: Annotated[int | None, typer.Option(min=1, help="uncertainty: cluster the pool-factor × per-round most "
                                                     "uncertain candidates (smaller: more uncertain choices; larger: more "
-                                                    "typical ones; default 10)")] = None,
+                                                    "typical ones; default 3)")] = None,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="campaign directories (datasets per round, selections, ensembles)")] = Path("campaigns"),
     resume: Annotated[bool, typer.Option("--resume", help="continue the newest unfinished campaign of this spec")] = False,

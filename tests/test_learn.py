@@ -81,6 +81,11 @@ def test_a_smaller_pool_factor_chooses_more_uncertain_candidates_still_one_per_r
     assert len(set(np.round(desc[narrow, 0]).tolist())) == 3  # clustered: three different regions, not one's duplicates
     with pytest.raises(SelectError, match=r"--pool-factor: must be ≥ 1 \(got 0\)"):
         choose(scores, desc, 3, "uncertainty", pool_factor=0)
+    import orchestrator.cli
+    from orchestrator.learn.select import POOL_FACTOR
+
+    # the CLI states the default without importing torch for --help: it must say the default the selection uses
+    assert Path(orchestrator.cli.__file__).read_text().count(f"default {POOL_FACTOR})") == 2
 
 
 def test_candidates_above_the_upper_trust_level_are_left_out_unless_too_few_are_below_it():
