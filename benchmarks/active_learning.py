@@ -1,15 +1,17 @@
 """Active learning vs random selection at equal labels: force and energy MAE on a hotter test set, per round.
 
-    python benchmarks/active_learning.py [--seeds 0 1 2] [--rounds 3] [--per-round 20] [--out benchmarks/results]
+    python benchmarks/active_learning.py [--seeds 0 1 2 3 4 5] [--rounds 3] [--per-round 20] [--temperature 500 750 1000]
 
 Start: the shipped ethanol GFN2-xTB data at 500 K (``data/ethanol_gfn2xtb_500K.npz``), a CV pool of
 ``--initial`` molecules. Test: an independent GFN2-xTB Langevin run at 1,000 K (``sweep data generate``,
 seed 1; generated once into the work directory). Each seed runs two campaigns of ``sweep learn``
 from the same starting molecules and the same round-0 models: (a) ``--strategy uncertainty``
-(calibrated max per-atom force std, uncertainty-weighted k-means diversity) and (b) ``--strategy random``, each
-exploring with its own ensemble's Langevin MD at 1,000 K (stopped at 4 × the round's median force std) and labelling what it chose with
-GFN2-xTB. The table reports the 1,000 K test MAE of every round's k-fold ensemble, mean ± std over
-seeds, side by side. Everything is a real ``sweep learn`` run (Ray, MLflow, xTB labels).
+(calibrated max per-atom force std, uncertainty-weighted k-means diversity, ``sweep learn``'s β) and
+(b) ``--strategy random``, each exploring with its own ensemble's Langevin MD over a temperature ladder
+(default 500, 750, 1,000 K shared out over the runs; ``--temperature 1000`` for the test's temperature
+alone), stopped at 4 × the round's median force std, and labelling what it chose with GFN2-xTB. The table
+reports the 1,000 K test MAE of every round's k-fold ensemble, mean ± std over seeds, side by side, and the
+paired difference. Everything is a real ``sweep learn`` run (Ray, MLflow, xTB labels).
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3, help="folds = ensemble members")
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--patience", type=int, default=60)
-    ap.add_argument("--temperature", type=float, nargs="+", default=[1000.0],
+    ap.add_argument("--temperature", type=float, nargs="+", default=[500.0, 750.0, 1000.0],
                     help="K, exploration MD; several: a ladder shared out over the runs (the pool then differs from the "
                     "1,000 K test distribution)")
     ap.add_argument("--trajectories", type=int, default=16)
