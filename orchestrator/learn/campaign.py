@@ -185,7 +185,6 @@ def evaluate(ens, cfg) -> dict[str, float]:
 class Trained:
     """One round's training: its sweep, the k-fold ensemble and its test errors."""
 
-    spec: SweepSpec  # the round's sweep spec (round_spec)
     outcome: Any  # orchestrator.search.driver.SweepOutcome
     ensemble: Any  # schnet_model.ensemble.SchNetEnsemble, rebuilt from the sweep's best trial
     metrics: dict[str, float]  # evaluate(): test errors and calibration per named test set
@@ -205,7 +204,7 @@ def train_round(spec: SweepSpec, version: Version, name: str, params: dict[str, 
         raise LearnError(f"sweep {outcome.name} ended with no completed trial")
     with no_artifact_progress_bar():
         ens = resolve(outcome.name, uri, rebuild=True, console=console).ensemble
-    return Trained(s, outcome, ens, evaluate(ens, s.dataset))
+    return Trained(outcome, ens, evaluate(ens, s.dataset))
 
 
 @dataclass
