@@ -288,7 +288,7 @@ def mlflow_server(
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Option("-o", "--out", help="npz file to write (MD17 layout)")],
-    molecule: Annotated[str, typer.Option(help="ethanol, methanol, … or an ASE g2 name")] = "ethanol",
+    molecule: Annotated[str, typer.Option(help="ethanol, methanol, …, an ASE g2 name, or a geometry file (xyz, …) to start from")] = "ethanol",
     frames: Annotated[int, typer.Option(min=1)] = 1000,
     temperature: Annotated[float, typer.Option(help="K")] = 500.0,
     seed: int = 0,

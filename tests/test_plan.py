@@ -101,3 +101,137 @@ def test_a_searched_rho_ranks_trials_by_one_objective_not_their_own_losses():
     by_objective = [fold_metrics_summary([f], 0.01)["val_loss_mean"] for f in (worse_small_rho, better)]
     assert by_objective[1] < by_objective[0]
     assert by_objective[1] == pytest.approx(objective(0.01, 4.0, 0.95)) == pytest.approx(0.01 * 16 + 3 * 0.95 ** 2)
+
+
+# -- equal compute: the allotment, the cost model, the extrapolation, the launch window ---------------------------------
+
+def test_screening_gives_every_configuration_the_same_seconds_so_a_costly_one_runs_fewer_epochs():
+    """Equal compute, not equal epochs: each screened configuration trains for the plan's allotment of seconds; one
+    four times as costly per epoch stops after about a quarter of the epochs (to the nearest epoch)."""
+    plan = _plan(fold_epoch=1.0)
+    assert plan.screen_each > 0 and plan.screen.epochs == round(plan.screen_each / 1.0)
+    clock = TrialClock(train_allotment=plan.screen_each)
+
+    def epochs(cost: float) -> int:
+        spent, n = 0.0, 0
+        while True:
+            spent, n = spent + cost, n + 1
+            if clock.allotment_spent(spent, cost):
+                return n
+
+    cheap, costly = epochs(1.0), epochs(4.0)
+    assert abs(cheap * 1.0 - plan.screen_each) <= 0.5 and abs(costly * 4.0 - plan.screen_each) <= 2.0
+    assert costly == pytest.approx(cheap / 4, abs=1)
+    assert "s of training each (equal compute" in "\n".join(plan.lines())
+
+
+def test_the_final_rungs_share_is_protected_no_screening_trial_starts_past_its_last_start():
+    plan = _plan()
+    assert 0 < plan.last_start < plan.screen.seconds
+    assert plan.last_start + plan.screen_each + 5.0 == pytest.approx(plan.screen.seconds)  # the last one ends in time
+    assert plan.horizon == pytest.approx(plan.final.seconds * 2.0 / (plan.final.configs * 5 * 1.0))
+    now = time.time()
+    assert TrialClock(last_start=now - 1.0).no_time_to_start() and not TrialClock(last_start=now + 60).no_time_to_start()
+
+
+def test_a_launch_window_stops_the_searcher_after_its_last_start():
+    from optuna.samplers import TPESampler
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.search.phases import LAUNCH_DEADLINES, LaunchWindow
+    from orchestrator.spec.space import Distribution, define_by_run
+
+    space = {"training.lr": Distribution.model_validate({"loguniform": [1e-4, 1e-2]})}
+    searcher = OptunaSearch(space=define_by_run(space, {}), metric="m", mode="min", sampler=TPESampler(seed=0))
+    window = LaunchWindow(searcher, 2, "exp-window")
+    LAUNCH_DEADLINES["exp-window"] = time.time() + 60
+    first = window.suggest("t1")
+    assert isinstance(first, dict) and 1e-4 <= first["training.lr"] <= 1e-2
+    LAUNCH_DEADLINES["exp-window"] = time.time() - 1
+    assert window.suggest("t2") == Searcher.FINISHED
+    import pickle
+
+    assert pickle.loads(pickle.dumps(window)).experiment == "exp-window"  # Tune pickles it into its experiment state
+
+
+def test_extrapolation_continues_a_power_law_and_never_a_curve_that_got_worse():
+    from orchestrator.search.plan import MAX_SLOPE, extrapolate
+
+    t = np.arange(1, 21, dtype=float)
+    law = [(x, 10 * x ** -0.5) for x in t]
+    assert extrapolate(law, 80.0) == pytest.approx(10 * 80 ** -0.5, rel=1e-6)
+    assert extrapolate(law, 10.0) == pytest.approx(10 * 20 ** -0.5)  # a horizon inside the curve: its best
+    flat_then_worse = [(x, 1.0 if x < 10 else 1.0 + 0.1 * x) for x in t]
+    assert extrapolate(flat_then_worse, 100.0) == pytest.approx(1.0)  # best so far; slope clipped at 0
+    cliff = [(x, 10 * x ** -3.0) for x in t]
+    assert extrapolate(cliff, 40.0) == pytest.approx(10 * 20 ** -3.0 * 2 ** -MAX_SLOPE)  # no steeper than 1/t
+    assert extrapolate([(1.0, 2.0), (2.0, 1.0)], 100.0) == 1.0  # too short a curve to fit: its best
+    assert extrapolate([(1.0, float("nan"))], 10.0) is None
+
+
+def test_a_screened_trial_ranks_by_its_extrapolated_loss():
+    from orchestrator.search.plan import screen_score
+
+    def t(i, loss, predicted, lr):
+        return TrialSummary(f"t{i}", "screened", {"training.lr": lr}, loss, None, 5, {}, predicted=predicted)
+
+    # b is worse at the allotment but its curve, continued to the final rung's training, reaches lower
+    a, b = t(0, 0.10, 0.08, 1e-3), t(1, 0.12, 0.05, 2e-3)
+    assert top_configs([a, b], 1) == [{"training.lr": 2e-3}]
+    assert screen_score(t(2, 0.3, None, 1e-4)) == 0.3  # no curve to continue: its best loss
+
+
+def test_the_cost_model_prices_by_size_and_calibrates_on_measured_epochs():
+    from orchestrator.search.cost import EpochCost, data_cost
+    from schnet_model import ModelConfig, TrainingConfig
+    from conftest import QUICKSTART_DATA
+
+    from schnet_model.config import DatasetConfig
+    from schnet_model.data.load import load_dataset
+
+    ethanol = load_dataset(DatasetConfig(path=str(QUICKSTART_DATA))).molecules  # 9 atoms
+    cost = data_cost(ethanol.subset(np.arange(40)), 30, 10, [None, 2.0])
+    assert cost.atoms == 9 and cost.pairs["none"] == 72 and 0 < cost.pairs["2"] < 72
+    paper, train = ModelConfig(), TrainingConfig()
+    big = ModelConfig(n_interactions=6, n_filters=128, n_atom_basis=128)
+    small_batch = TrainingConfig(batch_size=8)
+    assert cost.seconds(big, train) > 3 * cost.seconds(paper, train)
+    assert cost.seconds(paper, small_batch) > cost.seconds(paper, train)
+    assert cost.seconds(ModelConfig(cutoff=2.0), train) < cost.seconds(paper, train)
+    cal = cost.calibrated([(paper, train, 2 * cost.units(paper, train)), (big, train, 2.2 * cost.units(big, train)),
+                           (paper, small_batch, 50 * cost.units(paper, small_batch))])
+    assert cal.scale == pytest.approx(2.2)  # the median ratio: one odd epoch does not move it
+    assert EpochCost.from_dict(cal.as_dict()) == cal
+    assert cost.calibrated([]) == cost
+
+
+def test_the_costliest_configuration_of_a_space_is_named_in_the_plan():
+    from orchestrator.search.cost import EpochCost
+    from orchestrator.search.plan import costliest
+    from orchestrator.spec.sweep import SweepSpec
+
+    spec = SweepSpec.model_validate({"dataset": {"path": "x.npz"},
+                                     "model": {"n_interactions": {"int": [2, 6]}, "n_filters": {"choice": [64, 128]}},
+                                     "training": {"batch_size": {"choice": [8, 32]}, "lr": {"loguniform": [1e-4, 1e-3]}}})
+    cost = EpochCost(800, 200, 21.0, {"none": 420.0})
+    what, seconds = costliest(spec.space(), spec.materialize, cost)
+    assert what == "6×128×64, batch 8" and seconds > cost.seconds(*spec.materialize({}))
+    plan = _plan(cost=cost, costliest=(what, seconds / 100))
+    assert "the costliest, 6×128×64, batch 8, ≈" in "\n".join(plan.lines())
+
+
+def test_a_trial_with_no_time_to_start_is_not_started_and_tells_the_searcher_nothing():
+    from orchestrator.search.outcome import METRIC
+    from orchestrator.tracking.statuses import NOT_STARTED, NOT_STARTED_FLAG, trial_status
+
+    assert trial_status(False, {METRIC: float("nan"), "epoch": 0, NOT_STARTED_FLAG: True}, True) == NOT_STARTED
+
+
+def test_an_older_plan_in_sweep_json_still_loads():
+    from orchestrator.search.plan import BudgetPlan
+
+    d = _plan().as_dict()
+    for key in ("screen_each", "horizon", "last_start", "screen_cpus", "cost", "costliest"):
+        d.pop(key)
+    assert BudgetPlan.from_dict(d).horizon == 0.0

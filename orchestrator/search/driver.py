@@ -13,9 +13,9 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.search.outcome import SweepOutcome, rank
-from orchestrator.search.phases import Phase, PhaseRunner, run_planned, share_resources
+from orchestrator.search.phases import Phase, PhaseRunner, TuneFailure, run_planned, share_resources
 from orchestrator.search.plan import BudgetPlan
-from orchestrator.search.record import log_baseline, log_best, log_dataset, reconcile
+from orchestrator.search.record import end_open_runs, log_baseline, log_best, log_dataset, log_plan, reconcile
 from orchestrator.search.storage import latest_sweep, storage_root, tune_storage, write_json
 from orchestrator.search.trial import FINALISE_GRACE, TrialClock
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
@@ -175,19 +175,27 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     planned = planned and not more
     earlier = [replace(t, earlier=True) for e in experiments[:-1] for t in runner.restored(e)]
     baseline = None
-    if planned:
-        plan = BudgetPlan.from_dict(meta["plan"]) if meta.get("plan") else None
-        now, baseline, budget_ran_out = run_planned(runner, unshared, node, plan, folds, meta, root / name, bool(resume))
-        earlier = []
-    else:
-        phase = Phase(experiments[-1], spec, folds, more or spec.search.num_samples, spec.max_epochs(),
-                      asha=True, points=None if more else spec.initial_points() or None,
-                      clock=TrialClock(deadline=time.time() + budget if budget else None),
-                      tune_budget=budget + FINALISE_GRACE if budget else None,
-                      optuna_seed=spec.search.seed + len(experiments) - 1)
-        if more:
-            phase = replace(phase, warm=earlier)
-        now, budget_ran_out = runner.run(phase, restore=bool(resume) and not more)
+    try:
+        if planned:
+            plan = BudgetPlan.from_dict(meta["plan"]) if meta.get("plan") else None
+            now, baseline, budget_ran_out = run_planned(runner, unshared, node, plan, folds, meta, root / name, bool(resume))
+            earlier = []
+        else:
+            phase = Phase(experiments[-1], spec, folds, more or spec.search.num_samples, spec.max_epochs(),
+                          asha=True, points=None if more else spec.initial_points() or None,
+                          clock=TrialClock(deadline=time.time() + budget if budget else None),
+                          tune_budget=budget + FINALISE_GRACE if budget else None,
+                          optuna_seed=spec.search.seed + len(experiments) - 1)
+            if more:
+                phase = replace(phase, warm=earlier)
+            now, budget_ran_out = runner.run(phase, restore=bool(resume) and not more)
+    except TuneFailure as e:  # every run ended, the sweep resumable: one line, no traceback
+        end_open_runs(store, name)
+        store.end(parent, "KILLED")
+        meta["status"] = "interrupted"
+        write_json(root / name / "sweep.json", meta)
+        raise SweepError(f"sweep {name} stopped: Ray Tune failed ({e}); its MLflow runs are ended and its state saved: "
+                         f"continue it with --resume") from None
     interrupted = any(t.status == INTERRUPTED for t in now) or (
         not budget_ran_out and not planned and
         (len(now) < (more or spec.search.num_samples) or any(t.status == NOT_STARTED for t in now)))
@@ -199,12 +207,15 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     store.end(parent, "KILLED" if interrupted else "FINISHED")
     meta["status"] = "interrupted" if interrupted else "finished"
     write_json(root / name / "sweep.json", meta)
-    outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start, spec.search.max_concurrent,
-                           data.energy_unit, store.exp_id, test_sets, interrupted, baseline)
+    outcome = SweepOutcome(name, root / name, parent, trials, best, time.time() - t_start,
+                           cpus=float(ray.cluster_resources().get("CPU", 1.0)), energy_unit=data.energy_unit,
+                           experiment_id=store.exp_id, test_sets=test_sets, interrupted=interrupted, baseline=baseline)
     if baseline is not None:
         log_baseline(store, parent, baseline, best)
     store.log(parent, {"wall_seconds": outcome.seconds,
                        "train_seconds": sum(t.train_seconds for t in trials if not t.earlier)})
+    if planned:
+        log_plan(store, name, parent, meta)
     return outcome
 
 
@@ -243,7 +254,16 @@ def _quiet() -> None:
     # Tune's own notices ("Stop signal received", "Resume experiment with: Tuner.restore(...)") name its
     # API, not this tool's commands; what they say is said in our terms (the table, the resume hint)
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    # a failed trial is said in one line by the live view (search.progress), not as Tune's traceback
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    if _no_trial_traceback not in controller.filters:
+        controller.addFilter(_no_trial_traceback)
     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+
+
+def _no_trial_traceback(record) -> bool:
+    """Logging filter: drop Tune's "Trial task failed" traceback (the live view says it in one line)."""
+    return not str(record.msg).startswith("Trial task failed")
 
 
 def _note_out_of_range(spec: SweepSpec, console: Console) -> None:

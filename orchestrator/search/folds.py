@@ -21,6 +21,7 @@ import torch
 from orchestrator.tracking import keys
 from schnet_model import ModelConfig, Molecules, SchNet, Trainer, TrainingConfig, save_model
 from schnet_model.model_dir import ModelInfo
+from schnet_model.nn.compiled import forget_compiled
 from schnet_model.training import NonFiniteLossError, predict
 from schnet_model.training.metrics import Predictions, metrics_of
 from schnet_model.training.refit import OffsetRefit
@@ -153,6 +154,7 @@ class FoldWorker:
     def setup(self, data: Molecules, index: int, train_idx: np.ndarray, val_idx: np.ndarray, tests: dict[str, np.ndarray],
               model_cfg: ModelConfig, train_cfg: TrainingConfig, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
+        forget_compiled()  # a reused actor: the last configuration's compiled kernels would count towards dynamo's limit
         self.index = index
         cfg = fold_config(train_cfg, index, threads)
         self.val_idx = np.asarray(val_idx)

@@ -19,6 +19,7 @@ from orchestrator.tracking.statuses import (
 )
 
 METRIC = "val_loss_mean"
+SCREEN_SCORE = "screen_score"  # a screening trial's rank: the validation loss its curve extrapolates to (plan.extrapolate)
 
 
 @dataclass
@@ -38,6 +39,8 @@ class TrialSummary:
     step_mode: str | None = None
     error: str | None = None  # the last line of a failed trial's error
     earlier: bool = False  # a trial of an earlier run of this sweep (an extension's predecessors)
+    predicted: float | None = None  # screening: the loss its learning curve extrapolates to at the final rung's training
+    cpus: float = 0.0  # CPUs the trial held (its training seconds × these = CPU-seconds of training)
 
 
 @dataclass
@@ -50,7 +53,7 @@ class SweepOutcome:
     trials: list[TrialSummary]
     best: TrialSummary | None
     seconds: float
-    max_concurrent: int = 1
+    cpus: float = 1.0  # CPUs the trials shared (this machine's, or the cluster's)
     energy_unit: str = ""
     experiment_id: str = ""
     test_sets: list[str] = field(default_factory=list)  # named test sets (the table's columns)
@@ -58,15 +61,16 @@ class SweepOutcome:
     baseline: TrialSummary | None = None  # the paper configuration at full fidelity (a budget plan's final rung)
 
     def overhead_report(self) -> str:
-        """Share of the sweep's wall time spent in training epochs, and per-trial start-up."""
+        """Share of the sweep's CPU-seconds (wall × the CPUs the trials shared) spent in training epochs, and per-trial
+        start-up. A trial's epochs count with the CPUs it held (a final rung's one trial may hold them all)."""
         now = [t for t in self.trials if not t.earlier]  # this run's trials (not an extension's predecessors)
-        train = sum(t.train_seconds for t in now)
-        share = train / (self.seconds * self.max_concurrent) if self.seconds else 0.0
+        train = sum(t.train_seconds * (t.cpus or 1.0) for t in now)
+        share = train / (self.seconds * self.cpus) if self.seconds else 0.0
         starts = [t.startup_seconds for t in now if t.startup_seconds is not None]
         start = f"; trial start-up median {np.median(starts):.1f} s" if starts else ""
         modes = sorted({t.step_mode for t in self.trials if t.step_mode})
         mode = "".join(f"\nstacked step: {m}" for m in modes)
-        return (f"time in training epochs: {train:.0f} s of {self.seconds:.0f} s wall × {self.max_concurrent} concurrent "
+        return (f"time in training epochs: {train:.0f} CPU-s of {self.seconds:.0f} s wall × {self.cpus:g} CPUs "
                 f"= {share:.0%}{start}{mode}")
 
 
@@ -81,9 +85,14 @@ def summarize(results, test_sets: list[str], budget_ran_out: bool = False) -> li
             params=r.config, val_loss_mean=m.get("best_val_loss_mean", m.get(METRIC)), val_loss_std=m.get("val_loss_std"),
             epochs=m.get("epoch", m.get("training_iteration")), tests=keys.maes_by_test_set(m, test_sets),
             checkpoint=r.checkpoint, train_seconds=m.get("train_seconds") or 0.0, startup_seconds=m.get("startup_seconds"),
-            step_mode=m.get("step_mode"), error=str(r.error).strip().splitlines()[-1] if r.error else None))
+            step_mode=m.get("step_mode"), error=str(r.error).strip().splitlines()[-1] if r.error else None,
+            predicted=_finite(m.get(SCREEN_SCORE)), cpus=float(m.get("cpus") or 0.0)))
     out.sort(key=rank)
     return out
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None
 
 
 def rank(t: TrialSummary) -> tuple[int, float]:

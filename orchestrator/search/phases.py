@@ -10,18 +10,28 @@ from typing import Any
 
 import numpy as np
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from rich.console import Console
 
-from orchestrator.search.outcome import METRIC, TrialSummary, summarize
-from orchestrator.search.plan import SCREEN_SHARE, BudgetPlan, is_config, make_plan, measure_fold_epoch, top_configs
+from orchestrator.search.cost import EpochCost, data_cost, describe
+from orchestrator.search.outcome import METRIC, SCREEN_SCORE, TrialSummary, summarize
+from orchestrator.search.plan import (
+    BudgetPlan,
+    costliest,
+    is_config,
+    make_plan,
+    measure_fold_epoch,
+    top_configs,
+)
 from orchestrator.search.progress import LiveProgress
 from orchestrator.search.storage import repair_checkpoints, tune_storage, write_json
-from orchestrator.search.trial import FINALISE_GRACE, TrialClock
+from orchestrator.search.trial import FINALISE_GRACE, TrialClock, trial_cpus
 from orchestrator.spec.space import define_by_run
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
 from orchestrator.tracking.callback import MlflowTracker
 from orchestrator.tracking.statuses import (
     INTERRUPTED,
+    SCREENED,
     budget_used,
 )
 from orchestrator.tracking.store import Store
@@ -43,6 +53,36 @@ class Phase:
     screen: bool = False  # a screening rung: its trials are "screened", never the best trial
     optuna_seed: int = 0
     warm: list[TrialSummary] = field(default_factory=list)  # earlier trials the searcher is told first (--more)
+    last_start: float | None = None  # no trial starts after this time.time() (a screening rung's share)
+
+    @property
+    def metric(self) -> str:
+        """What the searcher is told: a screening trial's extrapolated loss, else the fold-mean validation loss."""
+        return SCREEN_SCORE if self.screen else METRIC
+
+
+class TuneFailure(RuntimeError):
+    """Tune itself stopped the experiment (not a trial's failure, which Tune retries and records); one line."""
+
+
+LAUNCH_DEADLINES: dict[str, float] = {}
+"""Experiment name → the time after which its searcher starts no trial. Kept outside the searcher because Tune
+pickles the searcher into its experiment state, and a resumed rung has a new deadline."""
+
+
+class LaunchWindow(ConcurrencyLimiter):
+    """Ray's concurrency limit, and no new trial after the experiment's last start (:data:`LAUNCH_DEADLINES`): a
+    screening rung stops launching configurations when its share of the budget could not pay for another."""
+
+    def __init__(self, searcher, max_concurrent: int, experiment: str) -> None:
+        super().__init__(searcher, max_concurrent)
+        self.experiment = experiment
+
+    def suggest(self, trial_id: str):
+        last = LAUNCH_DEADLINES.get(self.experiment)
+        if last is not None and time.time() > last:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
 
 
 class PhaseRunner:
@@ -75,12 +115,13 @@ class PhaseRunner:
         """Run the phase (or continue it after an interruption); its trials, and whether the budget ran out."""
         from optuna.samplers import TPESampler
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         spec, k = phase.spec, len(phase.folds)
         self.console.print(f"trial layout: {spec.resources.describe(k)}")
         trainable = self.trainable(phase)
+        if phase.last_start is not None:
+            LAUNCH_DEADLINES[phase.experiment] = phase.last_start
         if restore:
             repair_checkpoints(f"{tune_storage(spec)}/{phase.experiment}")  # a driver killed mid-checkpoint
             tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{phase.experiment}", trainable=trainable,
@@ -94,76 +135,82 @@ class PhaseRunner:
             else:
                 scheduler = FIFOScheduler()
             # Optuna evaluates ``points`` first: a final rung has as many trials as points, so they are all it runs
-            searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=METRIC, mode="min",
+            searcher = OptunaSearch(space=define_by_run(spec.space(), spec.fixed()), metric=phase.metric, mode="min",
                                     points_to_evaluate=phase.points, sampler=TPESampler(seed=phase.optuna_seed))
             if phase.warm:
                 told = warm_start(searcher, spec.space(), phase.warm)
                 self.console.print(f"extending sweep {self.name} by {phase.num_samples} trials; the searcher knows "
                                    f"the {told} earlier trials' results")
-            search = ConcurrencyLimiter(searcher, spec.search.max_concurrent)
+            search = LaunchWindow(searcher, spec.search.max_concurrent, phase.experiment)
             tracker = MlflowTracker(self.uri, self.experiment, self.name, self.parent, k, spec.search.time_budget)
             callbacks = [tracker, LiveProgress(phase.num_samples, self.console)]
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=search, scheduler=scheduler,
+                tune_config=tune.TuneConfig(metric=phase.metric, mode="min", search_alg=search, scheduler=scheduler,
                                             num_samples=phase.num_samples, time_budget_s=phase.tune_budget, reuse_actors=True),
                 run_config=tune.RunConfig(name=phase.experiment, storage_path=tune_storage(spec), callbacks=callbacks,
                                           verbose=0, failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
         t_fit = time.time()
-        results = tuner.fit()  # Ctrl-C: Tune stops its trials, saves its state and returns
+        try:
+            results = tuner.fit()  # Ctrl-C: Tune stops its trials, saves its state and returns
+        except Exception as e:  # Tune's own error (its periodic snapshot, ≤ 10 s old, is what --resume continues)
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            raise TuneFailure(lines[-1][:500] if lines else type(e).__name__) from None
         budget_ran_out = budget_used(phase.tune_budget, t_fit)
         return summarize(results, self.test_sets, budget_ran_out), budget_ran_out
 
 
 def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float], plan: BudgetPlan | None,
-                 folds: list[tuple[np.ndarray, np.ndarray]], meta: dict[str, Any], sweep_dir: Path, resume: bool
-                 ) -> tuple[list[TrialSummary], TrialSummary | None, bool]:
-    """A time-budgeted sweep by its plan (:mod:`orchestrator.search.plan`): screen on fold 0, then the finalists
-    with all k folds. Returns every trial, the paper configuration's final trial, and whether the budget ran out."""
+                folds: list[tuple[np.ndarray, np.ndarray]], meta: dict[str, Any], sweep_dir: Path, resume: bool
+                ) -> tuple[list[TrialSummary], TrialSummary | None, bool]:
+    """A time-budgeted sweep by its plan (:mod:`orchestrator.search.plan`): screen on fold 0 at equal compute, then
+    the finalists with all k folds. Returns every trial, the paper configuration's final trial, and whether the
+    budget ran out. ``meta`` (``sweep.json``) records the plan, the rungs' planned and measured seconds and the cost
+    model's estimate beside the measured epoch of every screened configuration."""
     spec, console, name = runner.spec, runner.console, runner.name
     k, budget = spec.cv.k, float(spec.search.time_budget or 0)
     t0 = time.time()
     screen_spec = share_resources(unshared, node, "for screening, this machine's", console, k=1) if unshared.resources.auto else spec
     paper = (spec.initial_points() or [{}])[0]
     if plan is None:
-        model_cfg, train_cfg = spec.materialize(paper)
-        data = runner.base["data"]["ref"]
-        import ray
-
-        mols = ray.get(data)
-        res1, resk = screen_spec.resources, spec.resources
-        cpus1 = res1.trial_cpus(1) if res1.resolved_layout() == "stacked" else res1.cpus_per_fold  # one fold's CPUs
-        seconds = measure_fold_epoch(model_cfg, train_cfg, mols.subset(folds[0][0]), mols.subset(folds[0][1]),
-                                     max(1, round(cpus1)))
-        cpusk = resk.trial_cpus(k) if resk.resolved_layout() == "stacked" else k * resk.cpus_per_fold
-        plan = make_plan(budget - (time.time() - t0), seconds, node.get("CPU", cpusk), k, cpus1,
-                         spec.search.max_concurrent, cpusk, spec.search.max_concurrent, spec.max_epochs(),
-                         spec.search.num_samples, grace_epochs(spec), baseline_final=spec.search.baseline == "final")
+        plan = _make_plan(runner, spec, screen_spec, node, paper, folds, budget - (time.time() - t0))
         meta.update(plan=plan.as_dict(), tune_experiments=[name], plan_started=t0)
         write_json(sweep_dir / "sweep.json", meta)
     for line in plan.lines():
         console.print(line)
-    start = float(meta.get("plan_started", t0)) if not resume else t0
     experiments = meta["tune_experiments"]
-    # the screening rung ends when its trials have run; its deadline is a backstop for an estimate gone wrong
-    screen_end = start + min(0.75 * plan.budget, max(1.5 * plan.screen.seconds, SCREEN_SHARE * plan.budget))
+    start = float(meta.get("plan_started", t0)) if not resume else t0  # a resumed rung gets its share again
+    rungs = meta.setdefault("rungs", {})
     screened: list[TrialSummary]
     if len(experiments) == 1:  # the screening rung: run it (or continue it)
-        clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds)
-        phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, plan.screen.epochs, asha=False,
+        # trials stop on their allotment; the deadline is a backstop for a machine slower than measured
+        screen_end = start + 1.1 * plan.screen.seconds + 10.0
+        clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds, train_allotment=plan.screen_each,
+                           last_start=start + plan.last_start, horizon=plan.horizon)
+        phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, spec.max_epochs(), asha=False,
                       points=[paper] if paper else None, clock=clock, tune_budget=max(1.0, screen_end - time.time()) + FINALISE_GRACE,
-                      screen=True, optuna_seed=spec.search.seed)
+                      screen=True, optuna_seed=spec.search.seed, last_start=start + plan.last_start)
+        t_screen = time.time()
         screened, _ = runner.run(phase, restore=resume)
+        rungs["screen"] = {"planned_s": plan.screen.seconds, "measured_s": time.time() - t_screen + rungs.get("screen", {}).get("measured_s", 0.0)}
         if any(t.status == INTERRUPTED for t in screened):  # Ctrl-C: --resume continues the screening, then the final rung
+            write_json(sweep_dir / "sweep.json", meta)
             return screened, None, False
         experiments.append(f"{name}-final")
         meta["tune_experiments"] = experiments
-        write_json(sweep_dir / "sweep.json", meta)
+        final_start = time.time()
         resume = False
     else:
         screened = runner.restored(experiments[0])
+        final_start = t0
+    cost = EpochCost.from_dict(plan.cost) if plan.cost else None
+    if cost is not None:
+        meta["screened_costs"], cost = cost_record(spec, screened, cost, plan.screen_cpus)
+        if line := cost_line(meta["screened_costs"]):
+            console.print(line)
+    write_json(sweep_dir / "sweep.json", meta)
     if paper and plan.baseline_final:
         finalists = [paper, *top_configs(screened, plan.final.configs - 1, exclude=paper)]
         what = f"the paper configuration and the best {len(finalists) - 1} of {len(screened)} screened"
@@ -172,20 +219,83 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         promoted = bool(paper) and any(is_config(f, paper) for f in finalists)
         what = f"the best {len(finalists)} of {len(screened)} screened" + (
             "; the paper configuration among them" if promoted else "; the paper configuration screened worse")
-    console.print(f"final rung: {len(finalists)} configuration{'s' if len(finalists) > 1 else ''} × {k} folds ({what})")
+    console.print(f"final rung: {len(finalists)} configuration{'s' if len(finalists) > 1 else ''} × {k} folds ({what}; "
+                  f"ranked by the validation loss each learning curve extrapolates to at {plan.horizon:.0f} s of training)")
     final_spec = spec
     if unshared.resources.auto and len(finalists) < spec.search.max_concurrent:  # fewer finalists than slots: more CPUs each
         fewer = unshared.model_copy(update={"search": unshared.search.model_copy(update={"max_concurrent": len(finalists)})})
         final_spec = share_resources(fewer, node, "for the final rung, this machine's", console)
-    end = start + plan.budget
-    clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=plan.final.epoch_seconds)
+    # the final rung ends with the budget; resumed, it gets its share again
+    end = start + plan.budget if not resume else t0 + plan.budget - plan.screen.seconds
+    epoch = plan.final.epoch_seconds
+    if cost is not None and finalists:  # the costliest finalist's k-fold epoch, priced by the calibrated model
+        epoch = max(cost.seconds(*spec.materialize(f)) for f in finalists) * k * plan.screen_cpus / trial_cpus(final_spec, k)
+    clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=epoch)
     phase = Phase(experiments[-1], final_spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
                   clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE)
     final, ran_out = runner.run(phase, restore=resume)
+    rungs["final"] = {"planned_s": plan.final.seconds, "measured_s": time.time() - final_start}
+    write_json(sweep_dir / "sweep.json", meta)
     baseline = next((t for t in final if paper and is_config(t.params, paper)), None)
     if baseline is None and paper:  # not promoted: its screening result is the baseline
         baseline = next((t for t in screened if is_config(t.params, paper)), None)
     return final + [replace(t, earlier=True) for t in screened], baseline, ran_out
+
+
+def _make_plan(runner: PhaseRunner, spec: SweepSpec, screen_spec: SweepSpec, node: dict[str, float], paper: dict[str, Any],
+               folds: list[tuple[np.ndarray, np.ndarray]], budget: float) -> BudgetPlan:
+    """Measure one epoch of fold 0 of the paper configuration at a screening trial's CPUs, set the cost model's scale
+    by it, and plan the rungs for ``budget`` seconds."""
+    import ray
+
+    k = spec.cv.k
+    model_cfg, train_cfg = spec.materialize(paper)
+    mols = ray.get(runner.base["data"]["ref"])
+    cpus1 = trial_cpus(screen_spec, 1)  # one screening trial's CPUs
+    threads = max(1, round(cpus1))
+    train, val = mols.subset(folds[0][0]), mols.subset(folds[0][1])
+    seconds = measure_fold_epoch(model_cfg, train_cfg, train, val, threads)
+    space, fixed = spec.space(), spec.fixed()
+    cutoffs = [fixed.get("model.cutoff"), *(space["model.cutoff"].extremes() if "model.cutoff" in space else [])]
+    pool = mols.subset(np.concatenate([folds[0][0], folds[0][1]]))
+    cost = data_cost(pool, len(folds[0][0]), len(folds[0][1]), cutoffs).calibrated([(model_cfg, train_cfg, seconds * threads)])
+    worst = costliest(space, spec.materialize, cost)
+    cpusk = trial_cpus(spec, k)
+    return make_plan(budget, seconds, cpus=node.get("CPU", cpusk), k=k, screen_cpus=cpus1,
+                     screen_concurrent=spec.search.max_concurrent, final_cpus=cpusk,
+                     final_concurrent=spec.search.max_concurrent, max_epochs=spec.max_epochs(),
+                     num_samples=spec.search.num_samples, grace=grace_epochs(spec),
+                     baseline_final=spec.search.baseline == "final", cost=cost,
+                     costliest=None if worst is None else (worst[0], worst[1] / threads))
+
+
+def cost_record(spec: SweepSpec, screened: list[TrialSummary], cost: EpochCost, screen_cpus: float
+                ) -> tuple[list[dict[str, Any]], EpochCost]:
+    """Each screened configuration's estimated fold-epoch (the plan's cost model) beside its measured one (its
+    training seconds ÷ epochs), and the model re-calibrated on them (what prices the final rung)."""
+    rows, measured = [], []
+    threads = max(1, round(screen_cpus))
+    for t in screened:
+        if not t.epochs or not t.train_seconds or t.status != SCREENED:
+            continue
+        model, training = spec.materialize(t.params)
+        est, got = cost.seconds(model, training) / threads, t.train_seconds / t.epochs
+        measured.append((model, training, got * threads))
+        rows.append({"trial_id": t.trial_id, "config": describe(model, training), "epochs": int(t.epochs),
+                     "estimated_epoch_s": round(est, 4), "measured_epoch_s": round(got, 4),
+                     "val_loss": t.val_loss_mean, "predicted_val_loss": t.predicted})
+    return rows, cost.calibrated(measured)
+
+
+def cost_line(rows: list[dict[str, Any]]) -> str:
+    """One line: how well the cost model priced the screened configurations."""
+    if not rows:
+        return ""
+    err = [abs(r["estimated_epoch_s"] / r["measured_epoch_s"] - 1) for r in rows if r["measured_epoch_s"] > 0]
+    worst = max(rows, key=lambda r: abs(r["estimated_epoch_s"] / r["measured_epoch_s"] - 1))
+    return (f"cost model: {len(rows)} screened configurations' epochs estimated within a median {np.median(err):.0%} of "
+            f"what they measured (worst {max(err):.0%}: {worst['config']}, {worst['estimated_epoch_s']:.2f} s estimated, "
+            f"{worst['measured_epoch_s']:.2f} s measured); all in sweep.json")
 
 
 def grace_epochs(spec: SweepSpec) -> int:

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.search.outcome import METRIC
+from orchestrator.tracking.callback import error_reason
 from orchestrator.tracking.statuses import (
     BUDGET,
     COMPLETED,
@@ -67,7 +68,14 @@ class LiveProgress(tune.Callback):
         self._refresh(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._say(f"trial {trial.trial_id} failed: {error_reason(trial)}")
         self._refresh(trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._say(f"trial {trial.trial_id} failed ({error_reason(trial)}); retrying it from its last checkpoint")
+
+    def _say(self, line: str) -> None:
+        (self.console or Console()).print(line, markup=False, highlight=False)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self._refresh(trials)

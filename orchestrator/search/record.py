@@ -12,6 +12,7 @@ import numpy as np
 from orchestrator.search.outcome import TrialSummary
 from orchestrator.tracking import keys
 from orchestrator.tracking.statuses import (
+    INTERRUPTED,
     SCREENED,
     mlflow_status,
 )
@@ -36,6 +37,35 @@ def reconcile(store: Store, name: str, trials: list[TrialSummary]) -> None:
                 store.client.set_tag(run.info.run_id, keys.STATUS, LOST)
                 store.client.set_tag(run.info.run_id, keys.ERROR, LOST_REASON)
             store.end(run.info.run_id, mlflow_status(state[trial_id]) if trial_id in state else "KILLED")
+
+
+def end_open_runs(store: Store, name: str) -> None:
+    """After Tune itself failed: every trial and fold run still RUNNING ends KILLED, its trial labelled
+    ``interrupted`` (``--resume`` continues it and marks it RUNNING again)."""
+    for run in store.find(**{SWEEP_ID: name}):
+        if run.info.status == "RUNNING" and run.data.tags.get(ROLE) in ("trial", "fold"):
+            if run.data.tags.get(ROLE) == "trial":
+                store.client.set_tag(run.info.run_id, keys.STATUS, INTERRUPTED)
+            store.end(run.info.run_id, "KILLED")
+
+
+def log_plan(store: Store, name: str, parent: str, meta: dict) -> None:
+    """A budget plan's record in MLflow: each rung's planned and measured seconds on the sweep run, and each screened
+    trial's estimated and measured fold-epoch seconds and extrapolated loss on its run."""
+    metrics = {f"{rung}_{which}_seconds": v[f"{which}_s"] for rung, v in meta.get("rungs", {}).items()
+               for which in ("planned", "measured")}
+    rows = meta.get("screened_costs", [])
+    if rows:
+        err = [abs(r["estimated_epoch_s"] / r["measured_epoch_s"] - 1) for r in rows if r["measured_epoch_s"] > 0]
+        metrics["cost_model_median_error"] = float(np.median(err)) if err else np.nan
+    store.log(parent, metrics)
+    by_trial = {r["trial_id"]: r for r in rows}
+    for run in store.find(**{SWEEP_ID: name, ROLE: "trial"}):
+        r = by_trial.get(run.data.tags.get(keys.TRIAL_ID))
+        if r is not None:
+            store.log(run.info.run_id, {"epoch_seconds_estimated": r["estimated_epoch_s"],
+                                        "epoch_seconds_measured": r["measured_epoch_s"]}
+                      | ({"screen_score": r["predicted_val_loss"]} if r.get("predicted_val_loss") is not None else {}))
 
 
 def log_best(store: Store, parent: str, name: str, best: TrialSummary, data, manifest: SplitManifest) -> None:

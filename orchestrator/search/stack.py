@@ -18,6 +18,7 @@ from orchestrator.search.folds import (
     last_epoch,
 )
 from schnet_model import ModelConfig, Molecules, TrainingConfig
+from schnet_model.nn.compiled import forget_compiled
 from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
 
 
@@ -38,6 +39,7 @@ class StackedFolds:
     def setup(self, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], tests: dict[str, np.ndarray],
               model_cfg: ModelConfig, train_cfg: TrainingConfig) -> None:
         torch.set_num_threads(self.threads)
+        forget_compiled()  # a reused trial process: the last configuration's compiled kernels would count towards dynamo's limit
         self.data, self.folds = data, folds
         self.tests = held_out_sets(data, tests)
         members = [Member(data.subset(tr), data.subset(va), fold_config(train_cfg, i, self.threads, self.device))

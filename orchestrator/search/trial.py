@@ -22,10 +22,12 @@ from orchestrator.search.folds import (
     fold_metrics_summary,
     objective,
 )
+from orchestrator.search.outcome import METRIC, SCREEN_SCORE
+from orchestrator.search.plan import extrapolate
 from orchestrator.search.stack import StackedFolds
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import keys
-from orchestrator.tracking.statuses import BUDGET_STOPPED, SCREEN
+from orchestrator.tracking.statuses import BUDGET_STOPPED, NOT_STARTED_FLAG, SCREEN
 from schnet_model.training.trainer import resolve_device
 
 NONFINITE_MARKER = "nonfinite.txt"
@@ -49,6 +51,9 @@ class TrialClock:
     trial_seconds: float | None = None
     epoch_seconds: float | None = None  # an estimate of one epoch of this trial (the plan's measurement), if known
     finish_margin: float = 5.0  # seconds kept for finalising, besides one epoch's worth
+    train_allotment: float | None = None  # screening: seconds of training each configuration gets (equal compute)
+    last_start: float | None = None  # screening: a trial that would start later does not start (its rung's share)
+    horizon: float | None = None  # screening: the final rung's training seconds per fold (where curves are compared)
 
     def out_of_time(self, started: float, last_epoch: float) -> bool:
         """After an epoch of ``last_epoch`` seconds, in a trial that started at ``started``: finalise now?"""
@@ -57,11 +62,20 @@ class TrialClock:
         return ((self.deadline is not None and now + need > self.deadline) or
                 (self.trial_seconds is not None and now - started + last_epoch > self.trial_seconds))
 
+    def allotment_spent(self, train_seconds: float, last_epoch: float) -> bool:
+        """Screening: the allotment is spent to the nearest epoch (another epoch would overshoot it by more than
+        stopping now falls short of it)."""
+        return self.train_allotment is not None and train_seconds + 0.5 * last_epoch >= self.train_allotment
+
     def no_time_to_start(self) -> bool:
-        """Not even one epoch and the finalisation fit before the deadline (needs an epoch estimate)."""
+        """Past the rung's last start, or not even one epoch and the finalisation fit before the deadline (needs an
+        epoch estimate)."""
+        now = time.time()
+        if self.last_start is not None and now > self.last_start:
+            return True
         if self.deadline is None or self.epoch_seconds is None:
             return False
-        return time.time() + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
+        return now + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
 POOL = FoldActorPool()  # this trial process's fold actors, kept for the next trial Tune runs in it (reuse_actors)
 
 
@@ -146,6 +160,12 @@ def _final_checkpoint(trial_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def trial_cpus(spec: SweepSpec, k: int) -> float:
+    """CPUs one trial of ``k`` folds holds: a stacked trial's, or its k fold actors'."""
+    res = spec.resources
+    return res.trial_cpus(k) if res.resolved_layout() == "stacked" else k * res.cpus_per_fold
+
+
 def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
     """The trial's fold members, set up for this configuration: stacked in this process, or fold actors."""
     res, k = spec.resources, len(ctx["folds"])
@@ -178,6 +198,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     t_begin = time.perf_counter()
     clock: TrialClock = ctx.get("clock") or TrialClock()
     if clock.no_time_to_start():  # the budget ends before one epoch could: leave the slot (the trial is "not started")
+        tune.report({METRIC: float("nan"), SCREEN_SCORE: float("nan"), "epoch": 0, NOT_STARTED_FLAG: True})
         return
     spec = SweepSpec.model_validate_json(ctx["spec"])
     trial_dir = Path(tune.get_context().get_trial_dir())
@@ -190,6 +211,8 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         return
     params = {k: v for k, v in config.items()}
     model_cfg, train_cfg = spec.materialize(params)
+    if ctx.get("screen"):  # a few minutes of training: torch.compile (5–40 s per configuration) would not pay
+        train_cfg = train_cfg.model_copy(update={"compile_after": None})
     max_epochs = ctx.get("max_epochs") or spec.max_epochs()
     k = len(ctx["folds"])
     group = _group(ctx, spec, model_cfg, train_cfg)
@@ -200,6 +223,8 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             epoch = _load_states(group, Path(d), k)
     startup, train_seconds = None, 0.0
     started = time.time()
+    curve: list[tuple[float, float]] = []  # (training seconds, fold-mean validation loss) after each epoch
+    cpus = trial_cpus(spec, k)
     try:
         while epoch < max_epochs:
             epoch += 1
@@ -210,11 +235,16 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                 startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r.seconds for r in results)
             train_seconds += max(r.seconds for r in results)  # folds run in parallel (or stacked)
             metrics = {**fold_metrics_summary(results, ctx.get("objective_rho")), "epoch": epoch, "startup_seconds": startup,
-                       "train_seconds": train_seconds}
+                       "train_seconds": train_seconds, "cpus": cpus}
+            curve.append((train_seconds, metrics[METRIC]))
+            if ctx.get("screen"):  # what ranks it: the loss its curve reaches at the final rung's training per fold
+                metrics[SCREEN_SCORE] = extrapolate(curve, clock.horizon or 0.0) or float("nan")
             if isinstance(group, StackedFolds):  # how the stacked step runs (CUDA graph or eager, and why)
                 metrics["step_mode"] = group.mode
-            out_of_time = clock.out_of_time(started, time.time() - w_epoch)
-            if epoch >= max_epochs or all(r.stopped for r in results) or out_of_time:
+            last_epoch = time.time() - w_epoch
+            out_of_time = clock.out_of_time(started, last_epoch)
+            spent = clock.allotment_spent(train_seconds, max(r.seconds for r in results))
+            if epoch >= max_epochs or all(r.stopped for r in results) or out_of_time or spent:
                 finals = group.finish()
                 flags = {"final": True, SCREEN: bool(ctx.get("screen")),
                          BUDGET_STOPPED: out_of_time and epoch < max_epochs and not all(r.stopped for r in results)}

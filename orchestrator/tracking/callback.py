@@ -71,7 +71,8 @@ class MlflowTracker(tune.Callback):
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         trial_metrics = {k: v for k, v in keys.trial_metrics(result).items() if k in (
-            "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean") or keys.is_ensemble_mae(k)}
+            "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean", "screen_score")
+            or keys.is_ensemble_mae(k)}
         self.store.log(rid, trial_metrics, step)
         if result.get("step_mode") and rid not in self._moded:  # how the stacked step runs, once per trial
             self._moded.add(rid)

@@ -12,6 +12,7 @@ MLFLOW_STATUS = {COMPLETED: "FINISHED", BUDGET: "FINISHED", SCREENED: "FINISHED"
 RANK = {COMPLETED: 0, BUDGET: 0, SCREENED: 1, PRUNED: 1, CUT: 1, INTERRUPTED: 1, FAILED: 2, NOT_STARTED: 3}
 BUDGET_STOPPED = "budget_stopped"  # a final result's flag: the trial finalised its best fold states as time ran out
 SCREEN = "screen"  # a final result's flag: a screening trial (fold 0 alone, a planned budget's first rung)
+NOT_STARTED_FLAG = "not_started"  # a final result's flag: the budget left the trial no time to start
 
 
 def trial_status(failed: bool, last: dict[str, Any] | None, budget_used: bool) -> str:

@@ -28,13 +28,27 @@ MOLECULES = {
 
 
 def start_geometry(molecule: str):
-    """ASE Atoms for a friendly name or any ASE g2 name."""
+    """ASE Atoms for a friendly name, any ASE g2 name, or an ASE-readable file of the molecule (its first frame, Å;
+    e.g. an xyz written from a SMILES by RDKit)."""
     from ase.build import molecule as ase_molecule
     from ase.collections import g2
 
+    path = Path(molecule)
+    if path.suffix and path.is_file():
+        import ase.io
+
+        try:
+            atoms = ase.io.read(path, index=0)
+        except Exception as e:  # ASE raises many kinds on a malformed file
+            raise ValueError(f"{path}: not a readable molecule ({type(e).__name__}: {str(e)[:200]})") from None
+        if len(atoms) == 0:
+            raise ValueError(f"{path}: no atoms")
+        atoms.calc, atoms.info = None, {}
+        return atoms
     name = MOLECULES.get(molecule, molecule)
     if name not in g2.names:
-        raise ValueError(f"unknown molecule {molecule!r}; known: {sorted(MOLECULES)} or any ASE g2 name")
+        raise ValueError(f"unknown molecule {molecule!r}; known: {sorted(MOLECULES)}, any ASE g2 name, or a "
+                         "geometry file (xyz, …)")
     return ase_molecule(name)
 
 
@@ -91,7 +105,7 @@ def generate_md(
         "z": atoms.get_atomic_numbers().astype(np.uint8),
         "E": np.array(E),
         "F": np.array(F),
-        "name": np.array(molecule),
+        "name": np.array(Path(molecule).stem if Path(molecule).suffix else molecule),
         "theory": np.array("GFN2-xTB (tblite)"),
         "e_unit": np.array("kcal/mol"),
         "r_unit": np.array("Ang"),

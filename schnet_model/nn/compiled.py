@@ -19,11 +19,21 @@ import torch
 
 from schnet_model.config import COMPILE_AFTER
 
-__all__ = ["COMPILE_AFTER", "COMPILE_ERRORS", "Kernel", "compile_now"]  # COMPILE_AFTER: training.compile_after's default
+__all__ = ["COMPILE_AFTER", "COMPILE_ERRORS", "Kernel", "compile_now", "forget_compiled"]  # COMPILE_AFTER: training.compile_after's default
 
-COMPILE_ERRORS = (RuntimeError, OSError, ImportError, subprocess.SubprocessError)
+
+def _dynamo_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from torch._dynamo.exc import FailOnRecompileLimitHit
+    except ImportError:  # an older torch: the limit falls back to eager by itself
+        return ()
+    return (FailOnRecompileLimitHit,)
+
+
+COMPILE_ERRORS = (RuntimeError, OSError, ImportError, subprocess.SubprocessError, *_dynamo_errors())
 """What a failed ``torch.compile`` raises: dynamo/inductor errors (RuntimeError subclasses: unsupported operation,
-no or broken C++ compiler), a missing toolchain (OSError, ImportError) or a failed compiler run."""
+no or broken C++ compiler), a missing toolchain (OSError, ImportError), a failed compiler run, or dynamo's recompile
+limit (``FailOnRecompileLimitHit``, an ``Exception``: a ``fullgraph`` kernel traced for more shapes than the limit)."""
 
 log = logging.getLogger("schnet_model.compile")
 
@@ -36,6 +46,26 @@ def compile_now(calls: int, after: int | None, device: torch.device, who: str) -
     if calls == after:
         log.info("%s: CPU kernels compiled by torch.compile from fast-path call %d on (training.compile_after)", who, after)
     return True
+
+
+_KERNELS: list[Kernel] = []
+
+
+def forget_compiled() -> None:
+    """Drop every compiled kernel of this process and dynamo's caches, so that the next model compiles afresh.
+
+    A process that trains one configuration after another (a reused fold actor or trial process) would otherwise
+    accumulate one traced graph per configuration on the same kernels until dynamo's recompile limit (8) fails the
+    next ``fullgraph`` compile; call this when a new configuration is set up. Inductor's on-disk cache keeps a
+    configuration seen before cheap to compile again.
+    """
+    if not any(k.compiled is not None for k in _KERNELS):
+        return  # nothing compiled yet: nothing to forget
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    for k in _KERNELS:
+        k.compiled, k.failed = None, False
 
 
 class Kernel:
@@ -53,6 +83,7 @@ class Kernel:
         self.threads = threads
         self.compiled = None
         self.failed = False
+        _KERNELS.append(self)
 
     def __call__(self, compiled: bool, *args):
         if compiled and not self.failed and args[0].device.type == "cpu":
