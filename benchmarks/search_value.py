@@ -5,15 +5,23 @@ For each dataset and seed, two real ``sweep run`` invocations with the same ``se
 (a) **paper alone** — the paper configuration (64 features, 3 interactions, lr 1e-3, batch 32, ρ 0.01, exponential
     decay), k folds, one trial, trained until early stopping or the budget (a trial the budget ends keeps its best
     fold states);
-(b) **sweep** — ``search.plan: auto``: configurations screened on fold 0 (the paper configuration first), then the
-    best screened ones trained with all k folds, within the same budget (``search.baseline: screen``, the default:
-    the paper configuration is trained with all k folds only if it screens among the best).
+(b) **sweep** — the shipped ``search_spaces/rmd17.yaml`` as a user runs it on their own files (its space: 2–6
+    interactions, 64/128 filters and atom basis, batch 8/16/32, lr, ρ, the schedule; k = 5; 30 configurations;
+    ``search.plan: auto``), ``dataset.path``/``dataset.test_path`` set, within the same budget.
 
-Both report the fold-mean (ensemble) force and energy MAE of their best trial on the same held-out test molecules
-(the split seed is fixed; the seed varies the folds, the initial weights and the searcher). Prints a Markdown table
-(mean ± std over seeds) and writes the raw numbers as JSON.
+Both report the fold-mean (ensemble) force and energy MAE of their best trial on the same held-out test file. Each
+row also keeps the plan as printed, the rungs' planned and measured seconds, the cost model's error on the screened
+configurations, and the share of the budget's CPU-seconds spent in training epochs. Prints a Markdown table (mean ±
+std over seeds) and writes the raw numbers as JSON after every run (seeds outermost: an interrupted benchmark leaves
+paired results).
 
-    python benchmarks/search_value.py --budget 240 --seeds 3
+Datasets (``--datasets``): ``ethanol`` (the shipped GFN2-xTB 500 K file, 9 atoms, kcal/mol; test: a GFN2-xTB run at
+500 K with another seed), ``acac`` (``../shared`` BOTNet acetylacetone 300 K, 15 atoms, eV: the first 400 frames to
+train on, the last 100 to test), ``aspirin`` (21 atoms: a geometry from its SMILES by RDKit — ``pip install rdkit``
+— then ``sweep data generate`` GFN2-xTB MD at 500 K, 1,000 frames, and an independent 1,000-frame test run). Made
+once into ``benchmarks/.data/``.
+
+    python benchmarks/search_value.py --budget 1500 --seeds 3 --datasets ethanol,acac,aspirin
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,53 +44,97 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = ROOT.parent / "shared" / "data"
+DATA = HERE / ".data"
+ASPIRIN_SMILES = "CC(=O)OC1=CC=CC=C1C(=O)O"
 
-DATASETS = {  # name → (dataset section, what it is)
-    "ethanol_gfn2xtb": ({"path": str(ROOT / "data" / "ethanol_gfn2xtb_500K.npz"), "n_train": 400, "n_val": 200},
-                        "ethanol, GFN2-xTB MD at 500 K (shipped), 9 atoms, kcal/mol"),
-    "acac_botnet": ({"path": str(SHARED / "botnet_acac" / "train_300K.xyz"), "n_train": 250, "n_val": 100},
-                    "acetylacetone, BOTNet 300 K (../shared), 15 atoms, eV"),
-    "ethanol_ccsdt": ({"path": str(SHARED / "sgdml" / "ethanol_ccsd_t-train.npz"), "n_train": 400, "n_val": 200},
-                      "ethanol, sGDML CCSD(T) (../shared), 9 atoms, kcal/mol"),
-}
-
-TRAINING = {"max_epochs": 3000, "early_stopping_patience": 50}
-SPACE_MODEL = {"n_interactions": {"int": [2, 4]}, "n_filters": {"choice": [32, 64]}, "n_atom_basis": {"choice": [32, 64]}}
-SPACE_TRAINING = {"lr": {"loguniform": [3.0e-4, 5.0e-3]}, "batch_size": {"choice": [8, 16, 32]},
-                  "rho": {"loguniform": [1.0e-3, 1.0e-1]}, "scheduler": {"choice": ["exponential", "plateau", "cosine"]}}
+UNITS = {"ethanol": "kcal/mol", "acac": "eV", "aspirin": "kcal/mol"}
+PAPER_TRAINING = {"lr": 1.0e-3, "batch_size": 32, "scheduler": "exponential", "rho": 0.01}
 
 
-def spec(dataset: dict, method: str, budget: float, seed: int, k: int) -> dict:
-    """The ``sweep run`` spec of one run."""
-    body = {"name": f"sv_{method}", "dataset": {**dataset, "split_seed": 0}, "cv": {"k": k, "seed": seed},
-            "tracking": {"uri": "sqlite:///mlflow.db"}, "storage": "sweeps", "resources": "auto"}
+def sweep_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def generate(molecule: str, seed: int, out: Path, frames: int = 1000) -> Path:
+    """GFN2-xTB Langevin MD at 500 K by ``sweep data generate`` (kept: made once)."""
+    if not out.exists():
+        r = sweep_cli("data", "generate", "--molecule", molecule, "--frames", str(frames), "--temperature", "500",
+                      "--seed", str(seed), "-o", str(out))
+        if r.returncode != 0:
+            raise SystemExit(f"error: {out.name}: sweep data generate failed: {r.stderr.strip()[-300:]}")
+    return out
+
+
+def dataset(name: str) -> dict:
+    """The ``dataset`` section of a run on ``name`` (its files made first when missing)."""
+    DATA.mkdir(exist_ok=True)
+    if name == "ethanol":
+        return {"path": str(ROOT / "data" / "ethanol_gfn2xtb_500K.npz"), "n_train": 800, "n_val": 200,
+                "test_path": str(generate("ethanol", 1, DATA / "ethanol_gfn2xtb_500K_test.npz"))}
+    if name == "acac":
+        import ase.io
+
+        src = SHARED / "botnet_acac" / "train_300K.xyz"
+        if not src.exists():
+            raise SystemExit(f"error: acac: {src} not found (../shared beside the checkout?)")
+        train, test = DATA / "acac_train400.xyz", DATA / "acac_test100.xyz"
+        if not test.exists():
+            frames = ase.io.read(src, ":")
+            ase.io.write(train, frames[:400])
+            ase.io.write(test, frames[-100:])
+        return {"path": str(train), "test_path": str(test), "n_train": 320, "n_val": 80}
+    if name == "aspirin":
+        start = DATA / "aspirin.xyz"
+        if not start.exists():
+            try:
+                from rdkit import Chem
+                from rdkit.Chem import AllChem
+            except ImportError:
+                raise SystemExit("error: aspirin: its start geometry comes from RDKit: pip install rdkit") from None
+            mol = Chem.AddHs(Chem.MolFromSmiles(ASPIRIN_SMILES))
+            AllChem.EmbedMolecule(mol, randomSeed=0)
+            AllChem.MMFFOptimizeMolecule(mol)
+            start.write_text(Chem.MolToXYZBlock(mol))
+        return {"path": str(generate(str(start), 0, DATA / "aspirin_gfn2xtb_500K.npz")), "n_train": 800, "n_val": 200,
+                "test_path": str(generate(str(start), 1, DATA / "aspirin_gfn2xtb_500K_test.npz"))}
+    raise SystemExit(f"error: --datasets: unknown {name!r} (known: {', '.join(UNITS)})")
+
+
+def spec(data: dict, method: str, budget: float, seed: int) -> dict:
+    """The ``sweep run`` spec of one run: the shipped rmd17.yaml with the user's files (paper: its one configuration)."""
+    body = yaml.safe_load((ROOT / "search_spaces" / "rmd17.yaml").read_text())
+    body.update(name=f"sv_{method}", dataset={**data, "split_seed": 0}, tracking={"uri": "sqlite:///mlflow.db"},
+                storage="sweeps")
+    body["cv"] = {**body["cv"], "seed": seed}
+    body["training"] = {**body["training"], "seed": seed}
+    body["search"] = {**body["search"], "seed": seed, "time_budget": budget}
     if method == "paper":
         body["model"] = {}
-        body["training"] = {**TRAINING, "seed": seed, "lr": {"choice": [1.0e-3]}}  # one configuration: the paper's
-        body["search"] = {"num_samples": 1, "max_concurrent": 1, "scheduler": "none", "time_budget": budget,
-                          "plan": "off", "seed": seed}
-    else:
-        body["model"] = dict(SPACE_MODEL)
-        body["training"] = {**TRAINING, "seed": seed, **SPACE_TRAINING}
-        body["search"] = {"num_samples": 40, "max_concurrent": 2, "scheduler": {"asha": {"grace_period": 10}},
-                          "time_budget": budget, "plan": "auto", "seed": seed}
+        body["training"] = {k: v for k, v in body["training"].items() if not isinstance(v, dict)} | PAPER_TRAINING
+        body["training"]["lr"] = {"choice": [PAPER_TRAINING["lr"]]}  # one configuration: the paper's
+        body["search"] = {**body["search"], "num_samples": 1, "max_concurrent": 1, "scheduler": "none", "plan": "off"}
     return body
 
 
-def run_one(name: str, dataset: dict, method: str, budget: float, seed: int, k: int) -> dict:
-    """One ``sweep run``; the best trial's held-out errors from MLflow."""
+def run_one(name: str, data: dict, method: str, budget: float, seed: int) -> dict:
+    """One ``sweep run``; the best trial's held-out errors and the plan's record from MLflow and sweep.json."""
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory(prefix=f"sv_{name}_{method}_{seed}_") as d:
         path = Path(d) / "spec.yaml"
-        path.write_text(yaml.safe_dump(spec(dataset, method, budget, seed, k)))
+        path.write_text(yaml.safe_dump(spec(data, method, budget, seed)))
         t0 = time.time()
-        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(path)], cwd=d, capture_output=True,
-                           text=True, env={**os.environ, "COLUMNS": "200"})
+        r = sweep_cli("run", str(path), cwd=Path(d))
         wall = time.time() - t0
+        row = {"dataset": name, "method": method, "seed": seed, "budget_s": budget, "wall_s": wall, "rc": r.returncode,
+               "plan": [ln for ln in r.stdout.splitlines() if "budget plan" in ln or "rung " in ln or ln.startswith("  ")
+                        and "rung" in ln]}
+        share = re.search(r"time in training epochs: .* = (\d+)%", " ".join(r.stdout.split()))
+        row["train_share"] = int(share.group(1)) / 100 if share else None
         if r.returncode != 0:
-            raise SystemExit(f"error: {name} {method} seed {seed}: sweep run failed ({r.returncode}): "
-                             f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+            row["error"] = (r.stderr.strip().splitlines() or ["?"])[-1]
+            return row
         c = MlflowClient(f"sqlite:///{d}/mlflow.db")
         exp = [e for e in c.search_experiments() if e.name == f"sv_{method}"][0]
         runs = c.search_runs([exp.experiment_id], max_results=10_000)
@@ -92,63 +145,88 @@ def run_one(name: str, dataset: dict, method: str, budget: float, seed: int, k: 
             statuses[t.data.tags.get("sweep.status", "?")] = statuses.get(t.data.tags.get("sweep.status", "?"), 0) + 1
         best = c.get_run(sweep_run.data.tags["sweep.best_trial_run_id"])
         m = sweep_run.data.metrics
-        plan = [line for line in r.stdout.splitlines() if "budget plan" in line or "rung " in line]
-        return {"dataset": name, "method": method, "seed": seed, "budget_s": budget, "wall_s": wall,
-                "forces_mae": m["best_test_forces_mae"], "energy_mae": m["best_test_energy_mae"],
-                "baseline_forces_mae": m.get("baseline_test_forces_mae"),
-                "baseline_fidelity": sweep_run.data.tags.get("sweep.baseline_fidelity"), "statuses": statuses,
-                "best_params": dict(best.data.params), "best_epochs": best.data.metrics.get("best_epoch"),
-                "plan": plan}
+        (meta_path,) = Path(d, "sweeps").glob("sv_*/sweep.json")
+        meta = json.loads(meta_path.read_text())
+        row.update(forces_mae=m["best_test_forces_mae"], energy_mae=m["best_test_energy_mae"],
+                   baseline_forces_mae=m.get("baseline_test_forces_mae"),
+                   baseline_fidelity=sweep_run.data.tags.get("sweep.baseline_fidelity"), statuses=statuses,
+                   best_params=dict(best.data.params), best_epochs=best.data.metrics.get("best_epoch"),
+                   rungs=meta.get("rungs"), screened_costs=meta.get("screened_costs"),
+                   cost_model_median_error=m.get("cost_model_median_error"))
+        return row
 
 
-def table(rows: list[dict], units: dict[str, str]) -> str:
-    out = ["| dataset | method | force MAE | energy MAE | configurations (screened / k-fold) | wall [s] |",
-           "|---|---|---|---|---|---|"]
+def _ms(x: list[float]) -> str:
+    x = np.asarray([v for v in x if v is not None], dtype=float)
+    if not len(x):
+        return "–"
+    return f"{x.mean():.3f} ± {x.std(ddof=1) if len(x) > 1 else 0:.3f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Mean ± std over seeds per dataset and method; for the sweep, how many seeds it beat the paper configuration in,
+    the rungs' planned and measured seconds and the training share."""
+    out = ["| dataset | method | force MAE | energy MAE | sweep better (force, seeds) | screened / k-fold | "
+           "rung 1 planned / measured [s] | rung 2 planned / measured [s] | cost model median error | training share | wall [s] |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["dataset"] for r in rows):
+        paper = {r["seed"]: r for r in rows if r["dataset"] == name and r["method"] == "paper" and "forces_mae" in r}
         for method in ("paper", "sweep"):
             sel = [r for r in rows if r["dataset"] == name and r["method"] == method]
             if not sel:
                 continue
-            f, e = np.array([r["forces_mae"] for r in sel]), np.array([r["energy_mae"] for r in sel])
-            n_screen = np.mean([r["statuses"].get("screened", 0) for r in sel])
+            ok = [r for r in sel if "forces_mae" in r]
+            u = UNITS[name]
+            failed = len(sel) - len(ok)
+            better, rung1, rung2, cost = "", "", "", ""
+            if method == "sweep":
+                paired = [r for r in ok if r["seed"] in paper]
+                better = f"{sum(r['forces_mae'] < paper[r['seed']]['forces_mae'] for r in paired)} of {len(paired)}"
+                rung = lambda r, k, w: (r.get("rungs") or {}).get(k, {}).get(w)  # noqa: E731
+                rung1 = f"{np.mean([rung(r, 'screen', 'planned_s') or np.nan for r in ok]):.0f} / " \
+                        f"{np.mean([rung(r, 'screen', 'measured_s') or np.nan for r in ok]):.0f}"
+                rung2 = f"{np.mean([rung(r, 'final', 'planned_s') or np.nan for r in ok]):.0f} / " \
+                        f"{np.mean([rung(r, 'final', 'measured_s') or np.nan for r in ok]):.0f}"
+                cost = f"{np.nanmean([r.get('cost_model_median_error') or np.nan for r in ok]):.0%}"
+            n_screen = np.mean([r["statuses"].get("screened", 0) for r in ok]) if ok else 0
             n_full = np.mean([sum(v for s, v in r["statuses"].items() if s in ("completed", "stopped by budget"))
-                              for r in sel])
-            u = units[name]
-            out.append(f"| {name} | {method} | {f.mean():.3f} ± {f.std(ddof=1) if len(f) > 1 else 0:.3f} {u}/Å | "
-                       f"{e.mean():.3f} ± {e.std(ddof=1) if len(e) > 1 else 0:.3f} {u} | {n_screen:.0f} / {n_full:.0f} | "
+                              for r in ok]) if ok else 0
+            share = _ms([r.get("train_share") for r in sel])
+            out.append(f"| {name} | {method}{f' ({failed} failed)' if failed else ''} | "
+                       f"{_ms([r['forces_mae'] for r in ok])} {u}/Å | {_ms([r['energy_mae'] for r in ok])} {u} | {better} | "
+                       f"{n_screen:.0f} / {n_full:.0f} | {rung1} | {rung2} | {cost} | {share} | "
                        f"{np.mean([r['wall_s'] for r in sel]):.0f} |")
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=float, default=240.0, help="seconds of search.time_budget per run")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--k", type=int, default=3, help="folds per trial")
-    ap.add_argument("--datasets", default="ethanol_gfn2xtb,acac_botnet", help=f"comma-separated, of {', '.join(DATASETS)}")
+    ap.add_argument("--budget", type=float, default=1500.0, help="seconds of search.time_budget per run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--datasets", default="ethanol,acac,aspirin", help=f"comma-separated, of {', '.join(UNITS)}")
     ap.add_argument("--methods", default="paper,sweep", help="comma-separated, of paper, sweep")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "search_value.json")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / f"search_value_{date.today()}.json")
     a = ap.parse_args()
     names = [n for n in a.datasets.split(",") if n]
-    for n in names:
-        if n not in DATASETS:
-            raise SystemExit(f"error: --datasets: unknown {n!r} (known: {', '.join(DATASETS)})")
-        if not Path(DATASETS[n][0]["path"]).exists():
-            raise SystemExit(f"error: {n}: {DATASETS[n][0]['path']} not found (../shared beside the checkout?)")
-    units = {"ethanol_gfn2xtb": "kcal/mol", "acac_botnet": "eV", "ethanol_ccsdt": "kcal/mol"}
-    rows = []
-    for seed in range(a.seeds):
+    data = {n: dataset(n) for n in names}  # made (or checked) before any run
+    rows = json.loads(a.out.read_text())["rows"] if a.out.exists() else []  # a resumed benchmark keeps its rows
+    done = {(r["dataset"], r["method"], r["seed"]) for r in rows}
+    for seed in a.seeds:
         for n in names:
             for method in [m for m in ("paper", "sweep") if m in a.methods.split(",")]:
-                row = run_one(n, DATASETS[n][0], method, a.budget, seed, a.k)
+                if (n, method, seed) in done:
+                    continue
+                row = run_one(n, data[n], method, a.budget, seed)
                 rows.append(row)
-                print(f"{n} {method} seed {seed}: force MAE {row['forces_mae']:.4g} {units[n]}/Å, energy MAE "
-                      f"{row['energy_mae']:.4g} {units[n]}, {row['statuses']}, {row['wall_s']:.0f} s", flush=True)
+                u = UNITS[n]
+                what = (f"force MAE {row['forces_mae']:.4g} {u}/Å, energy MAE {row['energy_mae']:.4g} {u}, "
+                        f"{row['statuses']}" if "forces_mae" in row else f"FAILED: {row.get('error')}")
+                print(f"{n} {method} seed {seed}: {what}, {row['wall_s']:.0f} s", flush=True)
                 a.out.parent.mkdir(parents=True, exist_ok=True)
                 a.out.write_text(json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-                                             "cpus": os.cpu_count(), "budget_s": a.budget, "k": a.k, "rows": rows}, indent=1))
-    print(f"\nsearch value at {a.budget:.0f} s per run, k = {a.k}, {a.seeds} seeds, {os.cpu_count()} CPUs, {date.today()}")
-    print(table(rows, units))
+                                             "cpus": os.cpu_count(), "budget_s": a.budget, "rows": rows}, indent=1))
+    print(f"\nsearch value at {a.budget:.0f} s per run, {len(a.seeds)} seeds, {os.cpu_count()} CPUs, {date.today()}")
+    print(table(rows))
 
 
 if __name__ == "__main__":

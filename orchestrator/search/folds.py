@@ -273,6 +273,12 @@ class ActorFolds:
 
         ray.get([w.load_state.remote(s) for w, s in zip(self.workers, states, strict=True)])
 
+    def load_state(self, index: int, state: dict[str, Any]) -> None:
+        """Fold ``index`` alone from a fold checkpoint (a finalist's fold 0 from its screening)."""
+        import ray
+
+        ray.get(self.workers[index].load_state.remote(state))
+
     def finish(self) -> list[FoldResult]:
         import ray
 

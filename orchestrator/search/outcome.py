@@ -82,7 +82,7 @@ def summarize(results, test_sets: list[str], budget_ran_out: bool = False) -> li
         m = r.metrics or {}
         out.append(TrialSummary(
             trial_id=m.get("trial_id") or Path(r.path).name, status=trial_status(r.error is not None, m, budget_ran_out),
-            params=r.config, val_loss_mean=m.get("best_val_loss_mean", m.get(METRIC)), val_loss_std=m.get("val_loss_std"),
+            params=dict(r.config or {}), val_loss_mean=m.get("best_val_loss_mean", m.get(METRIC)), val_loss_std=m.get("val_loss_std"),
             epochs=m.get("epoch", m.get("training_iteration")), tests=keys.maes_by_test_set(m, test_sets),
             checkpoint=r.checkpoint, train_seconds=m.get("train_seconds") or 0.0, startup_seconds=m.get("startup_seconds"),
             step_mode=m.get("step_mode"), error=str(r.error).strip().splitlines()[-1] if r.error else None,

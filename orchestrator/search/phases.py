@@ -25,7 +25,7 @@ from orchestrator.search.plan import (
 )
 from orchestrator.search.progress import LiveProgress
 from orchestrator.search.storage import repair_checkpoints, tune_storage, write_json
-from orchestrator.search.trial import FINALISE_GRACE, TrialClock, trial_cpus
+from orchestrator.search.trial import FINALISE_GRACE, TrialClock, config_key, trial_cpus
 from orchestrator.spec.space import define_by_run
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
 from orchestrator.tracking.callback import MlflowTracker
@@ -54,6 +54,7 @@ class Phase:
     optuna_seed: int = 0
     warm: list[TrialSummary] = field(default_factory=list)  # earlier trials the searcher is told first (--more)
     last_start: float | None = None  # no trial starts after this time.time() (a screening rung's share)
+    warm_folds: dict[str, Any] = field(default_factory=dict)  # config_key → the screening checkpoint its fold 0 continues
 
     @property
     def metric(self) -> str:
@@ -72,17 +73,23 @@ pickles the searcher into its experiment state, and a resumed rung has a new dea
 
 class LaunchWindow(ConcurrencyLimiter):
     """Ray's concurrency limit, and no new trial after the experiment's last start (:data:`LAUNCH_DEADLINES`): a
-    screening rung stops launching configurations when its share of the budget could not pay for another."""
+    screening rung stops launching configurations when its share of the budget could not pay for another. The
+    first ``max_concurrent`` start whatever the clock (Ray's own start-up may take longer than planned on a busy
+    machine, and a rung with nothing screened would leave the final rung nothing to train)."""
 
     def __init__(self, searcher, max_concurrent: int, experiment: str) -> None:
         super().__init__(searcher, max_concurrent)
         self.experiment = experiment
+        self.suggested = 0
 
     def suggest(self, trial_id: str):
         last = LAUNCH_DEADLINES.get(self.experiment)
-        if last is not None and time.time() > last:
+        if last is not None and time.time() > last and self.suggested >= self.max_concurrent:
             return Searcher.FINISHED
-        return super().suggest(trial_id)
+        out = super().suggest(trial_id)
+        if isinstance(out, dict):
+            self.suggested += 1
+        return out
 
 
 class PhaseRunner:
@@ -100,7 +107,7 @@ class PhaseRunner:
         res, k = phase.spec.resources, len(phase.folds)
         ctx = {**self.base, "spec": phase.spec.model_dump_json(), "folds": phase.folds, "layout": res.resolved_layout(),
                "max_epochs": phase.max_epochs, "clock": phase.clock, "screen": phase.screen,
-               "objective_rho": phase.spec.objective_rho()}
+               "objective_rho": phase.spec.objective_rho(), "warm": phase.warm_folds}
         return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                    tune.PlacementGroupFactory(res.bundles(k), strategy=res.placement_strategy))
 
@@ -122,6 +129,8 @@ class PhaseRunner:
         trainable = self.trainable(phase)
         if phase.last_start is not None:
             LAUNCH_DEADLINES[phase.experiment] = phase.last_start
+        if restore and not tune.Tuner.can_restore(f"{tune_storage(spec)}/{phase.experiment}"):
+            restore = False  # killed between naming this experiment in sweep.json and Tune's first snapshot of it
         if restore:
             repair_checkpoints(f"{tune_storage(spec)}/{phase.experiment}")  # a driver killed mid-checkpoint
             tuner = tune.Tuner.restore(f"{tune_storage(spec)}/{phase.experiment}", trainable=trainable,
@@ -188,7 +197,7 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         # trials stop on their allotment; the deadline is a backstop for a machine slower than measured
         screen_end = start + 1.1 * plan.screen.seconds + 10.0
         clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds, train_allotment=plan.screen_each,
-                           last_start=start + plan.last_start, horizon=plan.horizon)
+                           horizon=plan.horizon)
         phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, spec.max_epochs(), asha=False,
                       points=[paper] if paper else None, clock=clock, tune_budget=max(1.0, screen_end - time.time()) + FINALISE_GRACE,
                       screen=True, optuna_seed=spec.search.seed, last_start=start + plan.last_start)
@@ -219,6 +228,9 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         promoted = bool(paper) and any(is_config(f, paper) for f in finalists)
         what = f"the best {len(finalists)} of {len(screened)} screened" + (
             "; the paper configuration among them" if promoted else "; the paper configuration screened worse")
+    if not finalists:  # nothing screened to a finite loss (every configuration diverged or failed)
+        finalists = [paper]
+        what = "no configuration screened to a finite loss: the paper configuration"
     console.print(f"final rung: {len(finalists)} configuration{'s' if len(finalists) > 1 else ''} × {k} folds ({what}; "
                   f"ranked by the validation loss each learning curve extrapolates to at {plan.horizon:.0f} s of training)")
     final_spec = spec
@@ -231,8 +243,14 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
     if cost is not None and finalists:  # the costliest finalist's k-fold epoch, priced by the calibrated model
         epoch = max(cost.seconds(*spec.materialize(f)) for f in finalists) * k * plan.screen_cpus / trial_cpus(final_spec, k)
     clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=epoch)
+    warm = {}
+    if spec.search.warm_start:  # each finalist's fold 0 goes on from its screened state
+        for f in finalists:
+            t = next((t for t in screened if t.status == SCREENED and t.params == f and t.checkpoint is not None), None)
+            if t is not None:
+                warm[config_key(f)] = t.checkpoint
     phase = Phase(experiments[-1], final_spec, folds, len(finalists), spec.max_epochs(), asha=False, points=finalists,
-                  clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE)
+                  clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE, warm_folds=warm)
     final, ran_out = runner.run(phase, restore=resume)
     rungs["final"] = {"planned_s": plan.final.seconds, "measured_s": time.time() - final_start}
     write_json(sweep_dir / "sweep.json", meta)
@@ -284,18 +302,25 @@ def cost_record(spec: SweepSpec, screened: list[TrialSummary], cost: EpochCost, 
         rows.append({"trial_id": t.trial_id, "config": describe(model, training), "epochs": int(t.epochs),
                      "estimated_epoch_s": round(est, 4), "measured_epoch_s": round(got, 4),
                      "val_loss": t.val_loss_mean, "predicted_val_loss": t.predicted})
-    return rows, cost.calibrated(measured)
+    calibrated = cost.calibrated(measured)
+    for row, (model, training, _) in zip(rows, measured, strict=True):  # relative pricing: this machine's scale refitted
+        row["calibrated_epoch_s"] = round(calibrated.seconds(model, training) / threads, 4)
+    return rows, calibrated
 
 
 def cost_line(rows: list[dict[str, Any]]) -> str:
     """One line: how well the cost model priced the screened configurations."""
+    rows = [r for r in rows if r["measured_epoch_s"] > 0]
     if not rows:
         return ""
-    err = [abs(r["estimated_epoch_s"] / r["measured_epoch_s"] - 1) for r in rows if r["measured_epoch_s"] > 0]
-    worst = max(rows, key=lambda r: abs(r["estimated_epoch_s"] / r["measured_epoch_s"] - 1))
+    err = [abs(r["estimated_epoch_s"] / r["measured_epoch_s"] - 1) for r in rows]
+    rel = [abs(r["calibrated_epoch_s"] / r["measured_epoch_s"] - 1) for r in rows]
+    worst = max(rows, key=lambda r: abs(r["calibrated_epoch_s"] / r["measured_epoch_s"] - 1))
+    scale = float(np.median([r["measured_epoch_s"] / r["estimated_epoch_s"] for r in rows]))
     return (f"cost model: {len(rows)} screened configurations' epochs estimated within a median {np.median(err):.0%} of "
-            f"what they measured (worst {max(err):.0%}: {worst['config']}, {worst['estimated_epoch_s']:.2f} s estimated, "
-            f"{worst['measured_epoch_s']:.2f} s measured); all in sweep.json")
+            f"what they measured; the screened epochs ran {scale:.2f}× the plan's measured one, and with that scale the "
+            f"estimates are within a median {np.median(rel):.0%} (worst {max(rel):.0%}: {worst['config']}, "
+            f"{worst['calibrated_epoch_s']:.3g} s estimated, {worst['measured_epoch_s']:.3g} s measured); all in sweep.json")
 
 
 def grace_epochs(spec: SweepSpec) -> int:

@@ -42,6 +42,7 @@ USABLE = 0.9  # of the budget: the rest is start-up, finalisation and the driver
 MIN_SCREENED = 10  # configurations the screening rung aims at (the target for 25 minutes on 2 cores)
 MAX_FINALISTS = 4
 STARTUP_SECONDS = 5.0  # a trial's start-up (placement group, actors, data): measured median 3–4 s on 2 cores
+MIN_SCREEN_EPOCHS = 3  # the paper configuration's epochs in the smallest allotment: a curve to extrapolate
 MAX_SLOPE = 1.0  # the steepest learning curve extrapolated: validation loss ∝ (training seconds)^-1
 
 
@@ -88,7 +89,7 @@ class BudgetPlan:
         return [
             f"budget plan for {self.budget:.0f} s: one epoch of one fold of the paper configuration measured at "
             f"{self.fold_epoch_seconds:.2f} s{priced}",
-            f"  rung 1, screen: {s.configs} configurations × fold 0 × {self.screen_each:.0f} s of training each "
+            f"  rung 1, screen: {s.configs} configurations × fold 0 × {self.screen_each:.3g} s of training each "
             f"(equal compute: the paper configuration ≈ {s.epochs} epochs{worst}), {s.concurrent} at a time "
             f"(≈ {s.seconds:.0f} s; none starts after {self.last_start:.0f} s)",
             f"  rung 2, final: {self.finalists()} × {f.folds} folds × up to "
@@ -144,11 +145,13 @@ def make_plan(budget: float, fold_epoch_seconds: float, *, cpus: float, k: int, 
     def configs(each: float) -> int:  # configurations that fit, each with its start-up
         return math.floor(screen_cpu_seconds / ((each + startup) * screen_cpus))
 
-    each = max(1, min(grace, max_epochs)) * work
+    wave = max(1, math.floor(slots / screen_cpus))  # configurations screened at once
+    least = max(work, min(min(MIN_SCREEN_EPOCHS, max_epochs) * work, screen_cpu_seconds / (wave * screen_cpus) - startup))
+    each = max(least, min(grace, max_epochs) * work)
     n = configs(each)
-    if n < min(MIN_SCREENED, num_samples):  # less training each, more configurations
+    if n < min(MIN_SCREENED, num_samples):  # less training each, more configurations (never below the least)
         want = min(MIN_SCREENED, num_samples)
-        each = max(work, screen_cpu_seconds / (want * screen_cpus) - startup)
+        each = max(least, screen_cpu_seconds / (want * screen_cpus) - startup)
         n = configs(each)
     n = max(1, min(n, num_samples))
     screen_wall = n * (each + startup) * screen_cpus / slots

@@ -56,8 +56,11 @@ def log_plan(store: Store, name: str, parent: str, meta: dict) -> None:
                for which in ("planned", "measured")}
     rows = meta.get("screened_costs", [])
     if rows:
-        err = [abs(r["estimated_epoch_s"] / r["measured_epoch_s"] - 1) for r in rows if r["measured_epoch_s"] > 0]
-        metrics["cost_model_median_error"] = float(np.median(err)) if err else np.nan
+        ok = [r for r in rows if r["measured_epoch_s"] > 0]
+        for key, col in (("cost_model_median_error", "estimated_epoch_s"),
+                         ("cost_model_median_error_calibrated", "calibrated_epoch_s")):
+            err = [abs(r[col] / r["measured_epoch_s"] - 1) for r in ok if col in r]
+            metrics[key] = float(np.median(err)) if err else np.nan
     store.log(parent, metrics)
     by_trial = {r["trial_id"]: r for r in rows}
     for run in store.find(**{SWEEP_ID: name, ROLE: "trial"}):

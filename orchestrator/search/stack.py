@@ -70,12 +70,16 @@ class StackedFolds:
                 for m in range(self.k)]
 
     def load_states(self, states: list[dict[str, Any]]) -> None:
+        for m, s in enumerate(states):
+            self.load_state(m, s)
+
+    def load_state(self, index: int, state: dict[str, Any]) -> None:
+        """Member ``index`` alone from a fold checkpoint (a finalist's fold 0 from its screening)."""
         t = self.trainer
         assert t is not None
-        for m, s in enumerate(states):
-            t.load_member_state_dict(m, s)
-            t.stopped[m] = bool(s.get("stopped", t.stopped[m]))
-            self.last[m] = last_epoch(s)
+        t.load_member_state_dict(index, state)
+        t.stopped[index] = bool(state.get("stopped", t.stopped[index]))
+        self.last[index] = last_epoch(state)
 
     def finish(self) -> list[FoldResult]:
         """Every member's best weights → validation and test predictions (all members at once), results."""

@@ -52,7 +52,6 @@ class TrialClock:
     epoch_seconds: float | None = None  # an estimate of one epoch of this trial (the plan's measurement), if known
     finish_margin: float = 5.0  # seconds kept for finalising, besides one epoch's worth
     train_allotment: float | None = None  # screening: seconds of training each configuration gets (equal compute)
-    last_start: float | None = None  # screening: a trial that would start later does not start (its rung's share)
     horizon: float | None = None  # screening: the final rung's training seconds per fold (where curves are compared)
 
     def out_of_time(self, started: float, last_epoch: float) -> bool:
@@ -68,14 +67,10 @@ class TrialClock:
         return self.train_allotment is not None and train_seconds + 0.5 * last_epoch >= self.train_allotment
 
     def no_time_to_start(self) -> bool:
-        """Past the rung's last start, or not even one epoch and the finalisation fit before the deadline (needs an
-        epoch estimate)."""
-        now = time.time()
-        if self.last_start is not None and now > self.last_start:
-            return True
+        """Not even one epoch and the finalisation fit before the deadline (needs an epoch estimate)."""
         if self.deadline is None or self.epoch_seconds is None:
             return False
-        return now + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
+        return time.time() + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
 POOL = FoldActorPool()  # this trial process's fold actors, kept for the next trial Tune runs in it (reuse_actors)
 
 
@@ -92,15 +87,22 @@ class TestLabels:
         return cls(test.E, test.F)
 
 
-def _write_states(group, d: Path) -> None:
+PROGRESS_JSON = "progress.json"  # a checkpoint's trial-level progress: epoch, training seconds, learning curve
+
+
+def _write_states(group, d: Path, progress: dict[str, Any]) -> None:
     for i, state in enumerate(group.get_states()):
         torch.save(state, d / f"fold_{i}.pt")
+    (d / PROGRESS_JSON).write_text(json.dumps(progress))
 
 
-def _load_states(group, d: Path, k: int) -> int:
+def _load_states(group, d: Path, k: int) -> dict[str, Any]:
+    """Load the folds' states; the trial's progress (a checkpoint of an older version: fold 0's epoch, no curve)."""
     states = [torch.load(d / f"fold_{i}.pt", weights_only=True) for i in range(k)]
     group.load_states(states)
-    return int(states[0]["epoch"])
+    if (d / PROGRESS_JSON).is_file():
+        return json.loads((d / PROGRESS_JSON).read_text())
+    return {"epoch": int(states[0]["epoch"]), "train_seconds": 0.0, "curve": []}
 
 
 def _ensemble_metrics(finals: list[FoldResult], labels: dict[str, TestLabels]) -> dict[str, float]:
@@ -160,6 +162,11 @@ def _final_checkpoint(trial_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def config_key(params: dict[str, Any]) -> str:
+    """A configuration as a string (the same for the same values, whatever the keys' order)."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 def trial_cpus(spec: SweepSpec, k: int) -> float:
     """CPUs one trial of ``k`` folds holds: a stacked trial's, or its k fold actors'."""
     res = spec.resources
@@ -216,14 +223,18 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     max_epochs = ctx.get("max_epochs") or spec.max_epochs()
     k = len(ctx["folds"])
     group = _group(ctx, spec, model_cfg, train_cfg)
-    epoch = 0
+    progress: dict[str, Any] = {"epoch": 0, "train_seconds": 0.0, "curve": []}
     ckpt = tune.get_checkpoint()
-    if ckpt is not None:
+    if ckpt is not None:  # a retried or resumed trial: its folds, and its training so far (a screening allotment)
         with ckpt.as_directory() as d:
-            epoch = _load_states(group, Path(d), k)
-    startup, train_seconds = None, 0.0
+            progress = _load_states(group, Path(d), k)
+    elif (warm := ctx.get("warm", {}).get(config_key(params))) is not None:  # a finalist: fold 0 from its screening
+        with warm.as_directory() as d:
+            group.load_state(0, torch.load(Path(d) / "fold_0.pt", weights_only=True))
+    epoch, train_seconds = int(progress["epoch"]), float(progress["train_seconds"])
+    curve: list[tuple[float, float]] = [tuple(p) for p in progress["curve"]]  # (training seconds, val loss) per epoch
+    startup = None
     started = time.time()
-    curve: list[tuple[float, float]] = []  # (training seconds, fold-mean validation loss) after each epoch
     cpus = trial_cpus(spec, k)
     try:
         while epoch < max_epochs:
@@ -254,12 +265,12 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                     [{keys.fold_metric(name, key): v for name, m in f.tests.items() for key, v in m.items()} for f in finals])
                 with tempfile.TemporaryDirectory() as d:
                     _write_final(Path(d), finals, params, summary)
-                    _write_states(group, Path(d))
+                    _write_states(group, Path(d), {"epoch": epoch, "train_seconds": train_seconds, "curve": curve})
                     tune.report(summary, checkpoint=tune.Checkpoint.from_directory(d))
                 return
             if epoch % spec.search.checkpoint_every == 0:
                 with tempfile.TemporaryDirectory() as d:
-                    _write_states(group, Path(d))
+                    _write_states(group, Path(d), {"epoch": epoch, "train_seconds": train_seconds, "curve": curve})
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             else:
                 tune.report(metrics)

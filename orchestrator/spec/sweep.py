@@ -47,6 +47,9 @@ class SearchConfig(_Strict):
         "trained with all k folds only if it screens among the best (the final rung's time goes to the best "
         "configurations; it is reported at screening fidelity next to the best's screening); final = it is always "
         "trained with all k folds too (reported at full fidelity, at the cost of the best configurations' time)")
+    warm_start: bool = Field(
+        True, description="with a budget plan: each finalist's fold 0 continues from its screened state (the screening "
+        "trained that fold on the same split with the same seed), the other folds start afresh")
     objective_rho: float = Field(
         0.01, ge=0, description="when training.rho is searched: ρ of the CV objective ρ·E_RMSE² + 3·F_RMSE² that ranks "
         "trials (each trial's own loss would reward a small ρ, not accuracy); default the paper's 0.01")
