@@ -251,3 +251,24 @@ def test_stacked_refit_equals_the_refit_of_members_trained_alone():
         pred = st.predict({m: member.val}, best=True)[m]
         assert np.abs(pred.energy - member.val.E).mean() == pytest.approx(s.val_energy_mae_after if s.kept else
                                                                          s.val_energy_mae_before, rel=1e-9, abs=1e-11)
+
+
+def test_a_finalists_fold_0_goes_on_from_its_screening_while_the_other_folds_start_afresh():
+    """search.warm_start: the final rung loads the screening's fold-0 state into member 0 only; member 0 then trains
+    exactly as the screened Trainer would have gone on, several epochs ahead of the others, and the fresh members
+    exactly as Trainers started from scratch."""
+    model_cfg = ModelConfig(**CFG)
+    ms = members((9, 5), n_members=2)
+    screened, _ = alone(model_cfg, ms[0], 3)  # fold 0 screened for 3 epochs
+    state = copy.deepcopy(screened.state_dict())
+    torch.manual_seed(0)
+    st = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    st.load_member_state_dict(0, state)
+    for _ in range(2):
+        st.run_epoch()
+    for _ in range(2):
+        screened.run_epoch()
+    fresh, _ = alone(model_cfg, ms[1], 2)
+    assert st.epoch[0] == 5 and st.epoch[1] == 2
+    assert rel(flat(st.member_model(0, best=False)), flat(screened.model)) < TOL
+    assert rel(flat(st.member_model(1, best=False)), flat(fresh.model)) < TOL
