@@ -36,6 +36,8 @@ def train(
     spec: Annotated[Path, typer.Argument(help="spec YAML (dataset, model, training sections)")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: dotted.key=value (YAML-typed)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="model directory to write (default runs/<name>-<time>)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a model directory this tool wrote at --out; "
+                                            "anything else is never replaced")] = False,
 ) -> None:
     """Train one SchNet with the spec's fixed hyperparameters and write a model directory."""
     from orchestrator.spec.load import SpecError
@@ -54,15 +56,22 @@ def train(
                       "(the paper's, or search.initial_points[0])")
     name = s.name or spec.stem
     out = out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    from schnet_model.files import DestinationError, check_destination
+    from schnet_model.model_dir import CONFIG
+
+    try:  # before the training: a destination that cannot be written would lose it
+        check_destination(out, "model directory", CONFIG, overwrite)
+    except DestinationError as e:
+        fail(str(e))
     try:
-        run_train(s, out, console)
+        run_train(s, out, console, overwrite=overwrite)
     except DataError as e:
         fail(str(e))
     except NonFiniteLossError as e:
         fail(f"training diverged: {e}", 1)
     except NonFinitePrediction as e:
         fail(str(e), 1)
-    except FileExistsError as e:
+    except (FileExistsError, DestinationError) as e:
         fail(str(e))
 
 
@@ -147,6 +156,8 @@ def ensemble(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="assemble again even if the sweep has a registered ensemble")] = False,
     save: Annotated[Path | None, typer.Option(help="also write the ensemble directory here (for SchNetEnsembleCalculator)")] = None,
     export: Annotated[Path | None, typer.Option(help="also write a standalone torch.export ensemble here (loads with torch only)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an ensemble (--save) or export (--export) "
+                                            "directory this tool wrote; anything else is never replaced")] = False,
     uncalibrated: Annotated[bool, typer.Option("--uncalibrated", help="report raw member stds (ddof=1), not recalibrated ones")] = False,
 ) -> None:
     """The best trial's k fold models as one ensemble with calibrated std: assemble, predict, evaluate."""
@@ -160,7 +171,7 @@ def ensemble(
         fail("give the ensemble either as SOURCE or as --model, not both")
     try:
         run_command(source or model, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console,
-                    export)
+                    export, overwrite=overwrite)
     except (EnsembleCommandError, EnsembleError, InputError, DataError) as e:
         fail(str(e))
 
@@ -316,6 +327,12 @@ def data_generate(
         kind, _, _ = parse_method(method)
     except ValueError as e:
         fail(f"--method: {e}")
+    from schnet_model.files import DestinationError, check_file_destination
+
+    try:  # before the labelling: a destination that cannot be written would lose it
+        check_file_destination(out)
+    except DestinationError as e:
+        fail(f"-o: {e}")
     if relabel_file is None:
         try:
             start_geometry(molecule)

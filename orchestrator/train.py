@@ -32,12 +32,13 @@ class TrainOutcome:
 
 
 
-def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> TrainOutcome:
+def run_train(spec: TrainSpec, out: Path, console: Console | None = None, overwrite: bool = False) -> TrainOutcome:
     """Read the data, split, train with per-epoch progress, evaluate, write the model directory."""
     console = console or Console()
     ds = spec.dataset
     joined = with_tests(ds)
     loaded, data = joined.dataset, joined.molecules
+    data.check_max_z(spec.model.max_z)
     console.print(loaded.molecules.describe())
     split = random_split(len(loaded.molecules), ds.n_train, ds.n_val, n_held_out(ds, loaded), ds.split_seed, loaded.test,
                          loaded.train_pool)
@@ -94,6 +95,7 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None) -> Tra
             "stop_reason": result.stop_reason,
         },
     )
-    path = save_model(trainer.model, info, out, extra_files={"split.json": manifest.to_json(), "spec.json": spec.model_dump_json(indent=2)})
+    path = save_model(trainer.model, info, out, extra_files={"split.json": manifest.to_json(), "spec.json": spec.model_dump_json(indent=2)},
+                      overwrite=overwrite)
     console.print(f"model written to {path}")
     return TrainOutcome(path, val_m, test_m, result.stop_reason, result.history[-1].epoch if result.history else 0)

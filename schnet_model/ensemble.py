@@ -34,7 +34,7 @@ from schnet_model.calibration import Calibration
 from schnet_model.config import ModelConfig
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.neighbors import block_pairs, cutoff_pairs_many
-from schnet_model.files import atomic_dir
+from schnet_model.files import atomic_dir, check_destination
 from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model
 from schnet_model.nn.core import OFFSET_KEYS, Graph, LayoutError, energies_forces, stack_states
 from schnet_model.nn.schnet import SchNet, filter_path
@@ -179,9 +179,10 @@ class SchNetEnsemble:
             out.append(m.eval())
         return out
 
-    def save(self, out: str | Path) -> Path:
-        """Write the ensemble directory atomically: ``ensemble.json`` + ``member_<i>/`` model directories."""
-        out = Path(out).resolve()
+    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the ensemble directory atomically: ``ensemble.json`` + ``member_<i>/`` model directories. An existing
+        ensemble directory is replaced only with ``overwrite``, anything else never."""
+        out = check_destination(out, "ensemble directory", MANIFEST, overwrite).resolve()
         with atomic_dir(out) as tmp:
             names = []
             for i, model in enumerate(self.member_models()):

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from schnet_model.ensemble import STD_DDOF, SchNetEnsemble
-from schnet_model.files import atomic_dir, sha256
+from schnet_model.files import atomic_dir, check_destination, sha256
 from schnet_model.nn.core import Graph, energies_forces
 from schnet_model.units import force_unit
 
@@ -62,8 +62,11 @@ class ExportableEnsemble(torch.nn.Module):
                 torch.linalg.vector_norm(f_std, dim=-1), e, f)
 
 
-def export_ensemble(ens: SchNetEnsemble, out: str | Path, dtype: torch.dtype = torch.float64, max_atoms: int = 10_000) -> Path:
-    """Export ``ens`` to directory ``out`` (written atomically); the directory."""
+def export_ensemble(ens: SchNetEnsemble, out: str | Path, dtype: torch.dtype = torch.float64, max_atoms: int = 10_000,
+                    overwrite: bool = False) -> Path:
+    """Export ``ens`` to directory ``out`` (written atomically); the directory. An existing export is replaced only
+    with ``overwrite``, anything else never."""
+    check_destination(out, "export directory", PROGRAM, overwrite)
     module = ExportableEnsemble(ens, dtype).eval()
     n = 9
     example = (torch.full((n,), ens.elements[0], dtype=torch.int64), torch.randn(n, 3, dtype=torch.float64) * 1.5)

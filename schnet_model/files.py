@@ -38,6 +38,54 @@ def write_text(path: str | Path, text: str) -> None:
         raise
 
 
+class DestinationError(ValueError):
+    """An output path this tool will not write (one line: the path and why)."""
+
+
+def _writable_ancestor(out: Path) -> None:
+    """Raise :class:`DestinationError` unless the nearest existing ancestor of ``out`` is a directory in which a
+    file can be created (tried for real: permissions, read-only mounts and /proc say no only when asked)."""
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DestinationError(f"{out}: cannot write there ({parent} is a file, not a directory)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sweep-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DestinationError(f"{out}: cannot write there (creating a file in {parent}: "
+                               f"{e.strerror or type(e).__name__})") from None
+
+
+def check_destination(out: str | Path, kind: str, marker: str, overwrite: bool = False) -> Path:
+    """Check, before any work, that directory ``out`` may be written: it does not exist, is empty, or is a ``kind``
+    this tool wrote (it holds ``marker``) and ``overwrite`` was asked; and that it can be created. Nothing else is
+    ever replaced: a file, or a directory of anything else, is refused with a one-line :class:`DestinationError`."""
+    out = Path(out)
+    a_kind = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DestinationError(f"{out}: exists and is not a directory; choose another path for the {kind}")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / marker).is_file():
+            raise DestinationError(f"{out}: exists and is not {a_kind} this tool wrote (no {marker}); choose another "
+                                   "path (nothing there is replaced)")
+        if not overwrite:
+            raise DestinationError(f"{out}: {a_kind} exists there; pass --overwrite to replace it")
+    _writable_ancestor(out)
+    return out
+
+
+def check_file_destination(out: str | Path) -> Path:
+    """Check, before any work, that file ``out`` can be written: not a directory, its directory creatable."""
+    out = Path(out)
+    if out.is_dir():
+        raise DestinationError(f"{out}: is a directory; give a file name")
+    _writable_ancestor(out)
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling and move it to ``out`` (replacing an old one) only when the
@@ -62,4 +110,4 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         raise
 
 
-__all__ = ["atomic_dir", "sha256", "write_text"]
+__all__ = ["DestinationError", "atomic_dir", "check_destination", "check_file_destination", "sha256", "write_text"]

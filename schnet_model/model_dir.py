@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from schnet_model.config import ModelConfig
-from schnet_model.files import atomic_dir, sha256
+from schnet_model.files import atomic_dir, check_destination, sha256
 from schnet_model.nn.schnet import SchNet
 from schnet_model.units import canonical_energy_unit
 
@@ -48,11 +48,11 @@ class ModelInfo:
 
 
 
-def save_model(model: SchNet, info: ModelInfo, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Write ``model``, ``info`` and ``extra_files`` (name → text) to directory ``out`` atomically."""
-    out = Path(out).resolve()
-    if out.exists() and not (out / CONFIG).exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not a model directory; choose another --out")
+def save_model(model: SchNet, info: ModelInfo, out: str | Path, extra_files: dict[str, str] | None = None,
+               overwrite: bool = False) -> Path:
+    """Write ``model``, ``info`` and ``extra_files`` (name → text) to directory ``out`` atomically; an existing model
+    directory is replaced only with ``overwrite``, anything else never (:func:`~schnet_model.files.check_destination`)."""
+    out = check_destination(out, "model directory", CONFIG, overwrite).resolve()
     with atomic_dir(out) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})

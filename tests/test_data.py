@@ -68,7 +68,7 @@ def test_units_from_file_and_spec_override(tmp_path):
         (lambda a: a.pop("E"), "missing key 'E'|unknown npz layout"),
         (lambda a: a.update(F=a["F"][:, :3]), r"'F' has shape \(6, 3, 3\), expected \(6, 4, 3\)"),
         (lambda a: a.update(z=a["z"][:3]), r"'z' has shape \(3,\), expected \(4,\)"),
-        (lambda a: a.update(E=np.where(np.arange(6) == 2, np.nan, a["E"])), "energy of molecule 2 is nan"),
+        (lambda a: a.update(E=np.where(np.arange(6) == 2, np.nan, a["E"])), "frame 3: energy is nan"),
         (lambda a: a.update(E=a["E"][:4]), r"'E' has shape \(4,\), expected \(6,\) or \(6, 1\)"),
     ],
 )

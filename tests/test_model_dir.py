@@ -10,6 +10,7 @@ import torch
 from conftest import random_molecules, small_model
 
 from schnet_model import ModelInfo, ModelLoadError, load_model, save_model
+from schnet_model.files import DestinationError
 from schnet_model.training import predict
 
 
@@ -65,11 +66,13 @@ def test_missing_parts_and_wrong_config(tmp_path):
 
 def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     model, out = _saved(tmp_path)
-    save_model(model, ModelInfo("eV", [1]), out)
+    with pytest.raises(DestinationError, match="a model directory exists there; pass --overwrite to replace it"):
+        save_model(model, ModelInfo("eV", [1]), out)  # its own model directory: replaced only when asked
+    save_model(model, ModelInfo("eV", [1]), out, overwrite=True)
     assert json.loads((out / "metadata.json").read_text())["energy_unit"] == "eV"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a model directory"):
+    with pytest.raises(DestinationError, match="is not a model directory this tool wrote"):
         save_model(model, ModelInfo("eV", [1]), tmp_path / "other")
     assert (tmp_path / "other" / "file.txt").read_text() == "keep me"

@@ -98,8 +98,7 @@ class Postgres:
         self.root.mkdir(parents=True, exist_ok=True)
         password = secrets.token_urlsafe(24)
         pwfile = self.root / ".initpw"
-        pwfile.write_text(password + "\n")
-        pwfile.chmod(0o600)
+        _write_private(pwfile, password + "\n")
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         if os.geteuid() == 0:
             pg = _postgres_user()
@@ -116,8 +115,7 @@ class Postgres:
                             "--no-instructions"]), "initdb")
         finally:
             pwfile.unlink(missing_ok=True)
-        self.passfile.write_text(f"127.0.0.1:*:*:{USER}:{password}\n")
-        self.passfile.chmod(0o600)
+        _write_private(self.passfile, f"127.0.0.1:*:*:{USER}:{password}\n")
 
     def start(self) -> None:
         """Start the server (127.0.0.1 only, socket in pgdata) and create the database if needed."""
@@ -216,5 +214,14 @@ class MlflowServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a secret into a file created with mode 0600 (never readable by others, not even for an instant)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 __all__ = ["MlflowServer", "MlflowServerError", "Postgres", "PostgresUnavailable", "pg_bin"]

@@ -124,10 +124,14 @@ def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
     e_std = np.concatenate([preds[n][1].energy_std for n in names])  # [n_held]
     a_e, details["energy"] = fit_scale_oof(oof["energy"] - data.E[pool], e_std, k)
     a_f = 1.0
+    atoms = np.concatenate([preds[n][0].n_atoms for n in names])  # [n_held]
+    # the widest calibrated std seen on held-out molecules: beyond it a prediction is extrapolation (sweep ensemble says so)
+    details["seen_std_max"] = {"energy_per_atom": float(np.max(a_e * e_std / atoms))}
     if forces:
         f_oof = oof["forces"] - data.subset(pool).F  # [n_pool_atoms, 3]
         f_std = np.concatenate([preds[n][1].forces_std for n in names])  # [n_held_atoms, 3]
         a_f, details["forces"] = fit_scale_oof(f_oof, f_std, k)
+        details["seen_std_max"]["forces"] = float(np.max(a_f * f_std))
     return Calibration(energy_scale=a_e, forces_scale=a_f, method="oof-variance-decomposition", details=details), props, oof
 
 

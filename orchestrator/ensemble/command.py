@@ -19,8 +19,10 @@ from orchestrator.tracking.store import (
     no_artifact_progress_bar,
 )
 from schnet_model.data.molecules import Molecules
-from schnet_model.ensemble import STD_DDOF, SchNetEnsemble
-from schnet_model.units import UnitError, canonical_energy_unit
+from schnet_model.ensemble import MANIFEST, STD_DDOF, SchNetEnsemble
+from schnet_model.export import PROGRAM
+from schnet_model.files import DestinationError, check_destination, check_file_destination
+from schnet_model.units import ENERGY_UNITS, UnitError, canonical_energy_unit, energy_factor
 
 
 def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | None = None, input_unit: str | None = None,
@@ -43,6 +45,9 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
     props = [PropertyErrors("energy", unit), PropertyErrors("forces", f"{unit}/Å")]
     n_mols = n_atoms = 0
     n_ref_e = 0
+    sums = np.zeros(2)  # Σ reference energy, Σ predicted energy over frames with a reference (the unit check)
+    seen = ens.calibration.details.get("seen_std_max", {}) if calibrated else {}  # in the ensemble's unit
+    beyond: list[int] = []  # frames whose calibrated std exceeds any seen on held-out molecules
     t0 = time.time()
     files = AtomicFiles(*(() if out is None else (Path(out), csv_path(Path(out)))))
     with files as handles:
@@ -56,10 +61,14 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
                              name=Path(path).name)
             raw = ens.predict(mols, calibrated=False).to_unit(unit)
             pred = raw.scaled(ens.calibration) if calibrated else raw
+            if seen:
+                beyond += [chunk.first + i for i in np.flatnonzero(extrapolated(pred, mols, seen, energy_factor(ens.energy_unit, unit)))]
             ref_e, ref_f = convert_refs(chunk, ref_unit, unit)
             has_ref = bool(np.isfinite(ref_e).any() or np.isfinite(ref_f).any())
             if has_ref:
                 n_ref_e += int(np.isfinite(ref_e).sum())
+                ok = np.isfinite(ref_e)
+                sums += (ref_e[ok].sum(), raw.energy[ok].sum())
                 props[0].add(raw.energy - ref_e, raw.energy_std)
                 props[1].add(raw.forces - ref_f, raw.forces_std)
             if handles:
@@ -78,11 +87,46 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
         summary["energy_mae"], summary["energy_rmse"] = float(np.abs(e).mean()), float(np.sqrt(np.mean(e**2)))
     if len(f):
         summary["forces_mae"], summary["forces_rmse"] = float(np.abs(f).mean()), float(np.sqrt(np.mean(f**2)))
+    if beyond:
+        summary["extrapolated_frames"] = beyond
+        console.print(f"warning: {path}: {len(beyond)} of {n_mols} molecules (frames {', '.join(map(str, beyond[:5]))}"
+                      f"{', …' if len(beyond) > 5 else ''}) have a calibrated std beyond any seen on the held-out molecules "
+                      f"(energy {seen['energy_per_atom']:.3g} {ens.energy_unit}/atom"
+                      + (f", force {seen['forces']:.3g} {ens.energy_unit}/Å" if "forces" in seen else "")
+                      + "): their predictions are extrapolation")
+    if n_ref_e and (note := unit_note(sums[0], sums[1], ref_unit, unit)):
+        summary["unit_note"] = note
+        console.print(f"warning: {path}: {note}")
     if evaluate:
         if not len(e) and not len(f):
             raise EnsembleCommandError(f"{path}: no reference energies or forces to evaluate against")
         summary["report"] = build_report([p for p in props if p.arrays()[0].size], ens.calibration)
     return summary
+
+
+def extrapolated(pred, mols: Molecules, seen: dict[str, float], factor: float) -> np.ndarray:
+    """[n] whether each molecule's calibrated std (energy per atom, or its largest force component's) exceeds the
+    largest seen on held-out molecules (``seen``, in the ensemble's unit; predictions × ``factor`` to be in it)."""
+    out = pred.energy_std / factor / mols.n_atoms > seen["energy_per_atom"]
+    if "forces" in seen and pred.forces_std is not None:
+        fmax = np.maximum.reduceat(pred.forces_std.max(axis=1), mols.atom_ptr[:-1]) / factor  # [n]
+        out |= fmax > seen["forces"]
+    return out
+
+
+def unit_note(ref_sum: float, pred_sum: float, ref_unit: str, unit: str) -> str:
+    """A line when the references' energies look like another unit than they were read as: their total over the
+    predicted total is near the factor between ``ref_unit`` and another unit (e.g. kcal/mol read as eV: ×23)."""
+    if not pred_sum or not np.isfinite(ref_sum / pred_sum) or 0.8 < ref_sum / pred_sum < 1.25:
+        return ""
+    ratio = ref_sum / pred_sum  # the references, in ``unit`` as converted from ref_unit, over the predictions
+    for other in ENERGY_UNITS:
+        factor = energy_factor(ref_unit, other)  # a value in ref_unit × factor = the same energy in other
+        if other != ref_unit and 0.9 < ratio / factor < 1.1:
+            return (f"the reference energies are {ratio:.3g}× what the ensemble predicts; they look like {other}, not "
+                    f"{ref_unit} as read (declare it: --input-unit {other}, or energy_unit={other} in the file)")
+    return (f"the reference energies are {ratio:.3g}× what the ensemble predicts (read as {ref_unit}): a wrong unit, "
+            "or molecules far from the training data")
 
 
 def default_output(path: Path) -> Path:
@@ -92,16 +136,16 @@ def default_output(path: Path) -> Path:
 
 def run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
                 input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
-                console: Console, export: Path | None = None) -> None:
+                console: Console, export: Path | None = None, overwrite: bool = False) -> None:
     """The ``sweep ensemble`` command (errors as :class:`EnsembleCommandError`, :class:`EnsembleError`, :class:`InputError`)."""
     with no_artifact_progress_bar():
         _run_command(source, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console,
-                     export)
+                     export, overwrite)
 
 
 def _run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
                  input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
-                 console: Console, export: Path | None) -> None:
+                 console: Console, export: Path | None, overwrite: bool = False) -> None:
     if predict is not None and evaluate is not None:
         raise EnsembleCommandError("give --predict or --evaluate, not both")
     target = predict or evaluate
@@ -113,6 +157,15 @@ def _run_command(source: str | None, predict: Path | None, evaluate: Path | None
                 canonical_energy_unit(val)
             except UnitError as e:
                 raise EnsembleCommandError(f"{opt}: {e}") from e
+    try:  # every destination checked before any work: nothing is replaced that this tool did not write
+        if save is not None:
+            check_destination(save, "ensemble directory", MANIFEST, overwrite)
+        if export is not None:
+            check_destination(export, "export directory", PROGRAM, overwrite)
+        if out is not None:
+            check_file_destination(out)
+    except DestinationError as e:
+        raise EnsembleCommandError(str(e)) from None
     uri = TrackingConfig(uri=tracking_uri).resolved_uri()
     loaded = resolve(source, uri, rebuild, console)
     ens = loaded.ensemble
@@ -120,13 +173,13 @@ def _run_command(source: str | None, predict: Path | None, evaluate: Path | None
                   f"std ddof={STD_DDOF}, recalibration {ens.calibration.method} "
                   f"(energy ×{ens.calibration.energy_scale:.3g}, forces ×{ens.calibration.forces_scale:.3g})")
     if save is not None:
-        ens.save(save)
+        ens.save(save, overwrite=overwrite)
         console.print(f"ensemble directory written to {save} (load with SchNetEnsemble.load / SchNetEnsembleCalculator)")
     if export is not None:
         from schnet_model.export import export_ensemble
 
         t0 = time.time()
-        export_ensemble(ens, export)
+        export_ensemble(ens, export, overwrite=overwrite)
         console.print(f"standalone ensemble exported to {export} in {time.time() - t0:.0f} s (torch.export program + "
                       f"manifest with sha256; python -c 'import sys; sys.path.insert(0, \"{export}\"); "
                       f"from load_ensemble import load; print(load(\"{export}\").manifest[\"outputs\"])')", soft_wrap=True)

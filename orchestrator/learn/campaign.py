@@ -316,7 +316,7 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
         store.client.set_tag(outcome.parent_run_id, CAMPAIGN_TAG, camp.run_id)
         store.client.set_tag(outcome.parent_run_id, ROUND_TAG, str(r))
         store.client.set_tag(rid, "sweep.round_sweep", outcome.name)
-        ens.save(root / f"ensemble_r{r}")
+        ens.save(root / f"ensemble_r{r}", overwrite=True)  # the campaign's own (a resumed round writes it again)
         store.log(rid, metrics)
         store.log(camp.run_id, {"n_molecules": version.n_molecules, **metrics}, step=r)
         u = ens.energy_unit

@@ -25,7 +25,7 @@ from orchestrator.tracking.statuses import (
     INTERRUPTED,
     NOT_STARTED,
 )
-from orchestrator.tracking.store import ROLE, SWEEP_ID, Store, git_commit
+from orchestrator.tracking.store import ROLE, SWEEP_ID, Store, StoreNotFoundError, check_uri, git_commit
 from schnet_model.data.heldout import n_held_out, with_tests
 from schnet_model.data.splits import SplitManifest, holdout, kfold, train_val
 from schnet_model.files import sha256 as checksum
@@ -39,6 +39,9 @@ def prepare_data(spec: SweepSpec):
     """Load the dataset and its test files; hold out the test set; k folds over the CV pool; the split manifest."""
     ds = spec.dataset
     joined = with_tests(ds)
+    space = spec.space()  # every trial's embedding table must hold the data's elements: the smallest max_z
+    joined.molecules.check_max_z(int(min(space["model.max_z"].extremes()) if "model.max_z" in space
+                                     else spec.fixed()["model.max_z"]))
     loaded = joined.dataset
     n_pool = ds.n_train + ds.n_val
     pool, test = holdout(len(loaded.molecules), n_held_out(ds, loaded), ds.split_seed, loaded.test, loaded.train_pool,
@@ -83,6 +86,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     root = storage_root(spec)
     if resume or more:
         what = "finished" if more else "unfinished"
+        if isinstance(resume, str) and (not resume or any(c in resume for c in "/\\") or resume in (".", "..")):
+            raise SweepError(f"--name {resume}: expected a sweep's name, without path separators (sweep list shows them)")
         name = resume if isinstance(resume, str) else latest_sweep(root, spec.name, finished=bool(more))
         if name is None or not (root / name / "sweep.json").is_file():
             done = None if more else latest_sweep(root, spec.name, finished=True)
@@ -98,6 +103,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
         meta = {}
     uri = spec.tracking.resolved_uri()
     experiment = spec.tracking.experiment or spec.name
+    try:  # an unknown scheme or a server that does not answer: one line now, not after the data are read
+        check_uri(uri)
+    except StoreNotFoundError as e:
+        raise SweepError(str(e)) from None
 
     joined, manifest = prepare_data(spec)
     data = joined.molecules  # the dataset's molecules, then every test file's
@@ -133,6 +142,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, resume: bool | str = 
     if not ray.is_initialized():
         import logging
 
+        # a local cluster's services listen on every interface (Ray 2.60 has no loopback-only option), behind the
+        # token Ray ≥ 2.59 generates for local clusters; no dashboard (docs/cluster.md, "What a sweep exposes")
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     from orchestrator.cluster.fit import cluster_nodes

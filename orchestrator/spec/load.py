@@ -78,16 +78,36 @@ def validate(schema: type[_Strict], raw: dict[str, Any], source: str, origin: di
             loc = ".".join(str(p) for p in err["loc"])
             hits = [t for k, t in (origin or {}).items()
                     if (loc and (loc == k or loc.startswith(k + ".") or k.startswith(loc + "."))) or (not loc and k in line)]
-            parts.append(f"{line} (from --set {hits[0]})" if hits else line)
+            exact = [t for k, t in (origin or {}).items() if k == loc]
+            blame = exact[-1] if exact else hits[-1] if hits else None  # the --set that put the value there: the last
+            parts.append(f"{line} (from --set {blame})" if blame else line)
         raise SpecError(f"{source}: " + "; ".join(parts)) from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last silently, and a
+    spec's second ``training:`` section would drop the first one's search space)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """``yaml.safe_load`` of a spec file; a mapping or a one-line SpecError."""
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory; expected a spec YAML file")
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -51,7 +51,34 @@ def git_commit() -> str:
 
 
 class StoreNotFoundError(LookupError):
-    """A read-only command named a SQLite tracking store that does not exist."""
+    """A read-only command named a SQLite tracking store that does not exist, or a tracking URI that no store
+    answers (an unknown scheme, a server that does not answer within :data:`REACH_SECONDS`)."""
+
+
+SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "postgres", "mysql", "mssql", "databricks")
+REACH_SECONDS = 5.0  # how long a tracking server may take to answer before a command gives up (MLflow retries ~minutes)
+
+
+def check_uri(uri: str) -> None:
+    """One line, in seconds, instead of MLflow's exception or its minutes of retries: an unknown scheme, or an HTTP
+    tracking server that does not answer."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.split("+")[0].lower()
+    if "://" in uri and scheme not in SCHEMES:
+        raise StoreNotFoundError(f"tracking URI {uri}: unknown scheme {scheme!r} (expected sqlite:///FILE, http(s)://HOST, "
+                                 "postgresql://…, file:///DIR or a directory)")
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_SECONDS).close()
+        except urllib.error.HTTPError:
+            return  # something answers: MLflow's own errors are clearer from here
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise StoreNotFoundError(f"tracking URI {uri}: no MLflow server answers there within {REACH_SECONDS:g} s "
+                                     f"({reason}); start it (sweep mlflow-server) or pass another --tracking-uri") from None
 
 
 @contextlib.contextmanager
@@ -85,6 +112,7 @@ def open_client(uri: str, *, read_only: bool = False, registry: bool = False):
 
     for name in ("mlflow", "alembic"):  # schema creation/migration chatter on a new SQLite store
         logging.getLogger(name).setLevel(logging.WARNING)
+    check_uri(uri)
     if read_only and uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.exists():

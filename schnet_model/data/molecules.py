@@ -16,6 +16,9 @@ class DataError(ValueError):
     """Invalid dataset content (shapes, values, units)."""
 
 
+MAX_ELEMENT = 118  # oganesson: the heaviest element an atomic number can name
+
+
 def element_names(zs) -> str:
     """``H (Z=1), C (Z=6)`` for error messages."""
     from ase.data import chemical_symbols
@@ -51,13 +54,20 @@ class Molecules:
             raise DataError(f"{label}: the dataset is empty")
         if self.R.shape != (len(self.Z), 3):
             raise DataError(f"{label}: positions have shape {self.R.shape}, expected ({len(self.Z)}, 3)")
+        empty = np.flatnonzero(np.diff(self.atom_ptr) < 1)
+        if len(empty):  # frames are numbered from 1 in every message
+            raise DataError(f"{label}: frame {empty[0] + 1} has no atoms")
+        odd = np.flatnonzero((self.Z < 1) | (self.Z > MAX_ELEMENT))
+        if len(odd):
+            frame = int(np.searchsorted(self.atom_ptr, odd[0], side="right"))
+            raise DataError(f"{label}: frame {frame}: atomic number {self.Z[odd[0]]}; expected an element, 1–{MAX_ELEMENT}")
         if self.E is not None:
             self.E = np.asarray(self.E, dtype=np.float64).reshape(-1)
             if len(self.E) != n:
                 raise DataError(f"{label}: {len(self.E)} energies for {n} molecules")
             bad = np.flatnonzero(~np.isfinite(self.E))
             if len(bad):
-                raise DataError(f"{label}: energy of molecule {bad[0]} is {self.E[bad[0]]}")
+                raise DataError(f"{label}: frame {bad[0] + 1}: energy is {self.E[bad[0]]}")
         if self.F is not None:
             self.F = np.asarray(self.F, dtype=np.float64)
             if self.F.shape != self.R.shape:
@@ -69,6 +79,13 @@ class Molecules:
             raise DataError(f"{label}: positions contain NaN or inf")
         self._cache: dict[float | None, NeighborCache] = {}
         self._torch: dict[str, torch.Tensor] | None = None
+
+    def check_max_z(self, max_z: int) -> None:
+        """Raise :class:`DataError` unless every element fits the model's embedding table (Z < ``max_z``)."""
+        z = int(self.Z.max())
+        if z >= max_z:
+            raise DataError(f"{self.meta.get('source', self.name)}: element {element_names([z])} is beyond the model's "
+                            f"embedding table (model.max_z = {max_z}: Z < max_z); set model.max_z: {z + 1}")
 
     # -- basic facts ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -166,12 +183,17 @@ class Molecules:
         )
 
     def describe(self) -> str:
-        """One line: count, sizes, elements, units."""
+        """One line: count, sizes, elements, units — and, when ``dataset.energy_unit`` overrode the unit the file
+        declares, both units (the override is allowed for a file that declares the wrong one; it must be seen)."""
         n = self.n_atoms
+        declared = self.meta.get("energy_unit_in_file")
+        read_as = self.meta.get("converted_from", self.energy_unit)
+        note = (f"; note: the file declares {declared}, read as {read_as} by dataset.energy_unit"
+                if declared and declared != read_as else "")
         return (
             f"{self.name}: {len(self)} molecules, {n.min()}–{n.max()} atoms, elements Z={self.elements}, "
             f"energy in {self.energy_unit}, forces {'in ' + self.force_unit if self.has_forces else 'absent'}, "
-            "positions in Å"
+            f"positions in Å{note}"
         )
 
 

@@ -86,6 +86,9 @@ def _detect_npz(path: Path) -> str:
 def _open_npz(path: Path):
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_file() and not zipfile.is_zipfile(path):  # numpy would try it as a pickle and advise allow_pickle
+        raise DataError(f"{path}: not a readable npz file (an npz is a zip archive of .npy arrays; this file is not a "
+                        "complete zip archive: truncated, or another kind of file)")
     try:
         return np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
