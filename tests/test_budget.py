@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -83,6 +84,13 @@ def test_a_costly_space_is_screened_at_equal_compute_within_its_share_and_the_sw
     assert sweep_run["metrics"]["final_measured_seconds"] > 0 and "cost_model_median_error" in sweep_run["metrics"]
     best = next(t for t in all_runs if t["id"] == sweep_run["tags"]["sweep.best_trial_run_id"])
     assert best["tags"]["sweep.status"] in ("completed", "stopped by budget")
+    # the training share counts every trial of this run, the screened ones too (each at its own CPUs)
+    trained = 0.0
+    for res in (tmp_path / "sweeps").glob("t-*/run_trial_*/result.json"):
+        last = [x for x in map(json.loads, res.read_text().splitlines()) if "train_seconds" in x]
+        trained += last[-1]["train_seconds"] * last[-1]["cpus"] if last else 0.0
+    share = re.search(r"time in training epochs: (\d+) CPU-s of", out)
+    assert share and abs(int(share.group(1)) - trained) <= 2, (share and share.group(0), trained)
     e = sweep("ensemble", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
     assert e.returncode == 0 and "2-member ensemble" in " ".join(e.stdout.split()), e.stdout[-3000:] + e.stderr[-3000:]
 

@@ -193,7 +193,8 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
     start = float(meta.get("plan_started", t0)) if not resume else t0  # a resumed rung gets its share again
     rungs = meta.setdefault("rungs", {})
     screened: list[TrialSummary]
-    if len(experiments) == 1:  # the screening rung: run it (or continue it)
+    screened_now = len(experiments) == 1  # the screening rung runs in this invocation (its training counts here)
+    if screened_now:  # the screening rung: run it (or continue it)
         # trials stop on their allotment; the deadline is a backstop for a machine slower than measured
         screen_end = start + 1.1 * plan.screen.seconds + 10.0
         clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds, train_allotment=plan.screen_each,
@@ -257,7 +258,7 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
     baseline = next((t for t in final if paper and is_config(t.params, paper)), None)
     if baseline is None and paper:  # not promoted: its screening result is the baseline
         baseline = next((t for t in screened if is_config(t.params, paper)), None)
-    return final + [replace(t, earlier=True) for t in screened], baseline, ran_out
+    return final + [replace(t, earlier=not screened_now) for t in screened], baseline, ran_out
 
 
 def _make_plan(runner: PhaseRunner, spec: SweepSpec, screen_spec: SweepSpec, node: dict[str, float], paper: dict[str, Any],
