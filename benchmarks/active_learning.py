@@ -1,6 +1,7 @@
 """Active learning vs random selection at equal labels: force and energy MAE on a hotter test set, per round.
 
-    python benchmarks/active_learning.py [--seeds 0 1 2 3 4 5] [--rounds 3] [--per-round 20] [--temperature 500 750 1000]
+    python benchmarks/active_learning.py [--seeds 0 1 2 3 4 5] [--rounds 3] [--per-round 20] \
+[--temperature 500 750 1000]
 
 Start: the shipped ethanol GFN2-xTB data at 500 K (``data/ethanol_gfn2xtb_500K.npz``), a CV pool of
 ``--initial`` molecules. Test: an independent GFN2-xTB Langevin run at 1,000 K (``sweep data generate``,
@@ -69,15 +70,17 @@ def campaign(work: Path, strategy: str, seed: int, a: argparse.Namespace, test: 
     d.mkdir(parents=True, exist_ok=True)
     n_val = a.initial // 3
     (d / "spec.yaml").write_text(SPEC.format(data=ROOT / "data" / "ethanol_gfn2xtb_500K.npz", n_train=a.initial - n_val,
-                                             n_val=n_val, seed=seed, test=test, epochs=a.epochs, patience=a.patience, k=a.k,
-                                             cpus=round(min(0.6, 1.8 / a.k), 2)))  # a trial's folds fit on 2 cores
+                                             n_val=n_val, seed=seed, test=test, epochs=a.epochs, patience=a.patience,
+                                             # a trial's folds fit on 2 cores
+                                             k=a.k, cpus=round(min(0.6, 1.8 / a.k), 2)))
     done = [p for p in (d / "campaigns").glob("*/campaign.json") if json.loads(p.read_text())["status"] == "finished"]
     if done:  # a finished campaign of this work directory (an earlier, interrupted run of the benchmark): reuse it
         return json.loads(done[0].read_text())
     sweep = Path(sys.executable).parent / "sweep"
     cmd = [str(sweep), "learn", "spec.yaml", "--rounds", str(a.rounds), "--per-round", str(a.per_round),
-           *[x for t in a.temperature for x in ("--temperature", f"{t:g}")], "--strategy", strategy, "--seed", str(seed), "--trajectories",
-           str(a.trajectories), "--steps", str(a.steps), "--threshold", str(a.threshold),
+           *[x for t in a.temperature for x in ("--temperature", f"{t:g}")], "--strategy", strategy,
+           "--seed", str(seed), "--trajectories", str(a.trajectories), "--steps", str(a.steps),
+           "--threshold", str(a.threshold),
            *(["--pool-factor", str(a.pool_factor)] if a.pool_factor is not None else [])]
     if (d / "campaigns").is_dir():
         cmd.append("--resume")
@@ -137,12 +140,13 @@ def oracle(work: Path, seeds: list[int], rounds: int, arm: str = "uncertainty") 
                         "chosen": float(err[sel.idx].mean()), "most_uncertain": float(err[top].mean())})
     print(f"\ndoes the uncertainty find the errors? every candidate of the {arm} campaigns' pools labelled "
           "(GFN2-xTB); mean per-frame force MAE in kcal/mol/Å, mean over seeds")
-    print(f"{'round':>5} | {'candidates':>10} | {'ρ(σ, error)':>11} | {'pool (random)':>13} | {'chosen':>7} | most uncertain")
+    print(f"{'round':>5} | {'candidates':>10} | {'ρ(σ, error)':>11} | {'pool (random)':>13} | {'chosen':>7} | "
+          "most uncertain")
     for r in range(rounds):
         x = [o for o in out if o["round"] == r]
         m = {k: np.mean([o[k] for o in x]) for k in ("candidates", "spearman", "pool", "chosen", "most_uncertain")}
-        print(f"{r:>5} | {m['candidates']:>10.0f} | {m['spearman']:>11.2f} | {m['pool']:>13.2f} | {m['chosen']:>7.2f} | "
-              f"{m['most_uncertain']:.2f}")
+        print(f"{r:>5} | {m['candidates']:>10.0f} | {m['spearman']:>11.2f} | {m['pool']:>13.2f} | "
+              f"{m['chosen']:>7.2f} | {m['most_uncertain']:.2f}")
     return out
 
 
@@ -185,17 +189,18 @@ def retrain(work: Path, runs: dict[str, dict[int, dict]], training_seed: int) ->
             cwd = Path.cwd()
             os.chdir(d)  # the sweep's files next to the campaign's
             try:
-                m = train_round(spec, Version(**last["dataset"]), f"retrain-r{last['round']}-t{training_seed}", c["params"],
-                                uri, console=quiet).metrics
+                m = train_round(spec, Version(**last["dataset"]), f"retrain-r{last['round']}-t{training_seed}",
+                                params=c["params"], uri=uri, console=quiet).metrics
             finally:
                 os.chdir(cwd)
             out[s][seed] = {"forces_mae": m["test_1000K_forces_mae"], "energy_mae": m["test_1000K_energy_mae"]}
-    print(f"\ntraining noise: the last round's data of every campaign trained again with training.seed {training_seed}; "
-          "test MAE, mean over seeds (as run → again)")
+    print("\ntraining noise: the last round's data of every campaign trained again with "
+          f"training.seed {training_seed}; test MAE, mean over seeds (as run → again)")
     for s, v in out.items():
         f0 = np.array([runs[s][k]["rounds"][-1]["metrics"]["test_1000K_forces_mae"] for k in v])
         f1 = np.array([x["forces_mae"] for x in v.values()])
-        print(f"  {s}: forces {f0.mean():.3f} → {f1.mean():.3f}; one training's std ≈ {np.sqrt(np.mean((f1 - f0) ** 2) / 2):.3f}")
+        print(f"  {s}: forces {f0.mean():.3f} → {f1.mean():.3f}; "
+              f"one training's std ≈ {np.sqrt(np.mean((f1 - f0) ** 2) / 2):.3f}")
     return out
 
 
@@ -209,14 +214,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--patience", type=int, default=60)
     ap.add_argument("--temperature", type=float, nargs="+", default=[500.0, 750.0, 1000.0],
-                    help="K, exploration MD; several: a ladder shared out over the runs (the pool then differs from the "
-                    "1,000 K test distribution)")
+                    help="K, exploration MD; several: a ladder shared out over the runs (the pool then differs "
+                    "from the 1,000 K test distribution)")
     ap.add_argument("--trajectories", type=int, default=16)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--threshold", default="4x", help="eV/Å, or a multiple of the median force std on the round's data (4x)")
+    ap.add_argument("--threshold", default="4x",
+                    help="eV/Å, or a multiple of the median force std on the round's data (4x)")
     ap.add_argument("--strategy", default="uncertainty", choices=["uncertainty", "stochastic"],
                     help="the selection compared with random choice")
-    ap.add_argument("--pool-factor", type=int, default=None, help="the uncertainty selection clusters the pool-factor × "
+    ap.add_argument("--pool-factor", type=int, default=None,
+                    help="the uncertainty selection clusters the pool-factor × "
                     "per-round most uncertain candidates (default: sweep learn's)")
     ap.add_argument("--retrain-seed", type=int, default=None, help="also train every campaign's last dataset again "
                     "with this training seed (the training noise at fixed data)")
@@ -237,7 +244,8 @@ def main() -> None:
     unit = runs[arm][a.seeds[0]]["rounds"][0]["dataset"]["energy_unit"]
     rows = []
     print(f"\nactive learning, ethanol GFN2-xTB: start {a.initial} molecules at 500 K, +{a.per_round} per round "
-          f"(exploration MD at {', '.join(f'{t:g}' for t in a.temperature)} K), test {a.test_frames} molecules at 1,000 K; "
+          f"(exploration MD at {', '.join(f'{t:g}' for t in a.temperature)} K), "
+          f"test {a.test_frames} molecules at 1,000 K; "
           f"mean ± std over seeds {a.seeds}; {date.today()}, {platform.node()} ({os.cpu_count()} CPUs)")
     print(f"{'round':>5} {'labels':>6} | {'forces MAE ' + arm:>23} {'random':>17} | {'energy MAE ' + arm:>23} "
           f"{'random':>17} | {arm} better (forces) | Δ forces ± s.e. (paired)")
@@ -272,8 +280,8 @@ def main() -> None:
             if r < a.rounds:
                 mean = {k: np.mean([x.get(k, np.nan) for x in m]) for k in
                         ("candidates", "trajectories_stopped", "threshold_eV_per_A")}
-                ratio = np.mean([x.get("selected_forces_std_max_median", np.nan) / x.get("candidates_forces_std_max_median", np.nan)
-                                 for x in m])
+                ratio = np.mean([x.get("selected_forces_std_max_median", np.nan)
+                                 / x.get("candidates_forces_std_max_median", np.nan) for x in m])
                 cells.append(f"{s}: {mean['candidates']:.0f} ({mean['trajectories_stopped']:.1f} stopped), "
                              f"{mean['threshold_eV_per_A']:.2f}, ×{ratio:.2f}, ρ {rho:.2f}")
             else:
@@ -285,8 +293,10 @@ def main() -> None:
         for s in runs:
             cells = []
             for t in a.temperature:
-                n_sel = sum(stats[s][seed].get(r, {}).get(f"selected_{t:g}K", 0) for seed in a.seeds for r in range(a.rounds))
-                n_cand = sum(stats[s][seed].get(r, {}).get(f"candidates_{t:g}K", 0) for seed in a.seeds for r in range(a.rounds))
+                n_sel = sum(stats[s][seed].get(r, {}).get(f"selected_{t:g}K", 0)
+                            for seed in a.seeds for r in range(a.rounds))
+                n_cand = sum(stats[s][seed].get(r, {}).get(f"candidates_{t:g}K", 0)
+                             for seed in a.seeds for r in range(a.rounds))
                 cells.append(f"{t:g} K {n_sel:.0f} / {n_cand:.0f}")
             print(f"  {s}: " + ", ".join(cells))
     hot = beyond_test(runs, test)
@@ -299,7 +309,8 @@ def main() -> None:
                                "round_metrics": {s: {seed: [stats[s][seed].get(r["round"], r.get("metrics", {}))
                                                              for r in c["rounds"]] for seed, c in camps.items()}
                                                  for s, camps in runs.items()},
-                               "labels_above_test_max_energy": hot, "retrained": again, "oracle": found, "seconds": time.time() - t0}, indent=2))
+                               "labels_above_test_max_energy": hot, "retrained": again, "oracle": found,
+                               "seconds": time.time() - t0}, indent=2))
     print(f"results: {res}")
 
 

@@ -1,7 +1,9 @@
-"""This project's SchNet against schnetpack 2.1.1 and PyG's SchNet, side by side, same batches.
+"""This project's SchNet against schnetpack 2.1.1 and PyG's SchNet, side by side, same batches; or (``--model
+painn``) this project's PaiNN against schnetpack's.
 
     python benchmarks/compare.py [--rounds 5] [--batches 10] [--threads 0] [--sizes ethanol,iso17,aspirin]
-                                 [--impls sweep,schnetpack,pyg] [--json | --markdown] [--setup-only]
+                                 [--impls sweep,schnetpack,pyg] [--model schnet|painn] [--json | --markdown]
+                                 [--setup-only]
     python benchmarks/compare.py --render SAVED.json [--markdown]    # the table of a saved --json run
 
 The peers live in their own venv, ``benchmarks/.venv-peers`` (gitignored), which the first run
@@ -107,10 +109,10 @@ def write_batches(z: list[int], n_batches: int, path: Path, batch_size: int = 32
     np.savez(path, **arrays)
 
 
-def run_worker(impl: str, data: Path, threads: int, modes: str = "train,inference") -> dict:
+def run_worker(impl: str, data: Path, threads: int, modes: str = "train,inference", model: str = "schnet") -> dict:
     py = sys.executable if impl == "sweep" else str(PEER_PY)
     cmd = [py, str(HERE / "peer_worker.py"), "--impl", impl, "--data", str(data), "--threads", str(threads),
-           "--modes", modes]
+           "--modes", modes, "--model", model]
     env = {**os.environ, "PYTHONPATH": str(ROOT) if impl == "sweep" else ""}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
     if r.returncode != 0:
@@ -134,7 +136,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=10, help="batches of 32 per timed pass")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     ap.add_argument("--sizes", default="ethanol,iso17,aspirin")
-    ap.add_argument("--impls", default="sweep,schnetpack,pyg")
+    ap.add_argument("--impls", default=None, help="default: sweep,schnetpack,pyg (SchNet), sweep,schnetpack (PaiNN)")
+    ap.add_argument("--model", choices=("schnet", "painn"), default="schnet", help="the model family compared")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/benchmarks.md)")
     ap.add_argument("--render", metavar="FILE.json", help="print the table of a saved --json result; run nothing")
@@ -149,11 +152,13 @@ def main() -> None:
             ap.error(f"--render {args.render}: not a saved `compare.py --json` result ({type(e).__name__}: {e})")
         render(summary, meta, markdown=args.markdown)
         return
-    impls = args.impls.split(",")
+    known_impls = ("sweep", "schnetpack", "pyg") if args.model == "schnet" else ("sweep", "schnetpack")
+    impls = args.impls.split(",") if args.impls else list(known_impls)
     sizes = args.sizes.split(",")
-    for opt, given, known in (("--impls", impls, ("sweep", "schnetpack", "pyg")), ("--sizes", sizes, tuple(SIZES))):
+    for opt, given, known in (("--impls", impls, known_impls), ("--sizes", sizes, tuple(SIZES))):
         if unknown := [x for x in given if x not in known]:
-            ap.error(f"{opt}: unknown {', '.join(map(repr, unknown))}; expected a comma-separated subset of {','.join(known)}")
+            ap.error(f"{opt}: unknown {', '.join(map(repr, unknown))}; "
+                     f"expected a comma-separated subset of {','.join(known)}")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     if any(i != "sweep" for i in impls):
         ensure_peers(log)
@@ -169,7 +174,7 @@ def main() -> None:
             order = impls[r % len(impls):] + impls[: r % len(impls)]
             for s in sizes:
                 for impl in order:
-                    res = run_worker(impl, files[s], args.threads)
+                    res = run_worker(impl, files[s], args.threads, model=args.model)
                     runs[impl][s].append(res)
                     log(f"round {r + 1}/{args.rounds} {s:8s} {impl:10s} train {res['train']:7.0f} "
                         f"({res['train_cpu']:.0f}/CPU-s)  inference {res['inference']:7.0f} "
@@ -186,7 +191,7 @@ def main() -> None:
         } for s in sizes} for impl in impls
     }
     threads = runs[impls[0]][sizes[0]][0]["threads"]
-    meta = {"date": datetime.date.today().isoformat(), "machine": machine(), "threads": threads,
+    meta = {"model": args.model, "date": datetime.date.today().isoformat(), "machine": machine(), "threads": threads,
             "rounds": args.rounds, "batch_size": 32, "batches_per_pass": args.batches}
     if args.json:
         print(json.dumps({**summary, "meta": meta}))
@@ -216,7 +221,8 @@ def rows(summary: dict) -> list[list[str]]:
 
 def render(summary: dict, meta: dict, markdown: bool = False) -> None:
     """Print the comparison as a Rich table, or as a Markdown table (for docs/benchmarks.md)."""
-    title = (f"SchNet paper size, batch 32, {meta['threads']} torch thread(s), {meta['machine']}, {meta['date']}, "
+    model = "PaiNN paper size (MD17), 5 Å cutoff" if meta.get("model") == "painn" else "SchNet paper size"
+    title = (f"{model}, batch 32, {meta['threads']} torch thread(s), {meta['machine']}, {meta['date']}, "
              f"median of {meta['rounds']} rounds")
     if markdown:
         print(f"{title}\n\n| " + " | ".join(COLUMNS) + " |\n| " + " | ".join(

@@ -59,11 +59,13 @@ def main() -> None:
     t0 = time.perf_counter()
     nb = NeighborCache(data.R, data.atom_ptr, None)
     s = time.perf_counter() - t0
-    t.add_row("sweep all pairs (template per size)", f"{int(nb.pair_counts.sum()):,}", f"{s:.3f}", f"{args.molecules / s:,.0f}")
+    t.add_row("sweep all pairs (template per size)", f"{int(nb.pair_counts.sum()):,}", f"{s:.3f}",
+              f"{args.molecules / s:,.0f}")
     t0 = time.perf_counter()
     nb = NeighborCache(data.R, data.atom_ptr, CUTOFF)
     s = time.perf_counter() - t0
-    t.add_row(f"sweep cutoff {CUTOFF} Å (vesin, batched)", f"{int(nb.pair_counts.sum()):,}", f"{s:.2f}", f"{args.molecules / s:,.0f}")
+    t.add_row(f"sweep cutoff {CUTOFF} Å (vesin, batched)", f"{int(nb.pair_counts.sum()):,}", f"{s:.2f}",
+              f"{args.molecules / s:,.0f}")
     s = ase_seconds(data, args.ase_sample)
     t.add_row(f"ASE neighbor_list {CUTOFF} Å (from {args.ase_sample:,})", "", f"{s:.1f}", f"{args.molecules / s:,.0f}")
     Console().print(t)

@@ -82,8 +82,9 @@ def measure(z: list[int], k: int, n: int, repeats: int, batch_size: int = 32) ->
     batches = [data.batch(np.arange(i, min(i + batch_size, n)), None) for i in range(0, n, batch_size)]
     ens32 = [b for i in range(0, n, batch_size)  # the same 32-molecule batches, in the ensemble's layout
              for _, _, b in ens.iter_batches(data.subset(np.arange(i, min(i + batch_size, n))), memory_budget=1 << 62)]
-    tiny = SchNetEnsemble.from_models(members(k, ModelConfig(n_atom_basis=8, n_filters=8, n_interactions=1, rbf_max=3.0)),
-                                      [ModelInfo("kcal/mol", [1, 6, 8])] * k)
+    tiny = SchNetEnsemble.from_models(
+        members(k, ModelConfig(n_atom_basis=8, n_filters=8, n_interactions=1, rbf_max=3.0)),
+        [ModelInfo("kcal/mol", [1, 6, 8])] * k)
     big = molecules(z, 20 * n, seed=1)
     fns = {
         "single": lambda: [models[0](b) for b in batches],
@@ -110,10 +111,12 @@ def main() -> None:
     torch.set_grad_enabled(False)
     results = {name: measure(z, args.k, args.molecules, args.repeats) for name, z in SIZES.items()}
     if args.json:
-        print(json.dumps({"results": results, "k": args.k, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+        print(json.dumps({"results": results, "k": args.k, "torch": torch.__version__,
+                          "threads": torch.get_num_threads()}))
         return
     t = Table(title=f"ensemble of k={args.k} paper-size SchNets, energies + forces, molecules/s "
-                    f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()})")
+                    f"(torch {torch.__version__}, {torch.get_num_threads()} threads, "
+                    f"{platform.processor() or platform.machine()})")
     for c in ("molecule", "atoms", "1 model", f"{args.k} single passes", "ensemble, batch 32", "ensemble predict()",
               "member loop", "ratio (target ≤ 1.2)", "tiny predict() (overhead bound)"):
         t.add_column(c, justify="left" if c == "molecule" else "right")

@@ -1,6 +1,7 @@
 """MD steps per second of a k-member SchNet ensemble in each engine, side by side in one run.
 
     python benchmarks/md_engines.py [--k 5] [--steps 300] [--dtype float32] [--aoti] [--json]
+    python benchmarks/md_engines.py --threads      # ASE steps/s: one torch thread vs torch's default, idle and busy
 
 Paper-size members (64 features, 64 filters, 3 interactions, 300 Gaussians, all pairs), velocity
 Verlet NVE, 0.1 fs, one molecule: ethanol (9 atoms, a GFN2-xTB geometry of the shipped data) and
@@ -63,14 +64,14 @@ def ensemble(k: int, dtype: torch.dtype) -> SchNetEnsemble:
     return SchNetEnsemble.from_models(models, [ModelInfo("kcal/mol", [1, 6, 8])] * k).to(dtype=dtype)
 
 
-def ase_md(ens, Z, R, steps):
+def ase_md(ens, Z, R, steps, threads: int | None = 1):
     from ase import Atoms, units
     from ase.md.verlet import VelocityVerlet
 
     from schnet_model import SchNetEnsembleCalculator
 
     atoms = Atoms(numbers=Z, positions=R)
-    atoms.calc = SchNetEnsembleCalculator(ens)
+    atoms.calc = SchNetEnsembleCalculator(ens, threads=threads)
     md = VelocityVerlet(atoms, DT_FS * units.fs)
     md.run(5)
     t = time.perf_counter()
@@ -89,7 +90,8 @@ def openmm_md(ens, Z, R, steps):
     for z in Z:
         system.addParticle(app.Element.getByAtomicNumber(int(z)).mass)
     add_to_system(system, ens, Z)
-    ctx = openmm.Context(system, openmm.VerletIntegrator(DT_FS * u.femtosecond), openmm.Platform.getPlatformByName("Reference"))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(DT_FS * u.femtosecond),
+                         openmm.Platform.getPlatformByName("Reference"))
     ctx.setPositions(R / 10.0 * u.nanometer)
     ctx.getIntegrator().step(5)
     t = time.perf_counter()
@@ -123,12 +125,15 @@ def lammps_md(ens, Z, R, steps):
     return rate
 
 
-IPI = """<simulation verbosity="quiet"><output prefix="sim"><properties stride="1000" filename="out">[step]</properties></output>
+IPI = """<simulation verbosity="quiet"><output prefix="sim">\
+<properties stride="1000" filename="out">[step]</properties></output>
 <total_steps>{steps}</total_steps><prng><seed>1</seed></prng>
 <ffsocket name="s" mode="unix" pbc="false"><address>{address}</address><latency>1e-4</latency></ffsocket>
-<system><initialize nbeads="1"><file mode="xyz">init.xyz</file><velocities mode="thermal" units="kelvin">300</velocities>
+<system><initialize nbeads="1"><file mode="xyz">init.xyz</file>\
+<velocities mode="thermal" units="kelvin">300</velocities>
 </initialize><forces><force forcefield="s"/></forces><ensemble><temperature units="kelvin">300</temperature></ensemble>
-<motion mode="dynamics"><dynamics mode="nve"><timestep units="femtosecond">{dt}</timestep></dynamics></motion></system></simulation>
+<motion mode="dynamics">\
+<dynamics mode="nve"><timestep units="femtosecond">{dt}</timestep></dynamics></motion></system></simulation>
 """
 
 
@@ -145,7 +150,8 @@ def ipi_md(ens_dir: Path, Z, R, steps):
             t = Path(t)
             ase.io.write(t / "mol.xyz", Atoms(numbers=Z, positions=R))
             sym = Atoms(numbers=Z).get_chemical_symbols()
-            (t / "init.xyz").write_text(f"{len(Z)}\n# CELL(abcABC): 40 40 40 90 90 90 positions{{angstrom}} cell{{angstrom}}\n"
+            (t / "init.xyz").write_text(f"{len(Z)}\n"
+                                        "# CELL(abcABC): 40 40 40 90 90 90 positions{angstrom} cell{angstrom}\n"
                                         + "".join(f"{s} {x} {y} {z}\n" for s, (x, y, z) in zip(sym, R, strict=True)))
             address = f"sweepbench{time.time_ns() % 10**9}"
             (t / "input.xml").write_text(IPI.format(steps=n, address=address, dt=DT_FS))
@@ -182,6 +188,40 @@ def exported_md(program, Z, R, steps):
     return steps / (time.perf_counter() - t)
 
 
+def grid_molecule(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` atoms (C and H alternating) on a jittered 1.4 Å cubic grid: a size, not a chemistry."""
+    side = int(np.ceil(n ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n] * 1.4
+    Z = np.where(np.arange(n) % 2 == 0, 6, 1)
+    return Z, grid + np.random.default_rng(seed).normal(0, 0.05, grid.shape)
+
+
+def threads_table(ens, steps: int) -> None:
+    """ASE steps/s with ``threads=1`` (the engines' default) and ``threads=None`` (torch's default count), on an
+    idle machine and beside one busy process (a spinning Python, as a Ray trial or a compile would be)."""
+    default = torch.get_num_threads()
+    mols = {**molecules(), "64 atoms (grid)": grid_molecule(64), "216 atoms (grid)": grid_molecule(216)}
+    t = Table(title=f"ASE MD steps/s, {ens.k}-member ensemble (64/64/3), "
+                    f"torch default {default} threads, {platform.processor() or platform.machine()}, "
+                    f"{time.strftime('%Y-%m-%d')}")
+    for c in ("molecule", "idle, 1 thread", f"idle, {default} threads", "busy, 1 thread", f"busy, {default} threads"):
+        t.add_column(c, justify="right")
+    for name, (Z, R) in mols.items():
+        row = []
+        for busy in (False, True):
+            burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+            try:
+                for threads in (1, None):
+                    torch.set_num_threads(default)
+                    row.append(ase_md(ens, Z, R, steps if len(Z) < 100 else max(20, steps // 10), threads))
+            finally:
+                if burner is not None:
+                    burner.kill()
+                    burner.wait()
+        t.add_row(name, *(f"{v:.1f}" for v in row))
+    Console().print(t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=5)
@@ -189,10 +229,14 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--aoti", action="store_true", help="also compile the exported program with AOTInductor")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threads", action="store_true", help="only the ASE thread-count table")
     args = ap.parse_args()
-    torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
     ens = ensemble(args.k, dtype)
+    if args.threads:
+        threads_table(ens, args.steps)
+        return
+    torch.set_num_threads(1)
     from schnet_model.export import export_ensemble
 
     rows: dict[str, dict[str, float | str]] = {}
@@ -210,8 +254,8 @@ def main() -> None:
                 print(f"AOTInductor compile: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             except Exception as e:  # report, keep the other columns
                 print(f"AOTInductor: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
-        paths = {"ASE": (ase_md, ens), "OpenMM": (openmm_md, ens), "LAMMPS": (lammps_md, ens), "i-PI": (ipi_md, ens_dir),
-                 "exported": (exported_md, program)}
+        paths = {"ASE": (ase_md, ens), "OpenMM": (openmm_md, ens), "LAMMPS": (lammps_md, ens),
+                 "i-PI": (ipi_md, ens_dir), "exported": (exported_md, program)}
         if aoti is not None:
             paths["exported AOTI"] = (exported_md, aoti)
         for name, (Z, R) in molecules().items():

@@ -1,6 +1,6 @@
 """One measurement for ``benchmarks/compare.py``: one implementation, one batch file, in a subprocess.
 
-    python benchmarks/peer_worker.py --impl {sweep,schnetpack,pyg} --data FILE.npz [--threads N]
+    python benchmarks/peer_worker.py --impl {sweep,schnetpack,pyg} --data FILE.npz [--threads N] [--model painn]
 
 Runs under the project's venv (``sweep``) or the peer venv (``schnetpack``, ``pyg``); imports
 only what its implementation needs. Builds the paper-sized SchNet of that implementation
@@ -10,6 +10,10 @@ atom-wise 64 → 32 → 1 head), then times passes over the same batches: a trai
 (energy + forces, no create_graph). Prints one JSON line: molecules/s (wall clock, median of
 the passes), molecules per CPU-second (``*_cpu``: with one thread, insensitive to other load on
 the machine), peak RSS and its growth during the timed work.
+
+``--model painn``: PaiNN at the paper's MD17 size instead (128 features, 3 blocks, 20 radial functions, 5 Å cosine
+cutoff, separate filters, atom-wise 128 → 64 → 1), this project's (``sweep``) against schnetpack's; both take the
+same pair list, the batch's pairs within the cutoff (both directions), and forces by autograd.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ def load_batches(path: str) -> list[dict[str, np.ndarray]]:
 # -- this project ------------------------------------------------------------------------
 def build_sweep(batches):
     from schnet_model import ModelConfig, SchNet
+
+    model = SchNet(ModelConfig())
+    model.compile_after = 0  # steady state: the fused kernels compile during the warm-up batches
+    return _sweep_steps(model, batches)
+
+
+def _sweep_steps(model, batches):
+    """This project's training step (the trainer's loss, torch's fused Adam) and inference on ``batches``."""
     from schnet_model.data.batch import Batch
     from schnet_model.training.loss import energy_force_loss
     from schnet_model.training.optim import make_adam
 
-    model = SchNet(ModelConfig())
-    model.compile_after = 0  # steady state: the fused kernels compile during the warm-up batches
     opt = make_adam(model.parameters(), LR)  # what the trainer uses: torch's fused Adam
     bs = [Batch(**{k: torch.from_numpy(v) for k, v in b.items()}) for b in batches]
 
@@ -75,15 +85,23 @@ def _loss(energy, forces, E, F, mol, n_atoms):
 # -- schnetpack 2.1.1 --------------------------------------------------------------------
 def build_schnetpack(batches):
     import schnetpack as spk
-    import schnetpack.properties as props
 
     rbf = spk.nn.GaussianRBF(n_rbf=N_RBF, cutoff=SPACING * (N_RBF - 1))  # centres 0 … 29.9 Å
     rbf.widths.fill_(math.sqrt(0.5 / GAMMA))  # exp(−0.5 (d−μ)²/σ²) with σ² = 1/(2γ): γ = 10 Å⁻²
     rep = spk.representation.SchNet(n_atom_basis=64, n_interactions=3, radial_basis=rbf,
                                     cutoff_fn=spk.nn.CosineCutoff(30.0), n_filters=64)
+    return _schnetpack_nnp(rep, 64, batches)
+
+
+def _schnetpack_nnp(rep, n_in: int, batches):
+    """schnetpack's NeuralNetworkPotential around ``rep`` (atom-wise energy, forces by autograd), Adam, and its
+    inputs for ``batches``."""
+    import schnetpack as spk
+    import schnetpack.properties as props
+
     model = spk.model.NeuralNetworkPotential(
         representation=rep, input_modules=[spk.atomistic.PairwiseDistances()],
-        output_modules=[spk.atomistic.Atomwise(n_in=64, output_key="energy"),
+        output_modules=[spk.atomistic.Atomwise(n_in=n_in, output_key="energy"),
                         spk.atomistic.Forces(energy_key="energy", force_key="forces")],
     )
     opt = torch.optim.Adam(model.parameters(), lr=LR)
@@ -160,7 +178,38 @@ def build_pyg(batches):
     return model, bs, train, infer
 
 
+# -- PaiNN --------------------------------------------------------------------------------
+PAINN_CUTOFF = 5.0
+
+
+def within_cutoff(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The batches with their pair lists cut to pairs within PaiNN's cutoff (the same work for every
+    implementation)."""
+    out = []
+    for b in batches:
+        d = np.linalg.norm(b["R"][b["idx_j"]] - b["R"][b["idx_i"]], axis=1)
+        keep = d < PAINN_CUTOFF
+        out.append({**b, "idx_i": b["idx_i"][keep], "idx_j": b["idx_j"][keep]})
+    return out
+
+
+def build_sweep_painn(batches):
+    from schnet_model import PaiNN, PaiNNConfig
+
+    return _sweep_steps(PaiNN(PaiNNConfig(cutoff=PAINN_CUTOFF)), within_cutoff(batches))
+
+
+def build_schnetpack_painn(batches):
+    import schnetpack as spk
+
+    rep = spk.representation.PaiNN(n_atom_basis=128, n_interactions=3,
+                                   radial_basis=spk.nn.BesselRBF(n_rbf=20, cutoff=PAINN_CUTOFF),
+                                   cutoff_fn=spk.nn.CosineCutoff(PAINN_CUTOFF))
+    return _schnetpack_nnp(rep, 128, within_cutoff(batches))
+
+
 BUILDERS = {"sweep": build_sweep, "schnetpack": build_schnetpack, "pyg": build_pyg}
+PAINN_BUILDERS = {"sweep": build_sweep_painn, "schnetpack": build_schnetpack_painn}
 
 
 def main() -> None:
@@ -170,12 +219,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--passes", type=int, default=3, help="timed passes over the batches per mode")
     ap.add_argument("--modes", default="train,inference")
+    ap.add_argument("--model", choices=("schnet", "painn"), default="schnet")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batches = load_batches(args.data)
-    model, bs, train, infer = BUILDERS[args.impl](batches)
+    model, bs, train, infer = (PAINN_BUILDERS if args.model == "painn" else BUILDERS)[args.impl](batches)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_mols = sum(len(b["n_atoms"]) for b in batches)
     rss0 = rss_mib()

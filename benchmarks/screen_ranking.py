@@ -42,7 +42,8 @@ def draw(rng: np.random.Generator) -> dict:
     """One configuration of the rmd17.yaml space."""
     return {"n_interactions": int(rng.integers(2, 7)), "n_filters": int(rng.choice([64, 128])),
             "n_atom_basis": int(rng.choice([64, 128])), "lr": float(np.exp(rng.uniform(np.log(3e-4), np.log(5e-3)))),
-            "batch_size": int(rng.choice([8, 16, 32])), "scheduler": str(rng.choice(["exponential", "plateau", "cosine"])),
+            "batch_size": int(rng.choice([8, 16, 32])),
+            "scheduler": str(rng.choice(["exponential", "plateau", "cosine"])),
             "rho": float(np.exp(rng.uniform(np.log(1e-3), np.log(1e-1))))}
 
 
@@ -59,7 +60,8 @@ def train_curve(args: tuple) -> dict:
     mols = load_dataset(DatasetConfig(path=path)).molecules
     idx = np.random.default_rng(seed).permutation(len(mols))
     train, val = mols.subset(idx[:n_train]), mols.subset(idx[n_train:n_train + n_val])
-    model = ModelConfig(n_interactions=cfg["n_interactions"], n_filters=cfg["n_filters"], n_atom_basis=cfg["n_atom_basis"])
+    model = ModelConfig(n_interactions=cfg["n_interactions"], n_filters=cfg["n_filters"],
+                        n_atom_basis=cfg["n_atom_basis"])
     training = TrainingConfig(lr=cfg["lr"], batch_size=cfg["batch_size"], scheduler=cfg["scheduler"], rho=cfg["rho"],
                               max_epochs=2000, compile_after=None, seed=seed)
     torch.manual_seed(seed)
@@ -118,8 +120,10 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=800)
     ap.add_argument("--n-val", type=int, default=200)
     ap.add_argument("--configs", type=int, default=12, help="configurations: the paper's + random draws")
-    ap.add_argument("--horizon", type=float, default=360.0, help="CPU seconds of training per configuration (the final rung's per fold)")
-    ap.add_argument("--allotments", type=float, nargs="+", default=[45.0, 90.0], help="screening CPU seconds to rank at")
+    ap.add_argument("--horizon", type=float, default=360.0,
+                    help="CPU seconds of training per configuration (the final rung's per fold)")
+    ap.add_argument("--allotments", type=float, nargs="+", default=[45.0, 90.0],
+                    help="screening CPU seconds to rank at")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)

@@ -9,7 +9,11 @@ For each dataset and seed, two real ``sweep run`` invocations with the same ``se
     interactions, 64/128 filters and atom basis, batch 8/16/32, lr, ρ, the schedule; k = 5; 30 configurations;
     ``search.plan: auto``), ``dataset.path``/``dataset.test_path`` set, within the same budget.
 
-Both report the fold-mean (ensemble) force and energy MAE of their best trial on the same held-out test file. Each
+(c) **painn** (``--methods painn``) — PaiNN's paper configuration (Schütt, Unke & Gastegger 2021, MD17: 128
+    features, 3 blocks, 20 radial functions, 5 Å cutoff, lr 5e-4, batch 10, decay on plateau; ρ 0.01 as SchNet's),
+    k folds, one trial, the same budget: the second model family against SchNet's paper configuration.
+
+All report the fold-mean (ensemble) force and energy MAE of their best trial on the same held-out test file. Each
 row also keeps the plan as printed, the rungs' planned and measured seconds, the cost model's error on the screened
 configurations, and the share of the budget's CPU-seconds spent in training epochs. Prints a Markdown table (mean ±
 std over seeds) and writes the raw numbers as JSON after every run (seeds outermost: an interrupted benchmark leaves
@@ -49,6 +53,8 @@ ASPIRIN_SMILES = "CC(=O)OC1=CC=CC=C1C(=O)O"
 
 UNITS = {"ethanol": "kcal/mol", "acac": "eV", "aspirin": "kcal/mol"}
 PAPER_TRAINING = {"lr": 1.0e-3, "batch_size": 32, "scheduler": "exponential", "rho": 0.01}
+PAINN_TRAINING = {"lr": 5.0e-4, "batch_size": 10, "scheduler": "plateau", "plateau_patience": 10, "rho": 0.01}
+METHODS = ("paper", "sweep", "painn")
 
 
 def sweep_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -102,17 +108,19 @@ def dataset(name: str) -> dict:
 
 
 def spec(data: dict, method: str, budget: float, seed: int) -> dict:
-    """The ``sweep run`` spec of one run: the shipped rmd17.yaml with the user's files (paper: its one configuration)."""
+    """The ``sweep run`` spec of one run: the shipped rmd17.yaml with the user's files (paper: its one
+    configuration)."""
     body = yaml.safe_load((ROOT / "search_spaces" / "rmd17.yaml").read_text())
     body.update(name=f"sv_{method}", dataset={**data, "split_seed": 0}, tracking={"uri": "sqlite:///mlflow.db"},
                 storage="sweeps")
     body["cv"] = {**body["cv"], "seed": seed}
     body["training"] = {**body["training"], "seed": seed}
     body["search"] = {**body["search"], "seed": seed, "time_budget": budget}
-    if method == "paper":
-        body["model"] = {}
-        body["training"] = {k: v for k, v in body["training"].items() if not isinstance(v, dict)} | PAPER_TRAINING
-        body["training"]["lr"] = {"choice": [PAPER_TRAINING["lr"]]}  # one configuration: the paper's
+    if method in ("paper", "painn"):
+        paper = PAPER_TRAINING if method == "paper" else PAINN_TRAINING
+        body["model"] = {} if method == "paper" else {"family": "painn"}
+        body["training"] = {k: v for k, v in body["training"].items() if not isinstance(v, dict)} | paper
+        body["training"]["lr"] = {"choice": [paper["lr"]]}  # one configuration: the paper's
         body["search"] = {**body["search"], "num_samples": 1, "max_concurrent": 1, "scheduler": "none", "plan": "off"}
     return body
 
@@ -128,13 +136,15 @@ def run_one(name: str, data: dict, method: str, budget: float, seed: int) -> dic
         r = sweep_cli("run", str(path), cwd=Path(d))
         wall = time.time() - t0
         row = {"dataset": name, "method": method, "seed": seed, "budget_s": budget, "wall_s": wall, "rc": r.returncode,
-               "plan": [ln for ln in r.stdout.splitlines() if "budget plan" in ln or "rung " in ln or ln.startswith("  ")
-                        and "rung" in ln]}
+               "plan": [ln for ln in r.stdout.splitlines()
+                        if "budget plan" in ln or "rung " in ln or ln.startswith("  ") and "rung" in ln]}
         share = re.search(r"time in training epochs: .* = (\d+)%", " ".join(r.stdout.split()))
         row["train_share"] = int(share.group(1)) / 100 if share else None
         if r.returncode != 0:
             row["error"] = (r.stderr.strip().splitlines() or ["?"])[-1]
             return row
+        ens = sweep_cli("ensemble", cwd=Path(d))  # the ensemble of the best trial: its calibrated std on the test file
+        row["ensemble_rc"] = ens.returncode
         c = MlflowClient(f"sqlite:///{d}/mlflow.db")
         exp = [e for e in c.search_experiments() if e.name == f"sv_{method}"][0]
         runs = c.search_runs([exp.experiment_id], max_results=10_000)
@@ -152,7 +162,9 @@ def run_one(name: str, data: dict, method: str, budget: float, seed: int) -> dic
                    baseline_fidelity=sweep_run.data.tags.get("sweep.baseline_fidelity"), statuses=statuses,
                    best_params=dict(best.data.params), best_epochs=best.data.metrics.get("best_epoch"),
                    rungs=meta.get("rungs"), screened_costs=meta.get("screened_costs"),
-                   cost_model_median_error=m.get("cost_model_median_error"))
+                   cost_model_median_error=m.get("cost_model_median_error"),
+                   uncertainty={k.removeprefix("ensemble_test_"): v for k, v in m.items()
+                                if k.startswith("ensemble_test_") and k.endswith("_calibrated")})
         return row
 
 
@@ -166,12 +178,13 @@ def _ms(x: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     """Mean ± std over seeds per dataset and method; for the sweep, how many seeds it beat the paper configuration in,
     the rungs' planned and measured seconds and the training share."""
-    out = ["| dataset | method | force MAE | energy MAE | sweep better (force, seeds) | screened / k-fold | "
-           "rung 1 planned / measured [s] | rung 2 planned / measured [s] | cost model median error | training share | wall [s] |",
+    out = ["| dataset | method | force MAE | energy MAE | better than paper (force, seeds) | screened / k-fold | "
+           "rung 1 planned / measured [s] | rung 2 planned / measured [s] | cost model median error | training share | "
+           "wall [s] |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         paper = {r["seed"]: r for r in rows if r["dataset"] == name and r["method"] == "paper" and "forces_mae" in r}
-        for method in ("paper", "sweep"):
+        for method in METHODS:
             sel = [r for r in rows if r["dataset"] == name and r["method"] == method]
             if not sel:
                 continue
@@ -179,9 +192,10 @@ def table(rows: list[dict]) -> str:
             u = UNITS[name]
             failed = len(sel) - len(ok)
             better, rung1, rung2, cost = "", "", "", ""
-            if method == "sweep":
+            if method != "paper":
                 paired = [r for r in ok if r["seed"] in paper]
                 better = f"{sum(r['forces_mae'] < paper[r['seed']]['forces_mae'] for r in paired)} of {len(paired)}"
+            if method == "sweep":
                 rung = lambda r, k, w: (r.get("rungs") or {}).get(k, {}).get(w)  # noqa: E731
                 rung1 = f"{np.mean([rung(r, 'screen', 'planned_s') or np.nan for r in ok]):.0f} / " \
                         f"{np.mean([rung(r, 'screen', 'measured_s') or np.nan for r in ok]):.0f}"
@@ -193,9 +207,26 @@ def table(rows: list[dict]) -> str:
                               for r in ok]) if ok else 0
             share = _ms([r.get("train_share") for r in sel])
             out.append(f"| {name} | {method}{f' ({failed} failed)' if failed else ''} | "
-                       f"{_ms([r['forces_mae'] for r in ok])} {u}/Å | {_ms([r['energy_mae'] for r in ok])} {u} | {better} | "
+                       f"{_ms([r['forces_mae'] for r in ok])} {u}/Å | {_ms([r['energy_mae'] for r in ok])} {u} | "
+                       f"{better} | "
                        f"{n_screen:.0f} / {n_full:.0f} | {rung1} | {rung2} | {cost} | {share} | "
                        f"{np.mean([r['wall_s'] for r in sel]):.0f} |")
+    return "\n".join(out)
+
+
+def uncertainty_table(rows: list[dict]) -> str:
+    """The calibrated ensemble std on the test file, mean over seeds: Spearman ρ(σ, |error|) per force component, per
+    atom (‖σ‖ vs ‖error‖) and per molecule (largest atom's), and the miscalibration area (0 is ideal)."""
+    keys = ("forces_spearman_calibrated", "forces_spearman_atom_calibrated", "forces_spearman_molecule_calibrated",
+            "forces_miscal_area_calibrated", "energy_spearman_calibrated", "energy_miscal_area_calibrated")
+    out = ["| dataset | method | force ρ (component) | force ρ (atom) | force ρ (molecule) | force miscal. area | "
+           "energy ρ | energy miscal. area |", "|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        for method in METHODS:
+            sel = [r for r in rows if r["dataset"] == name and r["method"] == method and r.get("uncertainty")]
+            if sel:
+                out.append(f"| {name} | {method} | " + " | ".join(
+                    _ms([r["uncertainty"].get(k) for r in sel]) for k in keys) + " |")
     return "\n".join(out)
 
 
@@ -204,16 +235,17 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1500.0, help="seconds of search.time_budget per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--datasets", default="ethanol,acac,aspirin", help=f"comma-separated, of {', '.join(UNITS)}")
-    ap.add_argument("--methods", default="paper,sweep", help="comma-separated, of paper, sweep")
+    ap.add_argument("--methods", default="paper,sweep", help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--out", type=Path, default=HERE / "results" / f"search_value_{date.today()}.json")
     a = ap.parse_args()
     names = [n for n in a.datasets.split(",") if n]
     data = {n: dataset(n) for n in names}  # made (or checked) before any run
-    rows = json.loads(a.out.read_text())["rows"] if a.out.exists() else []  # a resumed benchmark keeps its rows
+    rows = json.loads(a.out.read_text())["rows"] if a.out.exists() else []  # a resumed benchmark keeps its rows ...
+    rows = [r for r in rows if "forces_mae" in r]  # ... and runs its failed ones again
     done = {(r["dataset"], r["method"], r["seed"]) for r in rows}
     for seed in a.seeds:
         for n in names:
-            for method in [m for m in ("paper", "sweep") if m in a.methods.split(",")]:
+            for method in [m for m in METHODS if m in a.methods.split(",")]:
                 if (n, method, seed) in done:
                     continue
                 row = run_one(n, data[n], method, a.budget, seed)
@@ -223,10 +255,12 @@ def main() -> None:
                         f"{row['statuses']}" if "forces_mae" in row else f"FAILED: {row.get('error')}")
                 print(f"{n} {method} seed {seed}: {what}, {row['wall_s']:.0f} s", flush=True)
                 a.out.parent.mkdir(parents=True, exist_ok=True)
-                a.out.write_text(json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
+                a.out.write_text(json.dumps({"date": str(date.today()),
+                                             "machine": platform.processor() or platform.machine(),
                                              "cpus": os.cpu_count(), "budget_s": a.budget, "rows": rows}, indent=1))
     print(f"\nsearch value at {a.budget:.0f} s per run, {len(a.seeds)} seeds, {os.cpu_count()} CPUs, {date.today()}")
     print(table(rows))
+    print("\n" + uncertainty_table(rows))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SIZES = {"ethanol": ("ethanol (C2H6O)", [6, 6, 8] + [1] * 6), "iso17": ("ISO17 (C7H10O2)", [6] * 7 + [8] * 2 + [1] * 10),
+SIZES = {"ethanol": ("ethanol (C2H6O)", [6, 6, 8] + [1] * 6),
+         "iso17": ("ISO17 (C7H10O2)", [6] * 7 + [8] * 2 + [1] * 10),
          "aspirin": ("aspirin (C9H8O4)", [6] * 9 + [8] * 4 + [1] * 8)}
 HERE = Path(__file__).resolve()
 BATCH = 32
@@ -95,7 +96,8 @@ def worker(a: argparse.Namespace) -> None:
             sync()
         k = 1
     else:
-        members = [Member(_molecules(z, n_mols, m), _molecules(z, 4, 100 + m), TrainingConfig(lr=1e-4, seed=m, compile_after=0))
+        members = [Member(_molecules(z, n_mols, m), _molecules(z, 4, 100 + m),
+                          TrainingConfig(lr=1e-4, seed=m, compile_after=0))
                    for m in range(a.k)]
         st = StackedTrainer(ModelConfig(), members, device=dev, graphs=a.layout.startswith("graphs"),
                             forces_by="autograd" if a.layout.endswith("-autograd") else "explicit")
@@ -119,7 +121,8 @@ def worker(a: argparse.Namespace) -> None:
     print(json.dumps({"t0": t0, "t1": t1, "molecules": a.steps * BATCH * k, "mode": mode}), flush=True)
 
 
-def _spawn(a: argparse.Namespace, layout: str, size: str, index: int, threads: int, barrier: str | None) -> subprocess.Popen:
+def _spawn(a: argparse.Namespace, layout: str, size: str, index: int, threads: int,
+           barrier: str | None) -> subprocess.Popen:
     args = [sys.executable, str(HERE), "--worker", "--layout", layout, "--size", size, "--index", str(index),
             "--threads", str(threads), "--k", str(a.k), "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--device", a.device] + (["--barrier", barrier] if barrier else [])
@@ -180,7 +183,8 @@ def main() -> None:
     bad = [s for s in sizes if s not in SIZES]
     if bad:
         raise SystemExit(f"error: unknown --sizes {bad}; expected some of {list(SIZES)}")
-    layouts = (a.layouts or ("folds,stack,graphs,graphs-autograd" if a.device.startswith("cuda") else "folds,stack")).split(",")
+    layouts = (a.layouts
+               or ("folds,stack,graphs,graphs-autograd" if a.device.startswith("cuda") else "folds,stack")).split(",")
     known = ("folds", "stack", "stack-autograd", "graphs", "graphs-autograd")
     bad = [x for x in layouts if x not in known]
     if bad or (any(x.startswith("graphs") for x in layouts) and not a.device.startswith("cuda")):

@@ -20,7 +20,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
-from schnet_model.ensemble import SchNetEnsemble
+from schnet_model.ensemble import Ensemble
 from schnet_model.explore import run_trajectory
 
 
@@ -42,7 +42,7 @@ def run(ensemble: Path, start: Path | None, molecule: str, temperature: float, s
         print(f"step {i['step']:6d}  t = {i['time_fs']:8.1f} fs  E = {i['energy']:12.4f} eV ± {i['energy_std']:.4f}  "
               f"max force std = {i['forces_std_max']:.3f} eV/Å  T = {i['temperature_K']:6.0f} K")
 
-    traj = run_trajectory(start_atoms(start, molecule), SchNetEnsemble.load(ensemble), temperature, steps, threshold,
+    traj = run_trajectory(start_atoms(start, molecule), Ensemble.load(ensemble), temperature, steps, threshold,
                           np.random.default_rng(seed), every, timestep_fs, friction_per_fs, on_frame=show)
     if traj.stopped_at is not None:
         last = traj.frames[-1]
@@ -58,9 +58,11 @@ def run(ensemble: Path, start: Path | None, molecule: str, temperature: float, s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ensemble", type=Path, help="ensemble directory (sweep ensemble --save DIR) or a downloaded models:/ model")
+    ap.add_argument("ensemble", type=Path,
+                    help="ensemble directory (sweep ensemble --save DIR) or a downloaded models:/ model")
     ap.add_argument("--start", type=Path, default=None, help="starting geometry (first frame of any ASE-readable file)")
-    ap.add_argument("--molecule", default="CH3CH2OH", help="ASE g2 molecule when --start is not given (default ethanol)")
+    ap.add_argument("--molecule", default="CH3CH2OH",
+                    help="ASE g2 molecule when --start is not given (default ethanol)")
     ap.add_argument("--temperature", type=float, default=500.0, help="K")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--threshold", type=float, default=1.0, help="stop when a per-atom force std exceeds this (eV/Å)")
@@ -70,7 +72,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50, help="print and record every N steps")
     ap.add_argument("-o", "--out", type=Path, default=Path("md_uncertainty.extxyz"))
     a = ap.parse_args()
-    run(a.ensemble, a.start, a.molecule, a.temperature, a.steps, a.threshold, a.timestep, a.friction, a.seed, a.out, a.every)
+    run(a.ensemble, a.start, a.molecule, a.temperature, a.steps, a.threshold, a.timestep, a.friction, a.seed, a.out,
+        a.every)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def unit_warnings(energy_unit: str, force_rms: float | None, meta: dict[str, str
     return out
 
 
-def show_info(path: Path, fmt: str = "auto", energy_unit: str | None = None, console: Console | None = None) -> list[str]:
+def show_info(path: Path, fmt: str = "auto", energy_unit: str | None = None,
+              console: Console | None = None) -> list[str]:
     """Print the summary table; returns the unit warnings printed."""
     console = console or Console()
     ds = load_dataset(DatasetConfig(path=path, format=fmt, energy_unit=energy_unit, qm9_exclude_uncharacterized=False))
@@ -45,7 +46,8 @@ def show_info(path: Path, fmt: str = "auto", energy_unit: str | None = None, con
     t.add_column("", style="bold")
     t.add_column("")
     t.add_row("format", m.meta.get("format", "?"))
-    t.add_row("molecules", f"{len(m):,}" + (f" ({len(ds.test):,} in the official test set)" if ds.test is not None else ""))
+    t.add_row("molecules",
+              f"{len(m):,}" + (f" ({len(ds.test):,} in the official test set)" if ds.test is not None else ""))
     t.add_row("atoms per molecule", f"{n.min()}–{n.max()} (mean {n.mean():.1f})")
     zs, counts = np.unique(m.Z, return_counts=True)
     t.add_row("elements", ", ".join(f"{chemical_symbols[z]} ({c:,} atoms)" for z, c in zip(zs, counts, strict=True)))

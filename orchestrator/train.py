@@ -1,4 +1,4 @@
-"""``sweep train``: one SchNet with the spec's fixed hyperparameters."""
+"""``sweep train``: one model (SchNet or PaiNN) with the spec's fixed hyperparameters."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator.spec.load import TrainSpec
-from schnet_model import SchNet, Trainer, evaluate, save_model
+from schnet_model import Trainer, evaluate, save_model
 from schnet_model.data.heldout import n_held_out, with_tests
 from schnet_model.data.splits import SplitManifest, random_split
-from schnet_model.files import sha256 as checksum
 from schnet_model.model_dir import ModelInfo
+from schnet_model.nn.family import build_model, describe
 from schnet_model.training.metrics import Metrics
 
 
@@ -40,29 +40,25 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None, overwr
     loaded, data = joined.dataset, joined.molecules
     data.check_max_z(spec.model.max_z)
     console.print(loaded.molecules.describe())
-    split = random_split(len(loaded.molecules), ds.n_train, ds.n_val, n_held_out(ds, loaded), ds.split_seed, loaded.test,
-                         loaded.train_pool)
+    split = random_split(len(loaded.molecules), ds.n_train, ds.n_val, n_held_out(ds, loaded), ds.split_seed,
+                         loaded.test, loaded.train_pool)
     train, val = data.subset(split.train), data.subset(split.val)
-    manifest = SplitManifest(
-        dataset=str(loaded.path), dataset_sha256=checksum(loaded.path), seed=ds.split_seed, test=split.test,
-        train=split.train, val=split.val, official_test=loaded.test is not None, test_files=joined.files,
-    )
-    manifest.check_disjoint()
+    manifest = SplitManifest.of(joined, ds.split_seed, split.test, train=split.train, val=split.val)
     tests = {name: data.subset(idx) for name, idx in manifest.test_sets().items()}
     console.print(f"split (seed {ds.split_seed}): {len(split.train)} train, {len(split.val)} validation; "
                   f"{manifest.describe_tests()}")
     torch.manual_seed(spec.training.seed)
-    model = SchNet(spec.model)
+    model = build_model(spec.model)
     trainer = Trainer(model, train, val, spec.training)
     eu, fu = data.energy_unit, data.force_unit
     console.print(
-        f"SchNet: {model.n_parameters():,} parameters, {spec.model.n_interactions} interactions, "
-        f"cutoff {'none (all pairs)' if spec.model.cutoff is None else f'{spec.model.cutoff} Å'}; "
-        f"training on {'energies + forces' if trainer.use_forces else 'energies'}, device {trainer.device}"
+        f"{describe(model)}; training on {'energies + forces' if trainer.use_forces else 'energies'}, "
+        f"device {trainer.device}"
     )
     t0 = time.perf_counter()
     with Progress(
-        TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+        TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task("train", total=spec.training.max_epochs)
 
@@ -71,7 +67,8 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None, overwr
             forces = f"  val F MAE {v.forces_mae:.4g} {fu}" if v.forces_mae is not None else ""
             progress.console.print(
                 f"epoch {r.epoch:4d}  train loss {r.train_loss:.4g}  val loss {v.loss:.4g}  "
-                f"val E MAE {v.energy_mae:.4g} {eu}{forces}  lr {r.lr:.3g}  {r.seconds:.1f}s{'  *' if r.improved else ''}"
+                f"val E MAE {v.energy_mae:.4g} {eu}{forces}  lr {r.lr:.3g}  "
+                f"{r.seconds:.1f}s{'  *' if r.improved else ''}"
             )
             progress.update(task, completed=r.epoch)
 
@@ -95,7 +92,8 @@ def run_train(spec: TrainSpec, out: Path, console: Console | None = None, overwr
             "stop_reason": result.stop_reason,
         },
     )
-    path = save_model(trainer.model, info, out, extra_files={"split.json": manifest.to_json(), "spec.json": spec.model_dump_json(indent=2)},
+    path = save_model(trainer.model, info, out,
+                      extra_files={"split.json": manifest.to_json(), "spec.json": spec.model_dump_json(indent=2)},
                       overwrite=overwrite)
     console.print(f"model written to {path}")
     return TrainOutcome(path, val_m, test_m, result.stop_reason, result.history[-1].epoch if result.history else 0)

@@ -71,8 +71,8 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        return cls(float(d.get("energy_scale", 1.0)), float(d.get("forces_scale", 1.0)), str(d.get("method", "identity")),
-                   dict(d.get("details", {})))
+        return cls(float(d.get("energy_scale", 1.0)), float(d.get("forces_scale", 1.0)),
+                   str(d.get("method", "identity")), dict(d.get("details", {})))
 
 
 def fit_scale(error: np.ndarray, std: np.ndarray) -> float:
@@ -88,7 +88,8 @@ def fit_scale(error: np.ndarray, std: np.ndarray) -> float:
     return float(np.sqrt(np.mean((e / s) ** 2)))
 
 
-def fit_scale_oof(oof_member_error: np.ndarray, heldout_std: np.ndarray, k: int, min_scale: float = 0.05) -> tuple[float, dict[str, float]]:
+def fit_scale_oof(oof_member_error: np.ndarray, heldout_std: np.ndarray, k: int,
+                  min_scale: float = 0.05) -> tuple[float, dict[str, float]]:
     """Scale from out-of-fold member errors and ensemble stds on held-out inputs (see module docstring).
 
     Args:
@@ -136,7 +137,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / den) if den > 0 else float("nan")
 
 
-def reliability(error: np.ndarray, sigma: np.ndarray, levels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reliability(error: np.ndarray, sigma: np.ndarray,
+                levels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Expected vs observed coverage of central Gaussian intervals ±z_p·σ.
 
     Returns:

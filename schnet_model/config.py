@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from schnet_model.units import canonical_energy_unit, canonical_length_unit
 
@@ -21,13 +21,13 @@ before). Compilation costs 20–30 s once per process on a small CPU, which shor
 recover. Counted per model instance, so two identically seeded runs switch at the same step."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Base: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """SchNet architecture.
 
     Paper default (64 features, 64 filters, 3 interactions, 300 Gaussians 0–30 Å every 0.1 Å,
@@ -49,6 +49,7 @@ class ModelConfig(_Strict):
         None, ge=1, description="hidden size of the output MLP; null = n_atom_basis // 2 (32)"
     )
     max_z: int = Field(100, ge=2, le=200, description="rows of the embedding table (Z < max_z)")
+    family: Literal["schnet"] = Field("schnet", description="the model family (schnet | painn)")
 
     @property
     def n_rbf(self) -> int:
@@ -56,11 +57,67 @@ class ModelConfig(_Strict):
         return int(round(self.rbf_max / self.rbf_spacing))
 
 
+class PaiNNConfig(StrictModel):
+    """PaiNN architecture (Schütt, Unke & Gastegger 2021; defaults as the paper's MD17 models): scalar and vector
+    features of size ``n_atom_basis``, ``n_interactions`` message + update blocks, ``n_rbf`` radial functions
+    ``sin(nπr/r_c)/r`` and a cosine cutoff at ``cutoff`` Å."""
+
+    n_atom_basis: int = Field(128, ge=1, description="scalar and vector feature size F")
+    n_interactions: int = Field(3, ge=1, description="message + update blocks")
+    n_rbf: int = Field(20, ge=1, description="radial basis functions sin(nπr/r_c)/r, n = 1 … n_rbf")
+    cutoff: float = Field(5.0, gt=0, description="cosine cutoff radius in Å")
+    shared_filters: bool = Field(False, description="one filter network for every block")
+    shared_interactions: bool = Field(False, description="one set of block weights used n_interactions times")
+    n_output_hidden: int | None = Field(None, ge=1, description="hidden size of the output MLP; null = F // 2")
+    max_z: int = Field(100, ge=2, le=200, description="rows of the embedding table (Z < max_z)")
+    epsilon: float = Field(1e-8, gt=0, description="added under the square root of the vector norms")
+    family: Literal["painn"] = Field("painn", description="the model family (schnet | painn)")
+
+
+FAMILIES: dict[str, type[StrictModel]] = {"schnet": ModelConfig, "painn": PaiNNConfig}
+"""``model.family`` → its architecture schema (``schnet`` when a spec or model directory names none)."""
+
+
+def family_of(value: Any) -> str:
+    """The family a model section (a mapping or a config) names; ``schnet`` by default."""
+    if isinstance(value, dict):
+        return value.get("family", "schnet")
+    return getattr(value, "family", "schnet")
+
+
+AnyModelConfig = Annotated[
+    Annotated[ModelConfig, Tag("schnet")] | Annotated[PaiNNConfig, Tag("painn")], Discriminator(family_of)]
+"""A ``model`` section of either family, told apart by ``family`` (absent: SchNet, as every spec before PaiNN)."""
+
+
+def unknown_family(*given: Any) -> str:
+    """The one-line error of a ``model.family`` that names no family."""
+    return f"model.family: expected {' or '.join(FAMILIES)} (got {', '.join(map(repr, given))})"
+
+
+def model_config(values: dict[str, Any]) -> ModelConfig | PaiNNConfig:
+    """The architecture config of a ``model`` mapping: its family's schema (pydantic's ValidationError, or a one-line
+    ValueError for an unknown family)."""
+    family = family_of(values)
+    if family not in FAMILIES:
+        raise ValueError(unknown_family(family))
+    return FAMILIES[family](**values)
+
+
+def family_key_hint(key: str, family: str) -> str | None:
+    """Why ``key`` is not a key of ``family``'s model section when another family has it (else None), e.g.
+    ``a painn key; model.family is schnet``."""
+    others = [name for name, schema in FAMILIES.items() if name != family and key in schema.model_fields]
+    if not others or family not in FAMILIES:
+        return None
+    return f"a {' / '.join(others)} key; model.family is {family}"
+
+
 TEST_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 RESERVED_TEST_NAMES = frozenset({"val", "train", "oof", "cv", "best", "ensemble", "fold"})
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(StrictModel):
     """Where the data comes from, its units and how it is split.
 
     ``path`` is resolved against the spec file's directory by the orchestrator. With
@@ -114,7 +171,7 @@ class DatasetConfig(_Strict):
         if self.download in ("md17", "rmd17") and self.path is None and not self.molecule:
             raise ValueError(f"dataset.download: {self.download} needs dataset.molecule (e.g. aspirin)")
         if self.download in ("md17", "rmd17") and self.path is None and self.molecule:
-            from schnet_model.data.download import normalize_molecule  # the one list of MD17/rMD17 molecules
+            from schnet_model.data.catalog import normalize_molecule  # the one list of MD17/rMD17 molecules
 
             try:
                 canonical = normalize_molecule(self.download, self.molecule)
@@ -154,7 +211,7 @@ class DatasetConfig(_Strict):
             self.test_path = absolute(self.test_path)
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictModel):
     """Optimisation of one model.
 
     Paper: Adam, learning rate 1e-3 decayed by 0.96 every 100k steps, batch 32, loss
@@ -189,7 +246,8 @@ class TrainingConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's")
     compile_after: int | None = Field(
         COMPILE_AFTER, ge=0, description="CPU only: training/prediction calls run eagerly before the fused kernels are "
-        "compiled by torch.compile (20–30 s once per process, recovered only by longer runs); 0 = at once, null = never")
+        "compiled by torch.compile (20–30 s once per process, recovered only by longer runs); "
+        "0 = at once, null = never")
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:

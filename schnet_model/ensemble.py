@@ -1,7 +1,8 @@
-"""A vectorised ensemble of k SchNet members: one pass evaluates all members.
+"""A vectorised ensemble of k members of one model family (SchNet, PaiNN): one pass evaluates all members.
 
-The members' weights are stacked along a leading member axis ``k`` and evaluated by the one SchNet
-core (:func:`schnet_model.nn.core.energies_forces`) on a shared input: what is shared between
+The members' weights are stacked along a leading member axis ``k`` and evaluated by their family's member-axis
+forward (:func:`schnet_model.nn.family.energies_forces`; for SchNet, :func:`schnet_model.nn.core.energies_forces`)
+on a shared input. For SchNet: what is shared between
 members is computed once per batch — unordered pairs, distances, their sort and Gaussian windows —
 and on CPU each member's filters are one bank over that shared plan (the first layer of its
 interactions one product per chunk of pairs, over the chunk's window of Gaussians), the atom-wise
@@ -31,13 +32,21 @@ import numpy as np
 import torch
 
 from schnet_model.calibration import Calibration
-from schnet_model.config import ModelConfig
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.neighbors import block_pairs, cutoff_pairs_many
 from schnet_model.files import atomic_dir, check_destination
 from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model
-from schnet_model.nn.core import OFFSET_KEYS, Graph, LayoutError, energies_forces, stack_states
-from schnet_model.nn.schnet import SchNet, filter_path
+from schnet_model.nn.core import Graph, LayoutError
+from schnet_model.nn.family import (
+    OFFSET_KEYS,
+    AnyConfig,
+    AnyModel,
+    build_model,
+    energies_forces,
+    memory_per_item,
+    stack_states,
+)
+from schnet_model.nn.schnet import filter_path
 from schnet_model.units import canonical_energy_unit, energy_factor, force_unit
 
 STD_DDOF = 1  # the one std convention: sample std over members (Bessel-corrected)
@@ -94,8 +103,9 @@ class EnsemblePrediction:
         the one place a recalibration is applied to stds."""
         f_std = None if self.forces_std is None else self.forces_std * calibration.forces_scale
         norm, mx, mn = (None, None, None) if f_std is None else _summaries(f_std, self.atom_ptr)
-        return replace(self, energy_std=self.energy_std * calibration.energy_scale, forces_std=f_std, forces_std_norm=norm,
-                       forces_std_max=mx, forces_std_mean=mn, calibrated=calibration.method != "identity")
+        return replace(self, energy_std=self.energy_std * calibration.energy_scale, forces_std=f_std,
+                       forces_std_norm=norm, forces_std_max=mx, forces_std_mean=mn,
+                       calibrated=calibration.method != "identity")
 
     def to_unit(self, unit: str) -> EnsemblePrediction:
         """The same prediction with energies (and forces, stds) converted to ``unit``."""
@@ -107,7 +117,8 @@ class EnsemblePrediction:
         return replace(self, energy=self.energy * f, energy_std=self.energy_std * f, forces=mul(self.forces),
                        forces_std=mul(self.forces_std), forces_std_norm=mul(self.forces_std_norm),
                        forces_std_max=mul(self.forces_std_max), forces_std_mean=mul(self.forces_std_mean),
-                       members_energy=mul(self.members_energy), members_forces=mul(self.members_forces), energy_unit=unit)
+                       members_energy=mul(self.members_energy), members_forces=mul(self.members_forces),
+                       energy_unit=unit)
 
 
 def _summaries(forces_std: np.ndarray, atom_ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,11 +129,11 @@ def _summaries(forces_std: np.ndarray, atom_ptr: np.ndarray) -> tuple[np.ndarray
 
 
 # -- the ensemble ---------------------------------------------------------------------------------
-class SchNetEnsemble:
-    """k SchNet members of one architecture, evaluated together.
+class Ensemble:
+    """k members of one architecture (SchNet or PaiNN), evaluated together (``SchNetEnsemble`` is its old name).
 
     Args:
-        states: k state dicts (the :class:`SchNet` layout), k ≥ 2.
+        states: k state dicts (the layout of ``config``'s family), k ≥ 2.
         config: the members' common architecture.
         energy_unit: the training data's energy unit (forces per Å).
         elements: atomic numbers seen in training.
@@ -130,10 +141,12 @@ class SchNetEnsemble:
         meta: provenance (sweep, trial, run ids) kept in ``ensemble.json``.
     """
 
-    def __init__(self, states: list[dict[str, torch.Tensor]], config: ModelConfig, energy_unit: str, elements: list[int],
-                 calibration: Calibration | None = None, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, states: list[dict[str, torch.Tensor]], config: AnyConfig, energy_unit: str,
+                 elements: list[int], calibration: Calibration | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
         if len(states) < 2:
-            raise EnsembleError(f"an ensemble needs at least 2 members (got {len(states)}); its std is undefined otherwise")
+            raise EnsembleError(f"an ensemble needs at least 2 members (got {len(states)}); "
+                                "its std is undefined otherwise")
         self.config = config
         self.k = len(states)
         self.energy_unit = canonical_energy_unit(energy_unit)
@@ -145,14 +158,12 @@ class SchNetEnsemble:
             self.params = stack_states(self._states, config)  # [k, ...] per state-dict key
         except LayoutError as e:
             raise EnsembleError(str(e)) from None
-        if not all(torch.equal(s["rbf.centers"], self._states[0]["rbf.centers"]) for s in self._states):
-            raise EnsembleError("members use different radial basis centres")
         self.device = torch.device("cpu")
 
     # -- construction and files --
     @classmethod
-    def from_models(cls, models: list[SchNet], infos: list[ModelInfo], calibration: Calibration | None = None,
-                    meta: dict[str, Any] | None = None) -> SchNetEnsemble:
+    def from_models(cls, models: list[AnyModel], infos: list[ModelInfo], calibration: Calibration | None = None,
+                    meta: dict[str, Any] | None = None) -> Ensemble:
         """From loaded members (same config, energy unit and elements required)."""
         cfgs = {json.dumps(m.config.model_dump(), sort_keys=True) for m in models}
         if len(cfgs) > 1:
@@ -165,16 +176,16 @@ class SchNetEnsemble:
 
     @classmethod
     def from_model_dirs(cls, dirs: list[str | Path], calibration: Calibration | None = None,
-                        meta: dict[str, Any] | None = None) -> SchNetEnsemble:
+                        meta: dict[str, Any] | None = None) -> Ensemble:
         """From model directories written by :func:`~schnet_model.save_model` (weights verified, never unpickled)."""
         loaded = [load_model(d) for d in dirs]
         return cls.from_models([m for m, _ in loaded], [i for _, i in loaded], calibration, meta)
 
-    def member_models(self) -> list[SchNet]:
-        """The members as plain :class:`SchNet` modules (for checks and single-model use)."""
+    def member_models(self) -> list[AnyModel]:
+        """The members as plain modules of their family (for checks and single-model use)."""
         out = []
         for st in self._states:
-            m = SchNet(self.config)
+            m = build_model(self.config)
             m.load_state_dict(st, strict=True)
             out.append(m.eval())
         return out
@@ -196,7 +207,7 @@ class SchNetEnsemble:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> SchNetEnsemble:
+    def load(cls, path: str | Path, device: str = "cpu") -> Ensemble:
         """Load an ensemble directory, a downloaded MLflow model of one (``artifacts/ensemble``), or a
         directory of ≥ 2 model directories (uncalibrated)."""
         path = Path(path)
@@ -205,7 +216,8 @@ class SchNetEnsemble:
         for cand in (path, path / "artifacts" / "ensemble", path / "ensemble"):
             if (cand / MANIFEST).is_file():
                 return cls._load_manifest(cand).to(device)
-        members = sorted(d for d in path.iterdir() if (d / "config.json").is_file() and (d / "weights.safetensors").is_file())
+        members = sorted(d for d in path.iterdir()
+                         if (d / "config.json").is_file() and (d / "weights.safetensors").is_file())
         if len(members) >= 2:
             try:
                 return cls.from_model_dirs(members, meta={"source": str(path)}).to(device)
@@ -214,7 +226,7 @@ class SchNetEnsemble:
         raise EnsembleError(f"{path}: not an ensemble (no {MANIFEST}, and not a directory of ≥ 2 model directories)")
 
     @classmethod
-    def _load_manifest(cls, path: Path) -> SchNetEnsemble:
+    def _load_manifest(cls, path: Path) -> Ensemble:
         try:
             man = json.loads((path / MANIFEST).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -222,17 +234,18 @@ class SchNetEnsemble:
         if man.get("format") != FORMAT or man.get("version") != VERSION:
             raise EnsembleError(f"{path / MANIFEST}: expected format {FORMAT!r} version {VERSION}")
         if man.get("std_ddof", STD_DDOF) != STD_DDOF:
-            raise EnsembleError(f"{path / MANIFEST}: written with std ddof={man.get('std_ddof')}, this code uses {STD_DDOF}")
+            raise EnsembleError(f"{path / MANIFEST}: written with std ddof={man.get('std_ddof')}, "
+                                f"this code uses {STD_DDOF}")
         try:
-            ens = cls.from_model_dirs([path / m for m in man["members"]], Calibration.from_dict(man.get("calibration") or {}),
-                                      man.get("meta") or {})
+            ens = cls.from_model_dirs([path / m for m in man["members"]],
+                                      Calibration.from_dict(man.get("calibration") or {}), man.get("meta") or {})
         except ModelLoadError as e:
             raise EnsembleError(str(e)) from e
         except KeyError as e:
             raise EnsembleError(f"{path / MANIFEST}: missing key {e}") from e
         return ens
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SchNetEnsemble:
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Ensemble:
         """Move (and optionally cast) the stacked weights; energy offsets stay float64."""
         if device is not None:
             self.device = torch.device(device)
@@ -261,9 +274,7 @@ class SchNetEnsemble:
 
     def cost_per_molecule(self, n_atoms: np.ndarray, n_pairs: np.ndarray) -> np.ndarray:
         """Estimated bytes per molecule (``n_pairs`` unordered) for all k members: the batching budget's unit."""
-        c = self.config
-        per_pair = 8 * c.n_interactions * c.n_filters + 16  # W, W', ∂E/∂W, messages and their saved inputs
-        per_atom = 10 * c.n_interactions * max(c.n_filters, c.n_atom_basis) + 16
+        per_pair, per_atom = memory_per_item(self.config)
         item = torch.finfo(self.dtype).bits // 8
         return self.k * item * (per_pair * n_pairs.astype(np.float64) + per_atom * n_atoms.astype(np.float64))
 
@@ -358,11 +369,16 @@ class SchNetEnsemble:
                                  members_energy=m_e, members_forces=m_f)
         return raw.scaled(self.calibration) if calibrated else raw
 
-    def predict_arrays(self, Z: np.ndarray, R: np.ndarray, atom_ptr: np.ndarray | None = None, **kw: Any) -> EnsemblePrediction:
-        """:meth:`predict` for raw arrays: ``Z`` [n_atoms], ``R`` [n_atoms, 3] Å, ``atom_ptr`` [N+1] (default: one molecule)."""
+    def predict_arrays(self, Z: np.ndarray, R: np.ndarray, atom_ptr: np.ndarray | None = None,
+                       **kw: Any) -> EnsemblePrediction:
+        """:meth:`predict` for raw arrays: ``Z`` [n_atoms], ``R`` [n_atoms, 3] Å, ``atom_ptr`` [N+1] (default: one
+        molecule)."""
         ptr = np.array([0, len(Z)]) if atom_ptr is None else np.asarray(atom_ptr)
         mols = Molecules(Z=Z, R=R, atom_ptr=ptr, E=None, F=None, energy_unit=self.energy_unit, name="input")
         return self.predict(mols, **kw)
 
 
-__all__ = ["STD_DDOF", "EnsembleError", "EnsemblePrediction", "SchNetEnsemble", "block_pairs", "plan_batches"]
+SchNetEnsemble = Ensemble  # the name before PaiNN: users' imports keep working
+
+__all__ = ["STD_DDOF", "Ensemble", "EnsembleError", "EnsemblePrediction", "SchNetEnsemble", "block_pairs",
+           "plan_batches"]

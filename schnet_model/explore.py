@@ -1,6 +1,6 @@
 """Exploration: Langevin MD driven by an ensemble, stopped where its force uncertainty gets too large.
 
-Every step the :class:`~schnet_model.calculator.SchNetEnsembleCalculator` returns the ensemble-mean
+Every step the :class:`~schnet_model.calculator.EnsembleCalculator` returns the ensemble-mean
 forces and, per atom, the recalibrated std of the force components (``forces_std_norm =
 sqrt(σx² + σy² + σz²)``, eV/Å). A trajectory stops at the first step where the largest per-atom
 ``forces_std_norm`` exceeds ``threshold`` (eV/Å): it has left the region the training data covered.
@@ -26,27 +26,28 @@ try:  # ASE ≥ 3.29
 except ImportError:  # older ASE
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
 
-from schnet_model.calculator import SchNetEnsembleCalculator
-from schnet_model.ensemble import SchNetEnsemble
+from schnet_model.calculator import EnsembleCalculator
+from schnet_model.ensemble import Ensemble
 
 
 @dataclass
 class Trajectory:
     """The recorded frames of one run and where it ended."""
 
-    frames: list[Atoms]  # info: trajectory, step, time_fs, energy (eV), energy_std (eV), forces_std_max (eV/Å),
-    #                       temperature_K (instantaneous), thermostat_K; arrays: forces [n_atoms, 3] eV/Å, forces_std_norm [n_atoms] eV/Å
+    # info: trajectory, step, time_fs, energy (eV), energy_std (eV), forces_std_max (eV/Å),
+    # temperature_K (instantaneous), thermostat_K; arrays: forces [n_atoms, 3] eV/Å, forces_std_norm [n_atoms] eV/Å
+    frames: list[Atoms]
     stopped_at: int | None  # the step at which the force std crossed the threshold; None: it never did
     steps: int  # steps run
 
 
-def run_trajectory(atoms: Atoms, ensemble: SchNetEnsemble, temperature_K: float, steps: int, threshold: float,
+def run_trajectory(atoms: Atoms, ensemble: Ensemble, temperature_K: float, steps: int, threshold: float,
                    rng: np.random.Generator, every: int = 10, timestep_fs: float = 0.5, friction_per_fs: float = 0.01,
                    index: int = 0, on_frame: Callable[[Atoms], None] | None = None) -> Trajectory:
     """Langevin MD of ``atoms`` (a copy; isolated, centre of mass fixed) until ``steps`` or the threshold (eV/Å)."""
     atoms = atoms.copy()
     atoms.pbc = False
-    atoms.calc = SchNetEnsembleCalculator(ensemble)  # eV, eV/Å, recalibrated std
+    atoms.calc = EnsembleCalculator(ensemble)  # eV, eV/Å, recalibrated std
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
@@ -80,14 +81,14 @@ def run_trajectory(atoms: Atoms, ensemble: SchNetEnsemble, temperature_K: float,
     return Trajectory(frames, None, steps)
 
 
-def explore(ensemble: SchNetEnsemble, starts: list[Atoms], temperature_K: float | Sequence[float], steps: int,
+def explore(ensemble: Ensemble, starts: list[Atoms], temperature_K: float | Sequence[float], steps: int,
             threshold: float, seed: int = 0, every: int = 10, timestep_fs: float = 0.5,
             friction_per_fs: float = 0.01) -> list[Trajectory]:
     """One trajectory per start geometry, each with its own random stream (``seed``, trajectory index); with several
     temperatures (K), run ``i`` is at ``temperature_K[i % len(temperature_K)]``."""
     temps = [float(temperature_K)] if np.isscalar(temperature_K) else [float(t) for t in temperature_K]  # type: ignore[union-attr]
-    return [run_trajectory(a, ensemble, temps[i % len(temps)], steps, threshold, np.random.default_rng([seed, i]), every,
-                           timestep_fs, friction_per_fs, index=i) for i, a in enumerate(starts)]
+    return [run_trajectory(a, ensemble, temps[i % len(temps)], steps, threshold, np.random.default_rng([seed, i]),
+                           every, timestep_fs, friction_per_fs, index=i) for i, a in enumerate(starts)]
 
 
 __all__ = ["Trajectory", "explore", "run_trajectory"]

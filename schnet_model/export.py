@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from schnet_model.ensemble import STD_DDOF, SchNetEnsemble
+from schnet_model.ensemble import STD_DDOF, Ensemble
 from schnet_model.files import atomic_dir, check_destination, sha256
-from schnet_model.nn.core import Graph, energies_forces
+from schnet_model.nn.core import Graph
+from schnet_model.nn.family import energies_forces
 from schnet_model.units import force_unit
 
 FORMAT, VERSION = "sweep-schnet-ensemble-export", 1
@@ -37,9 +38,10 @@ MIN_ATOMS = 3  # the exported pair count n(n−1)/2 must stay a dynamic size (> 
 
 
 class ExportableEnsemble(torch.nn.Module):
-    """The ensemble as one module of plain tensor operations (dense filters, explicit forces) for ``torch.export``."""
+    """The ensemble as one module of plain tensor operations (SchNet: dense filters, explicit forces; PaiNN: forces by
+    autograd, traced to their backward operations by :func:`_aten_program`) for ``torch.export``."""
 
-    def __init__(self, ens: SchNetEnsemble, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(self, ens: Ensemble, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         self.keys = list(ens.params)
         self.config = ens.config
@@ -49,12 +51,11 @@ class ExportableEnsemble(torch.nn.Module):
         self.register_buffer("scales", torch.tensor([ens.calibration.energy_scale, ens.calibration.forces_scale],
                                                     dtype=torch.float64))
 
-    def forward(self, Z: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n = Z.shape[0]
-        pairs = torch.ones(n, n, dtype=torch.bool, device=Z.device).triu(1).nonzero().T  # [2, n(n−1)/2], i < j
-        torch._check(pairs.shape[1] >= MIN_ATOMS)
+    def forward(self, Z: torch.Tensor, R: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor
+                ) -> tuple[torch.Tensor, ...]:
+        """Outputs for atoms ``Z`` [n] at ``R`` [n, 3] Å with every pair i < j once (``pi``, ``pj`` [n(n−1)/2])."""
         p = {key: getattr(self, f"p{i}") for i, key in enumerate(self.keys)}
-        g = Graph(Z[None], R[None], torch.zeros_like(Z)[None], 1, pairs[0][None], pairs[1][None])
+        g = Graph(Z[None], R[None], torch.zeros_like(Z)[None], 1, pi[None], pj[None])
         e, f = energies_forces(p, self.config, g, True, filters="dense")  # [k, 1] float64, [k, n, 3]
         e, f = e[:, 0], f.to(torch.float64)
         f_std = f.std(0, correction=STD_DDOF) * self.scales[1]  # [n, 3]
@@ -62,14 +63,53 @@ class ExportableEnsemble(torch.nn.Module):
                 torch.linalg.vector_norm(f_std, dim=-1), e, f)
 
 
-def export_ensemble(ens: SchNetEnsemble, out: str | Path, dtype: torch.dtype = torch.float64, max_atoms: int = 10_000,
+def all_pairs(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair i < j of n atoms once: ([n(n−1)/2], [n(n−1)/2]) int64 (a dynamic size under ``torch.export``)."""
+    pairs = torch.ones(n, n, dtype=torch.bool, device=device).triu(1).nonzero().T  # [2, n(n−1)/2]
+    torch._check(pairs.shape[1] >= MIN_ATOMS)
+    return pairs[0], pairs[1]
+
+
+class _AtenProgram(torch.nn.Module):
+    """A module's forward as a graph of aten operations, its buffers held here and passed in."""
+
+    def __init__(self, graph: torch.fx.GraphModule, buffers: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.graph_module = graph
+        for i, b in enumerate(buffers):
+            self.register_buffer(f"b{i}", b)
+        self.n = len(buffers)
+
+    def forward(self, Z: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pi, pj = all_pairs(Z.shape[0], Z.device)
+        return self.graph_module(Z, R, pi, pj, *(getattr(self, f"b{i}") for i in range(self.n)))
+
+
+def _aten_program(module: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> _AtenProgram:
+    """``module``'s forward traced by torch's ``make_fx`` (symbolic sizes), autograd included: forces taken by
+    ``torch.autograd.grad`` become the backward's own operations, which ``torch.export`` takes as they are (it
+    cannot trace ``autograd.grad`` itself)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    names = [name for name, _ in module.named_buffers()]
+    buffers = [b for _, b in module.named_buffers()]
+
+    def call(Z: torch.Tensor, R: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor, *values: torch.Tensor
+             ) -> tuple[torch.Tensor, ...]:
+        return torch.func.functional_call(module, dict(zip(names, values, strict=True)), (Z, R, pi, pj))
+
+    pi, pj = all_pairs(example[0].shape[0], example[0].device)
+    return _AtenProgram(make_fx(call, tracing_mode="symbolic")(*example, pi, pj, *buffers), buffers)
+
+
+def export_ensemble(ens: Ensemble, out: str | Path, dtype: torch.dtype = torch.float64, max_atoms: int = 10_000,
                     overwrite: bool = False) -> Path:
     """Export ``ens`` to directory ``out`` (written atomically); the directory. An existing export is replaced only
     with ``overwrite``, anything else never."""
     check_destination(out, "export directory", PROGRAM, overwrite)
-    module = ExportableEnsemble(ens, dtype).eval()
     n = 9
     example = (torch.full((n,), ens.elements[0], dtype=torch.int64), torch.randn(n, 3, dtype=torch.float64) * 1.5)
+    module = _aten_program(ExportableEnsemble(ens, dtype).eval(), example)
     atoms = torch.export.Dim("n_atoms", min=MIN_ATOMS, max=max_atoms)
     with torch.no_grad():
         program = torch.export.export(module, example, dynamic_shapes={"Z": {0: atoms}, "R": {0: atoms}})
@@ -92,7 +132,7 @@ def export_ensemble(ens: SchNetEnsemble, out: str | Path, dtype: torch.dtype = t
 
 
 # The loader shipped beside the program: standard library + torch only (no sweep, no numpy).
-LOADER_SOURCE = '''"""Load a SchNet ensemble exported by `sweep ensemble --export DIR` (needs only torch).
+LOADER_SOURCE = '''"""Load an ensemble (SchNet or PaiNN) exported by `sweep ensemble --export DIR` (needs only torch).
 
     from load_ensemble import load
     ens = load("DIR")

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def sha256(path: str | Path) -> str:
@@ -25,17 +26,61 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class AtomicFiles:
+    """Temporary files next to their targets, renamed into place together by :meth:`commit`, removed otherwise (the
+    one way this project writes a file: a reader never sees half of one, an error leaves the old one).
+
+    ``mode`` ``"w"`` (UTF-8 text) or ``"wb"``; the temporary files are ``.NAME.<random><suffix>`` beside each target.
+    """
+
+    def __init__(self, *targets: str | Path, mode: str = "w", suffix: str = ".part") -> None:
+        self.targets = [Path(t).resolve() for t in targets]
+        self.mode, self.suffix = mode, suffix
+        self.tmps: list[Path] = []
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> list[Any]:
+        for t in self.targets:
+            t.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{t.name}.", suffix=self.suffix, dir=t.parent)
+            self.tmps.append(Path(name))
+            text = {} if "b" in self.mode else {"newline": "", "encoding": "utf-8"}
+            self.handles.append(os.fdopen(fd, self.mode, **text))
+        return self.handles
+
+    def commit(self) -> None:
+        for h in self.handles:
+            h.flush()
+            os.fsync(h.fileno())
+            h.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp, t in zip(self.tmps, self.targets, strict=True):
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, t)
+        self.tmps = []
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            if not h.closed:
+                h.close()
+        for tmp in self.tmps:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", suffix: str = ".part") -> Iterator[Any]:
+    """An open temporary file beside ``path``, renamed to ``path`` when the block succeeds (:class:`AtomicFiles`)."""
+    files = AtomicFiles(path, mode=mode, suffix=suffix)
+    with files as (handle,):
+        yield handle
+        files.commit()
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 class DestinationError(ValueError):
@@ -110,4 +155,5 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         raise
 
 
-__all__ = ["DestinationError", "atomic_dir", "check_destination", "check_file_destination", "sha256", "write_text"]
+__all__ = ["AtomicFiles", "DestinationError", "atomic_dir", "atomic_file", "check_destination",
+           "check_file_destination", "sha256", "write_text"]

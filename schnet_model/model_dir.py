@@ -3,7 +3,7 @@
 Layout::
 
     model/
-      config.json          {"format": "sweep-schnet", "version": 1, "model": {...ModelConfig}}
+      config.json          {"format": "sweep-schnet", "version": 1, "model": {"family": ..., ...}}
       weights.safetensors  state dict (float32 weights, float64 energy offsets)
       metadata.json        units, element list, weights sha256, metrics, provenance
 
@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from schnet_model.config import ModelConfig
+from schnet_model.config import model_config
 from schnet_model.files import atomic_dir, check_destination, sha256
-from schnet_model.nn.schnet import SchNet
+from schnet_model.nn.family import AnyModel, build_model
 from schnet_model.units import canonical_energy_unit
 
 FORMAT = "sweep-schnet"
@@ -48,10 +48,11 @@ class ModelInfo:
 
 
 
-def save_model(model: SchNet, info: ModelInfo, out: str | Path, extra_files: dict[str, str] | None = None,
+def save_model(model: AnyModel, info: ModelInfo, out: str | Path, extra_files: dict[str, str] | None = None,
                overwrite: bool = False) -> Path:
     """Write ``model``, ``info`` and ``extra_files`` (name → text) to directory ``out`` atomically; an existing model
-    directory is replaced only with ``overwrite``, anything else never (:func:`~schnet_model.files.check_destination`)."""
+    directory is replaced only with ``overwrite``, anything else never
+    (:func:`~schnet_model.files.check_destination`)."""
     out = check_destination(out, "model directory", CONFIG, overwrite).resolve()
     with atomic_dir(out) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -73,7 +74,7 @@ def save_model(model: SchNet, info: ModelInfo, out: str | Path, extra_files: dic
     return out
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[SchNet, ModelInfo]:
+def load_model(path: str | Path, device: str = "cpu") -> tuple[AnyModel, ModelInfo]:
     """Load a model directory written by :func:`save_model` (no unpickling)."""
     path = Path(path)
     for name in (CONFIG, WEIGHTS, METADATA):
@@ -87,8 +88,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[SchNet, ModelInfo
     if cfg.get("format") != FORMAT or cfg.get("version") != VERSION:
         raise ModelLoadError(f"{path / CONFIG}: expected format {FORMAT!r} version {VERSION}")
     try:
-        config = ModelConfig(**cfg["model"])
-    except (ValidationError, TypeError, KeyError) as e:
+        config = model_config(cfg["model"])
+    except (ValidationError, TypeError, KeyError, ValueError) as e:
         raise ModelLoadError(f"{path / CONFIG}: invalid model config ({e})") from e
     digest = sha256(path / WEIGHTS)
     if digest != meta.get("weights_sha256"):
@@ -99,11 +100,12 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[SchNet, ModelInfo
         state = load_file(str(path / WEIGHTS), device=device)
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelLoadError(f"{path / WEIGHTS}: not a safetensors file ({e}); pickled checkpoints are refused") from e
-    model = SchNet(config)
+    model = build_model(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"{path / WEIGHTS}: weights do not fit the config ({str(e).splitlines()[0]})") from e
     model.to(device).eval()
-    extra = {k: v for k, v in meta.items() if k not in ("energy_unit", "elements", "length_unit", "force_unit", "weights_sha256")}
+    extra = {k: v for k, v in meta.items()
+             if k not in ("energy_unit", "elements", "length_unit", "force_unit", "weights_sha256")}
     return model, ModelInfo(meta["energy_unit"], list(meta["elements"]), meta.get("length_unit", "Å"), extra)

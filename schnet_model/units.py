@@ -13,8 +13,8 @@ _EV_PER: dict[str, float] = {
     "eV": 1.0,
     "meV": 1e-3,
     "Ha": 27.211386245988,
-    "kcal/mol": 0.04336410390059322,
-    "kJ/mol": 0.010364269656262174,
+    "kcal/mol": 4.184 * 0.010364269656262174,  # the thermochemical calorie: exactly 4.184 kJ/mol
+    "kJ/mol": 0.010364269656262174,  # 1000 / (N_A e), both exact in SI
 }
 _ANGSTROM_PER: dict[str, float] = {
     "Å": 1.0,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,13 @@ def quickstart_data() -> Path:
 TINY_MODEL = {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1, "rbf_max": 6.0}
 
 
+def sweep_cli(*args: str, cwd: Path, timeout: float, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess:
+    """``sweep ARGS`` in its own process (Ray never starts inside pytest), output captured, 200 columns wide."""
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**(os.environ if env is None else env), "COLUMNS": "200"})
+
+
 def write_sweep_spec(path: Path, body: dict, **over) -> Path:
     """A tiny sweep spec on the quickstart data at ``path``: a tiny model, k = 2, SQLite tracking
     and ``sweeps`` storage unless ``body`` says otherwise; then ``section__key=value`` (one key
@@ -69,13 +80,11 @@ def write_sweep_spec(path: Path, body: dict, **over) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def trained_ensemble(tmp_path_factory) -> Path:
-    """A 3-member ensemble trained briefly on the quickstart ethanol (forces that mean something), saved as a
-    directory, float64 weights: what `sweep ensemble --save DIR` writes, small enough for MD tests."""
+def _quick_ensemble(out: Path, make, epochs: int) -> Path:
+    """Three members ``make()`` trained briefly on the quickstart ethanol, saved as an ensemble directory at ``out``."""
     from schnet_model import DatasetConfig, Trainer, TrainingConfig
     from schnet_model.data.load import load_dataset
-    from schnet_model.ensemble import SchNetEnsemble
+    from schnet_model.ensemble import Ensemble
     from schnet_model.model_dir import ModelInfo
 
     data = load_dataset(DatasetConfig(path=QUICKSTART_DATA)).molecules
@@ -84,10 +93,38 @@ def trained_ensemble(tmp_path_factory) -> Path:
     for s in range(3):
         idx = rng.permutation(900)
         torch.manual_seed(s)
-        m = SchNet(ModelConfig(n_atom_basis=16, n_filters=16, n_interactions=2, rbf_max=6.0, cutoff=5.0))
-        # 18 epochs × 10 steps stays below the 200 fast-path calls after which the kernels compile (20–30 s)
-        cfg = TrainingConfig(max_epochs=18, batch_size=16, lr=3e-3, seed=s, early_stopping_patience=None)
+        m = make()
+        cfg = TrainingConfig(max_epochs=epochs, batch_size=16, lr=3e-3, seed=s, early_stopping_patience=None)
         Trainer(m, data.subset(idx[:160]), data.subset(idx[160:200]), cfg).fit()
         models.append(m)
-    ens = SchNetEnsemble.from_models(models, [ModelInfo("kcal/mol", [1, 6, 8])] * 3)
-    return ens.save(tmp_path_factory.mktemp("ensemble") / "ens")
+    return Ensemble.from_models(models, [ModelInfo("kcal/mol", [1, 6, 8])] * 3).save(out)
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(tmp_path_factory) -> Path:
+    """A 3-member ensemble trained briefly on the quickstart ethanol (forces that mean something), saved as a
+    directory, float64 weights: what `sweep ensemble --save DIR` writes, small enough for MD tests."""
+    # 18 epochs × 10 steps stays below the 200 fast-path calls after which the kernels compile (20–30 s)
+    return _quick_ensemble(tmp_path_factory.mktemp("ensemble") / "ens", lambda: SchNet(ModelConfig(
+        n_atom_basis=16, n_filters=16, n_interactions=2, rbf_max=6.0, cutoff=5.0)), epochs=18)
+
+
+@pytest.fixture(scope="session")
+def painn_ensemble(tmp_path_factory) -> Path:
+    """As :func:`trained_ensemble`, of three small PaiNN members (16 features, 2 blocks, 5 Å cutoff)."""
+    from schnet_model import PaiNN, PaiNNConfig
+
+    return _quick_ensemble(tmp_path_factory.mktemp("painn_ensemble") / "ens", lambda: PaiNN(PaiNNConfig(
+        n_atom_basis=16, n_interactions=2, n_rbf=10, cutoff=5.0)), epochs=10)
+
+
+def epochs_logged(db: Path) -> int:
+    """The most epochs any trial run of the MLflow store ``db`` has logged (its val_loss_mean history), read-only."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            row = con.execute("select max(step) from metrics where key = 'val_loss_mean'").fetchone()
+        return int(row[0] or 0)
+    except sqlite3.Error:
+        return 0

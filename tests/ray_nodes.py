@@ -90,8 +90,8 @@ class LocalRayCluster:
         temp_dir = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
         log = self.root / f"{temp_dir.name}.log"
         with open(log, "w") as f:
-            proc = subprocess.Popen([*prefix, RAY, "start", "--block", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-                                     f"--dashboard-agent-listen-port={free_port()}", *args],
+            proc = subprocess.Popen([*prefix, RAY, "start", "--block", f"--temp-dir={temp_dir}",
+                                     "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
                                     env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         node = RayNode(proc, temp_dir, log)
         deadline = time.time() + timeout

@@ -7,22 +7,19 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import QUICKSTART_DATA
+from conftest import QUICKSTART_DATA, sweep_cli
 
 pytestmark = pytest.mark.slow
 
 
-def sweep(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
-
+sweep = partial(sweep_cli, timeout=120)  # sweep ARGS, cwd=…: the CLI in its own process
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
     """The command failed with ``code``, said so in one line containing every needle, and printed no traceback."""
@@ -113,7 +110,7 @@ def test_sweep_data_generate_checks_its_destination_before_labelling(work, out, 
     assert snapshot(work) == before
 
 
-# -- nothing hangs: an unreachable or unknown tracking store fails in seconds -------------------------------------------
+# -- nothing hangs: an unreachable or unknown tracking store fails in seconds ------------------------------------------
 
 @pytest.mark.parametrize("command", [["list"], ["status"], ["ensemble"]])
 @pytest.mark.parametrize(("uri", "needles"), [
@@ -143,7 +140,7 @@ def test_resume_name_outside_the_storage_root_is_refused(work):
     assert not (work / "sweeps").exists() and not (work / "mlflow.db").exists()
 
 
-# -- no traceback: bad data and specs, in one line ------------------------------------------------------------------------
+# -- no traceback: bad data and specs, in one line ---------------------------------------------------------------------
 
 def _npz(work: Path, name: str, **change) -> str:
     z = dict(np.load(QUICKSTART_DATA))
@@ -166,7 +163,8 @@ def test_bad_data_files_in_one_line(work):
     e[2] = np.nan
     one_line_error(sweep("data", "info", _npz(work, "nan.npz", E=e), cwd=work), "nan.npz: frame 3: energy is nan")
     (work / "rand.npz").write_bytes(np.random.default_rng(0).bytes(5000))
-    err = one_line_error(sweep("data", "info", "rand.npz", cwd=work), "rand.npz: not a readable npz file", "not a complete zip archive")
+    err = one_line_error(sweep("data", "info", "rand.npz", cwd=work), "rand.npz: not a readable npz file",
+                         "not a complete zip archive")
     assert "allow_pickle" not in err and "pickle" not in err  # no advice to do the unsafe thing
     (work / "empty_frame.xyz").write_text("1\nenergy=-1.0 pbc=\"F F F\"\nH 0 0 0\n0\nenergy=-2.0 pbc=\"F F F\"\n")
     one_line_error(sweep("data", "info", "empty_frame.xyz", cwd=work), "frame 2 has no atoms")
@@ -178,7 +176,8 @@ def test_bad_specs_in_one_line(work):
     one_line_error(sweep("train", "specdir", cwd=work), "specdir: is a directory")
     (work / "dup.yaml").write_text("dataset: {path: small.npz}\ntraining: {lr: {loguniform: [1.0e-4, 1.0e-3]}}\n"
                                    "model: {}\ntraining: {max_epochs: 2}\n")
-    one_line_error(sweep("run", "dup.yaml", cwd=work), "dup.yaml: line 4", "key 'training' appears twice (lines 2 and 4)")
+    one_line_error(sweep("run", "dup.yaml", cwd=work), "dup.yaml: line 4",
+                   "key 'training' appears twice (lines 2 and 4)")
     err = one_line_error(sweep("train", "s.yaml", "--set", "training.lr=1e-3", "--set", "training=5", cwd=work),
                          "training: Input should be a valid dictionary (got 5) (from --set training=5)")
     assert "training.lr=1e-3" not in err
@@ -194,7 +193,8 @@ def test_a_unit_override_names_both_units():
     from schnet_model.data.load import load_dataset
 
     m = load_dataset(DatasetConfig(path=QUICKSTART_DATA, energy_unit="eV")).molecules
-    assert "energy in eV" in m.describe() and "note: the file declares kcal/mol, read as eV by dataset.energy_unit" in m.describe()
+    assert "energy in eV" in m.describe() and (
+        "note: the file declares kcal/mol, read as eV by dataset.energy_unit" in m.describe())
     assert "note" not in load_dataset(DatasetConfig(path=QUICKSTART_DATA)).molecules.describe()
 
 
@@ -211,7 +211,7 @@ def test_evaluate_says_when_the_references_look_like_another_unit(work, trained_
 
 
 def test_predictions_beyond_any_std_seen_on_held_out_molecules_are_flagged():
-    from orchestrator.ensemble.command import extrapolated
+    from orchestrator.ensemble.ensemble_command import extrapolated
     from schnet_model.data.molecules import Molecules
     from schnet_model.ensemble import EnsemblePrediction
 
@@ -221,7 +221,8 @@ def test_predictions_beyond_any_std_seen_on_held_out_molecules_are_flagged():
     f_std[4, 1] = 0.5  # molecule 2: one force component far less certain than any seen
     norm = np.linalg.norm(f_std, axis=1)
     pred = EnsemblePrediction(energy=np.zeros(2), energy_std=np.array([0.02, 0.03]), forces=np.zeros((5, 3)),
-                              forces_std=f_std, forces_std_norm=norm, forces_std_max=np.array([norm[:2].max(), norm[2:].max()]),
+                              forces_std=f_std, forces_std_norm=norm,
+                              forces_std_max=np.array([norm[:2].max(), norm[2:].max()]),
                               forces_std_mean=np.array([norm[:2].mean(), norm[2:].mean()]), atom_ptr=mols.atom_ptr,
                               energy_unit="eV")
     seen = {"energy_per_atom": 0.05, "forces": 0.1}

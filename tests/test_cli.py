@@ -16,7 +16,8 @@ from schnet_model import load_model
 
 
 def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.fixture
@@ -86,7 +87,8 @@ def test_bad_overrides_give_one_line_errors(tmp_path, spec, args, expected):
     "text, expected",
     [
         ("dataset: {path: x.npz}\ntraining: {epochs: 3}\n", "training.epochs: unknown key"),
-        ("dataset: {path: x.npz}\nmodel: {n_interactions: 0}\n", "model.n_interactions: Input should be greater than or equal to 1"),
+        ("dataset: {path: x.npz}\nmodel: {n_interactions: 0}\n",
+         "model.n_interactions: Input should be greater than or equal to 1"),
         ("model: {}\n", "dataset: required key is missing"),
         ("dataset: {n_train: 3}\n", "dataset: give dataset.path or dataset.download"),
         ("dataset: {path: x.npz\n  bad\n", "line "),
@@ -111,7 +113,8 @@ def test_missing_spec_file(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (("learn", "x.yaml", "--pool-factor", "0"), "error: Invalid value for '--pool-factor': Input should be greater than or equal to 1 (see sweep learn --help)"),
+    (("learn", "x.yaml", "--pool-factor", "0"),
+     "error: Invalid value for '--pool-factor': Input should be greater than or equal to 1 (see sweep learn --help)"),
     (("select", "--temperature", "hot"), "error: Invalid value for '--temperature': Input should be a valid number"),
     (("run", "x.yaml", "--bogus"), "error: No such option: --bogus"),
     (("data", "info"), "error: Missing argument 'path'. (see sweep data info --help)"),

@@ -151,7 +151,8 @@ def test_sweep_spreads_folds_over_two_nodes_and_survives_losing_one(tmp_path, cl
             assert all(f["tags"]["sweep.node_id"] == head for f in trial_folds)  # finished on the head
             after = min(h.timestamp for h in hist if h.timestamp / 1000 > t_kill) / 1000 - t_kill
             report.append(f"trial {t.trial_id} ({t.num_failures} failure) retried "
-                          + (f"from its epoch-{restored_at} checkpoint" if restored_at else "from scratch (no checkpoint yet)")
+                          + (f"from its epoch-{restored_at} checkpoint" if restored_at
+                             else "from scratch (no checkpoint yet)")
                           + f" on the head, next epoch reported {after:.1f} s after the kill")
             if restored_at:
                 assert any("," in f["tags"]["sweep.node_ids"] for f in trial_folds)  # a fold moved off the lost node

@@ -14,7 +14,8 @@ def _write_md17(path, N=6, n=4, e_shape="flat", **extra):
     rng = np.random.default_rng(0)
     R = rng.normal(0, 1.5, (N, n, 3))
     E = rng.normal(-1000, 1, N)
-    arrays = {"R": R, "z": np.array([6, 1, 1, 8][:n], np.uint8), "E": E if e_shape == "flat" else E[:, None], "F": rng.normal(0, 1, (N, n, 3))}
+    arrays = {"R": R, "z": np.array([6, 1, 1, 8][:n], np.uint8), "E": E if e_shape == "flat" else E[:, None],
+              "F": rng.normal(0, 1, (N, n, 3))}
     arrays.update(extra)
     np.savez(path, **arrays)
     return arrays

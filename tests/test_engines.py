@@ -27,14 +27,15 @@ def openmm_system(numbers: np.ndarray):
     return system
 
 
-def test_openmm_force_equals_the_ase_calculator_in_openmm_units(trained_ensemble):
+@pytest.mark.parametrize("family", ["trained_ensemble", "painn_ensemble"], ids=["schnet", "painn"])
+def test_openmm_force_equals_the_ase_calculator_in_openmm_units(request, family):
     from ase import Atoms
     from openmm import unit as u
 
     from schnet_model import SchNetEnsembleCalculator
     from schnet_model.engines.openmm import add_to_system
 
-    ens = SchNetEnsemble.load(trained_ensemble).to(dtype=torch.float64)
+    ens = SchNetEnsemble.load(request.getfixturevalue(family)).to(dtype=torch.float64)
     Z, R = ethanol(3)
     system = openmm_system(Z)
     ef = add_to_system(system, ens, Z)
@@ -87,8 +88,8 @@ def test_openmm_nve_conserves_energy_and_reports_the_uncertainty(trained_ensembl
     kinetic = sim.context.getState(getEnergy=True).getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
     drift = abs(totals[-1] - totals[0])
     assert kinetic > 1.0 and np.ptp(totals) < 0.01 * kinetic, (np.ptp(totals), kinetic)  # NVE: total energy kept
-    print(f"OpenMM NVE ethanol {steps} × {dt_fs} fs: total-energy drift {drift:.3g} kJ/mol, spread {np.ptp(totals):.3g} "
-          f"kJ/mol (kinetic {kinetic:.3g} kJ/mol)")
+    print(f"OpenMM NVE ethanol {steps} × {dt_fs} fs: total-energy drift {drift:.3g} kJ/mol, "
+          f"spread {np.ptp(totals):.3g} kJ/mol (kinetic {kinetic:.3g} kJ/mol)")
     lines = (tmp_path / "uncertainty.csv").read_text().splitlines()
     assert lines[0] == "step,time [ps],energy [kJ/mol],energy_std [kJ/mol],forces_std_max [kJ/mol/nm]"
     assert len(lines) == 1 + steps // 10 and lines[-1].startswith(f"{steps},")
@@ -101,17 +102,117 @@ def test_openmm_nve_conserves_energy_and_reports_the_uncertainty(trained_ensembl
     assert stopper.flagged == [sim.currentStep] and sim.currentStep % 5 == 0
 
 
-def test_openmm_ml_potential_and_bad_input(trained_ensemble):
+def _topology(Z: np.ndarray, names: bool = True):
     from openmm import app
 
-    mlp = pytest.importorskip("openmmml").MLPotential
-    Z, _ = ethanol(0)
     topology = app.Topology()
     res = topology.addResidue("ETH", topology.addChain())
-    for zz in Z:
-        topology.addAtom("X", app.Element.getByAtomicNumber(int(zz)), res)
-    system = mlp("sweep-schnet-ensemble", ensemble=str(trained_ensemble)).createSystem(topology)
+    for i, zz in enumerate(Z):
+        topology.addAtom(f"X{i}" if names else "X", app.Element.getByAtomicNumber(int(zz)), res)
+    return topology
+
+
+def test_openmm_reporter_rows_hold_the_committee_at_their_own_step(trained_ensemble, tmp_path):
+    from openmm import app
+    from openmm import unit as u
+
+    from schnet_model.engines.openmm import UncertaintyReporter, add_to_system
+
+    ens = SchNetEnsemble.load(trained_ensemble).to(dtype=torch.float64)
+    Z, R = ethanol(0)
+    system = openmm_system(Z)
+    ef = add_to_system(system, ens, Z)
+    sim = app.Simulation(_topology(Z), system, openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond,
+                                                                               0.5 * u.femtosecond),
+                         openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(R / 10.0 * u.nanometer)
+    reporter = UncertaintyReporter(ef, tmp_path / "u.csv", interval=7)
+    sim.reporters.append(reporter)
+    sim.step(7)
+    rows = (tmp_path / "u.csv").read_text().splitlines()[1:]
+    assert len(rows) == 1 and rows[0].startswith("7,")
+    step, _, energy, energy_std, f_std = (float(x) for x in rows[0].split(","))
+    # a fresh evaluation at step 7's positions (the System holds the ensemble alone)
+    state = sim.context.getState(getEnergy=True, getPositions=True)
+    assert energy == pytest.approx(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole), rel=1e-9)
+    p = ens.predict_arrays(Z, state.getPositions(asNumpy=True).value_in_unit(u.nanometer) * 10.0)
+    assert energy == pytest.approx(p.energy[0] * 4.184, rel=1e-9)
+    assert energy_std == pytest.approx(p.energy_std[0] * 4.184, rel=1e-5)
+    assert f_std == pytest.approx(p.forces_std_max[0] * 41.84, rel=1e-5)
+    # one committee evaluation per geometry, reporting included: the reporter's at step 7, the integrator's (at
+    # the start of step 8) and getState's are the same one
+    n = ef.last.evaluations
+    assert n == 8  # positions of steps 0..7
+    sim.step(7)
+    assert ef.last.evaluations == n + 7 and sim.context.getState(getEnergy=True) and ef.last.evaluations == n + 7
+    # and the row is not step 6's (what the force's last evaluation held: LangevinMiddle evaluates at the next step)
+    assert abs(energy - ef.at(R / 10.0).energy) > 1e-6
+    reporter.close()
+
+
+def test_openmm_ml_runs_md_with_the_ensemble_and_its_uncertainty(trained_ensemble, tmp_path):
+    import ase.io
+    from ase import Atoms
+    from openmm import app
+    from openmm import unit as u
+
+    mlp = pytest.importorskip("openmmml").MLPotential
+    from schnet_model.engines.openmm import UncertaintyExceeded, UncertaintyReporter, ensemble_force
+
+    Z, R = ethanol(0)
+    ase.io.write(tmp_path / "mol.xyz", Atoms(numbers=Z, positions=R))
+    system = mlp("sweep-schnet-ensemble", ensemble=str(trained_ensemble),
+                 template=str(tmp_path / "mol.xyz")).createSystem(_topology(Z))
     assert any(system.getForce(i).getName() == "SchNetEnsemble" for i in range(system.getNumForces()))
+    ef = ensemble_force(system)
+    sim = app.Simulation(_topology(Z), system, openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond,
+                                                                               0.5 * u.femtosecond),
+                         openmm.Platform.getPlatformByName("Reference"))
+    assert ensemble_force(sim) is ef  # from the Simulation's Context too
+    sim.context.setPositions(R / 10.0 * u.nanometer)
+    sim.context.setVelocitiesToTemperature(300 * u.kelvin, 1)
+    reporter = UncertaintyReporter(ef, tmp_path / "u.csv", interval=5)
+    sim.reporters.append(reporter)
+    sim.step(20)
+    reporter.close()
+    state = sim.context.getState(getEnergy=True, getForces=True, getPositions=True)
+    pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer) * 10.0  # Å
+    assert np.abs(pos - R).max() > 1e-3  # the molecule moved
+    p = SchNetEnsemble.load(trained_ensemble).predict_arrays(Z, pos)
+    assert state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) == pytest.approx(
+        p.energy[0] * 4.184, rel=1e-9)
+    np.testing.assert_allclose(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer),
+                               p.forces * 41.84, rtol=1e-6, atol=1e-6)
+    rows = (tmp_path / "u.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["5", "10", "15", "20"]
+    assert float(rows[-1].split(",")[2]) == pytest.approx(p.energy[0] * 4.184, rel=1e-9)
+    # the threshold stops the OpenMM-ML run as it stops add_to_system's
+    sim.reporters[:] = [stopper := UncertaintyReporter(ef, None, interval=3, max_forces_std=1e-6)]
+    with pytest.raises(UncertaintyExceeded, match=r"step 21: max per-atom force std"):
+        sim.step(30)
+    assert stopper.flagged == [21] and sim.currentStep == 21
+    # a topology whose atoms are not the template's (a PDB with repeated names keeps 3 of 9) is refused
+    from openmm.app import PDBFile
+
+    ase.io.write(tmp_path / "ase.pdb", Atoms(numbers=Z, positions=R))
+    with pytest.warns(UserWarning, match="duplicate atom"):
+        short = PDBFile(str(tmp_path / "ase.pdb")).topology
+    assert short.getNumAtoms() == 3
+    with pytest.raises(EnsembleError, match=r"OpenMM system: 3 atoms, but .*mol.xyz has 9 \(a PDB with repeated atom "
+                                            r"names loses atoms in OpenMM's reader: write it with `sweep md-inputs`\)"):
+        mlp("sweep-schnet-ensemble", ensemble=str(trained_ensemble),
+            template=str(tmp_path / "mol.xyz")).createSystem(short)
+    swapped = Z.copy()
+    swapped[[0, 2]] = swapped[[2, 0]]
+    with pytest.raises(EnsembleError, match=r"OpenMM system: atom 1 is element 8, but .*mol.xyz has 6 there"):
+        mlp("sweep-schnet-ensemble", ensemble=str(trained_ensemble),
+            template=str(tmp_path / "mol.xyz")).createSystem(_topology(swapped))
+    with pytest.raises(EnsembleError, match="OpenMM system: no SchNet ensemble force built in this process"):
+        ensemble_force(openmm_system(Z))
+
+
+def test_openmm_bad_input(trained_ensemble):
+    Z, _ = ethanol(0)
     from schnet_model.engines.openmm import add_to_system
 
     with pytest.raises(EnsembleError, match=r"OpenMM system: elements not seen in training: Cl \(Z=17\)"):
@@ -128,15 +229,19 @@ def test_openmm_ml_potential_and_bad_input(trained_ensemble):
 
 
 def test_unit_factors_used_by_the_engines():
-    assert energy_factor("kcal/mol", "kJ/mol") == pytest.approx(4.184)
+    assert energy_factor("kcal/mol", "kJ/mol") == pytest.approx(4.184, rel=1e-15)  # not a float32 rounding of it
     assert energy_factor("eV", "Ha") == pytest.approx(1 / 27.211386245988, rel=1e-9)
 
 
 # -- i-PI ---------------------------------------------------------------------------------------------
 IPI_INPUT = """<simulation verbosity="low" safe_stride="1000">
   <output prefix="sim">
-    <properties stride="1" filename="out">[step, conserved{{electronvolt}}, potential{{electronvolt}}, kinetic_md{{electronvolt}}]</properties>
+    <properties stride="1" filename="out">[step, conserved{{electronvolt}}, potential{{electronvolt}}, \
+kinetic_md{{electronvolt}}]</properties>
     <trajectory filename="unc" stride="1" extra_type="committee_uncertainty">extras</trajectory>
+    <trajectory filename="fstd" stride="1" extra_type="committee_forces_std_max">extras</trajectory>
+    <trajectory filename="pos" stride="10" format="xyz">positions{{angstrom}}</trajectory>
+    <trajectory filename="frc" stride="10" format="xyz">forces{{ev/ang}}</trajectory>
   </output>
   <total_steps>{steps}</total_steps>
   <prng><seed>31415</seed></prng>
@@ -156,6 +261,14 @@ IPI_INPUT = """<simulation verbosity="low" safe_stride="1000">
   </system>
 </simulation>
 """
+
+
+def ipi_xyz_frames(path) -> np.ndarray:
+    """[frames, n, 3] of an i-PI xyz trajectory (its comment lines are i-PI's, not extended XYZ)."""
+    lines = path.read_text().splitlines()
+    n = int(lines[0])
+    frames = [lines[i + 2:i + 2 + n] for i in range(0, len(lines), n + 2)]
+    return np.array([[[float(v) for v in row.split()[1:4]] for row in f] for f in frames])
 
 
 def _free_port() -> int:
@@ -202,7 +315,8 @@ def test_ipi_runs_the_committee_over_a_socket(trained_ensemble, tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
-    assert drv.returncode == 0 and "Received exit message from i-PI" in drv.stdout, drv.stdout[-2000:] + drv.stderr[-2000:]
+    assert drv.returncode == 0 and "Received exit message from i-PI" in drv.stdout, (
+        drv.stdout[-2000:] + drv.stderr[-2000:])
     assert server.returncode == 0 and "I-PI reports success" in out, out[-2000:]
     rows = np.loadtxt(tmp_path / "sim.out")  # step, conserved eV, potential eV, kinetic eV
     assert rows.shape == (steps + 1, 4)
@@ -214,6 +328,19 @@ def test_ipi_runs_the_committee_over_a_socket(trained_ensemble, tmp_path):
     unc = [float(x) for x in (tmp_path / "sim.unc_0").read_text().splitlines() if x.strip() and "#" not in x]
     # committee_uncertainty (Hartree, alpha = 1): the raw ensemble std (ddof = 1) at step 0
     assert unc[0] == pytest.approx(p.energy_std[0] * energy_factor("kcal/mol", "Ha"), rel=1e-5)
+    # energies and forces along the run: i-PI's forces (eV/Å) at its positions (Å) are the ensemble's mean
+    pos, frc = ipi_xyz_frames(tmp_path / "sim.pos_0.xyz"), ipi_xyz_frames(tmp_path / "sim.frc_0.xyz")
+    assert pos.shape == frc.shape == (steps // 10 + 1, len(Z), 3) and np.abs(pos[-1] - pos[0]).max() > 1e-3
+    ev = energy_factor("kcal/mol", "eV")
+    assert np.abs(frc[0]).max() > 0.1  # forces that mean something
+    np.testing.assert_allclose(frc[0], p.forces * ev, rtol=0, atol=1e-5)  # step 0 at R; printed to 6 digits
+    q = ens.predict_arrays(Z, pos[-1])  # the printed positions carry ~5e-6 Å of rounding: 1e-3 eV/Å here
+    np.testing.assert_allclose(frc[-1], q.forces * ev, rtol=0, atol=1e-3)
+    assert rows[-1, 2] == pytest.approx(q.energy[0] * ev, rel=1e-6)
+    # the driver's own extras, as i-PI names them (committee_ prefix): the calibrated max force std, Ha/Bohr
+    fstd = [x for x in (tmp_path / "sim.fstd_0").read_text().splitlines() if x.strip() and "#" not in x]
+    assert float(fstd[0].strip(" []")) == pytest.approx(
+        ens.predict_arrays(Z, R).forces_std_max[0] * energy_factor("kcal/mol", "Ha") * 0.529177210903, rel=1e-5)
     print(f"i-PI NVE ethanol {steps} × 0.25 fs over a socket: {steps / seconds:.0f} steps/s, conserved-energy drift "
           f"{drift * 1000:.3g} meV")
     shutil.rmtree(tmp_path / "RESTART", ignore_errors=True)
@@ -250,12 +377,19 @@ def _lammps_with_ethanol(Z: np.ndarray, R: np.ndarray, boundary: str = "f f f"):
     return lmp
 
 
-def test_lammps_runs_nve_with_the_ensemble_and_its_uncertainty_in_thermo(trained_ensemble):
+def _lammps_forces(lmp) -> np.ndarray:
+    """[n, 3] per-atom forces LAMMPS holds, in atom ID order."""
+    n = lmp.get_natoms()
+    return np.asarray(lmp.numpy.extract_atom("f")[:n])[np.argsort(lmp.numpy.extract_atom("id")[:n])]
+
+
+@pytest.mark.parametrize("family", ["trained_ensemble", "painn_ensemble"], ids=["schnet", "painn"])
+def test_lammps_runs_nve_with_the_ensemble_and_its_uncertainty_in_thermo(request, family):
     import time
 
     from schnet_model.engines.lammps import attach
 
-    ens = SchNetEnsemble.load(trained_ensemble).to(dtype=torch.float64)
+    ens = SchNetEnsemble.load(request.getfixturevalue(family)).to(dtype=torch.float64)
     Z, R = ethanol(0)
     lmp = _lammps_with_ethanol(Z, R)
     le = attach(lmp, ens, {1: 6, 2: 8, 3: 1})
@@ -266,6 +400,7 @@ def test_lammps_runs_nve_with_the_ensemble_and_its_uncertainty_in_thermo(trained
     assert lmp.get_thermo("pe") == pytest.approx(p.energy[0], rel=1e-9)  # units real: kcal/mol, as trained
     assert lmp.extract_fix("schnet", 0, 1, 0) == pytest.approx(p.energy_std[0], rel=1e-6)  # f_schnet[1]
     assert lmp.extract_fix("schnet", 0, 1, 1) == pytest.approx(p.forces_std_max[0], rel=1e-6)  # f_schnet[2]
+    np.testing.assert_allclose(_lammps_forces(lmp), p.forces, rtol=1e-9, atol=1e-9)  # kcal/mol/Å, atom ID order
     totals, ke = [], []
     t0 = time.perf_counter()
     for _ in range(20):
@@ -279,6 +414,9 @@ def test_lammps_runs_nve_with_the_ensemble_and_its_uncertainty_in_thermo(trained
     print(f"LAMMPS (fix external) NVE ethanol 400 × 0.25 fs: {400 / seconds:.0f} steps/s, total-energy drift "
           f"{drift:.3g} kcal/mol (kinetic {np.mean(ke):.3g} kcal/mol)")
     # the committee's max force std stops the run through fix halt (docs/md.md)
+    x = np.asarray(lmp.numpy.extract_atom("x")[:len(Z)])[np.argsort(lmp.numpy.extract_atom("id")[:len(Z)])]
+    assert np.abs(x - R).max() > 1e-3  # after 400 steps: the forces LAMMPS holds are the ensemble's there
+    np.testing.assert_allclose(_lammps_forces(lmp), ens.predict_arrays(Z, x).forces, rtol=1e-9, atol=1e-9)
     lmp.commands_string("variable fstd equal f_schnet[2]\nfix stop all halt 10 v_fstd > 1.0e-6 error soft")
     lmp.command("run 100")
     assert lmp.get_thermo("step") == 410  # halted at the first check, not 500
@@ -299,3 +437,42 @@ def test_lammps_refuses_periodic_boxes_and_unmapped_types(trained_ensemble):
     with pytest.raises(EnsembleError, match=r"LAMMPS system: elements not seen in training: Cl \(Z=17\)"):
         attach(lmp, trained_ensemble, {1: 6, 2: 17, 3: 1})
     lmp.close()
+
+
+def test_engines_predict_with_one_thread_by_default_and_restore_torchs_count(trained_ensemble, tmp_path):
+    from ase import Atoms
+
+    from schnet_model import SchNetEnsembleCalculator
+    from schnet_model.engines.ipi import SchNetEnsembleDriver
+    from schnet_model.engines.openmm import EnsembleForce
+    from schnet_model.threads import torch_threads
+
+    ens = SchNetEnsemble.load(trained_ensemble)
+    seen: list[int] = []
+    predict = ens.predict_arrays
+
+    def spy(*a, **kw):  # the thread count each engine path predicts with
+        seen.append(torch.get_num_threads())
+        return predict(*a, **kw)
+
+    ens.predict_arrays = spy
+    Z, R = ethanol(0)
+    before = torch.get_num_threads()
+    with torch_threads(3):
+        for threads, want in ((1, 1), (None, 3), (2, 2)):
+            atoms = Atoms(numbers=Z, positions=R)
+            atoms.calc = SchNetEnsembleCalculator(ens, threads=threads)
+            atoms.get_forces()
+            EnsembleForce(ens, Z, threads=threads).at(R / 10.0)
+            assert seen[-2:] == [want, want] and torch.get_num_threads() == 3  # restored after each call
+        atoms.calc = SchNetEnsembleCalculator(ens)
+        atoms.get_potential_energy()
+        assert seen[-1] == 1  # the default
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match=r"threads: 0; expected at least 1"), torch_threads(0):
+        pass
+    import ase.io
+
+    ase.io.write(tmp_path / "mol.xyz", Atoms(numbers=Z, positions=R))
+    with pytest.raises(EnsembleError, match=r"i-PI driver option threads=x: expected a positive integer, or default"):
+        SchNetEnsembleDriver(str(tmp_path / "mol.xyz"), str(trained_ensemble), threads="x")

@@ -23,6 +23,7 @@ from schnet_model.calibration import (
 )
 from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble, block_pairs
 from schnet_model.model_dir import ModelInfo
+from schnet_model.units import energy_factor
 
 TINY = {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 2, "rbf_max": 6.0}
 
@@ -118,7 +119,8 @@ def test_save_load_keeps_members_and_calibration(tmp_path):
 def test_unseen_elements_are_named():
     ens = SchNetEnsemble([small_model(torch.float32, s, **TINY).state_dict() for s in range(2)],
                          small_model(**TINY).config, "kcal/mol", [1, 6, 8])
-    with pytest.raises(EnsembleError, match=r"elements not seen in training: N \(Z=7\), Cl \(Z=17\); .* H \(Z=1\), C \(Z=6\), O \(Z=8\)"):
+    with pytest.raises(EnsembleError, match=r"elements not seen in training: N \(Z=7\), Cl \(Z=17\); "
+                                            r".* H \(Z=1\), C \(Z=6\), O \(Z=8\)"):
         ens.predict_arrays(np.array([7, 17, 1]), np.eye(3) * 1.2)
 
 
@@ -165,11 +167,43 @@ def test_rank_metrics_against_definitions():
     assert m["rmse"] == pytest.approx(np.sqrt(np.mean((y - x) ** 2))) and m["rmv"] == pytest.approx(1.0)
 
 
+def test_force_uncertainty_is_ranked_per_component_per_atom_and_per_molecule():
+    """What an MD stop and an active-learning choice act on is an atom's ‖σ‖ and a molecule's largest one: the
+    report ranks those too, not only the components."""
+    from rich.console import Console
+
+    from orchestrator.ensemble.report import PropertyErrors, build_report, report_table
+    from schnet_model.calibration import Calibration
+
+    rng = np.random.default_rng(0)
+    atom_ptr = np.array([0, 3, 5, 9, 12])  # 4 molecules of 3, 2, 4, 3 atoms
+    sigma = np.repeat(rng.uniform(0.1, 2.0, 12)[:, None], 3, axis=1)  # [12, 3] per-atom σ, the same on x, y, z
+    error = sigma * np.sign(rng.normal(size=(12, 3)))  # |error| = σ on every component: ranks agree everywhere
+    error[4, 1] = np.nan  # a missing reference component drops that atom from the per-atom ranking
+    pf = PropertyErrors("forces", "eV/Å")
+    pf.add(error, sigma, atom_ptr)
+    ranked = pf.ranked()
+    assert ranked["spearman_atom"] == pytest.approx(1.0) and ranked["spearman_molecule"] == pytest.approx(1.0)
+    assert len(pf.atom[0][0]) == 11 and len(pf.molecule[0][0]) == 4
+    flipped = PropertyErrors("forces", "eV/Å")  # errors large where σ is small: −1 per atom
+    flipped.add(np.where(np.isnan(error), np.nan, 1.0 / sigma), sigma, atom_ptr)
+    assert flipped.ranked()["spearman_atom"] == pytest.approx(-1.0)
+    pe = PropertyErrors("energy", "eV")
+    pe.add(rng.normal(size=4), np.ones(4))
+    report = build_report([pe, pf], Calibration())
+    assert "spearman_atom" not in report.metrics["energy"]["raw"]
+    flat = report.flat()
+    assert flat["ensemble_test_forces_spearman_atom_raw"] == flat["ensemble_test_forces_spearman_atom_calibrated"]
+    console = Console(width=200, record=True)
+    console.print(report_table(report, Calibration(), "t"))
+    text = console.export_text()
+    assert "Spearman per atom (‖σ‖, ‖err‖)" in text and "Spearman per molecule (max atom)" in text
+
+
 # -- the ASE calculator ------------------------------------------------------------------------------------
 def test_calculator_results_in_ase_units(tmp_path):
     from ase import Atoms
 
-    from schnet_model.units import energy_factor
 
     ens = SchNetEnsemble.from_model_dirs(member_dirs(tmp_path), Calibration(2.0, 3.0, "test"))
     d = ens.save(tmp_path / "ens")
@@ -269,8 +303,10 @@ def test_sweep_ensemble_assembles_registers_predicts_and_round_trips(tmp_path, m
     run = c.get_run(parent)
     assert run.data.tags["sweep.ensemble_model_uri"] == "models:/tiny-schnet-ensemble/1"
     assert str(c.get_model_version_by_alias("tiny-schnet-ensemble", "champion").version) == "1"
-    for key in ("ensemble_test_energy_nll_raw", "ensemble_test_energy_nll_calibrated", "ensemble_test_forces_spearman_raw",
-                "ensemble_test_forces_miscal_area_calibrated", "ensemble_forces_scale"):
+    for key in ("ensemble_test_energy_nll_raw", "ensemble_test_energy_nll_calibrated",
+                "ensemble_test_forces_spearman_raw", "ensemble_test_forces_miscal_area_calibrated",
+                "ensemble_test_forces_spearman_atom_raw", "ensemble_test_forces_spearman_molecule_calibrated",
+                "ensemble_forces_scale"):
         assert np.isfinite(run.data.metrics[key]), key
     assert "ensemble_reliability.png" in [a.path.split("/")[-1] for a in c.list_artifacts(parent, "plots")]
     cal = json.loads(Path(c.download_artifacts(parent, "ensemble_calibration.json", str(tmp_path))).read_text())
@@ -279,8 +315,8 @@ def test_sweep_ensemble_assembles_registers_predicts_and_round_trips(tmp_path, m
     # outputs: extxyz with per-frame/per-atom fields + CSV, in the training unit
     frames = ase.io.read(tmp_path / "out" / "p.extxyz", ":")
     ens = SchNetEnsemble.load(tmp_path / "ens_dir")
-    mols = ens.predict_arrays(np.concatenate([f.numbers for f in frames]), np.concatenate([f.positions for f in frames]),
-                              np.array([0, 9, 18, 27]))
+    mols = ens.predict_arrays(np.concatenate([f.numbers for f in frames]),
+                              np.concatenate([f.positions for f in frames]), np.array([0, 9, 18, 27]))
     assert len(frames) == 3 and frames[0].info["energy_unit"] == "kcal/mol"
     np.testing.assert_allclose([f.get_potential_energy() for f in frames], mols.energy, rtol=1e-12)
     np.testing.assert_allclose(frames[2].arrays["forces_std"], mols.forces_std[18:27], rtol=1e-6)
@@ -299,12 +335,14 @@ def test_sweep_ensemble_assembles_registers_predicts_and_round_trips(tmp_path, m
     np.testing.assert_allclose(df["energy_std"].to_numpy(), mols.energy_std, rtol=1e-12)
     np.testing.assert_allclose(np.array(df["forces"][1]), mols.forces[9:18], rtol=1e-10)
     # the CLI with the registered model and a unit conversion; a second call reuses the registered version
-    r = cli("ensemble", "--model", "models:/tiny-schnet-ensemble@champion", "--tracking-uri", uri, "--predict", str(inp),
-            "-o", "ev.extxyz", "--unit", "eV")
+    r = cli("ensemble", "--model", "models:/tiny-schnet-ensemble@champion", "--tracking-uri", uri,
+            "--predict", str(inp), "-o", "ev.extxyz", "--unit", "eV")
     assert r.exit_code == 0, r.output
     ev = ase.io.read(tmp_path / "ev.extxyz", ":")
-    np.testing.assert_allclose([f.get_potential_energy() for f in ev], mols.energy * 0.04336410390059322, rtol=1e-12)
-    r = cli("ensemble", "--tracking-uri", uri, "--evaluate", str(_xyz(tmp_path / "lab.extxyz", [990, 991, 992, 993], labelled=True)))
+    np.testing.assert_allclose([f.get_potential_energy() for f in ev], mols.energy * energy_factor("kcal/mol", "eV"),
+                               rtol=1e-12)
+    r = cli("ensemble", "--tracking-uri", uri, "--evaluate",
+            str(_xyz(tmp_path / "lab.extxyz", [990, 991, 992, 993], labelled=True)))
     assert r.exit_code == 0, r.output
     assert "models:/tiny-schnet-ensemble/1" in r.output and "coverage ±2σ" in r.output and "energy MAE" in r.output
     assert not (tmp_path / "lab.ensemble.extxyz").exists()  # --evaluate writes only with -o
@@ -333,7 +371,7 @@ def test_a_sweep_without_test_molecules_still_becomes_an_ensemble(tmp_path, monk
 
 @pytest.mark.parametrize("fmt, suffix", [("traj", ".traj"), ("db", ".db"), ("extxyz", ".extxyz")])
 def test_predict_reads_ase_formats_alike(tmp_path, fmt, suffix):
-    from orchestrator.ensemble.command import predict_file
+    from orchestrator.ensemble.ensemble_command import predict_file
 
     ens = SchNetEnsemble.from_model_dirs(member_dirs(tmp_path, elements=(1, 6, 8)))
     src = _xyz(tmp_path / f"in{suffix}", [1, 2, 3, 4], labelled=True, fmt=fmt)
@@ -344,7 +382,8 @@ def test_predict_reads_ase_formats_alike(tmp_path, fmt, suffix):
     assert res["molecules"] == 4 and res["reference_unit"] == "kcal/mol" and res["with_reference"] == 4
     assert res["forces_mae"] == pytest.approx(res_ref["forces_mae"], rel=1e-6)  # float32, other batches
     assert res["energy_mae"] == pytest.approx(res_ref["energy_mae"], rel=1e-6)
-    assert len((tmp_path / "o.extxyz").read_text().splitlines()) == len((tmp_path / "r.extxyz").read_text().splitlines()) == 44
+    assert (len((tmp_path / "o.extxyz").read_text().splitlines())
+            == len((tmp_path / "r.extxyz").read_text().splitlines()) == 44)
 
 
 def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
@@ -355,23 +394,30 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, monkeypatch):
     good = _xyz(tmp_path / "good.xyz", [1, 2])
     bad = _xyz(tmp_path / "bad.xyz", [3], numbers=np.array([6, 6, 7, 1, 1, 1, 1, 1, 17]))
     (tmp_path / "mixed.xyz").write_text(good.read_text() + bad.read_text())
-    from orchestrator.ensemble.command import predict_file
+    from orchestrator.ensemble.ensemble_command import predict_file
     from orchestrator.ensemble.source import EnsembleCommandError
 
-    with pytest.raises(EnsembleError, match=r"mixed.xyz: frame 3: elements not seen in training: N \(Z=7\), Cl \(Z=17\)"):
+    with pytest.raises(EnsembleError,
+                       match=r"mixed.xyz: frame 3: elements not seen in training: N \(Z=7\), Cl \(Z=17\)"):
         predict_file(ens, tmp_path / "mixed.xyz", tmp_path / "o.extxyz", max_atoms=9)
     truncated = tmp_path / "trunc.xyz"
     truncated.write_text("\n".join(good.read_text().splitlines()[:16]) + "\n")
     cases = [
         (["ensemble", "ens", "--predict", str(tmp_path / "mixed.xyz"), "-o", "o.extxyz"],
-         "frame 3: elements not seen in training: N (Z=7), Cl (Z=17); the ensemble was trained on H (Z=1), C (Z=6), O (Z=8)"),
-        (["ensemble", "ens", "--predict", str(truncated), "-o", "o.extxyz"], "trunc.xyz: frame 2: malformed or truncated"),
-        (["ensemble", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--predict", str(good), "-o", "o.extxyz"],
+         "frame 3: elements not seen in training: N (Z=7), Cl (Z=17); "
+         "the ensemble was trained on H (Z=1), C (Z=6), O (Z=8)"),
+        (["ensemble", "ens", "--predict", str(truncated), "-o", "o.extxyz"],
+         "trunc.xyz: frame 2: malformed or truncated"),
+        (["ensemble", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--predict", str(good),
+          "-o", "o.extxyz"],
          f"no MLflow store at {tmp_path / 'none.db'}"),
-        (["ensemble", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--predict", str(good), "-o", "o.extxyz"],
+        (["ensemble", "nosuch", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--predict", str(good),
+          "-o", "o.extxyz"],
          "no finished sweep named 'nosuch'"),
-        (["ensemble", "ens", "--predict", str(tmp_path / "missing.xyz"), "-o", "o.extxyz"], "missing.xyz: no such file"),
-        (["ensemble", "ens", "--predict", str(good), "-o", "o.extxyz", "--unit", "kcal"], "--unit: unknown energy unit 'kcal'"),
+        (["ensemble", "ens", "--predict", str(tmp_path / "missing.xyz"), "-o", "o.extxyz"],
+         "missing.xyz: no such file"),
+        (["ensemble", "ens", "--predict", str(good), "-o", "o.extxyz", "--unit", "kcal"],
+         "--unit: unknown energy unit 'kcal'"),
     ]
     from orchestrator.tracking.store import open_client
 
@@ -398,7 +444,8 @@ def test_md_example_stops_when_the_force_std_crosses_the_threshold(tmp_path):
     md = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(md)
     d = SchNetEnsemble.from_model_dirs(member_dirs(tmp_path, elements=(1, 6, 8))).save(tmp_path / "ens")
-    kw = dict(start=None, molecule="CH3CH2OH", temperature=300.0, timestep_fs=0.5, friction_per_fs=0.01, seed=0, every=1)
+    kw = dict(start=None, molecule="CH3CH2OH", temperature=300.0, timestep_fs=0.5, friction_per_fs=0.01, seed=0,
+              every=1)
     assert md.run(d, steps=3, threshold=1e9, out=tmp_path / "a.extxyz", **kw) == 3  # never crossed: all steps
     assert len(ase.io.read(tmp_path / "a.extxyz", ":")) == 4
     assert md.run(d, steps=3, threshold=1e-9, out=tmp_path / "b.extxyz", **kw) == 0  # crossed at once
@@ -412,7 +459,8 @@ def test_prediction_input_with_atoms_on_top_of_each_other_is_refused(tmp_path):
 
     from orchestrator.ensemble.io import InputError, read_chunks
 
-    good = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    good = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63],
+                                   [0.63, -0.63, -0.63]])
     bad = good.copy()
     bad.positions[4] = bad.positions[1] + 0.01
     ase.io.write(tmp_path / "mols.xyz", [good, bad], format="extxyz")

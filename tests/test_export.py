@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,12 +37,37 @@ print(json.dumps(out))
 """
 
 
-def _isolated_env() -> dict[str, str]:
-    """An environment whose Python sees torch (and its dependencies) but not this project: no site processing
-    (so no editable-install hook), site-packages given by path."""
-    site = next(p for p in sys.path if p.endswith("site-packages"))
+def _torch_only(tmp_path: Path) -> Path:
+    """A directory holding torch and what it requires (symlinks to the installed packages), nothing else of this
+    environment: a user's bare Python with torch, whether this project is installed editable or not."""
+    out = tmp_path / "torch_only"
+    out.mkdir()
+    seen, todo = set(), ["torch"]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:  # an optional requirement not installed
+            continue
+        todo += [re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0] for r in dist.requires or [] if "extra ==" not in r]
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".." and not f.parts[0].endswith(".pth")}:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (out / top).exists():
+                (out / top).symlink_to(src)
+    assert (out / "torch").exists() and not (out / "schnet_model").exists() and not (out / "orchestrator").exists()
+    return out
+
+
+def _isolated_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python (run with -S: no site-packages, no .pth hooks) sees torch and its requirements
+    only."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["PYTHONPATH"] = site
+    path = tmp_path / "torch_only"
+    env["PYTHONPATH"] = str(path if path.exists() else _torch_only(tmp_path))
     return env
 
 
@@ -56,12 +84,14 @@ def test_exported_ensemble_runs_with_torch_only_and_equals_sweep_predict(trained
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "standalone ensemble exported to exp" in r.stdout
     man = json.loads((tmp_path / "exp" / "manifest.json").read_text())
-    assert man["energy_unit"] == "kcal/mol" and man["length_unit"] == "Å" and man["k"] == 3 and man["elements"] == [1, 6, 8]
-    assert set(man["files"]) == {"ensemble.pt2", "load_ensemble.py"} and all(len(v) == 64 for v in man["files"].values())
+    assert (man["energy_unit"] == "kcal/mol" and man["length_unit"] == "Å" and man["k"] == 3
+            and man["elements"] == [1, 6, 8])
+    assert set(man["files"]) == {"ensemble.pt2", "load_ensemble.py"} and all(
+        len(v) == 64 for v in man["files"].values())
     (tmp_path / "frames.json").write_text(json.dumps([[f.numbers.tolist(), f.positions.tolist()] for f in frames]))
     (tmp_path / "standalone.py").write_text(STANDALONE)
     s = subprocess.run([sys.executable, "-S", "standalone.py", str(tmp_path / "exp"), "frames.json"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300, env=_isolated_env())
+                       capture_output=True, text=True, timeout=300, env=_isolated_env(tmp_path))
     assert s.returncode == 0, s.stderr[-3000:]
     *outs, err = json.loads(s.stdout)
     assert "elements not seen in training: [17]" in err
@@ -76,7 +106,7 @@ def test_exported_ensemble_runs_with_torch_only_and_equals_sweep_predict(trained
     with open(tmp_path / "exp" / "ensemble.pt2", "ab") as f:
         f.write(b"\0")
     s = subprocess.run([sys.executable, "-S", "standalone.py", str(tmp_path / "exp"), "frames.json"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300, env=_isolated_env())
+                       capture_output=True, text=True, timeout=300, env=_isolated_env(tmp_path))
     assert s.returncode != 0 and "ensemble.pt2: sha256 differs from manifest.json" in s.stderr
 
 

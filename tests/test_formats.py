@@ -96,8 +96,10 @@ def test_iso17_single_db_units_and_errors(iso17_dir, tmp_path):
         load_dataset(DatasetConfig(path=tmp_path / "empty", format="iso17"))
     bad = tmp_path / "bad_iso.db"
     with _db(bad) as db:
-        db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]]), total_energy=-1.0, data={"atomic_forces": np.zeros((2, 3))})
-        db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]]), energy_x=-1.0, data={"atomic_forces": np.zeros((2, 3))})
+        db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]]), total_energy=-1.0,
+                 data={"atomic_forces": np.zeros((2, 3))})
+        db.write(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]]), energy_x=-1.0,
+                 data={"atomic_forces": np.zeros((2, 3))})
     with pytest.raises(DataError, match=r"bad_iso\.db: row 2: no key-value pair 'total_energy'"):
         read_dataset(bad, "iso17")
 
@@ -320,7 +322,8 @@ def test_extxyz_truncated_names_frame(tmp_path):
 def test_frames_that_cannot_be_right_are_refused_naming_file_frame_and_atoms(tmp_path):
     p = tmp_path / "bad.xyz"
     p.write_text(EXTXYZ.format(unit="").replace("H -0.63 -0.63 0.63", "H 0.63 0.63 0.63"))  # atom 3 onto atom 2
-    with pytest.raises(DataError, match=r"bad\.xyz: frame 2: atoms 2 and 3 are 0 Å apart, closer than 0\.1 Å: not a physical geometry"):
+    with pytest.raises(DataError, match=r"bad\.xyz: frame 2: atoms 2 and 3 are 0 Å apart, closer than 0\.1 Å: "
+                                        r"not a physical geometry"):
         read_dataset(p)
     p.write_text(EXTXYZ.format(unit="").replace("C 0.0 0.0 0.0", "Xx 0.0 0.0 0.0"))
     with pytest.raises(DataError, match=r"bad\.xyz: frame 2: unknown element 'Xx'"):

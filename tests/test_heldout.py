@@ -52,7 +52,8 @@ def test_test_files_are_read_in_their_unit_and_joined_after_the_dataset(tmp_path
     assert hot_idx.tolist() == list(range(1000, 1010)) and joined.files["cold"].idx.tolist() == list(range(1010, 1015))
     # eV in the file (ASE's extxyz unit), kcal/mol after reading: the same numbers as the npz
     np.testing.assert_allclose(data.E[hot_idx], np.ravel(z["E"])[990:1000], rtol=1e-9)
-    np.testing.assert_allclose(data.subset(hot_idx).F, z["F"][990:1000].reshape(-1, 3), rtol=1e-6, atol=1e-6)  # extxyz keeps 8 digits
+    # extxyz keeps 8 digits
+    np.testing.assert_allclose(data.subset(hot_idx).F, z["F"][990:1000].reshape(-1, 3), rtol=1e-6, atol=1e-6)
     assert len(joined.files["hot"].sha256) == 64
     # a declared unit wins over the file's: the cold file holds kcal/mol numbers
     joined = with_tests(DatasetConfig(path=QUICKSTART_DATA, test_path=cold, test_energy_unit="kcal/mol"))
@@ -72,8 +73,10 @@ def test_split_manifest_keeps_the_test_files_apart_and_round_trips(tmp_path):
     assert list(m.test_sets()) == ["test", "test_hot"] and len(m.test_sets()["test_hot"]) == 10
     assert "test 20 molecules (held out of the dataset), test_hot 10 molecules (file hot.xyz)" in m.describe_tests()
     back = SplitManifest.from_json(m.to_json())
-    assert back.test_files["test_hot"].idx.tolist() == list(range(1000, 1010)) and back.test_files["test_hot"].path == str(hot)
-    leaky = SplitManifest("d", "x" * 64, 0, test, folds=[*m.folds[:2], type(m.folds[0])(np.array([1005]), m.folds[2].val)],
+    assert (back.test_files["test_hot"].idx.tolist() == list(range(1000, 1010))
+            and back.test_files["test_hot"].path == str(hot))
+    leaky = SplitManifest("d", "x" * 64, 0, test,
+                          folds=[*m.folds[:2], type(m.folds[0])(np.array([1005]), m.folds[2].val)],
                           test_files=joined.files)
     with pytest.raises(DataError, match="split leak: 1 test molecules in fold 2 train"):
         leaky.check_disjoint()
@@ -89,7 +92,8 @@ def test_test_file_errors_name_the_file_and_what_was_expected(tmp_path):
     import ase.io
     from ase import Atoms
 
-    ase.io.write(tmp_path / "bare.xyz", [Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])], format="extxyz")
+    ase.io.write(tmp_path / "bare.xyz", [Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])],
+                 format="extxyz")
     with pytest.raises(DataError, match="bare.xyz: frame 1: no energy 'energy'"):
         with_tests(DatasetConfig(path=QUICKSTART_DATA, test_path=tmp_path / "bare.xyz"))
     with pytest.raises(DataError, match=r"dataset.test_path 'hot': .*missing.xyz: no such file"):
@@ -117,7 +121,8 @@ def test_sweep_train_reports_every_named_test_file(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({
         "dataset": {"path": str(QUICKSTART_DATA), "n_train": 16, "n_val": 8,
                     "test_path": {"test_hot": "hot.xyz", "test_cold": "cold.xyz"}},  # relative to the spec
-        "model": {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1}, "training": {"max_epochs": 1}}, sort_keys=False))
+        "model": {"n_atom_basis": 8, "n_filters": 8, "n_interactions": 1}, "training": {"max_epochs": 1}},
+        sort_keys=False))
     r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "s.yaml", "--out", "m"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "250"})
     assert r.returncode == 0, r.stderr
@@ -137,11 +142,12 @@ def test_the_final_table_has_a_column_pair_per_test_set_or_says_there_is_none():
     trial = TrialSummary(trial_id="abc", status="completed", params={}, val_loss_mean=1.0, val_loss_std=0.1, epochs=3,
                          tests={"test": {"energy": 0.5, "forces": 0.25}, "test_hot": {"energy": 2.0, "forces": None}})
     console = Console(width=250, record=True)
-    console.print(results_table(SweepOutcome("s", Path("."), "r", [trial], trial, 1.0, test_sets=["test", "test_hot"]),
-                                "eV"))
+    outcome = SweepOutcome("s", Path("."), "r", trials=[trial], best=trial, seconds=1.0, test_sets=["test", "test_hot"])
+    console.print(results_table(outcome, "eV"))
     text = console.export_text()
     assert "test E MAE [eV]" in text and "test_hot F MAE [eV/Å]" in text and "│ 0.5 " in text and "│ –" in text
     console = Console(width=250, record=True)
-    console.print(results_table(SweepOutcome("s", Path("."), "r", [dataclasses.replace(trial, tests={})], trial, 1.0), "eV"))
+    console.print(results_table(SweepOutcome("s", Path("."), "r", trials=[dataclasses.replace(trial, tests={})],
+                                             best=trial, seconds=1.0), "eV"))
     text = " ".join(console.export_text().split())
     assert "no test set: no test errors (give dataset.n_test or dataset.test_path)" in text and "MAE" not in text

@@ -4,17 +4,15 @@ MLflow, GFN2-xTB labels)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
-from conftest import QUICKSTART_DATA, write_sweep_spec
+from conftest import QUICKSTART_DATA, sweep_cli, write_sweep_spec
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -36,11 +34,7 @@ def cli(*args: str):
     return runner.invoke(app, list(args))
 
 
-def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`sweep` in its own process: Ray must never start inside pytest (a later test's `ray stop` would end it)."""
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "COLUMNS": "200"})
-
+sweep = partial(sweep_cli, timeout=600)  # sweep ARGS, cwd=…: the CLI in its own process
 
 def ethanol_frames(n: int, start: int = 0) -> list[Atoms]:
     with np.load(QUICKSTART_DATA) as d:
@@ -56,7 +50,8 @@ def test_uncertainty_selection_takes_one_of_each_uncertain_group_not_near_duplic
     picked = choose(scores, desc, 2, "uncertainty", seed=0)
     assert picked[0] in range(5) and picked[1] in range(5, 15)  # one of A (most uncertain first), one of B
     assert np.argsort(-scores)[:2].tolist() == [0, 1]  # what plain top-N would have taken: two of A
-    assert choose(scores, desc, 25, "uncertainty").tolist() == np.argsort(-scores, kind="stable").tolist()  # all of them
+    # all of them
+    assert choose(scores, desc, 25, "uncertainty").tolist() == np.argsort(-scores, kind="stable").tolist()
 
 
 def test_uncertainty_selection_takes_a_typical_member_of_an_uncertain_region_not_its_outlier():
@@ -92,7 +87,8 @@ def test_candidates_above_the_upper_trust_level_are_left_out_unless_too_few_are_
     scores = np.array([5.0, 0.9, 0.8, 3.0, 0.1, 0.5])  # 5.0 and 3.0: where exploration runs crossed the threshold
     desc = np.arange(6.0)[:, None]
     assert choose(scores, desc, 2, "uncertainty", max_score=1.0).tolist() == [1, 5]  # groups {1, 2} and {4, 5}
-    assert choose(scores, desc, 5, "uncertainty", max_score=1.0).tolist() == [1, 2, 5, 4, 3]  # + the least uncertain above
+    # + the least uncertain above
+    assert choose(scores, desc, 5, "uncertainty", max_score=1.0).tolist() == [1, 2, 5, 4, 3]
     assert sorted(choose(scores, desc, 6, "random", max_score=1.0).tolist()) == list(range(6))  # random: the whole pool
 
 
@@ -200,7 +196,7 @@ def test_a_round_adds_labelled_molecules_in_the_datasets_unit_with_provenance(tm
     v0 = initial(mols, np.arange(10, 0, -1), tmp_path / "d0.npz", "GFN2-xTB (tblite)")
     with np.load(QUICKSTART_DATA) as d:
         lab = {"R": d["R"][100:103], "z": d["z"], "E": d["E"][100:103], "F": d["F"][100:103]}  # kcal/mol, as labelled
-    v1 = grow(v0, lab, tmp_path / "d1.npz", 1, "sweep-r0", "uncertainty", "gfn2-xtb")
+    v1 = grow(v0, lab, tmp_path / "d1.npz", round_=1, chosen_by="sweep-r0", strategy="uncertainty", method="gfn2-xtb")
     assert (v0.n_molecules, v1.n_molecules, v1.added, v1.parent_sha256) == (10, 13, 3, v0.sha256)
     assert v1.sha256 == sha256(tmp_path / "d1.npz") and Version(**json.loads(v1.sidecar().read_text())) == v1
     back = read_dataset(tmp_path / "d1.npz")
@@ -209,7 +205,8 @@ def test_a_round_adds_labelled_molecules_in_the_datasets_unit_with_provenance(tm
     with np.load(tmp_path / "d1.npz") as d:
         assert d["round"].tolist() == [0] * 10 + [1] * 3
     with pytest.raises(DataError, match="labelled molecules have atoms"):
-        grow(v1, {**lab, "z": lab["z"][::-1]}, tmp_path / "d2.npz", 2, "s", "random", "gfn2-xtb")
+        grow(v1, {**lab, "z": lab["z"][::-1]}, tmp_path / "d2.npz", round_=2, chosen_by="s", strategy="random",
+             method="gfn2-xtb")
 
 
 # -- sweep select -------------------------------------------------------------------------------------
@@ -276,14 +273,16 @@ def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monk
         "training": {"max_epochs": 2, "batch_size": 8}, "search": {"num_samples": 1, "scheduler": "none"}})
     r = sweep("learn", str(spec), "--rounds", "0", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]  # zero rounds: train and evaluate the starting data
+    # tiny 2-epoch models: every std is large
     args = ("learn", str(spec), "--rounds", "1", "--per-round", "3", "--trajectories", "2", "--steps", "10", "--every",
-            "2", "--temperature", "600", "--temperature", "900", "--threshold", "1000")  # tiny 2-epoch models: every std is large
+            "2", "--temperature", "600", "--temperature", "900", "--threshold", "1000")
     r = sweep(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     camp_dir = max(Path("campaigns").glob("al-learn-*"))
     camp = json.loads((camp_dir / "campaign.json").read_text())
     assert camp["status"] == "finished" and [x["dataset"]["n_molecules"] for x in camp["rounds"]] == [24, 27]
-    assert "hot_forces_mae" in camp["rounds"][1]["metrics"] and "hot_forces_coverage68_calibrated" in camp["rounds"][1]["metrics"]
+    assert "hot_forces_mae" in camp["rounds"][1]["metrics"] and (
+        "hot_forces_coverage68_calibrated" in camp["rounds"][1]["metrics"])
     chose = camp["rounds"][0]["selection"]  # what round 0 chose from, also in the state file
     assert chose["threshold_eV_per_A"] == 1000 and chose["selected"] == 3 and chose["candidates"] >= 3
     assert chose["candidates_600K"] + chose["candidates_900K"] == chose["candidates"]  # one run at each temperature
@@ -293,7 +292,8 @@ def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monk
         assert not any((np.abs(t["R"] - x).max((1, 2)) < 1e-9).any() for x in d1["R"])  # nothing of the test set
     v1 = json.loads((camp_dir / "data_r1.json").read_text())
     assert v1["parent_sha256"] == json.loads((camp_dir / "data_r0.json").read_text())["sha256"]
-    assert v1["strategy"] == "uncertainty" and v1["method"] == "gfn2-xtb" and v1["chosen_by"] == camp["rounds"][0]["sweep"]
+    assert (v1["strategy"] == "uncertainty" and v1["method"] == "gfn2-xtb"
+            and v1["chosen_by"] == camp["rounds"][0]["sweep"])
     sel = ase.io.read(camp_dir / "selected_r0.extxyz", ":")
     with np.load(camp_dir / "data_r1.npz") as d1:  # the selected geometries, labelled by GFN2-xTB
         from schnet_model.data.generate import label_gfn2
@@ -310,18 +310,23 @@ def test_sweep_learn_runs_a_round_and_resumes_at_a_round_boundary(tmp_path, monk
     assert sorted(x.data.tags["sweep.round"] for x in rounds) == ["0", "1"]
     assert all(x.data.tags["mlflow.parentRunId"] == camp["run_id"] for x in rounds)
     r0 = next(x for x in rounds if x.data.tags["sweep.round"] == "0")
-    assert {a.path for a in client.list_artifacts(r0.info.run_id)} >= {"selected_r0.extxyz", "data_r0.npz", "data_r0.json"}
+    assert {a.path for a in client.list_artifacts(r0.info.run_id)} >= {"selected_r0.extxyz", "data_r0.npz",
+                                                                       "data_r0.json"}
     assert client.get_run(camp["run_id"]).info.status == "FINISHED"
 
     # `sweep select` with a round's sweep as the source logs its choice under that sweep run
     ase.io.write("cands.xyz", ethanol_frames(12, 500), format="extxyz")
     r = cli("select", camp["rounds"][1]["sweep"], "--candidates", "cands.xyz", "-n", "4", "-o", "sel.extxyz",
-            "--tracking-uri", "sqlite:///mlflow.db")  # explicit: MLflow leaves $MLFLOW_TRACKING_URI set by earlier tests
+            # explicit: MLflow leaves $MLFLOW_TRACKING_URI set by earlier tests
+            "--tracking-uri", "sqlite:///mlflow.db")
     assert r.exit_code == 0 and "logged as run" in r.output, r.output
-    sweep_run = client.search_runs([r0.info.experiment_id], f"tags.`sweep.id` = '{camp['rounds'][1]['sweep']}' and tags.`sweep.role` = 'sweep'")[0]
+    sweep_run = client.search_runs([r0.info.experiment_id], f"tags.`sweep.id` = '{camp['rounds'][1]['sweep']}' "
+                                   "and tags.`sweep.role` = 'sweep'")[0]
     (sel_run,) = client.search_runs([r0.info.experiment_id], "tags.`sweep.role` = 'selection'")
-    assert sel_run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id and sel_run.data.params["strategy"] == "uncertainty"
-    assert sel_run.data.metrics["selected"] == 4 and [a.path for a in client.list_artifacts(sel_run.info.run_id)] == ["sel.extxyz"]
+    assert (sel_run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
+            and sel_run.data.params["strategy"] == "uncertainty")
+    assert sel_run.data.metrics["selected"] == 4 and [
+        a.path for a in client.list_artifacts(sel_run.info.run_id)] == ["sel.extxyz"]
     assert sweep_run.data.tags["sweep.campaign"] == camp["run_id"] and sweep_run.data.tags["sweep.round"] == "1"
 
     # a crash after round 0: the state says round 1 never finished; --resume runs round 1 only

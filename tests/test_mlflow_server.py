@@ -73,11 +73,13 @@ def test_four_concurrent_trials_tracked_through_a_postgres_mlflow_server(tmp_pat
     c = MlflowClient(server.uri)
     exp = c.get_experiment_by_name("pg")
     all_runs = c.search_runs([exp.experiment_id], max_results=1000)
-    roles = {role: [x for x in all_runs if x.data.tags.get("sweep.role") == role] for role in ("sweep", "trial", "fold")}
+    roles = {role: [x for x in all_runs if x.data.tags.get("sweep.role") == role]
+             for role in ("sweep", "trial", "fold")}
     assert len(roles["sweep"]) == 1 and len(roles["trial"]) == 4 and len(roles["fold"]) == 8
     assert all(x.info.status == "FINISHED" for x in all_runs)
     parent = roles["sweep"][0].info.run_id
-    assert {a.path for a in c.list_artifacts(parent, "plots")} >= {"plots/parity_energy.png"}  # best checkpoint read back
+    # best checkpoint read back
+    assert {a.path for a in c.list_artifacts(parent, "plots")} >= {"plots/parity_energy.png"}
     assert all(t.data.tags["mlflow.parentRunId"] == parent for t in roles["trial"])
     trial_ids = {t.info.run_id for t in roles["trial"]}
     assert all(f.data.tags["mlflow.parentRunId"] in trial_ids for f in roles["fold"])

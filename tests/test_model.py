@@ -148,7 +148,8 @@ def test_fit_offsets_recovers_per_element_energies():
     rng = np.random.default_rng(0)
     true = {1: -0.5, 6: -37.8, 8: -75.0}
     data = random_molecules(60, sizes=(3, 5, 7, 9, 4), seed=1)
-    data.E = np.array([sum(true.get(int(z), 0) for z in data.Z[a:b]) for a, b in zip(data.atom_ptr[:-1], data.atom_ptr[1:])])
+    data.E = np.array([sum(true.get(int(z), 0) for z in data.Z[a:b])
+                       for a, b in zip(data.atom_ptr[:-1], data.atom_ptr[1:])])
     data.E += rng.normal(0, 1e-6, len(data))
     Zmask = np.isin(data.Z, [1, 6, 8])
     data.Z = np.where(Zmask, data.Z, 1)  # only H, C, O

@@ -183,7 +183,8 @@ def test_inference_and_energy_only_paths_match_reference():
     # energy-only training gradient
     model.zero_grad()
     ((model(b32, forces=False).energy - b.E) ** 2).mean().backward()
-    params = {k: v.detach().double().requires_grad_(True) for k, v in model.state_dict().items() if v.is_floating_point()}
+    params = {k: v.detach().double().requires_grad_(True)
+              for k, v in model.state_dict().items() if v.is_floating_point()}
     params["offsets.atomref"], params["offsets.scale"] = model.offsets.atomref, model.offsets.scale
     ref_loss = ((reference_energy(params, model.config, b, b.R) - b.E) ** 2).mean()
     names = [k for k, _ in model.named_parameters()]
@@ -257,15 +258,16 @@ def test_every_member_of_a_stack_matches_the_dense_reference(name, cfg, sizes, c
     """The core with k = 3 stacked members (each its own batch, or one input shared by all) against
     the dense reference of each member alone: energies, forces and loss gradients, float64 and float32."""
     from schnet_model.data.stack import StackCollator, stacked_loss
-    from schnet_model.nn.core import energies_forces, stack_states
+    from schnet_model.nn.core import energies_forces
+    from schnet_model.nn.family import stack_states
 
     models = [random_model(10 + m, **cfg) for m in range(3)]
     data = random_molecules(12, sizes=sizes, seed=7)
     sets = [data.subset(np.arange(0, 6))] * 3 if shared else [data.subset(np.arange(m, m + 6)) for m in range(3)]
     for dtype, tol in ((torch.float64, 1e-8), (torch.float32, 1e-5)):
         leaves = {key: v.to(dtype if key not in ("offsets.atomref", "offsets.scale") else torch.float64).requires_grad_(
-            key not in ("offsets.atomref", "offsets.scale")) for key, v in stack_states([m.state_dict() for m in models],
-                                                                                      models[0].config).items()}
+            key not in ("offsets.atomref", "offsets.scale"))
+            for key, v in stack_states([m.state_dict() for m in models], models[0].config).items()}
         b = StackCollator(sets, cutoff, dtype).collate([np.arange(6)] * 3)
         graph = b.graph()
         if shared:  # one input row for all members

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from orchestrator.search.context import TrialClock
 from orchestrator.search.outcome import TrialSummary
 from orchestrator.search.plan import MIN_SCREENED, USABLE, make_plan, top_configs
-from orchestrator.search.trial import TrialClock
 
 
 def _plan(budget=1500.0, fold_epoch=1.0, **kw):
@@ -36,7 +36,8 @@ def test_without_a_privileged_baseline_the_final_rungs_time_goes_to_the_best_scr
     assert not plan.baseline_final and plan.final.configs == 1 and plan.trial_seconds is None
     assert "rung 2, final: the best screened configuration × 5 folds" in "\n".join(plan.lines())
     big = _plan(budget=1e6)  # time for several finalists: at most MAX_FINALISTS, never more than were screened
-    assert 1 < big.final.configs <= min(4, big.screen.configs) and "the 4 best screened configurations" in "\n".join(big.lines())
+    assert 1 < big.final.configs <= min(4, big.screen.configs) and (
+        "the 4 best screened configurations" in "\n".join(big.lines()))
 
 
 def test_a_slow_epoch_lowers_the_screening_epochs_before_the_number_of_configurations():
@@ -98,12 +99,12 @@ def test_a_searched_rho_ranks_trials_by_one_objective_not_their_own_losses():
 
     worse_small_rho, better = fold(1e-3, 10.0, 1.0), fold(1e-1, 4.0, 0.95)
     assert worse_small_rho.val_loss < better.val_loss  # by their own losses the worse model wins
-    by_objective = [fold_metrics_summary([f], 0.01)["val_loss_mean"] for f in (worse_small_rho, better)]
+    by_objective = [fold_metrics_summary([f], 0.01).trial["val_loss_mean"] for f in (worse_small_rho, better)]
     assert by_objective[1] < by_objective[0]
     assert by_objective[1] == pytest.approx(objective(0.01, 4.0, 0.95)) == pytest.approx(0.01 * 16 + 3 * 0.95 ** 2)
 
 
-# -- equal compute: the allotment, the cost model, the extrapolation, the launch window ---------------------------------
+# -- equal compute: the allotment, the cost model, the extrapolation, the launch window --------------------------------
 
 def test_screening_gives_every_configuration_the_same_seconds_so_a_costly_one_runs_fewer_epochs():
     """Equal compute, not equal epochs: each screened configuration trains for the plan's allotment of seconds; one
@@ -172,16 +173,18 @@ def test_extrapolation_continues_a_power_law_and_never_a_curve_that_got_worse():
     assert extrapolate([(1.0, float("nan"))], 10.0) is None
 
 
-def test_a_screened_trial_ranks_by_its_extrapolated_loss():
+def test_a_screened_trial_ranks_by_its_loss_at_equal_compute_not_its_extrapolation():
     from orchestrator.search.plan import screen_score
 
     def t(i, loss, predicted, lr):
         return TrialSummary(f"t{i}", "screened", {"training.lr": lr}, loss, None, 5, {}, predicted=predicted)
 
-    # b is worse at the allotment but its curve, continued to the final rung's training, reaches lower
+    # b's curve, continued to the final rung's training, reaches lower; a is better after the same seconds: a
     a, b = t(0, 0.10, 0.08, 1e-3), t(1, 0.12, 0.05, 2e-3)
-    assert top_configs([a, b], 1) == [{"training.lr": 2e-3}]
-    assert screen_score(t(2, 0.3, None, 1e-4)) == 0.3  # no curve to continue: its best loss
+    assert top_configs([a, b], 1) == [{"training.lr": 1e-3}]
+    assert screen_score(t(2, 0.3, None, 1e-4)) == 0.3
+    assert screen_score(t(3, float("nan"), 0.2, 1e-4)) is None and top_configs([t(3, float("nan"), 0.2, 1e-4), b], 1) \
+        == [{"training.lr": 2e-3}]
 
 
 def test_the_cost_model_prices_by_size_and_calibrates_on_measured_epochs():
@@ -215,7 +218,8 @@ def test_the_costliest_configuration_of_a_space_is_named_in_the_plan():
 
     spec = SweepSpec.model_validate({"dataset": {"path": "x.npz"},
                                      "model": {"n_interactions": {"int": [2, 6]}, "n_filters": {"choice": [64, 128]}},
-                                     "training": {"batch_size": {"choice": [8, 32]}, "lr": {"loguniform": [1e-4, 1e-3]}}})
+                                     "training": {"batch_size": {"choice": [8, 32]},
+                                                  "lr": {"loguniform": [1e-4, 1e-3]}}})
     cost = EpochCost(800, 200, 21.0, {"none": 420.0})
     what, seconds = costliest(spec.space(), spec.materialize, cost)
     assert what == "6×128×64, batch 8" and seconds > cost.seconds(*spec.materialize({}))

@@ -70,7 +70,8 @@ def test_rmd17_official_split_files(tmp_path):
     (root / "splits").mkdir()
     rng = np.random.default_rng(0)
     np.savez(root / "npz_data" / "rmd17_ethanol.npz", nuclear_charges=np.array([6, 6, 8, 1, 1, 1, 1, 1, 1], np.uint8),
-             coords=rng.normal(0, 1.5, (30, 9, 3)), energies=rng.normal(-97000, 2, 30), forces=rng.normal(0, 10, (30, 9, 3)))
+             coords=rng.normal(0, 1.5, (30, 9, 3)), energies=rng.normal(-97000, 2, 30),
+             forces=rng.normal(0, 10, (30, 9, 3)))
     (root / "splits" / "index_train_02.csv").write_text("\n".join(str(i) for i in range(0, 20)) + "\n")
     (root / "splits" / "index_test_02.csv").write_text("\n".join(str(i) for i in range(20, 30)) + "\n")
     ds = load_dataset(DatasetConfig(path=root / "npz_data" / "rmd17_ethanol.npz", rmd17_split=2, n_train=15, n_val=5))

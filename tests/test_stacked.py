@@ -54,7 +54,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 CASES = [
     ("ethanol-sized, exponential", (9,), {}, {}),
-    ("mixed sizes, plateau, clipping", (3, 9, 5, 12), {"scheduler": "plateau", "plateau_patience": 1, "grad_clip": 0.5}, {}),
+    ("mixed sizes, plateau, clipping", (3, 9, 5, 12),
+     {"scheduler": "plateau", "plateau_patience": 1, "grad_clip": 0.5}, {}),
     ("ISO17/aspirin sizes, cutoff", (19, 21), {}, {"cutoff": 4.0}),
     ("cosine decay over max_epochs", (9, 5), {"scheduler": "cosine", "max_epochs": 3, "min_lr": 1e-5}, {}),
 ]
@@ -70,8 +71,9 @@ def test_stacked_members_end_with_the_weights_of_members_trained_alone(name, siz
     for m, member in enumerate(ms):
         t, results = alone(model_cfg, member, 3)
         assert rel(flat(st.member_model(m, best=False)), flat(t.model)) < TOL
-        assert rel(flat(st.member_model(m, best=True)), torch.cat([v.reshape(-1) for k, v in t.best_state.items()
-                                                                     if k not in ("rbf.centers",) and "offsets" not in k])) < TOL
+        assert rel(flat(st.member_model(m, best=True)),
+                   torch.cat([v.reshape(-1) for k, v in t.best_state.items()
+                              if k not in ("rbf.centers",) and "offsets" not in k])) < TOL
         assert st.step[m] == t.step and st.epoch[m] == t.epoch
         for r_alone, r_stack in zip(results, [s[m] for s in stacked], strict=True):
             assert r_stack is not None
@@ -103,7 +105,8 @@ def test_a_diverged_member_is_named_and_the_others_stay_finite():
     with pytest.raises(MemberNonFinite) as e:
         for _ in range(3):
             st.run_epoch()
-    assert e.value.member == 2 and "non-finite training loss" in str(e.value) and f"epoch {e.value.epoch}" in str(e.value)
+    assert (e.value.member == 2 and "non-finite training loss" in str(e.value)
+            and f"epoch {e.value.epoch}" in str(e.value))
     for m in (0, 1):
         assert torch.isfinite(flat(st.member_model(m, best=False))).all()
 
@@ -144,7 +147,7 @@ def test_collation_pads_with_weight_zero_and_the_loss_is_each_members_own():
         b = col.collate(picks, fill_to=8)
         assert b.weight.sum(1).tolist() == [8.0, 5.0, 0.0]
         models = [SchNet(model_cfg).double() for _ in range(3)]
-        from schnet_model.nn.core import stack_states
+        from schnet_model.nn.family import stack_states
 
         p = stack_states([mod.state_dict() for mod in models], model_cfg)
         E, F = energies_forces(p, model_cfg, b.graph(), True, filters="windowed")
@@ -232,7 +235,8 @@ def test_stacked_refit_equals_the_refit_of_members_trained_alone():
     for _ in range(2):
         st.run_epoch()
     trainers = [alone(model_cfg, member, 2)[0] for member in ms]
-    ms[1].val.E[:] = st.predict({1: ms[1].val}, best=True)[1].energy  # member 1's validation is exact: a refit spoils it
+    # member 1's validation is exact: a refit spoils it
+    ms[1].val.E[:] = st.predict({1: ms[1].val}, best=True)[1].energy
     before = [st.member_model(m).offsets.atomref.clone() for m in range(3)]
     refits = st.refit_offsets()
     assert [r.kept for r in refits] == [True, False, True]

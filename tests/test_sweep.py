@@ -9,11 +9,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_sweep_spec
+from conftest import epochs_logged, sweep_cli, write_sweep_spec
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +30,7 @@ def spec_file(tmp_path: Path, **over) -> Path:
     }, **over)
 
 
-def sweep(*args: str, cwd: Path, timeout: int = 500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
-
+sweep = partial(sweep_cli, timeout=500)  # sweep ARGS, cwd=…: the CLI in its own process
 
 def runs(db: Path) -> list[dict]:
     from mlflow.tracking import MlflowClient
@@ -41,8 +39,8 @@ def runs(db: Path) -> list[dict]:
     out = []
     for exp in c.search_experiments():
         for r in c.search_runs([exp.experiment_id], max_results=10_000):
-            out.append({"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics, "params": r.data.params,
-                        "artifacts": [a.path for a in c.list_artifacts(r.info.run_id)]})
+            out.append({"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics,
+                        "params": r.data.params, "artifacts": [a.path for a in c.list_artifacts(r.info.run_id)]})
     return out
 
 
@@ -89,10 +87,11 @@ def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path, layout):
     (ds_input,) = sweep_run.inputs.dataset_inputs
     profile = json.loads(ds_input.dataset.profile)
     assert ds_input.dataset.name == "ethanol_gfn2xtb_500K.npz" and profile["energy_unit"] == "kcal/mol"
-    assert profile["length_unit"] == "Å" and profile["test"] == 16 and parent["tags"]["sweep.dataset_sha256"].startswith(
-        ds_input.dataset.digest)
+    assert profile["length_unit"] == "Å" and profile["test"] == 16 and (
+        parent["tags"]["sweep.dataset_sha256"].startswith(ds_input.dataset.digest))
 
-    local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(parent["id"], "split.json", str(tmp_path))
+    local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
+        parent["id"], "split.json", str(tmp_path))
     split = json.loads(Path(local).read_text())
     test = set(split["test"])
     assert len(test) == 16 and len(split["folds"]) == 2
@@ -102,7 +101,8 @@ def test_sweep_run_tree_statuses_artifacts_and_nan_trial(tmp_path, layout):
     from schnet_model import load_model
 
     fold_run = next(f for f in roles["fold"] if f["status"] == "FINISHED")
-    model_dir = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(fold_run["id"], "model", str(tmp_path / "dl"))
+    model_dir = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
+        fold_run["id"], "model", str(tmp_path / "dl"))
     model, info = load_model(model_dir)
     assert info.energy_unit == "kcal/mol" and model.config.n_filters == 8
     # status and list read the store
@@ -152,8 +152,10 @@ def test_resume_after_the_driver_is_killed(tmp_path, layout):
         proc.wait()
     log.close()
     assert alive, "the sweep ended before it could be killed:\n" + (tmp_path / "first_run.log").read_text()[-3000:]
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # orphaned raylets
-    before = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"}
+    # orphaned raylets
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    before = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db")
+              if t["tags"].get("sweep.role") == "trial"}
     finished_before = [k for k, t in before.items() if t["status"] == "FINISHED"]
     assert finished_before
     r = sweep("run", str(p), "--resume", cwd=tmp_path)
@@ -200,7 +202,8 @@ def test_a_checkpoint_the_last_snapshot_names_but_tune_deleted_is_restored_from_
     for i, epoch in ((2, 6), (3, 8)):
         (trial / f"checkpoint_00000{i}").mkdir(parents=True)
         (trial / f"checkpoint_00000{i}" / "state.json").write_text(json.dumps({"epoch": epoch}))
-    manager = b"".join(b"\x8c\xa5" + str(trial / f"checkpoint_00000{i}").encode() + b"\x94" for i in (0, 1))  # as pickled
+    # as pickled
+    manager = b"".join(b"\x8c\xa5" + str(trial / f"checkpoint_00000{i}").encode() + b"\x94" for i in (0, 1))
     inner = json.dumps({"checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": manager.hex()}})
     (exp / "experiment_state-2026-11-30_17-25-25.json").write_text(json.dumps({"trial_data": [["{}", inner]]}))
     repaired = repair_checkpoints(str(exp))
@@ -235,12 +238,14 @@ def test_spec_errors_start_nothing(tmp_path, over, expected):
 @pytest.mark.parametrize("layout", ["folds", "stacked"])
 def test_a_trial_that_cannot_fit_this_machine_is_refused_before_anything_starts(tmp_path, layout):
     cpus = os.cpu_count() or 1
-    res = {"layout": layout, "cpus_per_fold": float(cpus)} if layout == "folds" else {"layout": layout, "cpus_per_trial": cpus + 1.0}
+    res = ({"layout": layout, "cpus_per_fold": float(cpus)} if layout == "folds"
+           else {"layout": layout, "cpus_per_trial": cpus + 1.0})
     r = sweep("run", str(spec_file(tmp_path, resources=res)), cwd=tmp_path, timeout=120)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     need = f"{2 * cpus + 0.01:g}" if layout == "folds" else f"{cpus + 1:g}"
-    assert len(lines) == 1 and f"one trial asks for {need} CPU" in lines[0] and f"this machine has {cpus} CPU" in lines[0], r.stderr
+    assert (len(lines) == 1 and f"one trial asks for {need} CPU" in lines[0]
+            and f"this machine has {cpus} CPU" in lines[0]), r.stderr
     fix = f"--set resources.cpus_per_fold={int((cpus - 0.01) / 2 * 100) / 100:g}" if layout == "folds" else \
         f"--set resources.cpus_per_trial={cpus}"
     assert lines[0].endswith(fix), lines[0]
@@ -299,7 +304,8 @@ def test_a_budget_plan_screens_on_one_fold_then_trains_the_best_configurations_w
     the sweep ends within its budget (plus start-up) with a best trial that has k fold models, and reports the paper
     configuration next to it (at full fidelity, or its screening when it was not promoted)."""
     p = spec_file(tmp_path, search={"num_samples": 12, "max_concurrent": 2, "scheduler": {"asha": {"grace_period": 3}},
-                                    "time_budget": 60, "initial_points": [{"training.lr": 1.0e-3}], "baseline": baseline},
+                                    "time_budget": 60, "initial_points": [{"training.lr": 1.0e-3}],
+                                    "baseline": baseline},
                   training__max_epochs=40, training__early_stopping_patience=None)
     t0 = time.time()
     r = sweep("run", str(p), cwd=tmp_path, timeout=400)
@@ -336,7 +342,8 @@ def test_a_finished_sweep_is_extended_without_rerunning_its_trials(tmp_path):
                                     "initial_points": [{"training.lr": 1.0e-3}]}, training__max_epochs=2)
     r = sweep("run", str(p), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    first = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"}
+    first = {t["tags"]["sweep.trial_id"]: t for t in runs(tmp_path / "mlflow.db")
+             if t["tags"].get("sweep.role") == "trial"}
     r = sweep("run", str(p), "--resume", "--more", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "the searcher knows the 2 earlier trials' results" in r.stdout
@@ -388,7 +395,8 @@ def test_a_sweep_with_only_a_separate_test_file_reports_it_and_becomes_an_ensemb
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = " ".join(r.stdout.split())  # Rich wraps long titles
     assert "test file test_1200K (10 molecules), 2-member ensemble" in out
-    assert "from the out-of-fold errors of 40 pool molecules and the ensemble variance on the inputs of test_1200K" in out
+    assert ("from the out-of-fold errors of 40 pool molecules and the ensemble variance on the inputs of "
+            "test_1200K") in out
     assert "test_1200K.xyz: calibration report" in out and "coverage ±2σ" in out
     from mlflow.tracking import MlflowClient
 
@@ -403,18 +411,6 @@ def test_a_sweep_with_only_a_separate_test_file_reports_it_and_becomes_an_ensemb
         assert s.returncode == 0 and "(test_1200K)" in s.stdout, s.stdout + s.stderr
 
 
-def _epochs_logged(db: Path) -> int:
-    """The most epochs any trial run has logged (its val_loss_mean history)."""
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute("select max(step) from metrics where key = 'val_loss_mean'").fetchone()
-        return int(row[0] or 0)
-    except sqlite3.Error:
-        return 0
-
-
 def test_ctrl_c_ends_a_sweep_as_interrupted_and_resume_finishes_it(tmp_path):
     p = spec_file(tmp_path, search={"num_samples": 2, "max_concurrent": 1, "scheduler": "none", "checkpoint_every": 2,
                                     "initial_points": [{"training.lr": 1.0e-3}]}, training__max_epochs=40,
@@ -423,7 +419,7 @@ def test_ctrl_c_ends_a_sweep_as_interrupted_and_resume_finishes_it(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(p)], cwd=tmp_path, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
     deadline = time.time() + 300
-    while _epochs_logged(tmp_path / "mlflow.db") < 3 and time.time() < deadline and proc.poll() is None:
+    while epochs_logged(tmp_path / "mlflow.db") < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.3)
     assert proc.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
@@ -439,7 +435,8 @@ def test_ctrl_c_ends_a_sweep_as_interrupted_and_resume_finishes_it(tmp_path):
     assert not [x for x in all_runs if x["status"] == "RUNNING"]
     (parent,) = [x for x in all_runs if x["tags"].get("sweep.role") == "sweep"]
     (trial,) = [x for x in all_runs if x["tags"].get("sweep.role") == "trial"]
-    assert parent["status"] == "KILLED" and trial["status"] == "KILLED" and trial["tags"]["sweep.status"] == "interrupted"
+    assert (parent["status"] == "KILLED" and trial["status"] == "KILLED"
+            and trial["tags"]["sweep.status"] == "interrupted")
     r = sweep("run", str(p), "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     all_runs = runs(tmp_path / "mlflow.db")
@@ -450,7 +447,8 @@ def test_ctrl_c_ends_a_sweep_as_interrupted_and_resume_finishes_it(tmp_path):
     first = next(t for t in trials if t["id"] == trial["id"])  # the interrupted trial went on in its own run
     from mlflow.tracking import MlflowClient
 
-    steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(first["id"], "val_loss_mean")]
+    steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+             .get_metric_history(first["id"], "val_loss_mean")]
     assert set(steps) == set(range(1, 41)), steps
 
 

@@ -1,4 +1,5 @@
-"""Trainer: overfitting, early stopping, NaN detection, reproducibility, resume, loss, refit of the energy references."""
+"""Trainer: overfitting, early stopping, NaN detection, reproducibility, resume, loss, refit of the energy
+references."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def test_epoch_and_time_budgets():
     data = _ethanol(16)
     r = Trainer(SchNet(SMALL), data, data, TrainingConfig(max_epochs=2, early_stopping_patience=None)).fit()
     assert len(r.history) == 2 and "max_epochs" in r.stop_reason
-    r = Trainer(SchNet(SMALL), data, data, TrainingConfig(max_epochs=10_000, max_time=0.5, early_stopping_patience=None)).fit()
+    r = Trainer(SchNet(SMALL), data, data,
+                TrainingConfig(max_epochs=10_000, max_time=0.5, early_stopping_patience=None)).fit()
     assert "time budget" in r.stop_reason and len(r.history) < 10_000
 
 
@@ -175,10 +177,12 @@ def test_refit_recovers_a_constant_energy_shift_and_leaves_forces_alone():
     ref_before = t.model.offsets.atomref.clone()
     r = t.refit_offsets()
     assert r.kept and r.energy_unit == "kcal/mol" and r.elements == (1, 6, 8)
-    assert r.train_mean_residual == pytest.approx(0.37, abs=1e-10) and r.val_mean_residual == pytest.approx(0.37, abs=1e-10)
+    assert (r.train_mean_residual == pytest.approx(0.37, abs=1e-10)
+            and r.val_mean_residual == pytest.approx(0.37, abs=1e-10))
     assert r.val_energy_mae_before == pytest.approx(0.37, abs=1e-10) and r.val_energy_mae_after < 1e-10
     delta = (t.model.offsets.atomref - ref_before).numpy()
-    assert delta[[1, 6, 8]] == pytest.approx(0.37 * np.array([6, 2, 1]) / 41, abs=1e-13)  # minimum norm, Σ counts·δ = 0.37
+    # minimum norm, Σ counts·δ = 0.37
+    assert delta[[1, 6, 8]] == pytest.approx(0.37 * np.array([6, 2, 1]) / 41, abs=1e-13)
     after = predict(t.model, val)
     assert np.abs(after.energy - val.E).max() < 1e-10  # the model itself, predicted again
     assert np.array_equal(after.forces, before.forces)  # bit for bit

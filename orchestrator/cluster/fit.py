@@ -20,7 +20,7 @@ def local_nodes() -> list[dict[str, float]]:
 
 def cluster_nodes() -> list[dict[str, float]]:
     """Resources of the alive nodes of the Ray cluster this process is connected to."""
-    from orchestrator.cluster.storage import alive_nodes
+    from orchestrator.cluster.shared_storage import alive_nodes
 
     return [dict(n["Resources"]) for n in alive_nodes()]
 
@@ -58,7 +58,8 @@ def trial_fit_error(spec: SweepSpec, nodes: list[dict[str, float]], where: str) 
         if need_cpu > have_cpu:
             fixes.append(f"--set resources.cpus_per_trial={max(have_cpu, 1.0):g}")
         if need_gpu > have_gpu:
-            fixes.append("--set resources.gpus_per_trial=0" if have_gpu == 0 else f"--set resources.gpus_per_trial={have_gpu:g}")
+            fixes.append("--set resources.gpus_per_trial=0" if have_gpu == 0
+                         else f"--set resources.gpus_per_trial={have_gpu:g}")
         how = f"the stacked trial of {k} folds"
     else:
         per_fold = (have_cpu - 0.01) / k

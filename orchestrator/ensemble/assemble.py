@@ -59,8 +59,9 @@ from orchestrator.tracking.store import (
 )
 from schnet_model.calibration import Calibration
 from schnet_model.data.molecules import DataError
-from schnet_model.ensemble import STD_DDOF, EnsembleError, SchNetEnsemble
+from schnet_model.ensemble import STD_DDOF, Ensemble, EnsembleError
 from schnet_model.model_dir import ModelLoadError
+from schnet_model.nn.family import size
 
 
 @contextlib.contextmanager
@@ -85,7 +86,7 @@ def resolve(source: str | None, uri: str, rebuild: bool = False, console: Consol
     """The ensemble a ``sweep ensemble`` source names (see the module docstring)."""
     console = console or Console(stderr=True)
     if source and Path(source).exists():
-        return Loaded(SchNetEnsemble.load(source), f"directory {source}")
+        return Loaded(Ensemble.load(source), f"directory {source}")
     if source and source.startswith("models:/"):
         return Loaded(load_registered(uri, source), source, source)
     client = store_client(uri)
@@ -115,15 +116,15 @@ def resolve(source: str | None, uri: str, rebuild: bool = False, console: Consol
             return Loaded(load_registered(uri, tagged), f"{tagged} (sweep {sweep_run.data.tags.get(SWEEP_ID)})", tagged)
         except (EnsembleCommandError, EnsembleError) as e:
             console.print(f"note: {e}; assembling the ensemble again")
-    return assemble(client, uri, sweep_run, trial_run, console, max_calibration)
+    return assemble(client, uri, sweep_run, trial_run=trial_run, console=console, max_calibration=max_calibration)
 
 
-def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calibration: int = MAX_CALIBRATION_MOLECULES,
-             register: bool = True) -> Loaded:
+def assemble(client, uri: str, sweep_run, *, trial_run, console: Console,
+             max_calibration: int = MAX_CALIBRATION_MOLECULES, register: bool = True) -> Loaded:
     """Build, calibrate, report, log and register the ensemble of a sweep's best (or given) trial."""
     from schnet_model.data.heldout import with_tests
     from schnet_model.data.splits import SplitManifest
-    from schnet_model.files import sha256 as checksum
+    from schnet_model.files import sha256
 
     t0 = time.time()
     sid = sweep_run.info.run_id
@@ -139,38 +140,42 @@ def assemble(client, uri: str, sweep_run, trial_run, console: Console, max_calib
         meta = {"sweep": sweep_name, "sweep_run_id": sid, "trial_id": trial_id, "trial_run_id": trial_run.info.run_id,
                 "experiment": client.get_experiment(sweep_run.info.experiment_id).name, "created": time.time()}
         try:
-            ens = SchNetEnsemble.from_model_dirs(dirs, meta=meta)
+            ens = Ensemble.from_model_dirs(dirs, meta=meta)
         except (ModelLoadError, EnsembleError) as e:
             raise EnsembleCommandError(f"trial {trial_id}: fold models do not load ({str(e).splitlines()[0]})") from e
-        console.print(f"sweep {sweep_name}: trial {trial_id}, {ens.k} members ({ens.config.n_atom_basis}/"
-                      f"{ens.config.n_filters}/{ens.config.n_interactions}), energies in {ens.energy_unit}")
+        console.print(f"sweep {sweep_name}: trial {trial_id}, {ens.k} members ({size(ens.config)}), "
+                      f"energies in {ens.energy_unit}")
         try:
             joined = with_tests(spec.dataset)
         except DataError as e:
             raise EnsembleCommandError(f"cannot re-read the sweep's data to calibrate the ensemble: {e}") from e
-        files = [(joined.dataset.path, checksum(joined.dataset.path), manifest.dataset_sha256)] + [
-            (f.path, f.sha256, manifest.test_files[name].sha256) for name, f in joined.files.items() if name in manifest.test_files]
+        files = [(joined.dataset.path, sha256(joined.dataset.path), manifest.dataset_sha256)] + [
+            (f.path, f.sha256, manifest.test_files[name].sha256)
+            for name, f in joined.files.items() if name in manifest.test_files]
         for path, sha, want in files:  # the test files' sha256 were taken when with_tests read them
             if sha != want:
                 raise EnsembleCommandError(f"{path}: sha256 {sha[:12]}… differs from the sweep's {want[:12]}…; "
                                            "the file changed since the sweep")
         data = joined.molecules
         if data.energy_unit != ens.energy_unit:
-            raise EnsembleCommandError(f"dataset in {data.energy_unit} but the members were trained in {ens.energy_unit}")
-        folds = [(f.train, f.val) for f in manifest.folds]
-        cal, props, _ = fit_calibration(ens, data, folds, manifest.test_sets(), max_calibration,
+            raise EnsembleCommandError(f"dataset in {data.energy_unit} but the members were trained in "
+                                       f"{ens.energy_unit}")
+        cal, props, _ = fit_calibration(ens, data, manifest.fold_pairs(), tests=manifest.test_sets(),
+                                        max_molecules=max_calibration,
                                         stored=stored_predictions(client, trial_run.info.run_id, tmp))
         ens.calibration = cal
         reports = {name: build_report(pr, cal) for name, pr in props.items()}
         for name, report in reports.items():
             what = "held-out test set" if name == "test" else f"test file {name}"
             console.print(report_table(report, cal, f"{sweep_name} trial {trial_id}: {what} "
-                                                    f"({len(manifest.test_sets()[name]):,} molecules), {ens.k}-member ensemble"))
+                                                    f"({len(manifest.test_sets()[name]):,} molecules), "
+                                                    f"{ens.k}-member ensemble"))
         console.print(calibration_line(cal))
         ens_dir = ens.save(tmp / "ensemble")
         model_uri = None
         if register:
-            model_uri = log_and_register(client, uri, sweep_run, ens_dir, reports, cal, ens.energy_unit, console)
+            model_uri = log_and_register(client, uri, sweep_run, ens_dir=ens_dir, reports=reports, cal=cal,
+                                         energy_unit=ens.energy_unit, console=console)
     console.print(f"assembled in {time.time() - t0:.0f} s")
     return Loaded(ens, f"sweep {sweep_name} trial {trial_id}", model_uri)
 
@@ -185,8 +190,8 @@ def _code_copy(dst: Path) -> Path:
     return out
 
 
-def log_and_register(client, uri: str, sweep_run, ens_dir: Path, reports: dict, cal: Calibration, energy_unit: str,
-                     console: Console) -> str:
+def log_and_register(client, uri: str, sweep_run, *, ens_dir: Path, reports: dict, cal: Calibration,
+                     energy_unit: str, console: Console) -> str:
     """Log report + pyfunc model under the sweep run, register it, move the ``champion`` alias; the model URI."""
     import mlflow
     import torch
@@ -220,15 +225,16 @@ def log_and_register(client, uri: str, sweep_run, ens_dir: Path, reports: dict, 
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(Path(code.__file__)), artifacts={"ensemble": str(ens_dir)},
                 code_paths=[str(code_dir)], registered_model_name=name,
-                pip_requirements=[f"torch>={torch_req.rsplit('.', 1)[0]}", "numpy>=1.26", "pydantic>=2.6", "safetensors>=0.4",
-                                  "ase>=3.23", "pandas", f"mlflow=={mlflow.__version__}"],
+                pip_requirements=[f"torch>={torch_req.rsplit('.', 1)[0]}", "numpy>=1.26", "pydantic>=2.6",
+                                  "safetensors>=0.4", "ase>=3.23", "pandas", f"mlflow=={mlflow.__version__}"],
                 metadata={"std_ddof": STD_DDOF, "energy_unit": energy_unit,
                           "format": "sweep-schnet-ensemble"})
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, ALIAS, version)
     model_uri = f"models:/{name}/{version}"
     client.set_tag(sid, ENSEMBLE_TAG, model_uri)
-    console.print(f"MLflow: registered {name} version {version} (alias {ALIAS}); report and reliability plot on sweep run {sid}")
+    console.print(f"MLflow: registered {name} version {version} (alias {ALIAS}); "
+                  f"report and reliability plot on sweep run {sid}")
     return model_uri
 
 

@@ -13,7 +13,7 @@ from orchestrator.ensemble.source import EnsembleCommandError
 from orchestrator.tracking import keys
 from schnet_model.calibration import Calibration, fit_scale_oof
 from schnet_model.data.molecules import Molecules
-from schnet_model.ensemble import STD_DDOF, SchNetEnsemble
+from schnet_model.ensemble import STD_DDOF, Ensemble
 
 MAX_CALIBRATION_MOLECULES = 20_000  # test molecules used for E[std²] and the report (random subset beyond)
 def variance_inputs(tests: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
@@ -32,7 +32,8 @@ OOF_CHECK_MOLECULES = 32  # stored out-of-fold predictions are checked against t
 def stored_oof(stored: dict[str, np.ndarray] | None, folds: list[tuple[np.ndarray, np.ndarray]], forces: bool
                 ) -> dict[str, np.ndarray] | None:
     """The trial's stored out-of-fold predictions when they cover exactly the folds' validation sets, else None."""
-    need = [keys.prediction("oof", w) for w in ("idx", "fold", "energy")] + ([keys.prediction("oof", "forces")] if forces else [])
+    need = [keys.prediction("oof", w) for w in ("idx", "fold", "energy")] + (
+        [keys.prediction("oof", "forces")] if forces else [])
     if stored is None or any(n not in stored for n in need):
         return None
     idx, fold = stored[need[0]], stored[need[1]]
@@ -42,7 +43,7 @@ def stored_oof(stored: dict[str, np.ndarray] | None, folds: list[tuple[np.ndarra
     return {"idx": idx, "owner": fold, "energy": stored[need[2]], "forces": stored[need[3]] if forces else None}
 
 
-def oof_predictions(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]],
+def oof_predictions(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], *,
                     stored: dict[str, np.ndarray] | None, max_molecules: int, rng: np.random.Generator
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each pool molecule's prediction by the member that held it out: the trial's stored ones (``predictions.npz``,
@@ -56,14 +57,16 @@ def oof_predictions(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
     if oof is not None:
         sample = rng.choice(len(oof["idx"]), min(OOF_CHECK_MOLECULES, len(oof["idx"])), replace=False)
         pp = ens.predict(data.subset(oof["idx"][sample]), forces=False, calibrated=False, members=True)
-        diff = float(np.max(np.abs(pp.members_energy[oof["owner"][sample], np.arange(len(sample))] - oof["energy"][sample])))
+        diff = float(np.max(np.abs(pp.members_energy[oof["owner"][sample], np.arange(len(sample))]
+                                   - oof["energy"][sample])))
         details["oof_energy_max_abs_diff_vs_sweep"] = diff
         if diff > 1e-6 * float(np.max(np.abs(oof["energy"]))) + 1e-3:  # not these members' predictions: predict again
             details["oof_stored_rejected"] = True
             oof = None
     if oof is None:
         pool = np.concatenate([v for _, v in folds])  # [n_pool]
-        owner = np.concatenate([np.full(len(v), i) for i, (_, v) in enumerate(folds)])  # [n_pool] member that held it out
+        # [n_pool] member that held it out
+        owner = np.concatenate([np.full(len(v), i) for i, (_, v) in enumerate(folds)])
         if len(pool) > max_molecules:
             keep = np.sort(rng.choice(len(pool), max_molecules, replace=False))
             pool, owner = pool[keep], owner[keep]
@@ -81,9 +84,10 @@ def oof_predictions(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
     return oof, {**details, "oof_source": "stored by the sweep (predictions.npz), checked on a sample"}
 
 
-def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]],
+def fit_calibration(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], *,
                     tests: dict[str, np.ndarray], max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0,
-                    stored: dict[str, np.ndarray] | None = None) -> tuple[Calibration, dict[str, list[PropertyErrors]], dict]:
+                    stored: dict[str, np.ndarray] | None = None
+                    ) -> tuple[Calibration, dict[str, list[PropertyErrors]], dict]:
     """Fit the std scale on out-of-fold errors (pool) and the ensemble variance on held-out inputs; errors per test set.
 
     Args:
@@ -101,7 +105,7 @@ def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
     if len(folds) != k:
         raise EnsembleCommandError(f"{len(folds)} folds in split.json but {k} members")
     forces = data.has_forces
-    oof, oof_details = oof_predictions(ens, data, folds, stored, max_molecules, rng)
+    oof, oof_details = oof_predictions(ens, data, folds, stored=stored, max_molecules=max_molecules, rng=rng)
     pool = oof["idx"]
     details: dict[str, Any] = {"k": k, "std_ddof": STD_DDOF, "n_pool": int(len(pool)), **oof_details}
     tests = {name: np.sort(rng.choice(idx, max_molecules, replace=False)) if len(idx) > max_molecules else idx
@@ -114,7 +118,7 @@ def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
         props[name][0].add(pt.energy - mols.E, pt.energy_std)
         if forces:
             props[name].append(PropertyErrors("forces", f"{ens.energy_unit}/Å"))
-            props[name][1].add(pt.forces - mols.F, pt.forces_std)
+            props[name][1].add(pt.forces - mols.F, pt.forces_std, mols.atom_ptr)
     source, held = variance_inputs(tests)
     details["variance_inputs"], details["n_test"] = source, int(len(held))
     if not len(held):
@@ -125,14 +129,16 @@ def fit_calibration(ens: SchNetEnsemble, data: Molecules, folds: list[tuple[np.n
     a_e, details["energy"] = fit_scale_oof(oof["energy"] - data.E[pool], e_std, k)
     a_f = 1.0
     atoms = np.concatenate([preds[n][0].n_atoms for n in names])  # [n_held]
-    # the widest calibrated std seen on held-out molecules: beyond it a prediction is extrapolation (sweep ensemble says so)
+    # the widest calibrated std seen on held-out molecules: beyond it a prediction is extrapolation
+    # (sweep ensemble says so)
     details["seen_std_max"] = {"energy_per_atom": float(np.max(a_e * e_std / atoms))}
     if forces:
         f_oof = oof["forces"] - data.subset(pool).F  # [n_pool_atoms, 3]
         f_std = np.concatenate([preds[n][1].forces_std for n in names])  # [n_held_atoms, 3]
         a_f, details["forces"] = fit_scale_oof(f_oof, f_std, k)
         details["seen_std_max"]["forces"] = float(np.max(a_f * f_std))
-    return Calibration(energy_scale=a_e, forces_scale=a_f, method="oof-variance-decomposition", details=details), props, oof
+    return (Calibration(energy_scale=a_e, forces_scale=a_f, method="oof-variance-decomposition", details=details),
+            props, oof)
 
 
 def calibration_line(cal: Calibration) -> str:
@@ -147,4 +153,5 @@ def calibration_line(cal: Calibration) -> str:
             "their labels unused)")
 
 
-__all__ = ["MAX_CALIBRATION_MOLECULES", "OOF_CHECK_MOLECULES", "calibration_line", "fit_calibration", "oof_predictions", "stored_oof", "variance_inputs"]
+__all__ = ["MAX_CALIBRATION_MOLECULES", "OOF_CHECK_MOLECULES", "calibration_line", "fit_calibration", "oof_predictions",
+           "stored_oof", "variance_inputs"]

@@ -18,8 +18,6 @@ directory and renamed into place only when every frame succeeded: an error leave
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +66,8 @@ def _frames(path: Path) -> Iterator[tuple[Any, ...]]:
             db = AseDb(path)
             unit = db.metadata.get("energy_unit") or db.metadata.get("units")
             for row in db.rows():
-                yield (row.numbers, row.positions, row.energy, row.forces, np.zeros((3, 3)), np.zeros(3, bool), {}, unit)
+                yield (row.numbers, row.positions, row.energy, row.forces, np.zeros((3, 3)), np.zeros(3, bool), {},
+                       unit)
         except DataError as e:
             raise InputError(str(e)) from e
         return
@@ -83,7 +82,8 @@ def _frames(path: Path) -> Iterator[tuple[Any, ...]]:
             return
         except DataError as e:
             raise InputError(str(e)) from e
-        info = {key: v for key, v in atoms.info.items() if key not in OUR_INFO and isinstance(v, str | int | float | bool)}
+        info = {key: v for key, v in atoms.info.items()
+                if key not in OUR_INFO and isinstance(v, str | int | float | bool)}
         unit = atoms.info.get("energy_unit", atoms.info.get("units"))
         yield (atoms.numbers, atoms.positions, frame_energy(atoms), frame_forces(atoms), np.array(atoms.cell),
                np.array(atoms.pbc), info, unit)
@@ -119,8 +119,8 @@ def read_chunks(path: str | Path, max_atoms: int = DEFAULT_CHUNK_ATOMS, input_un
                 raise InputError(f"{path}: frame {k}: positions are malformed (shape {pos.shape} or non-finite values)")
             d, i, j = closest_pairs(pos, np.array([0, len(numbers)]))
             if d[0] < MIN_DISTANCE:
-                raise InputError(f"{path}: frame {k}: atoms {i[0] + 1} and {j[0] + 1} are {d[0]:.3g} Å apart, closer than "
-                                 f"{MIN_DISTANCE:g} Å: not a physical geometry")
+                raise InputError(f"{path}: frame {k}: atoms {i[0] + 1} and {j[0] + 1} are {d[0]:.3g} Å apart, "
+                                 f"closer than {MIN_DISTANCE:g} Å: not a physical geometry")
             if fr[7] is not None and declared is not None and canonical_energy_unit(str(fr[7])) != declared:
                 raise InputError(f"{path}: frame {k}: energy_unit {fr[7]!r} differs from frame 1's {declared!r}")
             buf.append((numbers, pos, *fr[2:7]))
@@ -153,46 +153,12 @@ def _to_chunk(path: Path, start: int, buf: list[tuple[Any, ...]]) -> FrameChunk:
         if f is not None:
             f = np.asarray(f, dtype=np.float64)
             if f.shape != (len(numbers), 3):
-                raise InputError(f"{path}: frame {start + i}: forces have shape {f.shape}, expected ({len(numbers)}, 3)")
+                raise InputError(f"{path}: frame {start + i}: forces have shape {f.shape}, "
+                                 f"expected ({len(numbers)}, 3)")
             Fr[ptr[i] : ptr[i + 1]] = f
     return FrameChunk(first=start, Z=np.concatenate([b[0] for b in buf]), R=np.concatenate([b[1] for b in buf]),
-                      atom_ptr=ptr, ref_energy=E, ref_forces=Fr, cells=[(b[4], b[5]) for b in buf], infos=[b[6] for b in buf])
-
-
-class AtomicFiles:
-    """Temporary files next to their targets, renamed into place by :meth:`commit`, removed otherwise."""
-
-    def __init__(self, *targets: Path) -> None:
-        self.targets = [Path(t).resolve() for t in targets]
-        self.tmps: list[Path] = []
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> list[Any]:
-        for t in self.targets:
-            t.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".part", dir=t.parent)
-            self.tmps.append(Path(name))
-            self.handles.append(os.fdopen(fd, "w", newline="", encoding="utf-8"))
-        return self.handles
-
-    def commit(self) -> None:
-        for h in self.handles:
-            h.flush()
-            os.fsync(h.fileno())
-            h.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp, t in zip(self.tmps, self.targets, strict=True):
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, t)
-        self.tmps = []
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            if not h.closed:
-                h.close()
-        for tmp in self.tmps:
-            tmp.unlink(missing_ok=True)
+                      atom_ptr=ptr, ref_energy=E, ref_forces=Fr, cells=[(b[4], b[5]) for b in buf],
+                      infos=[b[6] for b in buf])
 
 
 def csv_path(out: Path) -> Path:
@@ -232,8 +198,8 @@ class Writer:
             at.arrays["forces"] = pred.forces[a0:a1]
             at.arrays["forces_std"] = pred.forces_std[a0:a1]
             at.arrays["forces_std_norm"] = pred.forces_std_norm[a0:a1]
-            row = [chunk.first + i, a1 - a0, at.get_chemical_formula(), f"{pred.energy[i]:.10g}", f"{pred.energy_std[i]:.6g}",
-                   f"{pred.forces_std_max[i]:.6g}", f"{pred.forces_std_mean[i]:.6g}"]
+            row = [chunk.first + i, a1 - a0, at.get_chemical_formula(), f"{pred.energy[i]:.10g}",
+                   f"{pred.energy_std[i]:.6g}", f"{pred.forces_std_max[i]:.6g}", f"{pred.forces_std_mean[i]:.6g}"]
             if self.has_ref:
                 e_ref = ref_e[i] if ref_e is not None else np.nan
                 if np.isfinite(e_ref):
@@ -244,7 +210,8 @@ class Writer:
                     ferr = pred.forces[a0:a1] - fr
                     at.arrays["forces_ref"] = fr
                     at.arrays["forces_error"] = ferr
-                row += [f"{e_ref:.10g}" if np.isfinite(e_ref) else "", f"{pred.energy[i] - e_ref:.6g}" if np.isfinite(e_ref) else "",
+                row += [f"{e_ref:.10g}" if np.isfinite(e_ref) else "",
+                        f"{pred.energy[i] - e_ref:.6g}" if np.isfinite(e_ref) else "",
                         f"{np.abs(ferr).mean():.6g}" if ferr is not None else "",
                         f"{np.sqrt(np.square(ferr).mean()):.6g}" if ferr is not None else ""]
             frames.append(at)
@@ -259,4 +226,4 @@ def convert_refs(chunk: FrameChunk, ref_unit: str, unit: str) -> tuple[np.ndarra
     return chunk.ref_energy * f, chunk.ref_forces * f
 
 
-__all__ = ["AtomicFiles", "FrameChunk", "InputError", "Writer", "convert_refs", "csv_path", "read_chunks"]
+__all__ = ["FrameChunk", "InputError", "Writer", "convert_refs", "csv_path", "read_chunks"]

@@ -26,9 +26,9 @@ class SchNetEnsemblePyfunc(PythonModel):
     """Energies, forces and their calibrated ensemble stds for molecules."""
 
     def load_context(self, context: Any) -> None:
-        from schnet_model.ensemble import SchNetEnsemble
+        from schnet_model.ensemble import Ensemble
 
-        self.ensemble = SchNetEnsemble.load(context.artifacts["ensemble"])
+        self.ensemble = Ensemble.load(context.artifacts["ensemble"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -43,8 +43,8 @@ class SchNetEnsemblePyfunc(PythonModel):
         p = self.ensemble.predict_arrays(np.concatenate(Z), np.concatenate(R), ptr)
         split = lambda a: [a[ptr[i] : ptr[i + 1]].tolist() for i in range(len(Z))]  # noqa: E731
         return pd.DataFrame({"energy": p.energy, "energy_std": p.energy_std, "forces_std_max": p.forces_std_max,
-                             "forces_std_mean": p.forces_std_mean, "forces": split(p.forces), "forces_std": split(p.forces_std),
-                             "energy_unit": p.energy_unit})
+                             "forces_std_mean": p.forces_std_mean, "forces": split(p.forces),
+                             "forces_std": split(p.forces_std), "energy_unit": p.energy_unit})
 
 
 mlflow.models.set_model(SchNetEnsemblePyfunc())

@@ -8,22 +8,46 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from schnet_model.calibration import Calibration, calibration_metrics, fit_scale, reliability
+from schnet_model.calibration import Calibration, calibration_metrics, fit_scale, reliability, spearman
 
 
 @dataclass
 class PropertyErrors:
-    """Errors of the ensemble mean and raw (uncalibrated, ddof=1) stds of one property, flattened."""
+    """Errors of the ensemble mean and raw (uncalibrated, ddof=1) stds of one property, flattened; for forces given
+    with their molecules' ``atom_ptr`` also per atom (vector norms) and per molecule (the largest atom's: what an MD
+    stop and an active-learning selection act on)."""
 
     name: str  # "energy" or "forces"
     unit: str
     error: list[np.ndarray] = field(default_factory=list)  # chunks of [n] prediction − reference
     std: list[np.ndarray] = field(default_factory=list)  # chunks of [n] raw stds
+    atom: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # chunks of ([n_atoms] ‖σ‖, ‖error‖)
+    molecule: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # chunks of ([n_mols] max ‖σ‖, ‖e‖)
 
-    def add(self, error: np.ndarray, std: np.ndarray) -> None:
+    def add(self, error: np.ndarray, std: np.ndarray, atom_ptr: np.ndarray | None = None) -> None:
         ok = np.isfinite(error)
         self.error.append(np.ravel(error[ok]))
         self.std.append(np.ravel(std[ok]))
+        if atom_ptr is None or error.ndim != 2:
+            return
+        e_atom = np.linalg.norm(error, axis=1)  # [n_atoms]
+        s_atom = np.sqrt(np.sum(std**2, axis=1))  # [n_atoms] ‖σ‖ over x, y, z
+        good = np.isfinite(e_atom)
+        self.atom.append((s_atom[good], e_atom[good]))
+        starts = np.asarray(atom_ptr)[:-1][np.diff(atom_ptr) > 0]  # [n_mols] first atom of each non-empty molecule
+        if len(starts):
+            e_mol = np.maximum.reduceat(np.where(good, e_atom, -np.inf), starts)
+            s_mol = np.maximum.reduceat(np.where(good, s_atom, -np.inf), starts)
+            keep = np.isfinite(e_mol)
+            self.molecule.append((s_mol[keep], e_mol[keep]))
+
+    def ranked(self) -> dict[str, float]:
+        """Spearman ρ(σ, |error|) per atom and per molecule (scale-free: the same raw and calibrated)."""
+        out = {}
+        for key, chunks in (("spearman_atom", self.atom), ("spearman_molecule", self.molecule)):
+            if chunks and sum(len(s) for s, _ in chunks) > 1:
+                out[key] = spearman(np.concatenate([s for s, _ in chunks]), np.concatenate([e for _, e in chunks]))
+        return out
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return (np.concatenate(self.error) if self.error else np.zeros(0),
@@ -58,7 +82,9 @@ def build_report(props: list[PropertyErrors], calibration: Calibration) -> Calib
         if not len(e):
             continue
         sc = calibration.scale(p.name)
-        metrics[p.name] = {"raw": calibration_metrics(e, s), "calibrated": calibration_metrics(e, s * sc)}
+        ranked = p.ranked()
+        metrics[p.name] = {"raw": calibration_metrics(e, s) | ranked,
+                           "calibrated": calibration_metrics(e, s * sc) | ranked}
         curves[p.name] = {"raw": reliability(e, s), "calibrated": reliability(e, s * sc)}
         units[p.name] = p.unit
         best[p.name] = fit_scale(e, s)
@@ -66,6 +92,8 @@ def build_report(props: list[PropertyErrors], calibration: Calibration) -> Calib
 
 
 ROWS = (("rmse", "RMSE (ensemble mean)", True), ("rmv", "RMS of σ", True), ("spearman", "Spearman ρ(σ, |err|)", False),
+        ("spearman_atom", "Spearman per atom (‖σ‖, ‖err‖)", False),
+        ("spearman_molecule", "Spearman per molecule (max atom)", False),
         ("miscal_area", "miscal. area", False), ("nll", "NLL (nats)", False),
         ("coverage68", "coverage ±1σ (68%)", False), ("coverage95", "coverage ±2σ (95%)", False))
 
@@ -82,6 +110,8 @@ def report_table(report: CalibrationReport, calibration: Calibration, title: str
         t.add_row(f"{prop}, {n:,} {what}", "scale applied", "1", f"{calibration.scale(prop):.4g}")
         t.add_row("", "ML scale here", "", f"{report.best_scale[prop]:.4g}")
         for key, label, with_unit in ROWS:
+            if key not in by["raw"]:  # per atom and per molecule: forces only
+                continue
             raw, cal = by["raw"][key], by["calibrated"][key]
             u = f" {unit}" if with_unit else ""
             t.add_row("", label, f"{raw:.4g}{u}", f"{cal:.4g}{u}" if key != "rmse" else "")

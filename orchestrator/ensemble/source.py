@@ -21,7 +21,7 @@ from orchestrator.tracking.store import (
     StoreNotFoundError,
     open_client,
 )
-from schnet_model.ensemble import SchNetEnsemble
+from schnet_model.ensemble import Ensemble
 
 MODEL_SUFFIX, ALIAS, ENSEMBLE_TAG = "-schnet-ensemble", "champion", keys.ENSEMBLE_MODEL
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -35,7 +35,7 @@ class EnsembleCommandError(RuntimeError):
 class Loaded:
     """An ensemble and where it came from."""
 
-    ensemble: SchNetEnsemble
+    ensemble: Ensemble
     description: str
     model_uri: str | None = None
 
@@ -67,7 +67,7 @@ def find_sweep(client, uri: str, name: str | None):
     return sweeps[0]
 
 
-def load_registered(uri: str, model_uri: str) -> SchNetEnsemble:
+def load_registered(uri: str, model_uri: str) -> Ensemble:
     """Download a registered ensemble (``models:/…``) and load it."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -78,7 +78,7 @@ def load_registered(uri: str, model_uri: str) -> SchNetEnsemble:
         except MlflowException as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EnsembleCommandError(f"{model_uri}: cannot load from {uri} ({msg})") from e
-        return SchNetEnsemble.load(local)
+        return Ensemble.load(local)
 
 
 def download_artifact(client, run_id: str, path: str, dst: Path) -> Path:
@@ -96,7 +96,8 @@ def fold_model_dirs(client, trial_run, dst: Path) -> list[Path]:
     tid = trial_run.info.run_id
     if trial_run.data.tags.get(keys.STATUS) not in FINALISED:
         raise EnsembleCommandError(f"trial {trial_run.data.tags.get(keys.TRIAL_ID)} is "
-                                   f"{trial_run.data.tags.get(keys.STATUS, trial_run.info.status)}: it has no fold models "
+                                   f"{trial_run.data.tags.get(keys.STATUS, trial_run.info.status)}: "
+                                   "it has no fold models "
                                    f"(only {' or '.join(FINALISED)} trials have)")
     folds = client.search_runs([trial_run.info.experiment_id],
                                filter_string=f"tags.`{PARENT}` = '{tid}' and tags.`{ROLE}` = 'fold'", max_results=1000)
@@ -116,4 +117,5 @@ def stored_predictions(client, trial_run_id: str, tmp: Path) -> dict[str, np.nda
         return {k: z[k] for k in z.files}
 
 
-__all__ = ["ALIAS", "ENSEMBLE_TAG", "MODEL_SUFFIX", "RUN_ID", "EnsembleCommandError", "Loaded", "download_artifact", "find_sweep", "fold_model_dirs", "load_registered", "store_client", "stored_predictions"]
+__all__ = ["ALIAS", "ENSEMBLE_TAG", "MODEL_SUFFIX", "RUN_ID", "EnsembleCommandError", "Loaded", "download_artifact",
+           "find_sweep", "fold_model_dirs", "load_registered", "store_client", "stored_predictions"]

@@ -58,7 +58,7 @@ class LearnError(ValueError):
     """A campaign that cannot start or continue (one line)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LearnOptions:
     """How a campaign explores, selects and labels (all recorded on its MLflow run)."""
 
@@ -72,7 +72,8 @@ class LearnOptions:
     every: int = 10  # a candidate frame every `every` steps
     threshold: str = "4x"  # a run stops when a per-atom force std exceeds it: eV/Å, or "4x": 4 × the median on the data
     seed: int = 0
-    pool_factor: int = POOL_FACTOR  # the uncertainty selection clusters the pool_factor × per_round most uncertain candidates
+    # the uncertainty selection clusters the pool_factor × per_round most uncertain candidates
+    pool_factor: int = POOL_FACTOR
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -90,7 +91,8 @@ class LearnOptions:
             raise LearnError(f"--method {self.method}: the labels need {package}; pip install -e '.[{extra}]'")
         for name in ("rounds", "per_round", "trajectories", "steps", "every", "pool_factor"):
             if getattr(self, name) < (0 if name == "rounds" else 1):
-                raise LearnError(f"--{name.replace('_', '-')}: must be ≥ {0 if name == 'rounds' else 1} (got {getattr(self, name)})")
+                raise LearnError(f"--{name.replace('_', '-')}: must be ≥ {0 if name == 'rounds' else 1} "
+                                 f"(got {getattr(self, name)})")
         try:
             self.temperature = parse_temperatures(self.temperature)
             parse_threshold(self.threshold)
@@ -153,7 +155,8 @@ def round_spec(spec: SweepSpec, version: Version, name: str, params: dict[str, A
     frac = spec.dataset.n_val / (spec.dataset.n_train + spec.dataset.n_val)
     n_val = min(max(1, round(version.n_molecules * frac)), version.n_molecules - 1)
     s.dataset = s.dataset.model_copy(update=dict(path=Path(version.path), format="md17", download=None, n_test=None,
-                                                 n_train=version.n_molecules - n_val, n_val=n_val, energy_unit=None, unit=None))
+                                                 n_train=version.n_molecules - n_val, n_val=n_val, energy_unit=None,
+                                                 unit=None))
     if params is not None:
         s.search = s.search.model_copy(update=dict(num_samples=1, initial_points=[params] if params else [],
                                                    time_budget=None, plan="off"))
@@ -164,6 +167,7 @@ def evaluate(ens, cfg) -> dict[str, float]:
     """Test errors and calibration of ``ens`` on every named test file of ``cfg`` (never trained on)."""
     from orchestrator.ensemble.report import PropertyErrors, build_report
     from schnet_model.data.heldout import with_tests
+    from schnet_model.training.metrics import mae_rmse
 
     joined = with_tests(cfg)
     out: dict[str, float] = {}
@@ -171,12 +175,11 @@ def evaluate(ens, cfg) -> dict[str, float]:
         mols = joined.molecules.subset(held.idx)
         raw = ens.predict(mols, calibrated=False)
         e, f = raw.energy - mols.E, raw.forces - mols.F
-        out[f"{name}_energy_mae"], out[f"{name}_forces_mae"] = float(np.abs(e).mean()), float(np.abs(f).mean())
-        out[f"{name}_energy_rmse"] = float(np.sqrt(np.mean(e**2)))
-        out[f"{name}_forces_rmse"] = float(np.sqrt(np.mean(f**2)))
+        out[f"{name}_energy_mae"], out[f"{name}_energy_rmse"] = mae_rmse(e)
+        out[f"{name}_forces_mae"], out[f"{name}_forces_rmse"] = mae_rmse(f)
         pe, pf = PropertyErrors("energy", ens.energy_unit), PropertyErrors("forces", f"{ens.energy_unit}/Å")
         pe.add(e, raw.energy_std)
-        pf.add(f, raw.forces_std)
+        pf.add(f, raw.forces_std, mols.atom_ptr)
         out.update(build_report([pe, pf], ens.calibration).flat(f"{name}_"))
     return out
 
@@ -186,11 +189,11 @@ class Trained:
     """One round's training: its sweep, the k-fold ensemble and its test errors."""
 
     outcome: Any  # orchestrator.search.driver.SweepOutcome
-    ensemble: Any  # schnet_model.ensemble.SchNetEnsemble, rebuilt from the sweep's best trial
+    ensemble: Any  # schnet_model.ensemble.Ensemble, rebuilt from the sweep's best trial
     metrics: dict[str, float]  # evaluate(): test errors and calibration per named test set
 
 
-def train_round(spec: SweepSpec, version: Version, name: str, params: dict[str, Any] | None, uri: str,
+def train_round(spec: SweepSpec, version: Version, name: str, *, params: dict[str, Any] | None, uri: str,
                 address: str | None = None, console: Console | None = None) -> Trained:
     """Train a dataset version as one round does: the sweep of :func:`round_spec`, its best trial's k folds as an
     ensemble (tracking store ``uri``), evaluated on the fixed test sets. Raises :class:`LearnError` when no trial
@@ -241,7 +244,7 @@ def choose_round(ens, R: np.ndarray, z: np.ndarray, opts: LearnOptions, r: int) 
     return RoundChoice(trajs, threshold, sel)
 
 
-def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = False, address: str | None = None,
+def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, *, resume: bool = False, address: str | None = None,
                  console: Console | None = None) -> Campaign:
     """Run (or resume) an active-learning campaign; returns it with every round's record."""
     from schnet_model.data.generate import relabel, theory
@@ -250,8 +253,9 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
 
     console = console or Console()
     if not spec.dataset.test_files():
-        raise LearnError(f"{spec.name}: sweep learn needs a fixed test set that no round selects from or trains on: give "
-                         "dataset.test_path (e.g. --set dataset.test_path=test_1000K.npz); the dataset file grows every round")
+        raise LearnError(f"{spec.name}: sweep learn needs a fixed test set that no round selects from or trains on: "
+                         "give dataset.test_path (e.g. --set dataset.test_path=test_1000K.npz); "
+                         "the dataset file grows every round")
     out = out.resolve()
     uri = spec.tracking.resolved_uri()
     experiment = spec.tracking.experiment or spec.name
@@ -267,7 +271,8 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
         name = f"{spec.name}-learn-{datetime.now():%Y%m%d-%H%M%S}"
         run_id = store.client.create_run(store.exp_id, run_name=name, tags={ROLE: "campaign", SWEEP_ID: name,
                                                                              keys.SPEC_NAME: spec.name}).info.run_id
-        store.log(run_id, {}, params={**{k: v for k, v in asdict(opts).items()}, "test_sets": ",".join(spec.dataset.test_files())})
+        store.log(run_id, {}, params={**{k: v for k, v in asdict(opts).items()},
+                                      "test_sets": ",".join(spec.dataset.test_files())})
         camp = Campaign(name, spec.name, asdict(opts), run_id, uri, experiment)
         (out / name).mkdir(parents=True, exist_ok=True)
     root = out / camp.name
@@ -289,24 +294,29 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
             mols = ds.molecules
             n = spec.dataset.n_train + spec.dataset.n_val
             if n > len(mols):
-                raise DataError(f"{spec.dataset.path}: dataset.n_train + dataset.n_val = {n} but the file has {len(mols)} molecules")
+                raise DataError(f"{spec.dataset.path}: dataset.n_train + dataset.n_val = {n} "
+                                f"but the file has {len(mols)} molecules")
             tr, va = train_val(np.arange(len(mols)), spec.dataset.n_train, spec.dataset.n_val, spec.dataset.split_seed)
             version = initial(mols, np.concatenate([tr, va]), path0, mols.meta.get("theory", "unknown"))
-    console.print(f"campaign {camp.name}: {opts.rounds} rounds × {opts.per_round} molecules ({opts.strategy} selection, "
-                  f"{opts.method} labels, exploration MD at {kelvin(opts.temperature)}); data {version.n_molecules} molecules; "
+    console.print(f"campaign {camp.name}: {opts.rounds} rounds × {opts.per_round} molecules "
+                  f"({opts.strategy} selection, "
+                  f"{opts.method} labels, exploration MD at {kelvin(opts.temperature)}); "
+                  f"data {version.n_molecules} molecules; "
                   f"state {root / CAMPAIGN_JSON}", soft_wrap=True)
 
     for r in range(len(camp.rounds), opts.rounds + 1):
         t0 = time.time()
         rid = store.client.create_run(store.exp_id, run_name=f"{camp.name}-round{r}",
-                                      tags={ROLE: "round", PARENT: camp.run_id, CAMPAIGN_TAG: camp.run_id, ROUND_TAG: str(r)}).info.run_id
+                                      tags={ROLE: "round", PARENT: camp.run_id, CAMPAIGN_TAG: camp.run_id,
+                                            ROUND_TAG: str(r)}).info.run_id
         store.client.log_artifact(rid, version.path)
         store.client.log_artifact(rid, str(version.sidecar()))
         store.log(rid, {"n_molecules": version.n_molecules, "added": version.added},
                   params={"dataset_sha256": version.sha256, "dataset_parent_sha256": version.parent_sha256})
         # -- retrain -------------------------------------------------------------------------------------------
         try:
-            trained = train_round(spec, version, f"{camp.name}-r{r}", camp.params if r else None, uri, address, console)
+            trained = train_round(spec, version, f"{camp.name}-r{r}", params=camp.params if r else None, uri=uri,
+                                  address=address, console=console)
         except LearnError as e:
             store.end(rid, "FAILED")
             raise LearnError(f"round {r}: {e}") from None
@@ -335,12 +345,15 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
             store.log(rid, sel_metrics)
             store.client.log_artifact(rid, str(sel_path))
             labelled = relabel({"R": np.stack([a.positions for a in chosen]), "z": z}, opts.method)
-            version = grow(version, labelled, root / f"data_r{r + 1}.npz", r + 1, outcome.name, opts.strategy, opts.method)
+            version = grow(version, labelled, root / f"data_r{r + 1}.npz", round_=r + 1, chosen_by=outcome.name,
+                           strategy=opts.strategy, method=opts.method)
             record.selected = str(sel_path)
-            console.print(f"round {r}: {sel_metrics['candidates']} candidates from {len(choice.trajectories)} MD runs at "
+            console.print(f"round {r}: {sel_metrics['candidates']} candidates "
+                          f"from {len(choice.trajectories)} MD runs at "
                           f"{kelvin(opts.temperature)} ({sel_metrics['trajectories_stopped']} stopped by the "
                           f"{choice.threshold:.3g} eV/Å threshold, {opts.threshold}); {len(chosen)} selected "
-                          f"({opts.strategy}; median max force std {sel_metrics['selected_forces_std_max_median']:.3f} eV/Å "
+                          f"({opts.strategy}; median max force std "
+                          f"{sel_metrics['selected_forces_std_max_median']:.3f} eV/Å "
                           f"vs {sel_metrics['candidates_forces_std_max_median']:.3f} over candidates), labelled with "
                           f"{theory(opts.method)} → {version.path}", soft_wrap=True)
         record.seconds = time.time() - t0
@@ -353,5 +366,5 @@ def run_campaign(spec: SweepSpec, opts: LearnOptions, out: Path, resume: bool = 
     return camp
 
 
-__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "RoundChoice", "choose_round", "Trained", "evaluate", "latest_unfinished",
-           "round_spec", "run_campaign", "train_round"]
+__all__ = ["Campaign", "LearnError", "LearnOptions", "RoundRecord", "RoundChoice", "choose_round", "Trained",
+           "evaluate", "latest_unfinished", "round_spec", "run_campaign", "train_round"]

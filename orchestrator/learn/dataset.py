@@ -44,8 +44,8 @@ def _arrays(mols: Molecules) -> dict[str, np.ndarray]:
     n = mols.n_atoms
     z = mols.Z[: n[0]]
     if (n != n[0]).any() or not (mols.Z.reshape(len(mols), -1) == z).all():
-        raise DataError(f"{mols.meta.get('source', mols.name)}: sweep learn grows datasets of one molecule (the same atoms "
-                        "in the same order in every frame)")
+        raise DataError(f"{mols.meta.get('source', mols.name)}: sweep learn grows datasets of one molecule "
+                        "(the same atoms in the same order in every frame)")
     if mols.E is None or mols.F is None:
         raise DataError(f"{mols.meta.get('source', mols.name)}: sweep learn needs reference energies and forces")
     return {"R": mols.R.reshape(len(mols), n[0], 3), "z": z.astype(np.uint8), "E": mols.E,
@@ -65,10 +65,11 @@ def initial(mols: Molecules, pool: np.ndarray, out: Path, theory: str) -> Versio
     """Round 0: the spec's CV pool of molecules (``pool`` indices into ``mols``)."""
     arrays = _arrays(mols.subset(np.sort(pool)))
     arrays.update(round=np.zeros(len(pool), np.int16), theory=np.array(theory))
-    return write_version(arrays, out, dict(round=0, added=0, parent_sha256=None, chosen_by=None, strategy=None, method=None))
+    return write_version(arrays, out, dict(round=0, added=0, parent_sha256=None, chosen_by=None, strategy=None,
+                                           method=None))
 
 
-def grow(prev: Version, labelled: dict[str, np.ndarray], out: Path, round_: int, chosen_by: str, strategy: str,
+def grow(prev: Version, labelled: dict[str, np.ndarray], out: Path, *, round_: int, chosen_by: str, strategy: str,
          method: str) -> Version:
     """``prev`` plus ``labelled`` (MD17-layout arrays in kcal/mol, as the labeller writes them) as round ``round_``."""
     with np.load(prev.path, allow_pickle=False) as npz:

@@ -32,7 +32,7 @@ import numpy as np
 from ase import Atoms
 
 from schnet_model.data.molecules import DataError, Molecules
-from schnet_model.ensemble import SchNetEnsemble
+from schnet_model.ensemble import Ensemble
 
 Strategy = Literal["uncertainty", "stochastic", "random"]
 STRATEGIES: tuple[str, ...] = ("uncertainty", "stochastic", "random")
@@ -59,7 +59,7 @@ class Scored:
     score: np.ndarray  # [n] forces_std_max, eV/Å
 
 
-def score(ens: SchNetEnsemble, frames: list[Atoms]) -> Scored:
+def score(ens: Ensemble, frames: list[Atoms]) -> Scored:
     """The ensemble's calibrated prediction for every frame (positions in Å)."""
     if not frames:
         raise SelectError("no candidate molecules to select from")
@@ -92,7 +92,7 @@ def descriptors(frames: list[Atoms]) -> np.ndarray:
     return out
 
 
-def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, seed: int = 0,
+def choose(scores: np.ndarray, desc: np.ndarray, n: int, strategy: Strategy, *, seed: int = 0,
            pool_factor: int = POOL_FACTOR, max_score: float | None = None) -> np.ndarray:
     """Indices of the ``n`` candidates to label, most uncertain first (``random``: in the order drawn).
 
@@ -186,12 +186,13 @@ class Selection:
         return out
 
 
-def select(ens: SchNetEnsemble, frames: list[Atoms], n: int, strategy: Strategy, seed: int = 0,
+def select(ens: Ensemble, frames: list[Atoms], n: int, strategy: Strategy, *, seed: int = 0,
            max_score: float | None = None, pool_factor: int = POOL_FACTOR) -> Selection:
     """Score ``frames`` with ``ens`` and choose ``n`` of them (:func:`choose`): what ``sweep select`` and every round of
     ``sweep learn`` do."""
     scored = score(ens, frames)
-    idx = choose(scored.score, descriptors(frames), n, strategy, seed, pool_factor=pool_factor, max_score=max_score)
+    idx = choose(scored.score, descriptors(frames), n, strategy, seed=seed, pool_factor=pool_factor,
+                 max_score=max_score)
     return Selection(scored, idx, selected_frames(scored, idx, strategy))
 
 
@@ -226,7 +227,7 @@ def kelvin(temps: list[float]) -> str:
     return ", ".join(f"{t:g}" for t in temps) + " K"
 
 
-def threshold_eV(text: str | float, ens: SchNetEnsemble, reference: list[Atoms]) -> float:
+def threshold_eV(text: str | float, ens: Ensemble, reference: list[Atoms]) -> float:
     """The threshold in eV/Å. Relative (``"4x"``): 4 × the median calibrated max force std over ``reference`` (the
     data the runs start from), so that it follows the ensemble: a recalibration that doubles every std, or models
     that have become more certain, move the stopping point with them instead of stopping every run at once (or
@@ -236,7 +237,8 @@ def threshold_eV(text: str | float, ens: SchNetEnsemble, reference: list[Atoms])
 
 
 def read_candidates(path: Path) -> list[Atoms]:
-    """Every frame of an ASE-readable file (positions in Å), as a one-line :class:`SelectError` when it cannot be read."""
+    """Every frame of an ASE-readable file (positions in Å), as a one-line :class:`SelectError` when it cannot be
+    read."""
     from schnet_model.data.formats_ase import read_frames
 
     try:
@@ -260,4 +262,5 @@ def write_selection(frames: list[Atoms], out: Path) -> Path:
 
 
 __all__ = ["POOL_FACTOR", "STRATEGIES", "Scored", "SelectError", "Selection", "Strategy", "choose", "descriptors",
-           "kelvin", "parse_temperatures", "parse_threshold", "read_candidates", "score", "select", "selected_frames", "threshold_eV", "write_selection"]
+           "kelvin", "parse_temperatures", "parse_threshold", "read_candidates", "score", "select", "selected_frames",
+           "threshold_eV", "write_selection"]

@@ -11,6 +11,9 @@ with N the fold's training + validation molecules, T interactions, P pairs and A
 B atom basis, S steps per epoch. The coefficients were fitted (non-negative least squares, relative errors) on 54
 measured eager fold-epochs at one thread: 18 configurations (2–6 interactions, 64/128 filters and atom basis, batch
 8/16/32) × ethanol (9 atoms), acetylacetone (15) and aspirin (21) — median error 6 %, worst 20 % (docs/benchmarks.md).
+PaiNN has its own coefficients, with F features per pair and F² per atom (``schnet_model.nn.family.cost_widths``),
+fitted on 22 epochs (2 and 5 blocks × 32/64/128 features × batch 8/32 and the paper's 3 × 128, 5 Å cutoff) × ethanol
+and acetylacetone — median error 8 %, worst 18 %.
 ``scale`` is this machine's speed: the plan sets it from the one epoch it measures, and it is re-fitted from every
 epoch the screening rung measured (:meth:`EpochCost.calibrated`), so a finalist's cost is priced from what ran here.
 """
@@ -22,10 +25,12 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from schnet_model import ModelConfig, TrainingConfig
+from schnet_model import TrainingConfig
+from schnet_model.nn.family import AnyConfig, cost_widths, size
 
-COEF = {"pair": 0.0251, "atom": 0.00181, "layer": 0.101, "step": 0.097}
-"""Seconds per unit of each term at one thread on the machine they were measured on (scale 1)."""
+COEF = {"schnet": {"pair": 0.0251, "atom": 0.00181, "layer": 0.101, "step": 0.097},
+        "painn": {"pair": 0.1424, "atom": 0.007018, "layer": 0.391, "step": 0.0}}
+"""Seconds per unit of each term at one thread on the machine they were measured on (scale 1), by model family."""
 
 
 @dataclass(frozen=True)
@@ -42,19 +47,21 @@ class EpochCost:
     pairs: dict[str, float]  # mean ordered pairs per molecule, by cutoff
     scale: float = 1.0  # this machine: measured seconds ÷ the model's (1 thread)
 
-    def units(self, model: ModelConfig, training: TrainingConfig) -> float:
+    def units(self, model: AnyConfig, training: TrainingConfig) -> float:
         """The configuration's epoch in model units (seconds on the reference machine, scale 1)."""
-        n, t, f, b = self.n_train + self.n_val, model.n_interactions, model.n_filters, model.n_atom_basis
+        n, t = self.n_train + self.n_val, model.n_interactions
+        f, b2 = cost_widths(model)  # per pair, per atom (SchNet: filters, B·F + B²)
+        c = COEF[model.family]
         p = self.pairs.get(cutoff_key(model.cutoff), self.pairs["none"])
         steps = math.ceil(self.n_train / training.batch_size)
-        return (COEF["pair"] * n * t * p * f / 1e6 + COEF["atom"] * n * t * self.atoms * (b * f + b * b) / 1e7
-                + COEF["layer"] * steps * t / 1e2 + COEF["step"] * steps / 1e2)
+        return (c["pair"] * n * t * p * f / 1e6 + c["atom"] * n * t * self.atoms * b2 / 1e7
+                + c["layer"] * steps * t / 1e2 + c["step"] * steps / 1e2)
 
-    def seconds(self, model: ModelConfig, training: TrainingConfig) -> float:
+    def seconds(self, model: AnyConfig, training: TrainingConfig) -> float:
         """Estimated wall seconds of one fold-epoch of this configuration at one thread, on this machine."""
         return self.scale * self.units(model, training)
 
-    def calibrated(self, measured: list[tuple[ModelConfig, TrainingConfig, float]]) -> EpochCost:
+    def calibrated(self, measured: list[tuple[AnyConfig, TrainingConfig, float]]) -> EpochCost:
         """The same model with ``scale`` fitted to measured fold-epochs (seconds at one thread): the median ratio,
         robust to one configuration's odd epoch. Unchanged when nothing was measured."""
         ratios = [s / self.units(m, t) for m, t, s in measured if s > 0 and np.isfinite(s)]
@@ -72,9 +79,10 @@ def cutoff_key(cutoff: float | None) -> str:
     return "none" if cutoff is None else f"{float(cutoff):g}"
 
 
-def describe(model: ModelConfig, training: TrainingConfig) -> str:
-    """A configuration's size in a few characters: interactions × filters × atom basis, batch."""
-    return f"{model.n_interactions}×{model.n_filters}×{model.n_atom_basis}, batch {training.batch_size}"
+def describe(model: AnyConfig, training: TrainingConfig) -> str:
+    """A configuration's size in a few characters: interactions × filters × atom basis (SchNet) or PaiNN
+    interactions × features, batch."""
+    return f"{size(model)}, batch {training.batch_size}"
 
 
 def data_cost(molecules, n_train: int, n_val: int, cutoffs: list[float | None], sample: int = 200) -> EpochCost:

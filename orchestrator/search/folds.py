@@ -1,10 +1,9 @@
 """A trial's k cross-validation members: what each fold reports, and the fold-actor layout.
 
-Two layouts train a trial's folds behind one interface (``setup``, ``run_epoch``, ``get_states``,
-``load_states``, ``finish``, ``drop``): :class:`ActorFolds` (k :class:`FoldWorker` Ray actors, one
-model each) and :class:`orchestrator.stack.StackedFolds` (one stacked model in the trial's
-process). Both report the same per-fold dicts and checkpoint each fold in the Trainer's state
-format, so a trial checkpointed by one layout resumes in the other.
+Two layouts train a trial's folds behind one interface, :class:`FoldGroup`: :class:`ActorFolds` (k
+:class:`FoldWorker` Ray actors, one model each) and :class:`orchestrator.search.stacked_folds.StackedFolds` (one
+stacked model in the trial's process). Both report the same per-fold dicts and checkpoint each fold in the Trainer's
+state format, so a trial checkpointed by one layout resumes in the other.
 """
 
 from __future__ import annotations
@@ -13,15 +12,16 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from orchestrator.tracking import keys
-from schnet_model import ModelConfig, Molecules, SchNet, Trainer, TrainingConfig, save_model
+from schnet_model import Molecules, Trainer, TrainingConfig, save_model
 from schnet_model.model_dir import ModelInfo
 from schnet_model.nn.compiled import forget_compiled
+from schnet_model.nn.family import AnyConfig, AnyModel, build_model
 from schnet_model.training import NonFiniteLossError, predict
 from schnet_model.training.metrics import Predictions, metrics_of
 from schnet_model.training.refit import OffsetRefit
@@ -108,12 +108,14 @@ class FoldResult:
     offset_refit: dict[str, float]  # what refitting the energy references did (OffsetRefit.as_dict)
 
 
-def fold_final(index: int, model: SchNet, cfg: TrainingConfig, use_forces: bool, best_epoch: int, best_val_loss: float,
-               val: Molecules, val_idx: np.ndarray, val_pred: Predictions, tests: dict[str, HeldOutSet],
-               test_preds: dict[str, Predictions], elements: list[int], energy_unit: str, refit: OffsetRefit) -> FoldResult:
+def fold_final(index: int, model: AnyModel, cfg: TrainingConfig, *, use_forces: bool, best_epoch: int,
+               best_val_loss: float, val: Molecules, val_idx: np.ndarray, val_pred: Predictions,
+               tests: dict[str, HeldOutSet], test_preds: dict[str, Predictions], elements: list[int], energy_unit: str,
+               refit: OffsetRefit) -> FoldResult:
     """A fold's final result from its best model's predictions."""
     val_metrics = metrics_of(val_pred, val, cfg.rho, use_forces).as_dict()
-    test_metrics = {name: metrics_of(test_preds[name], t.molecules, cfg.rho, use_forces).as_dict() for name, t in tests.items()}
+    test_metrics = {name: metrics_of(test_preds[name], t.molecules, cfg.rho, use_forces).as_dict()
+                    for name, t in tests.items()}
     info = ModelInfo(energy_unit, elements, extra={
         "fold": index, "training": cfg.model_dump(), "metrics": {"val": val_metrics, **test_metrics},
         "best_epoch": best_epoch, "offset_refit": refit.format()})
@@ -122,7 +124,8 @@ def fold_final(index: int, model: SchNet, cfg: TrainingConfig, use_forces: bool,
         files = {p.name: p.read_bytes() for p in path.iterdir()}
     return FoldResult(index, best_epoch, best_val_loss, val_metrics,
                       SetPredictions(val_idx, val_pred.energy, val_pred.forces), test_metrics,
-                      {name: SetPredictions(t.idx, test_preds[name].energy, test_preds[name].forces) for name, t in tests.items()},
+                      {name: SetPredictions(t.idx, test_preds[name].energy, test_preds[name].forces)
+                       for name, t in tests.items()},
                       files, refit.as_dict())
 
 
@@ -151,10 +154,11 @@ class FoldWorker:
         if args:
             self.setup(*args)
 
-    def setup(self, data: Molecules, index: int, train_idx: np.ndarray, val_idx: np.ndarray, tests: dict[str, np.ndarray],
-              model_cfg: ModelConfig, train_cfg: TrainingConfig, threads: int) -> None:
+    def setup(self, data: Molecules, index: int, train_idx: np.ndarray, *, val_idx: np.ndarray,
+              tests: dict[str, np.ndarray], model_cfg: AnyConfig, train_cfg: TrainingConfig, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
-        forget_compiled()  # a reused actor: the last configuration's compiled kernels would count towards dynamo's limit
+        # a reused actor: the last configuration's compiled kernels would count towards dynamo's limit
+        forget_compiled()
         self.index = index
         cfg = fold_config(train_cfg, index, threads)
         self.val_idx = np.asarray(val_idx)
@@ -162,7 +166,7 @@ class FoldWorker:
         self.tests = held_out_sets(data, tests)
         self.elements, self.energy_unit = data.elements, data.energy_unit
         torch.manual_seed(cfg.seed)
-        self.trainer = Trainer(SchNet(model_cfg), self.train, self.val, cfg)
+        self.trainer = Trainer(build_model(model_cfg), self.train, self.val, cfg)
         self.stopped = False
         self.last: FoldEpoch | None = None
 
@@ -196,8 +200,10 @@ class FoldWorker:
         uf = t.use_forces
         val_pred = predict(t.model, self.val, forces=uf, device=t.device)
         test_preds = {name: predict(t.model, s.molecules, forces=uf, device=t.device) for name, s in self.tests.items()}
-        return fold_final(self.index, t.model, t.cfg, uf, t.best_epoch, t.best_val_loss, self.val, self.val_idx, val_pred,
-                          self.tests, test_preds, self.elements, self.energy_unit, refit)
+        return fold_final(self.index, t.model, t.cfg, use_forces=uf, best_epoch=t.best_epoch,
+                          best_val_loss=t.best_val_loss, val=self.val, val_idx=self.val_idx, val_pred=val_pred,
+                          tests=self.tests, test_preds=test_preds, elements=self.elements, energy_unit=self.energy_unit,
+                          refit=refit)
 
 
 def _node_id() -> str:
@@ -228,7 +234,8 @@ class FoldActorPool:
             for i in range(k):
                 opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
                 if pg is not None:
-                    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
+                    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                        pg, placement_group_bundle_index=i + 1)
                 workers.append(ray.remote(FoldWorker).options(**opts).remote())
             self.workers[key] = workers
         return self.workers[key]
@@ -243,6 +250,38 @@ class FoldActorPool:
         self.workers.clear()
 
 
+class FoldGroup(Protocol):
+    """A trial's k fold members, as :func:`orchestrator.search.trial.run_trial` drives them (both layouts).
+
+    ``setup`` is each layout's own (the data by reference for fold actors, by value in the trial's process); then
+    one epoch of every fold at a time, the folds' states for a checkpoint, and their final results.
+    """
+
+    def run_epoch(self) -> list[FoldEpoch]:
+        """One epoch of every fold (each fold's report, in fold order)."""
+        ...
+
+    def get_states(self) -> list[dict[str, Any]]:
+        """Every fold's trainer state (the Trainer's checkpoint format)."""
+        ...
+
+    def load_states(self, states: list[dict[str, Any]]) -> None:
+        """Every fold from its state (a retried or resumed trial)."""
+        ...
+
+    def load_state(self, index: int, state: dict[str, Any]) -> None:
+        """Fold ``index`` alone from a fold state (a finalist's fold 0 from its screening)."""
+        ...
+
+    def finish(self) -> list[FoldResult]:
+        """Each fold's best model, evaluated and serialised."""
+        ...
+
+    def drop(self) -> None:
+        """Let go of what the group holds so that the next trial starts fresh."""
+        ...
+
+
 class ActorFolds:
     """The ``folds`` layout: k :class:`FoldWorker` actors on the trial's fold bundles, taken from ``pool``."""
 
@@ -252,10 +291,11 @@ class ActorFolds:
         self.threads = int(max(1, cpus))
 
     def setup(self, data_ref, folds: list[tuple[np.ndarray, np.ndarray]], tests: dict[str, np.ndarray],
-              model_cfg: ModelConfig, train_cfg: TrainingConfig) -> None:
+              model_cfg: AnyConfig, train_cfg: TrainingConfig) -> None:
         import ray
 
-        ray.get([w.setup.remote(data_ref, i, tr, va, tests, model_cfg, train_cfg, self.threads)
+        ray.get([w.setup.remote(data_ref, i, tr, val_idx=va, tests=tests, model_cfg=model_cfg, train_cfg=train_cfg,
+                                threads=self.threads)
                  for i, (w, (tr, va)) in enumerate(zip(self.workers, folds, strict=True))])
 
     def run_epoch(self) -> list[FoldEpoch]:
@@ -295,11 +335,12 @@ def objective(rho: float, energy_rmse: float, forces_rmse: float | None) -> floa
     return rho * energy_rmse ** 2 + (0.0 if forces_rmse is None else 3.0 * forces_rmse ** 2)
 
 
-def fold_metrics_summary(results: list[FoldEpoch], objective_rho: float | None = None) -> dict[str, Any]:
+def fold_metrics_summary(results: list[FoldEpoch], objective_rho: float | None = None) -> keys.TrialResult:
     """The trial's Tune metrics from its folds' epochs: means over folds, and each fold's own values
-    (:func:`orchestrator.tracking.keys.with_fold_metrics`). With ``objective_rho`` (ρ is searched) the fold-mean
+    (:class:`orchestrator.tracking.keys.TrialResult`). With ``objective_rho`` (ρ is searched) the fold-mean
     validation loss is :func:`objective`, comparable across trials."""
-    vals = np.array([r.val_loss if objective_rho is None else objective(objective_rho, r.val_energy_rmse, r.val_forces_rmse)
+    vals = np.array([r.val_loss if objective_rho is None
+                     else objective(objective_rho, r.val_energy_rmse, r.val_forces_rmse)
                      for r in results])
     m: dict[str, Any] = {
         "val_loss_mean": float(vals.mean()),
@@ -309,8 +350,8 @@ def fold_metrics_summary(results: list[FoldEpoch], objective_rho: float | None =
     }
     per_fold = [{"val_loss": r.val_loss, "val_energy_mae": r.val_energy_mae, "node_id": r.node_id,
                  **({} if r.val_forces_mae is None else {"val_forces_mae": r.val_forces_mae})} for r in results]
-    return keys.with_fold_metrics(m, per_fold)
+    return keys.TrialResult(m, per_fold)
 
 
-__all__ = ["ActorFolds", "FoldActorPool", "FoldEpoch", "FoldNonFinite", "FoldResult", "FoldWorker", "SetPredictions", "epoch_report",
-           "fold_config", "fold_final", "fold_metrics_summary", "last_epoch"]
+__all__ = ["ActorFolds", "FoldActorPool", "FoldEpoch", "FoldGroup", "FoldNonFinite", "FoldResult", "FoldWorker",
+           "SetPredictions", "epoch_report", "fold_config", "fold_final", "fold_metrics_summary", "last_epoch"]

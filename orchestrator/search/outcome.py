@@ -3,7 +3,7 @@ the line that says what the search bought over the paper configuration."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from orchestrator.tracking.statuses import (
 )
 
 METRIC = "val_loss_mean"
-SCREEN_SCORE = "screen_score"  # a screening trial's rank: the validation loss its curve extrapolates to (plan.extrapolate)
+# a screening trial's expected loss in the final rung: its curve extrapolated (plan.extrapolate)
+SCREEN_SCORE = "screen_score"
 
 
 @dataclass
@@ -39,7 +40,8 @@ class TrialSummary:
     step_mode: str | None = None
     error: str | None = None  # the last line of a failed trial's error
     earlier: bool = False  # a trial of an earlier run of this sweep (an extension's predecessors)
-    predicted: float | None = None  # screening: the loss its learning curve extrapolates to at the final rung's training
+    # screening: the loss its learning curve extrapolates to at the final rung's training
+    predicted: float | None = None
     cpus: float = 0.0  # CPUs the trial held (its training seconds × these = CPU-seconds of training)
 
 
@@ -50,6 +52,7 @@ class SweepOutcome:
     name: str
     storage: Path
     parent_run_id: str
+    _: KW_ONLY
     trials: list[TrialSummary]
     best: TrialSummary | None
     seconds: float
@@ -81,10 +84,13 @@ def summarize(results, test_sets: list[str], budget_ran_out: bool = False) -> li
     for r in results:
         m = r.metrics or {}
         out.append(TrialSummary(
-            trial_id=m.get("trial_id") or Path(r.path).name, status=trial_status(r.error is not None, m, budget_ran_out),
-            params=dict(r.config or {}), val_loss_mean=m.get("best_val_loss_mean", m.get(METRIC)), val_loss_std=m.get("val_loss_std"),
+            trial_id=m.get("trial_id") or Path(r.path).name,
+            status=trial_status(r.error is not None, m, budget_ran_out),
+            params=dict(r.config or {}), val_loss_mean=m.get("best_val_loss_mean", m.get(METRIC)),
+            val_loss_std=m.get("val_loss_std"),
             epochs=m.get("epoch", m.get("training_iteration")), tests=keys.maes_by_test_set(m, test_sets),
-            checkpoint=r.checkpoint, train_seconds=m.get("train_seconds") or 0.0, startup_seconds=m.get("startup_seconds"),
+            checkpoint=r.checkpoint, train_seconds=m.get("train_seconds") or 0.0,
+            startup_seconds=m.get("startup_seconds"),
             step_mode=m.get("step_mode"), error=str(r.error).strip().splitlines()[-1] if r.error else None,
             predicted=_finite(m.get(SCREEN_SCORE)), cpus=float(m.get("cpus") or 0.0)))
     out.sort(key=rank)
@@ -114,7 +120,8 @@ def baseline_line(outcome: SweepOutcome) -> str:
         return f"CV val loss {cv}{fe}{ee} ({t.status}, {t.epochs} epochs)"
 
     if best.trial_id == base.trial_id:
-        return f"the paper configuration is the best trial ({errs(base)}): the search found nothing better in its budget"
+        return (f"the paper configuration is the best trial ({errs(base)}): "
+                "the search found nothing better in its budget")
     if base.status == SCREENED:  # search.baseline: screen, and it was not promoted: compare the two screenings
         screened = sorted((t for t in outcome.trials if t.status == SCREENED and t.val_loss_mean is not None),
                           key=lambda t: t.val_loss_mean)
@@ -122,21 +129,24 @@ def baseline_line(outcome: SweepOutcome) -> str:
         place = next((i + 1 for i, t in enumerate(screened) if t.trial_id == base.trial_id), None)
         vs = "" if mine is None else f" vs {mine.val_loss_mean:.4g} for the best trial's configuration"
         return (f"paper configuration (trial {base.trial_id}): screened on fold 0 for {base.epochs} epochs, val loss "
-                f"{base.val_loss_mean:.4g}{vs} (rank {place} of {len(screened)}); not promoted, so the final rung's time "
+                f"{base.val_loss_mean:.4g}{vs} (rank {place} of {len(screened)}); "
+                "not promoted, so the final rung's time "
                 f"went to the best screened (search.baseline: final trains it with all k folds too)\n"
                 f"best trial ({best.trial_id}): {errs(best)}")
     gain = ""
     bf, pf = best.tests.get(name, {}).get("forces"), base.tests.get(name, {}).get("forces")
     if bf is not None and pf:
         gain = f"; the search bought {100 * (pf - bf) / pf:+.0f}% on the force MAE"
-    return f"paper configuration (trial {base.trial_id}): {errs(base)}\nbest trial ({best.trial_id}): {errs(best)}{gain}"
+    return (f"paper configuration (trial {base.trial_id}): {errs(base)}\n"
+            f"best trial ({best.trial_id}): {errs(best)}{gain}")
 
 
 def results_table(outcome: SweepOutcome, unit: str, top: int = 10) -> Table:
     """Rich table of the top trials."""
     caption = None if outcome.test_sets else "no test set: no test errors (give dataset.n_test or dataset.test_path)"
     t = Table(title=f"{outcome.name}: top trials ({outcome.seconds:.0f} s)", caption=caption)
-    cols = [(name, p, escape(f"{name} {p[0].upper()} MAE [{unit}{'/Å' if p == 'forces' else ''}]"))  # [..] is not markup
+    # [..] is not markup
+    cols = [(name, p, escape(f"{name} {p[0].upper()} MAE [{unit}{'/Å' if p == 'forces' else ''}]"))
             for name in outcome.test_sets for p in keys.PROPS]
     for c in ("trial", "status", "CV val loss (mean ± std)", *(c for _, _, c in cols), "epochs"):
         t.add_column(c)

@@ -1,5 +1,6 @@
 """A sweep's Tune experiments: one phase each (the search, an extension, a budget plan's screening and final rungs),
-run or restored by :class:`PhaseRunner`; :func:`run_planned` runs a time budget's plan (:mod:`orchestrator.search.plan`)."""
+run or restored by :class:`PhaseRunner`; :func:`run_planned` runs a time budget's plan
+(:mod:`orchestrator.search.plan`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from rich.console import Console
 
+from orchestrator.search.context import FINALISE_GRACE, TrialClock, TrialContext, TrialData
 from orchestrator.search.cost import EpochCost, data_cost, describe
 from orchestrator.search.outcome import METRIC, SCREEN_SCORE, TrialSummary, summarize
 from orchestrator.search.plan import (
@@ -24,8 +26,9 @@ from orchestrator.search.plan import (
     top_configs,
 )
 from orchestrator.search.progress import LiveProgress
-from orchestrator.search.storage import repair_checkpoints, tune_storage, write_json
-from orchestrator.search.trial import FINALISE_GRACE, TrialClock, config_key, trial_cpus
+from orchestrator.search.state import SweepState
+from orchestrator.search.storage import repair_checkpoints, tune_storage
+from orchestrator.search.trial import config_key
 from orchestrator.spec.space import define_by_run
 from orchestrator.spec.sweep import SchedulerConfig, SweepSpec
 from orchestrator.tracking.callback import MlflowTracker
@@ -54,7 +57,8 @@ class Phase:
     optuna_seed: int = 0
     warm: list[TrialSummary] = field(default_factory=list)  # earlier trials the searcher is told first (--more)
     last_start: float | None = None  # no trial starts after this time.time() (a screening rung's share)
-    warm_folds: dict[str, Any] = field(default_factory=dict)  # config_key → the screening checkpoint its fold 0 continues
+    # config_key → the screening checkpoint its fold 0 continues
+    warm_folds: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -95,19 +99,19 @@ class LaunchWindow(ConcurrencyLimiter):
 class PhaseRunner:
     """Runs (or restores) the Tune experiments of one sweep, each with its own trainable, tracker and view."""
 
-    def __init__(self, spec: SweepSpec, store: Store, name: str, parent: str, uri: str, experiment: str, console: Console,
-                 base: dict[str, Any], test_sets: list[str]) -> None:
-        self.spec, self.store, self.name, self.parent, self.uri = spec, store, name, parent, uri
-        self.experiment, self.console, self.base, self.test_sets = experiment, console, base, test_sets
+    def __init__(self, spec: SweepSpec, store: Store, state: SweepState, *, console: Console, data: TrialData,
+                 test_sets: list[str]) -> None:
+        self.spec, self.store, self.name, self.parent = spec, store, state.name, state.parent_run_id
+        self.uri, self.experiment = state.tracking_uri, state.experiment
+        self.console, self.data, self.test_sets = console, data, test_sets
 
     def trainable(self, phase: Phase):
 
         from orchestrator.search.trial import run_trial
 
         res, k = phase.spec.resources, len(phase.folds)
-        ctx = {**self.base, "spec": phase.spec.model_dump_json(), "folds": phase.folds, "layout": res.resolved_layout(),
-               "max_epochs": phase.max_epochs, "clock": phase.clock, "screen": phase.screen,
-               "objective_rho": phase.spec.objective_rho(), "warm": phase.warm_folds}
+        ctx = TrialContext(self.data, phase.spec.model_dump_json(), phase.folds, clock=phase.clock, screen=phase.screen,
+                           warm=phase.warm_folds)
         return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                    tune.PlacementGroupFactory(res.bundles(k), strategy=res.placement_strategy))
 
@@ -151,14 +155,17 @@ class PhaseRunner:
                 self.console.print(f"extending sweep {self.name} by {phase.num_samples} trials; the searcher knows "
                                    f"the {told} earlier trials' results")
             search = LaunchWindow(searcher, spec.search.max_concurrent, phase.experiment)
-            tracker = MlflowTracker(self.uri, self.experiment, self.name, self.parent, k, spec.search.time_budget)
+            tracker = MlflowTracker(self.uri, self.experiment, sweep_id=self.name, parent_run_id=self.parent, k=k,
+                                    time_budget=spec.search.time_budget)
             callbacks = [tracker, LiveProgress(phase.num_samples, self.console)]
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(metric=phase.metric, mode="min", search_alg=search, scheduler=scheduler,
-                                            num_samples=phase.num_samples, time_budget_s=phase.tune_budget, reuse_actors=True),
+                                            num_samples=phase.num_samples, time_budget_s=phase.tune_budget,
+                                            reuse_actors=True),
                 run_config=tune.RunConfig(name=phase.experiment, storage_path=tune_storage(spec), callbacks=callbacks,
-                                          verbose=0, failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                                          verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
         t_fit = time.time()
@@ -171,45 +178,48 @@ class PhaseRunner:
         return summarize(results, self.test_sets, budget_ran_out), budget_ran_out
 
 
-def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float], plan: BudgetPlan | None,
-                folds: list[tuple[np.ndarray, np.ndarray]], meta: dict[str, Any], sweep_dir: Path, resume: bool
+def run_planned(runner: PhaseRunner, plan: BudgetPlan | None, state: SweepState, *, unshared: SweepSpec,
+                node: dict[str, float], folds: list[tuple[np.ndarray, np.ndarray]], sweep_dir: Path, resume: bool
                 ) -> tuple[list[TrialSummary], TrialSummary | None, bool]:
     """A time-budgeted sweep by its plan (:mod:`orchestrator.search.plan`): screen on fold 0 at equal compute, then
     the finalists with all k folds. Returns every trial, the paper configuration's final trial, and whether the
-    budget ran out. ``meta`` (``sweep.json``) records the plan, the rungs' planned and measured seconds and the cost
+    budget ran out. ``state`` (``sweep.json``) records the plan, the rungs' planned and measured seconds and the cost
     model's estimate beside the measured epoch of every screened configuration."""
     spec, console, name = runner.spec, runner.console, runner.name
     k, budget = spec.cv.k, float(spec.search.time_budget or 0)
     t0 = time.time()
-    screen_spec = share_resources(unshared, node, "for screening, this machine's", console, k=1) if unshared.resources.auto else spec
+    screen_spec = (share_resources(unshared, node, "for screening, this machine's", console, k=1)
+                   if unshared.resources.auto else spec)
     paper = (spec.initial_points() or [{}])[0]
     if plan is None:
-        plan = _make_plan(runner, spec, screen_spec, node, paper, folds, budget - (time.time() - t0))
-        meta.update(plan=plan.as_dict(), tune_experiments=[name], plan_started=t0)
-        write_json(sweep_dir / "sweep.json", meta)
+        plan = _make_plan(runner, screen_spec, node, paper=paper, folds=folds, budget=budget - (time.time() - t0))
+        state.plan, state.tune_experiments, state.plan_started = plan.as_dict(), [name], t0
+        state.save(sweep_dir)
     for line in plan.lines():
         console.print(line)
-    experiments = meta["tune_experiments"]
-    start = float(meta.get("plan_started", t0)) if not resume else t0  # a resumed rung gets its share again
-    rungs = meta.setdefault("rungs", {})
+    experiments = state.tune_experiments
+    start = float(state.plan_started or t0) if not resume else t0  # a resumed rung gets its share again
+    rungs = state.rungs
     screened: list[TrialSummary]
     screened_now = len(experiments) == 1  # the screening rung runs in this invocation (its training counts here)
     if screened_now:  # the screening rung: run it (or continue it)
         # trials stop on their allotment; the deadline is a backstop for a machine slower than measured
         screen_end = start + 1.1 * plan.screen.seconds + 10.0
-        clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds, train_allotment=plan.screen_each,
-                           horizon=plan.horizon)
+        clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds,
+                           train_allotment=plan.screen_each, horizon=plan.horizon)
         phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, spec.max_epochs(), asha=False,
-                      points=[paper] if paper else None, clock=clock, tune_budget=max(1.0, screen_end - time.time()) + FINALISE_GRACE,
+                      points=[paper] if paper else None, clock=clock,
+                      tune_budget=max(1.0, screen_end - time.time()) + FINALISE_GRACE,
                       screen=True, optuna_seed=spec.search.seed, last_start=start + plan.last_start)
         t_screen = time.time()
         screened, _ = runner.run(phase, restore=resume)
-        rungs["screen"] = {"planned_s": plan.screen.seconds, "measured_s": time.time() - t_screen + rungs.get("screen", {}).get("measured_s", 0.0)}
-        if any(t.status == INTERRUPTED for t in screened):  # Ctrl-C: --resume continues the screening, then the final rung
-            write_json(sweep_dir / "sweep.json", meta)
+        rungs["screen"] = {"planned_s": plan.screen.seconds,
+                           "measured_s": time.time() - t_screen + rungs.get("screen", {}).get("measured_s", 0.0)}
+        # Ctrl-C: --resume continues the screening, then the final rung
+        if any(t.status == INTERRUPTED for t in screened):
+            state.save(sweep_dir)
             return screened, None, False
         experiments.append(f"{name}-final")
-        meta["tune_experiments"] = experiments
         final_start = time.time()
         resume = False
     else:
@@ -217,10 +227,10 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         final_start = t0
     cost = EpochCost.from_dict(plan.cost) if plan.cost else None
     if cost is not None:
-        meta["screened_costs"], cost = cost_record(spec, screened, cost, plan.screen_cpus)
-        if line := cost_line(meta["screened_costs"]):
+        state.screened_costs, cost = cost_record(spec, screened, cost, plan.screen_cpus)
+        if line := cost_line(state.screened_costs):
             console.print(line)
-    write_json(sweep_dir / "sweep.json", meta)
+    state.save(sweep_dir)
     if paper and plan.baseline_final:
         finalists = [paper, *top_configs(screened, plan.final.configs - 1, exclude=paper)]
         what = f"the paper configuration and the best {len(finalists) - 1} of {len(screened)} screened"
@@ -233,16 +243,20 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
         finalists = [paper]
         what = "no configuration screened to a finite loss: the paper configuration"
     console.print(f"final rung: {len(finalists)} configuration{'s' if len(finalists) > 1 else ''} × {k} folds ({what}; "
-                  f"ranked by the validation loss each learning curve extrapolates to at {plan.horizon:.0f} s of training)")
+                  f"ranked by the validation loss each reached in the same seconds of screening; the final rung gives "
+                  f"{plan.horizon:.0f} s of training per fold)")
     final_spec = spec
-    if unshared.resources.auto and len(finalists) < spec.search.max_concurrent:  # fewer finalists than slots: more CPUs each
-        fewer = unshared.model_copy(update={"search": unshared.search.model_copy(update={"max_concurrent": len(finalists)})})
+    # fewer finalists than slots: more CPUs each
+    if unshared.resources.auto and len(finalists) < spec.search.max_concurrent:
+        fewer = unshared.model_copy(
+            update={"search": unshared.search.model_copy(update={"max_concurrent": len(finalists)})})
         final_spec = share_resources(fewer, node, "for the final rung, this machine's", console)
     # the final rung ends with the budget; resumed, it gets its share again
     end = start + plan.budget if not resume else t0 + plan.budget - plan.screen.seconds
     epoch = plan.final.epoch_seconds
     if cost is not None and finalists:  # the costliest finalist's k-fold epoch, priced by the calibrated model
-        epoch = max(cost.seconds(*spec.materialize(f)) for f in finalists) * k * plan.screen_cpus / trial_cpus(final_spec, k)
+        epoch = (max(cost.seconds(*spec.materialize(f)) for f in finalists) * k * plan.screen_cpus
+                 / final_spec.resources.trial_cpus(k))
     clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=epoch)
     warm = {}
     if spec.search.warm_start:  # each finalist's fold 0 goes on from its screened state
@@ -254,32 +268,34 @@ def run_planned(runner: PhaseRunner, unshared: SweepSpec, node: dict[str, float]
                   clock=clock, tune_budget=max(1.0, end - time.time()) + FINALISE_GRACE, warm_folds=warm)
     final, ran_out = runner.run(phase, restore=resume)
     rungs["final"] = {"planned_s": plan.final.seconds, "measured_s": time.time() - final_start}
-    write_json(sweep_dir / "sweep.json", meta)
+    state.save(sweep_dir)
     baseline = next((t for t in final if paper and is_config(t.params, paper)), None)
     if baseline is None and paper:  # not promoted: its screening result is the baseline
         baseline = next((t for t in screened if is_config(t.params, paper)), None)
     return final + [replace(t, earlier=not screened_now) for t in screened], baseline, ran_out
 
 
-def _make_plan(runner: PhaseRunner, spec: SweepSpec, screen_spec: SweepSpec, node: dict[str, float], paper: dict[str, Any],
+def _make_plan(runner: PhaseRunner, screen_spec: SweepSpec, node: dict[str, float], *, paper: dict[str, Any],
                folds: list[tuple[np.ndarray, np.ndarray]], budget: float) -> BudgetPlan:
     """Measure one epoch of fold 0 of the paper configuration at a screening trial's CPUs, set the cost model's scale
     by it, and plan the rungs for ``budget`` seconds."""
     import ray
 
+    spec = runner.spec
     k = spec.cv.k
     model_cfg, train_cfg = spec.materialize(paper)
-    mols = ray.get(runner.base["data"]["ref"])
-    cpus1 = trial_cpus(screen_spec, 1)  # one screening trial's CPUs
+    mols = ray.get(runner.data.ref)
+    cpus1 = screen_spec.resources.trial_cpus(1)  # one screening trial's CPUs
     threads = max(1, round(cpus1))
     train, val = mols.subset(folds[0][0]), mols.subset(folds[0][1])
     seconds = measure_fold_epoch(model_cfg, train_cfg, train, val, threads)
     space, fixed = spec.space(), spec.fixed()
     cutoffs = [fixed.get("model.cutoff"), *(space["model.cutoff"].extremes() if "model.cutoff" in space else [])]
     pool = mols.subset(np.concatenate([folds[0][0], folds[0][1]]))
-    cost = data_cost(pool, len(folds[0][0]), len(folds[0][1]), cutoffs).calibrated([(model_cfg, train_cfg, seconds * threads)])
+    cost = data_cost(pool, len(folds[0][0]), len(folds[0][1]), cutoffs).calibrated(
+        [(model_cfg, train_cfg, seconds * threads)])
     worst = costliest(space, spec.materialize, cost)
-    cpusk = trial_cpus(spec, k)
+    cpusk = spec.resources.trial_cpus(k)
     return make_plan(budget, seconds, cpus=node.get("CPU", cpusk), k=k, screen_cpus=cpus1,
                      screen_concurrent=spec.search.max_concurrent, final_cpus=cpusk,
                      final_concurrent=spec.search.max_concurrent, max_epochs=spec.max_epochs(),
@@ -304,7 +320,8 @@ def cost_record(spec: SweepSpec, screened: list[TrialSummary], cost: EpochCost, 
                      "estimated_epoch_s": round(est, 4), "measured_epoch_s": round(got, 4),
                      "val_loss": t.val_loss_mean, "predicted_val_loss": t.predicted})
     calibrated = cost.calibrated(measured)
-    for row, (model, training, _) in zip(rows, measured, strict=True):  # relative pricing: this machine's scale refitted
+    # relative pricing: this machine's scale refitted
+    for row, (model, training, _) in zip(rows, measured, strict=True):
         row["calibrated_epoch_s"] = round(calibrated.seconds(model, training) / threads, 4)
     return rows, calibrated
 
@@ -318,10 +335,11 @@ def cost_line(rows: list[dict[str, Any]]) -> str:
     rel = [abs(r["calibrated_epoch_s"] / r["measured_epoch_s"] - 1) for r in rows]
     worst = max(rows, key=lambda r: abs(r["calibrated_epoch_s"] / r["measured_epoch_s"] - 1))
     scale = float(np.median([r["measured_epoch_s"] / r["estimated_epoch_s"] for r in rows]))
-    return (f"cost model: {len(rows)} screened configurations' epochs estimated within a median {np.median(err):.0%} of "
-            f"what they measured; the screened epochs ran {scale:.2f}× the plan's measured one, and with that scale the "
-            f"estimates are within a median {np.median(rel):.0%} (worst {max(rel):.0%}: {worst['config']}, "
-            f"{worst['calibrated_epoch_s']:.3g} s estimated, {worst['measured_epoch_s']:.3g} s measured); all in sweep.json")
+    return (f"cost model: {len(rows)} screened configurations' epochs estimated within a median "
+            f"{np.median(err):.0%} of what they measured; the screened epochs ran {scale:.2f}× the plan's measured "
+            f"one, and with that scale the estimates are within a median {np.median(rel):.0%} "
+            f"(worst {max(rel):.0%}: {worst['config']}, {worst['calibrated_epoch_s']:.3g} s estimated, "
+            f"{worst['measured_epoch_s']:.3g} s measured); all in sweep.json")
 
 
 def grace_epochs(spec: SweepSpec) -> int:
@@ -336,7 +354,8 @@ def warm_start(searcher, space: dict, trials: list[TrialSummary]) -> int:
     loss; pruned or stopped: its last), so an extension samples from what was learnt. Returns how many."""
     import optuna
 
-    study = searcher._ot_study  # Ray's OptunaSearch keeps its study here; Ray's own warm start cannot take a define-by-run space
+    # Ray's OptunaSearch keeps its study here; Ray's own warm start cannot take a define-by-run space
+    study = searcher._ot_study
     told = 0
     for t in trials:
         value = t.val_loss_mean
@@ -349,8 +368,10 @@ def warm_start(searcher, space: dict, trials: list[TrialSummary]) -> int:
     return told
 
 
-def share_resources(spec: SweepSpec, node: dict[str, float], whose: str, console: Console, k: int | None = None) -> SweepSpec:
-    """``resources: auto`` made explicit for ``node`` (trials of ``k`` folds, default ``cv.k``), and said in one line."""
+def share_resources(spec: SweepSpec, node: dict[str, float], whose: str, console: Console,
+                    k: int | None = None) -> SweepSpec:
+    """``resources: auto`` made explicit for ``node`` (trials of ``k`` folds, default ``cv.k``), and said in one
+    line."""
     if not spec.resources.auto:
         return spec
     n, k = spec.search.max_concurrent, k or spec.cv.k

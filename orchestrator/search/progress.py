@@ -39,7 +39,8 @@ class LiveProgress(tune.Callback):
         ended = {COMPLETED: 0, PRUNED: 0}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-            if t.status == "TERMINATED" and (s := trial_status(False, t.last_result, False)) in (*ended, BUDGET, SCREENED):
+            if (t.status == "TERMINATED"
+                    and (s := trial_status(False, t.last_result, False)) in (*ended, BUDGET, SCREENED)):
                 ended[PRUNED if s == PRUNED else COMPLETED] += 1
             v = (t.last_result or {}).get(METRIC)
             if v is not None and np.isfinite(v) and (self.best is None or v < self.best):
@@ -48,7 +49,8 @@ class LiveProgress(tune.Callback):
         for c in ("trials", "running", "completed", "pruned", "failed", "best val loss (fold mean)", "elapsed"):
             t.add_column(c, justify="right")
         t.add_row(f"{len(trials)}/{self.total}", str(counts["RUNNING"]), str(ended[COMPLETED]), str(ended[PRUNED]),
-                  str(counts["ERROR"]), "–" if self.best is None else f"{self.best:.4g}", f"{time.time() - self.t0:.0f} s")
+                  str(counts["ERROR"]), "–" if self.best is None else f"{self.best:.4g}",
+                  f"{time.time() - self.t0:.0f} s")
         return t
 
     def _refresh(self, trials: list) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.search.outcome import TrialSummary
+from orchestrator.search.state import SweepState
 from orchestrator.tracking import keys
 from orchestrator.tracking.statuses import (
     INTERRUPTED,
@@ -49,12 +50,12 @@ def end_open_runs(store: Store, name: str) -> None:
             store.end(run.info.run_id, "KILLED")
 
 
-def log_plan(store: Store, name: str, parent: str, meta: dict) -> None:
+def log_plan(store: Store, name: str, parent: str, state: SweepState) -> None:
     """A budget plan's record in MLflow: each rung's planned and measured seconds on the sweep run, and each screened
     trial's estimated and measured fold-epoch seconds and extrapolated loss on its run."""
-    metrics = {f"{rung}_{which}_seconds": v[f"{which}_s"] for rung, v in meta.get("rungs", {}).items()
+    metrics = {f"{rung}_{which}_seconds": v[f"{which}_s"] for rung, v in state.rungs.items()
                for which in ("planned", "measured")}
-    rows = meta.get("screened_costs", [])
+    rows = state.screened_costs
     if rows:
         ok = [r for r in rows if r["measured_epoch_s"] > 0]
         for key, col in (("cost_model_median_error", "estimated_epoch_s"),
@@ -71,7 +72,7 @@ def log_plan(store: Store, name: str, parent: str, meta: dict) -> None:
                       | ({"screen_score": r["predicted_val_loss"]} if r.get("predicted_val_loss") is not None else {}))
 
 
-def log_best(store: Store, parent: str, name: str, best: TrialSummary, data, manifest: SplitManifest) -> None:
+def log_best(store: Store, parent: str, name: str, *, best: TrialSummary, data, manifest: SplitManifest) -> None:
     """Best trial: tags on the sweep run, parity plots on the test set."""
     from orchestrator.tracking.plots import parity
 
@@ -90,7 +91,8 @@ def log_best(store: Store, parent: str, name: str, best: TrialSummary, data, man
                             f"(fold-mean ensemble). Assemble its fold models into the ensemble with calibrated std: "
                             f"`sweep ensemble {name}`.")
     store.log(parent, {"best_val_loss_mean": best.val_loss_mean or np.nan,
-                       **{keys.best_mae(t, p): v for t, m in best.tests.items() for p, v in m.items() if v is not None}})
+                       **{keys.best_mae(t, p): v for t, m in best.tests.items() for p, v in m.items()
+                          if v is not None}})
     if best.checkpoint is None:
         return
     with best.checkpoint.as_directory() as d, np.load(Path(d) / keys.PREDICTIONS) as z:  # local or s3://
@@ -126,5 +128,6 @@ def log_baseline(store: Store, parent: str, baseline: TrialSummary, best: TrialS
     next to the best trial's."""
     store.client.set_tag(parent, keys.BASELINE_TRIAL, baseline.trial_id)
     store.client.set_tag(parent, keys.BASELINE_FIDELITY, "screen" if baseline.status == SCREENED else "final")
-    store.log(parent, {keys.baseline_mae(t, p): v for t, m in baseline.tests.items() for p, v in m.items() if v is not None}
+    store.log(parent, {keys.baseline_mae(t, p): v for t, m in baseline.tests.items() for p, v in m.items()
+                       if v is not None}
               | ({"baseline_val_loss_mean": baseline.val_loss_mean} if baseline.val_loss_mean is not None else {}))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
+from orchestrator.search.state import SWEEP_JSON, SweepState
 from orchestrator.spec.sweep import SweepSpec
-from schnet_model.files import write_text
 
 
 def storage_root(spec: SweepSpec) -> Path:
@@ -26,8 +24,8 @@ def latest_sweep(root: Path, prefix: str, finished: bool) -> str | None:
     """Newest sweep of this spec name that finished (``finished``) or did not."""
     cands = []
     for d in root.glob(f"{prefix}-*"):
-        meta = d / "sweep.json"
-        if meta.is_file() and (json.loads(meta.read_text()).get("status") == "finished") == finished:
+        meta = d / SWEEP_JSON
+        if meta.is_file() and (SweepState.status_of(meta) == "finished") == finished:
             cands.append(d)
     return max(cands, key=lambda p: p.stat().st_mtime).name if cands else None
 
@@ -49,7 +47,8 @@ def repair_checkpoints(experiment: str) -> list[str]:
         return []
     # the checkpoint manager is stored as a hex-encoded pickle; its paths are plain bytes inside (nothing is unpickled)
     blobs = [bytes.fromhex(h) for h in re.findall(r'"value\\?": \\?"([0-9a-f]+)\\?"', states[-1].read_text())]
-    named = {(t.decode(), c.decode()) for b in blobs for t, c in re.findall(rb"/([^/\x00-\x1f]+)/(checkpoint_\d{6})", b)}
+    named = {(t.decode(), c.decode()) for b in blobs
+             for t, c in re.findall(rb"/([^/\x00-\x1f]+)/(checkpoint_\d{6})", b)}
     repaired = []
     for trial, name in sorted(named):
         trial_dir = root / trial
@@ -58,7 +57,3 @@ def repair_checkpoints(experiment: str) -> list[str]:
             shutil.copytree(remaining[-2] if len(remaining) > 1 else remaining[-1], trial_dir / name)
             repaired.append(str(trial_dir / name))
     return repaired
-
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    write_text(path, json.dumps(obj, indent=2))

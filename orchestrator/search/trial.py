@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,11 @@ import ray
 import torch
 from ray import tune
 
+from orchestrator.search.context import TestLabels, TrialContext
 from orchestrator.search.folds import (
     ActorFolds,
     FoldActorPool,
+    FoldGroup,
     FoldNonFinite,
     FoldResult,
     fold_metrics_summary,
@@ -24,67 +25,18 @@ from orchestrator.search.folds import (
 )
 from orchestrator.search.outcome import METRIC, SCREEN_SCORE
 from orchestrator.search.plan import extrapolate
-from orchestrator.search.stack import StackedFolds
-from orchestrator.spec.sweep import SweepSpec
+from orchestrator.search.stacked_folds import StackedFolds
 from orchestrator.tracking import keys
 from orchestrator.tracking.statuses import BUDGET_STOPPED, NOT_STARTED_FLAG, SCREEN
+from schnet_model import TrainingConfig
+from schnet_model.nn.family import AnyConfig
+from schnet_model.training.metrics import mae_rmse
 from schnet_model.training.trainer import resolve_device
 
 NONFINITE_MARKER = "nonfinite.txt"
 
 
-FINALISE_GRACE = 10.0
-"""Seconds Tune's own time limit (a backstop) runs past the budget, so that a trial finalising just before the
-deadline on a loaded machine is not cut off: a sweep ends within its budget plus at most this."""
-
-
-@dataclass(frozen=True)
-class TrialClock:
-    """When a trial must end with its results kept (absolute ``time.time()`` seconds; None: no limit).
-
-    ``deadline``: the search's time budget ends (every trial finalises before it); ``trial_seconds``: this trial's
-    own share of it (a planned final rung that runs its configurations one after another). A trial finalises after
-    the epoch for which another epoch and the finalisation (predictions, model files: about an epoch) would not fit.
-    """
-
-    deadline: float | None = None
-    trial_seconds: float | None = None
-    epoch_seconds: float | None = None  # an estimate of one epoch of this trial (the plan's measurement), if known
-    finish_margin: float = 5.0  # seconds kept for finalising, besides one epoch's worth
-    train_allotment: float | None = None  # screening: seconds of training each configuration gets (equal compute)
-    horizon: float | None = None  # screening: the final rung's training seconds per fold (where curves are compared)
-
-    def out_of_time(self, started: float, last_epoch: float) -> bool:
-        """After an epoch of ``last_epoch`` seconds, in a trial that started at ``started``: finalise now?"""
-        need = 2.0 * last_epoch + self.finish_margin  # the next epoch, then finalising
-        now = time.time()
-        return ((self.deadline is not None and now + need > self.deadline) or
-                (self.trial_seconds is not None and now - started + last_epoch > self.trial_seconds))
-
-    def allotment_spent(self, train_seconds: float, last_epoch: float) -> bool:
-        """Screening: the allotment is spent to the nearest epoch (another epoch would overshoot it by more than
-        stopping now falls short of it)."""
-        return self.train_allotment is not None and train_seconds + 0.5 * last_epoch >= self.train_allotment
-
-    def no_time_to_start(self) -> bool:
-        """Not even one epoch and the finalisation fit before the deadline (needs an epoch estimate)."""
-        if self.deadline is None or self.epoch_seconds is None:
-            return False
-        return time.time() + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
 POOL = FoldActorPool()  # this trial process's fold actors, kept for the next trial Tune runs in it (reuse_actors)
-
-
-@dataclass(frozen=True)
-class TestLabels:
-    """A test set's reference values, all a trial needs of it to score its fold-mean prediction."""
-
-    energy: np.ndarray  # [n] energy unit of the data
-    forces: np.ndarray | None  # [n_atoms, 3] energy unit / Å
-
-    @classmethod
-    def of(cls, data, idx: np.ndarray) -> TestLabels:
-        test = data.subset(idx)
-        return cls(test.E, test.F)
 
 
 PROGRESS_JSON = "progress.json"  # a checkpoint's trial-level progress: epoch, training seconds, learning curve
@@ -111,10 +63,10 @@ def _ensemble_metrics(finals: list[FoldResult], labels: dict[str, TestLabels]) -
     for name, ref in labels.items():
         preds = [f.test_preds[name] for f in finals]
         e = np.mean([p.energy for p in preds], axis=0)  # [n]
-        out[keys.ensemble_mae(name, "energy")] = float(np.abs(e - ref.energy).mean())
+        out[keys.ensemble_mae(name, "energy")] = mae_rmse(e - ref.energy)[0]
         if preds[0].forces is not None and ref.forces is not None:
             f = np.mean([p.forces for p in preds], axis=0)  # [n_atoms, 3]
-            out[keys.ensemble_mae(name, "forces")] = float(np.abs(f - ref.forces).mean())
+            out[keys.ensemble_mae(name, "forces")] = mae_rmse(f - ref.forces)[0]
     return out
 
 
@@ -146,7 +98,8 @@ def _write_final(d: Path, finals: list[FoldResult], params: dict[str, Any], summ
         arrays[keys.prediction(name, "idx")] = first.idx
         arrays[keys.prediction(name, "energy")] = np.stack([f.test_preds[name].energy for f in finals])  # [k, n]
         if first.forces is not None:
-            arrays[keys.prediction(name, "forces")] = np.stack([f.test_preds[name].forces for f in finals])  # [k, n_atoms, 3]
+            # [k, n_atoms, 3]
+            arrays[keys.prediction(name, "forces")] = np.stack([f.test_preds[name].forces for f in finals])
     np.savez(d / keys.PREDICTIONS, **arrays)
     (d / keys.TRIAL_JSON).write_text(json.dumps({"params": params, "summary": summary}))
 
@@ -167,24 +120,18 @@ def config_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-def trial_cpus(spec: SweepSpec, k: int) -> float:
-    """CPUs one trial of ``k`` folds holds: a stacked trial's, or its k fold actors'."""
-    res = spec.resources
-    return res.trial_cpus(k) if res.resolved_layout() == "stacked" else k * res.cpus_per_fold
-
-
-def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
+def _group(ctx: TrialContext, model_cfg: AnyConfig, train_cfg: TrainingConfig) -> FoldGroup:
     """The trial's fold members, set up for this configuration: stacked in this process, or fold actors."""
-    res, k = spec.resources, len(ctx["folds"])
-    if ctx["layout"] == "stacked":
+    res, k = ctx.spec.resources, ctx.k
+    if ctx.layout == "stacked":
         device = str(resolve_device("cuda" if res.gpus_per_trial else "cpu", cpu_without_cuda=True))
         group = StackedFolds(k, max(1, round(res.trial_cpus(k))), device)
-        group.setup(ray.get(ctx["data"]["ref"]), ctx["folds"], ctx["tests"], model_cfg, train_cfg)
+        group.setup(ray.get(ctx.data.ref), ctx.folds, ctx.data.tests, model_cfg, train_cfg)
         return group
     for attempt in (0, 1):
         group = ActorFolds(POOL, k, res.cpus_per_fold, res.gpus_per_fold)
         try:
-            group.setup(ctx["data"]["ref"], ctx["folds"], ctx["tests"], model_cfg, train_cfg)
+            group.setup(ctx.data.ref, ctx.folds, ctx.data.tests, model_cfg, train_cfg)
             return group
         except ray.exceptions.RayActorError:  # a pooled actor is gone: replace the pool once
             POOL.drop()
@@ -193,21 +140,19 @@ def _group(ctx: dict[str, Any], spec: SweepSpec, model_cfg, train_cfg):
     raise AssertionError("unreachable")
 
 
-def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Train the k folds of one configuration, reporting fold-mean metrics every epoch.
 
-    ``ctx`` (shared through the object store): ``spec`` (JSON), ``data`` ({"ref": ObjectRef}),
-    ``folds`` [(train, val)], ``tests`` {name: indices}, ``test_labels`` {name: :class:`TestLabels`} (the test sets'
-    reference values: the trial's ensemble errors need only these, not the dataset), ``layout`` (``stacked`` or ``folds``),
-    and with a time budget ``clock`` (:class:`TrialClock`): the trial finalises its best fold states (models saved and
-    evaluated, flagged ``budget_stopped``) when its time is up, instead of being cut off with nothing kept.
+    ``ctx`` (:class:`~orchestrator.search.context.TrialContext`, shared through the object store) holds the phase's
+    spec, folds and data; with a time budget its ``clock`` makes the trial finalise its best fold states (models saved
+    and evaluated, flagged ``budget_stopped``) when its time is up, instead of being cut off with nothing kept.
     """
     t_begin = time.perf_counter()
-    clock: TrialClock = ctx.get("clock") or TrialClock()
+    clock = ctx.clock
     if clock.no_time_to_start():  # the budget ends before one epoch could: leave the slot (the trial is "not started")
         tune.report({METRIC: float("nan"), SCREEN_SCORE: float("nan"), "epoch": 0, NOT_STARTED_FLAG: True})
         return
-    spec = SweepSpec.model_validate_json(ctx["spec"])
+    spec = ctx.spec
     trial_dir = Path(tune.get_context().get_trial_dir())
     marker = trial_dir / NONFINITE_MARKER
     if marker.exists():  # a retry of a diverged configuration: fail at once, it would diverge again
@@ -218,24 +163,23 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         return
     params = {k: v for k, v in config.items()}
     model_cfg, train_cfg = spec.materialize(params)
-    if ctx.get("screen"):  # a few minutes of training: torch.compile (5–40 s per configuration) would not pay
+    if ctx.screen:  # a few minutes of training: torch.compile (5–40 s per configuration) would not pay
         train_cfg = train_cfg.model_copy(update={"compile_after": None})
-    max_epochs = ctx.get("max_epochs") or spec.max_epochs()
-    k = len(ctx["folds"])
-    group = _group(ctx, spec, model_cfg, train_cfg)
+    max_epochs, k = ctx.max_epochs, ctx.k
+    group = _group(ctx, model_cfg, train_cfg)
     progress: dict[str, Any] = {"epoch": 0, "train_seconds": 0.0, "curve": []}
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # a retried or resumed trial: its folds, and its training so far (a screening allotment)
         with ckpt.as_directory() as d:
             progress = _load_states(group, Path(d), k)
-    elif (warm := ctx.get("warm", {}).get(config_key(params))) is not None:  # a finalist: fold 0 from its screening
+    elif (warm := ctx.warm.get(config_key(params))) is not None:  # a finalist: fold 0 from its screening
         with warm.as_directory() as d:
             group.load_state(0, torch.load(Path(d) / "fold_0.pt", weights_only=True))
     epoch, train_seconds = int(progress["epoch"]), float(progress["train_seconds"])
     curve: list[tuple[float, float]] = [tuple(p) for p in progress["curve"]]  # (training seconds, val loss) per epoch
     startup = None
     started = time.time()
-    cpus = trial_cpus(spec, k)
+    cpus = spec.resources.trial_cpus(k)
     try:
         while epoch < max_epochs:
             epoch += 1
@@ -245,24 +189,25 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             if startup is None:  # actor start-up and data slicing happen before the first epoch's work
                 startup = t_epoch - t_begin + (time.perf_counter() - t_epoch) - max(r.seconds for r in results)
             train_seconds += max(r.seconds for r in results)  # folds run in parallel (or stacked)
-            metrics = {**fold_metrics_summary(results, ctx.get("objective_rho")), "epoch": epoch, "startup_seconds": startup,
-                       "train_seconds": train_seconds, "cpus": cpus}
-            curve.append((train_seconds, metrics[METRIC]))
-            if ctx.get("screen"):  # what ranks it: the loss its curve reaches at the final rung's training per fold
-                metrics[SCREEN_SCORE] = extrapolate(curve, clock.horizon or 0.0) or float("nan")
+            report = fold_metrics_summary(results, ctx.objective_rho).with_trial(
+                epoch=epoch, startup_seconds=startup, train_seconds=train_seconds, cpus=cpus)
+            curve.append((train_seconds, report.trial[METRIC]))
+            if ctx.screen:  # what ranks it: the loss its curve reaches at the final rung's training per fold
+                report = report.with_trial(**{SCREEN_SCORE: extrapolate(curve, clock.horizon or 0.0) or float("nan")})
             if isinstance(group, StackedFolds):  # how the stacked step runs (CUDA graph or eager, and why)
-                metrics["step_mode"] = group.mode
+                report = report.with_trial(step_mode=group.mode)
             last_epoch = time.time() - w_epoch
             out_of_time = clock.out_of_time(started, last_epoch)
             spent = clock.allotment_spent(train_seconds, max(r.seconds for r in results))
             if epoch >= max_epochs or all(r.stopped for r in results) or out_of_time or spent:
                 finals = group.finish()
-                flags = {"final": True, SCREEN: bool(ctx.get("screen")),
+                flags = {"final": True, SCREEN: ctx.screen,
                          BUDGET_STOPPED: out_of_time and epoch < max_epochs and not all(r.stopped for r in results)}
-                summary = keys.with_fold_metrics(
-                    {**metrics, **_ensemble_metrics(finals, ctx["test_labels"]), **flags,
-                     "best_val_loss_mean": _best_val_loss_mean(finals, ctx.get("objective_rho"))},
-                    [{keys.fold_metric(name, key): v for name, m in f.tests.items() for key, v in m.items()} for f in finals])
+                summary = report.with_trial(
+                    **_ensemble_metrics(finals, ctx.data.labels), **flags,
+                    best_val_loss_mean=_best_val_loss_mean(finals, ctx.objective_rho)).with_folds(
+                    [{keys.fold_metric(name, key): v for name, m in f.tests.items() for key, v in m.items()}
+                     for f in finals]).flat()
                 with tempfile.TemporaryDirectory() as d:
                     _write_final(Path(d), finals, params, summary)
                     _write_states(group, Path(d), {"epoch": epoch, "train_seconds": train_seconds, "curve": curve})
@@ -271,9 +216,9 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             if epoch % spec.search.checkpoint_every == 0:
                 with tempfile.TemporaryDirectory() as d:
                     _write_states(group, Path(d), {"epoch": epoch, "train_seconds": train_seconds, "curve": curve})
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+                    tune.report(report.flat(), checkpoint=tune.Checkpoint.from_directory(d))
             else:
-                tune.report(metrics)
+                tune.report(report.flat())
     except FoldNonFinite as e:  # stacked: raised here
         marker.write_text(str(e))
         raise

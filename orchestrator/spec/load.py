@@ -8,19 +8,28 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from schnet_model.config import DatasetConfig, ModelConfig, TrainingConfig, _Strict
+from schnet_model.config import (
+    FAMILIES,
+    AnyModelConfig,
+    DatasetConfig,
+    ModelConfig,
+    StrictModel,
+    TrainingConfig,
+    family_key_hint,
+    unknown_family,
+)
 
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message is one line naming the file and key."""
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     """Spec of ``sweep train``: one model with fixed hyperparameters."""
 
     name: str | None = None
     dataset: DatasetConfig
-    model: ModelConfig = ModelConfig()
+    model: AnyModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
 
 
@@ -55,11 +64,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, list
     return origin
 
 
-def _format_error(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+def format_error(err: dict[str, Any]) -> str:
+    parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    family = parts.pop(1) if len(parts) > 1 and parts[0] == "model" and parts[1] in FAMILIES else None  # union tag
+    loc = ".".join(parts)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = (family and len(parts) == 2 and family_key_hint(parts[1], family)) or "unknown key"
+    elif err["type"] == "union_tag_invalid":
+        msg = unknown_family(err["input"].get("family"))
+        loc = ""
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif "input" in err and not isinstance(err["input"], dict):
@@ -67,17 +81,18 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def validate(schema: type[_Strict], raw: dict[str, Any], source: str, origin: dict[str, str] | None = None):
+def validate(schema: type[StrictModel], raw: dict[str, Any], source: str, origin: dict[str, str] | None = None):
     """Validate ``raw`` against ``schema``; errors become one-line :class:`SpecError`."""
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
         parts = []
         for err in e.errors():
-            line = _format_error(err)
+            line = format_error(err)
             loc = ".".join(str(p) for p in err["loc"])
             hits = [t for k, t in (origin or {}).items()
-                    if (loc and (loc == k or loc.startswith(k + ".") or k.startswith(loc + "."))) or (not loc and k in line)]
+                    if (loc and (loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")))
+                    or (not loc and k in line)]
             exact = [t for k, t in (origin or {}).items() if k == loc]
             blame = exact[-1] if exact else hits[-1] if hits else None  # the --set that put the value there: the last
             parts.append(f"{line} (from --set {blame})" if blame else line)

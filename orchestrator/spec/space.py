@@ -76,6 +76,13 @@ class Distribution(BaseModel):
         return trial.suggest_categorical(name, self.choice)
 
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this distribution can give (a choice, or within the bounds)."""
+        if self.kind == "choice":
+            return value in (self.choice or [])
+        lo, hi = getattr(self, "int_" if self.kind == "int" else self.kind)
+        return isinstance(value, int | float) and not isinstance(value, bool) and lo <= value <= hi
+
     def optuna(self) -> Any:
         """The ``optuna.distributions`` object :meth:`suggest` samples from (to hand Optuna earlier results)."""
         from optuna import distributions as d

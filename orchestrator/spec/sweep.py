@@ -8,29 +8,38 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from orchestrator.spec.load import _format_error, apply_overrides, read_yaml, validate
-from orchestrator.spec.space import Distribution, split_section
-from schnet_model.config import DatasetConfig, ModelConfig, TrainingConfig, _Strict
+from orchestrator.spec.load import apply_overrides, format_error, read_yaml, validate
+from orchestrator.spec.space import Distribution, is_distribution, split_section
+from orchestrator.spec.uri import SQLITE, resolve_uri, sqlite_path
+from schnet_model.config import (
+    FAMILIES,
+    DatasetConfig,
+    StrictModel,
+    TrainingConfig,
+    family_key_hint,
+    unknown_family,
+)
+from schnet_model.nn.family import AnyConfig
 
 
-class CVConfig(_Strict):
+class CVConfig(StrictModel):
     """k-fold cross-validation over the non-test data; every trial trains k members."""
 
     k: int = Field(5, ge=2, description="folds (members per trial)")
     seed: int = 0
 
 
-class ASHAConfig(_Strict):
+class ASHAConfig(StrictModel):
     grace_period: int = Field(5, ge=1, description="epochs before a trial can be pruned")
     reduction_factor: float = Field(3.0, gt=1)
     max_epochs: int | None = Field(None, ge=1, description="default: training.max_epochs")
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictModel):
     asha: ASHAConfig | None = None
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     num_samples: int = Field(20, ge=1, description="trials")
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
@@ -40,8 +49,8 @@ class SearchConfig(_Strict):
     )
     time_budget: float | None = Field(None, gt=0, description="seconds for the whole search")
     plan: Literal["auto", "off"] = Field(
-        "auto", description="with time_budget: auto = screen many configurations on fold 0, then train the best and the "
-        "paper configuration with all k folds within the budget (orchestrator/search/plan.py); off = ASHA alone")
+        "auto", description="with time_budget: auto = screen many configurations on fold 0, then train the best and "
+        "the paper configuration with all k folds within the budget (orchestrator/search/plan.py); off = ASHA alone")
     baseline: Literal["screen", "final"] = Field(
         "screen", description="with a budget plan: screen = the paper configuration is screened like any other and "
         "trained with all k folds only if it screens among the best (the final rung's time goes to the best "
@@ -68,7 +77,7 @@ MIN_FOLD_SHARE = 0.5
 """``resources: auto`` gives each fold its own actor only when it gets at least this share of a core."""
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     """What one trial asks of the cluster, and how it trains its k folds.
 
     ``layout``: ``stacked`` — the k fold members as one stacked model in the trial's own process
@@ -82,8 +91,10 @@ class ResourcesConfig(_Strict):
     layout: Literal["auto", "stacked", "folds"] = Field("auto", description="auto | stacked | folds")
     cpus_per_fold: float = Field(1.0, gt=0, description="folds layout: CPUs of each fold actor")
     gpus_per_fold: float = Field(0.0, ge=0, description="folds layout: GPU share of each fold actor (fractional)")
-    cpus_per_trial: float | None = Field(None, gt=0, description="stacked layout: CPUs of the trial; default k × cpus_per_fold")
-    gpus_per_trial: float = Field(0.0, ge=0, description="stacked layout: GPU share of the trial (0.25: four trials per GPU)")
+    cpus_per_trial: float | None = Field(
+        None, gt=0, description="stacked layout: CPUs of the trial; default k × cpus_per_fold")
+    gpus_per_trial: float = Field(
+        0.0, ge=0, description="stacked layout: GPU share of the trial (0.25: four trials per GPU)")
     placement_strategy: Literal["PACK", "SPREAD"] = Field(
         "PACK", description="folds layout: a trial's fold bundles PACKed onto few nodes, or SPREAD over nodes")
 
@@ -120,12 +131,14 @@ class ResourcesConfig(_Strict):
         floor2 = lambda x: max(int(x * 100) / 100, 0.01)  # noqa: E731  two decimals, rounded down
         if gpus > 0:
             return ResourcesConfig(layout="stacked", cpus_per_trial=floor2(max(cpus / concurrent, 0.01)),
-                                   gpus_per_trial=floor2(min(gpus / concurrent, 1.0)), placement_strategy=self.placement_strategy)
+                                   gpus_per_trial=floor2(min(gpus / concurrent, 1.0)),
+                                   placement_strategy=self.placement_strategy)
         per_fold = (cpus - 0.01 * concurrent) / (concurrent * k)
         if per_fold < MIN_FOLD_SHARE:  # more fold processes than cores: one stacked process per trial instead
             return ResourcesConfig(layout="stacked", cpus_per_trial=floor2(cpus / concurrent),
                                    placement_strategy=self.placement_strategy)
-        return ResourcesConfig(layout="folds", cpus_per_fold=floor2(per_fold), placement_strategy=self.placement_strategy)
+        return ResourcesConfig(layout="folds", cpus_per_fold=floor2(per_fold),
+                               placement_strategy=self.placement_strategy)
 
     def resolved_layout(self) -> Layout:
         """The layout a trial uses (``auto`` resolved)."""
@@ -138,8 +151,10 @@ class ResourcesConfig(_Strict):
         return CPU_AUTO_LAYOUT
 
     def trial_cpus(self, k: int) -> float:
-        """CPUs a stacked trial asks for."""
-        return self.cpus_per_trial if self.cpus_per_trial is not None else k * self.cpus_per_fold
+        """CPUs a trial of ``k`` folds holds: a stacked trial's own, or its k fold actors'."""
+        if self.resolved_layout() == "stacked" and self.cpus_per_trial is not None:
+            return self.cpus_per_trial
+        return k * self.cpus_per_fold
 
     def bundles(self, k: int) -> list[dict[str, float]]:
         """The trial's placement-group bundles: one for a stacked trial, a coordinator + k folds otherwise."""
@@ -153,7 +168,8 @@ class ResourcesConfig(_Strict):
         auto = " (layout auto)" if self.layout == "auto" else ""
         if self.resolved_layout() == "stacked":
             gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""
-            return f"stacked{auto}: the {k} folds as one model in the trial's process, {self.trial_cpus(k):g} CPU{gpu} per trial"
+            return (f"stacked{auto}: the {k} folds as one model in the trial's process, "
+                    f"{self.trial_cpus(k):g} CPU{gpu} per trial")
         gpu = f", {self.gpus_per_fold:g} GPU" if self.gpus_per_fold else ""
         return f"folds{auto}: {k} fold actors of {self.cpus_per_fold:g} CPU{gpu} per trial"
 
@@ -162,20 +178,15 @@ class ResourcesConfig(_Strict):
         return self.gpus_per_trial or self.gpus_per_fold
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     experiment: str | None = Field(None, description="default: the sweep name")
 
     def resolved_uri(self) -> str:
-        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-        elif "://" not in uri:
-            uri = str(Path(uri).resolve())
-        return uri
+        return resolve_uri(self.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}mlflow.db", Path.cwd())
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     """Validated ``sweep run`` spec. ``model``/``training`` keep fixed values and distributions."""
 
     name: str = "sweep"
@@ -204,17 +215,53 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_sections(self) -> SweepSpec:
-        errors = []
-        for section, schema in (("model", ModelConfig), ("training", TrainingConfig)):
-            fixed, dists = split_section(getattr(self, section))
+        errors = self._check_family()
+        if errors:
+            raise ValueError("; ".join(errors))
+        for section in ("model", "training"):
+            errors += self._check_section(section)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def _check_family(self) -> list[str]:
+        try:
+            names = self.families()
+        except ValidationError as e:
+            return [f"model.family: {e.errors()[0]['msg'].removeprefix('Value error, ')}"]
+        bad = [n for n in names if n not in FAMILIES]
+        return [unknown_family(*bad)] if bad else []
+
+    def families(self) -> list[str]:
+        """The model families this spec trains: the one ``model.family`` names (SchNet when none), or the ones it
+        searches."""
+        raw = self.model.get("family", "schnet")
+        return list(Distribution.model_validate(raw).extremes()) if is_distribution(raw) else [raw]
+
+    def _schemas(self, section: str) -> list[type[StrictModel]]:
+        return [FAMILIES[f] for f in self.families()] if section == "model" else [TrainingConfig]
+
+    def _check_section(self, section: str) -> list[str]:
+        """One-line errors of a model/training section: every fixed value and searched range against the schema of
+        each family that has the key (a key of another family only: named as such)."""
+        errors: list[str] = []
+        schemas = self._schemas(section)
+        fixed, dists = split_section({k: v for k, v in getattr(self, section).items() if k != "family"})
+        for key in [*fixed, *dists]:
+            if not any(key in schema.model_fields for schema in schemas):
+                hint = family_key_hint(key, self.families()[0]) if section == "model" and len(schemas) == 1 else None
+                errors.append(f"{section}.{key}: {hint or 'unknown key'}")
+        if errors:
+            return errors
+        for schema in schemas:
+            own = {k: v for k, v in fixed.items() if k in schema.model_fields}
             try:
-                schema(**fixed)
+                schema(**own)
             except ValidationError as e:
-                errors += [f"{section}.{_format_error(err)}" for err in e.errors()]
+                errors += [f"{section}.{format_error(err)}" for err in e.errors()]
                 continue
             for key, raw in dists.items():
                 if key not in schema.model_fields:
-                    errors.append(f"{section}.{key}: unknown key")
                     continue
                 try:
                     dist = Distribution.model_validate(raw)
@@ -223,58 +270,75 @@ class SweepSpec(_Strict):
                     continue
                 for value in dist.extremes():
                     try:
-                        schema(**{**fixed, key: value})
+                        schema(**{**own, key: value})
                     except ValidationError as e:
                         errors.append(f"{section}.{key}: search value {value!r}: {e.errors()[0]['msg']}")
                         break
-                if dist.when:
-                    for cond in dist.when:
-                        sec, _, k = cond.partition(".")
-                        target = {"model": ModelConfig, "training": TrainingConfig}.get(sec)
-                        if target is None or k not in target.model_fields:
-                            errors.append(f"{section}.{key}.when: unknown key {cond!r}")
-        if errors:
-            raise ValueError("; ".join(errors))
-        return self
+                for cond in dist.when or {}:
+                    sec, _, k = cond.partition(".")
+                    known = sec in ("model", "training") and any(k in t.model_fields for t in self._schemas(sec))
+                    if not known:
+                        errors.append(f"{section}.{key}.when: unknown key {cond!r}")
+        return list(dict.fromkeys(errors))
 
     # -- derived ------------------------------------------------------------------------
     def space(self) -> dict[str, Distribution]:
-        """Searched hyperparameters by dotted key."""
+        """Searched hyperparameters by dotted key. With ``model.family`` searched, a key of one family only is
+        searched when that family is chosen (its ``when`` holds ``model.family``)."""
         out = {}
+        families = self.families()
         for section in ("model", "training"):
             _, dists = split_section(getattr(self, section))
-            out.update({f"{section}.{k}": Distribution.model_validate(v) for k, v in dists.items()})
+            for k, v in dists.items():
+                d = Distribution.model_validate(v)
+                if section == "model" and k != "family" and len(families) > 1:
+                    owners = [f for f in families if k in FAMILIES[f].model_fields]
+                    if len(owners) == 1 and "model.family" not in (d.when or {}):
+                        d = d.model_copy(update={"when": {**(d.when or {}), "model.family": owners[0]}})
+                out[f"{section}.{k}"] = d
+        if "model.family" in out:  # decided first: the family's own keys are conditional on it
+            out = {"model.family": out.pop("model.family"), **out}
         return out
 
     def fixed(self) -> dict[str, Any]:
-        """Every non-searched value by dotted key (schema defaults included)."""
+        """Every non-searched value by dotted key, schema defaults included (with ``model.family`` searched: the
+        model keys every family has, with the default they share, and the spec's own)."""
         out: dict[str, Any] = {}
-        for section, schema in (("model", ModelConfig), ("training", TrainingConfig)):
+        for section in ("model", "training"):
             fixed, _ = split_section(getattr(self, section))
-            out.update({f"{section}.{k}": v for k, v in schema(**fixed).model_dump().items()})
+            dumps = [schema(**{k: v for k, v in fixed.items() if k in schema.model_fields}).model_dump()
+                     for schema in self._schemas(section)]
+            common = {k: v for k, v in dumps[0].items() if all(d.get(k, object()) == v for d in dumps[1:])}
+            out.update({f"{section}.{k}": v for k, v in {**common, **fixed}.items()})
         return out
 
     def initial_points(self) -> list[dict[str, Any]]:
-        """First trials: the spec's, else the paper configuration (schema defaults) for the searched keys."""
+        """First trials: the spec's, else the paper configuration (schema defaults; SchNet's when the family is
+        searched) for the searched keys whose distribution holds it."""
         space = self.space()
         if self.search.initial_points:
             return [{k: v for k, v in p.items() if k in space} for p in self.search.initial_points]
-        defaults = {**{f"model.{k}": v for k, v in ModelConfig().model_dump().items()},
+        families = self.families()
+        family = "schnet" if "schnet" in families else families[0]
+        defaults = {**{f"model.{k}": v for k, v in FAMILIES[family]().model_dump().items()},
                     **{f"training.{k}": v for k, v in TrainingConfig().model_dump().items()}}
         fixed = self.fixed()
-        point = {}
+        point: dict[str, Any] = {}
         for k, d in space.items():
-            if d.when and any(fixed.get(c, defaults.get(c)) != v for c, v in d.when.items()):
+            if d.when and any(point.get(c, fixed.get(c, defaults.get(c))) != v for c, v in d.when.items()):
                 continue
-            point[k] = defaults[k]
+            if d.contains(defaults[k]):  # a default the space leaves out is sampled instead
+                point[k] = defaults[k]
         return [point] if point else []
 
-    def materialize(self, params: dict[str, Any]) -> tuple[ModelConfig, TrainingConfig]:
-        """Model and training configs of one trial (fixed values + sampled ``params``)."""
+    def materialize(self, params: dict[str, Any]) -> tuple[AnyConfig, TrainingConfig]:
+        """Model and training configs of one trial (fixed values + sampled ``params``); the model's keys are those of
+        the family it names."""
         values = {**self.fixed(), **params}
         model = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("model.")}
         training = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("training.")}
-        return ModelConfig(**model), TrainingConfig(**training)
+        schema = FAMILIES[model.get("family", "schnet")]
+        return schema(**{k: v for k, v in model.items() if k in schema.model_fields}), TrainingConfig(**training)
 
     def train_spec(self):
         """The spec of ``sweep train``: the first trial's configuration (the paper's, or initial_points[0])."""
@@ -291,7 +355,8 @@ class SweepSpec(_Strict):
 
     def max_epochs(self) -> int:
         fixed = self.fixed()
-        if isinstance(self.search.scheduler, SchedulerConfig) and self.search.scheduler.asha and self.search.scheduler.asha.max_epochs:
+        if (isinstance(self.search.scheduler, SchedulerConfig) and self.search.scheduler.asha
+                and self.search.scheduler.asha.max_epochs):
             return self.search.scheduler.asha.max_epochs
         return int(fixed["training.max_epochs"])
 
@@ -306,6 +371,6 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> Swe
     spec.dataset.resolve_paths(base)
     if spec.storage is not None and "://" not in spec.storage and not Path(spec.storage).is_absolute():
         spec.storage = str((base / spec.storage).resolve())
-    if spec.tracking.uri and spec.tracking.uri.startswith("sqlite:///") and not spec.tracking.uri.startswith("sqlite:////"):
-        spec.tracking.uri = "sqlite:///" + str((base / spec.tracking.uri[len("sqlite:///"):]).resolve())
+    if spec.tracking.uri and sqlite_path(spec.tracking.uri) is not None:  # a SQLite file beside the spec
+        spec.tracking.uri = resolve_uri(spec.tracking.uri, base)
     return spec

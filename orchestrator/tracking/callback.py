@@ -18,14 +18,14 @@ from typing import Any
 from ray import tune
 
 from orchestrator.tracking import keys
-from orchestrator.tracking.statuses import FAILED, FINALISED, budget_used, mlflow_status, trial_status
+from orchestrator.tracking.statuses import FAILED, FINALISED, INTERRUPTED, budget_used, mlflow_status, trial_status
 from orchestrator.tracking.store import FOLD, NODE, NODES, PARENT, ROLE, SWEEP_ID, TRIAL_ID, Store
 
 
 class MlflowTracker(tune.Callback):
     """Tune callback that mirrors trials and their folds into MLflow (runs in the driver)."""
 
-    def __init__(self, uri: str, experiment: str, sweep_id: str, parent_run_id: str, k: int,
+    def __init__(self, uri: str, experiment: str, *, sweep_id: str, parent_run_id: str, k: int,
                  time_budget: float | None = None) -> None:
         self.uri, self.experiment, self.sweep_id, self.parent, self.k = uri, experiment, sweep_id, parent_run_id, k
         self.time_budget, self.t0 = time_budget, time.time()
@@ -50,7 +50,8 @@ class MlflowTracker(tune.Callback):
             base = {SWEEP_ID: self.sweep_id, TRIAL_ID: trial.trial_id}
             rid = self.store.find_or_create(f"trial {trial.trial_id}", {**base, ROLE: "trial", PARENT: self.parent})
             folds = [self.store.find_or_create(f"trial {trial.trial_id} fold {i}",
-                                               {**base, ROLE: "fold", FOLD: str(i), PARENT: rid}) for i in range(self.k)]
+                                               {**base, ROLE: "fold", FOLD: str(i), PARENT: rid})
+                     for i in range(self.k)]
             run = self.store.client.get_run(rid)
             if run.info.status == "FINISHED" and run.data.tags.get(keys.STATUS) in FINALISED:
                 self._recorded.add(trial.trial_id)  # MLflow holds it as completed: the record, not written again
@@ -61,16 +62,25 @@ class MlflowTracker(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         rid, folds = self.runs(trial)
-        for run_id in (rid, *folds):  # an interrupted trial that --resume continues runs again
-            if self.store.client.get_run(run_id).info.status == "KILLED":
+        # a sweep run no longer RUNNING was ended by a SIGTERM while Tune stops (a trial Tune retries after the
+        # job's Ray died with it): its trial stays interrupted; otherwise a trial --resume continues runs again
+        stopping = self.store.client.get_run(self.parent).info.status != "RUNNING"
+        for run_id in (rid, *folds):
+            status = self.store.client.get_run(run_id).info.status
+            if stopping and status == "RUNNING":
+                self.store.end(run_id, "KILLED")
+            elif not stopping and status == "KILLED":
                 self.store.client.update_run(run_id, status="RUNNING")
+        if stopping:
+            self.store.client.set_tag(rid, keys.STATUS, INTERRUPTED)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         rid, folds = self.runs(trial)
         if trial.trial_id in self._recorded:  # its final result, re-reported on --resume (see trial.py)
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        trial_metrics = {k: v for k, v in keys.trial_metrics(result).items() if k in (
+        report = keys.TrialResult.of(result)
+        trial_metrics = {k: v for k, v in report.trial.items() if k in (
             "val_loss_mean", "val_loss_std", "train_loss_mean", "folds_stopped", "best_val_loss_mean", "screen_score")
             or keys.is_ensemble_mae(k)}
         self.store.log(rid, trial_metrics, step)
@@ -78,7 +88,7 @@ class MlflowTracker(tune.Callback):
             self._moded.add(rid)
             self.store.client.set_tag(rid, keys.STEP_MODE, str(result["step_mode"])[:500])
         for i, fid in enumerate(folds):
-            fold = keys.fold_metrics(result, i)
+            fold = dict(report.folds[i]) if i < len(report.folds) else {}
             node = fold.pop(keys.FOLD_NODE, "")
             self.store.log(fid, fold, step)
             if node and self._nodes.get(fid, [""])[-1] != node:  # first epoch, or the fold moved (a retry)
@@ -118,7 +128,8 @@ class MlflowTracker(tune.Callback):
             for i, fid in enumerate(folds):
                 fd = d / f"fold_{i}"
                 res = json.loads((fd / "result.json").read_text())
-                self.store.log(fid, {keys.fold_metric(name, k): v for name, m in res["tests"].items() for k, v in m.items()} |
+                self.store.log(fid, {keys.fold_metric(name, k): v for name, m in res["tests"].items()
+                                     for k, v in m.items()} |
                                {"best_epoch": res["best_epoch"], "best_val_loss": res["best_val_loss"]} |
                                res.get("offset_refit", {}))
                 c.log_artifacts(fid, str(fd / "model"), "model")

@@ -7,6 +7,7 @@ for separate files); every metric of a test set starts with its name, so ``test`
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 # -- MLflow tags of the run tree (sweep run → trial runs → fold runs) ---------------------------------------
@@ -17,7 +18,8 @@ NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
 # MLflow ≥ 3.4 sorts experiments into GenAI and model training; a sweep's opens on its runs table
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 EXPERIMENT_TAGS = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
-                   NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs (fold models as artifacts)"}
+                   NOTE: "sweep: SchNet hyperparameter search; sweep run → trial runs → fold runs "
+                         "(fold models as artifacts)"}
 STATUS, ERROR = "sweep.status", "sweep.error"  # a trial's end (orchestrator.tracking.statuses), and why it failed
 BEST_TRIAL, BEST_TRIAL_RUN = "sweep.best_trial_id", "sweep.best_trial_run_id"  # on the sweep run
 BASELINE_TRIAL = "sweep.baseline_trial_id"  # the paper configuration's trial in a budget plan, on the sweep run
@@ -54,7 +56,8 @@ def baseline_mae(test_set: str, prop: str) -> str:
 
 
 def prediction(test_set: str, what: str) -> str:
-    """A ``predictions.npz`` array of a test set: ``what`` is ``idx``, ``energy`` ([k, n]) or ``forces`` ([k, n_atoms, 3])."""
+    """A ``predictions.npz`` array of a test set: ``what`` is ``idx``, ``energy`` ([k, n]) or ``forces``
+    ([k, n_atoms, 3])."""
     return f"{test_set}_{what}"
 
 
@@ -76,25 +79,42 @@ def is_ensemble_mae(key: str) -> bool:
     return key.endswith(("_ensemble_energy_mae", "_ensemble_forces_mae"))
 
 
-# -- a trial's report to Tune: one flat dict, fold values under "fold{i}/" (Tune's results are flat) ----------------
+# -- a trial's report to Tune: one flat dict, fold values under "fold{i}/" (Tune's results are flat) ------------
 FOLD_NODE = "node_id"  # a fold's value that is a tag (the Ray node), not a metric
 
 
-def with_fold_metrics(trial: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]:
-    """``trial``'s metrics plus each fold's, as Tune carries them: ``fold0/val_loss``, … (see :func:`fold_metrics`)."""
-    return {**trial, **{f"fold{i}/{k}": v for i, f in enumerate(folds) for k, v in f.items()}}
+@dataclass(frozen=True)
+class TrialResult:
+    """A trial's report to Tune: its own values and each fold's. Tune's results are flat, so :meth:`flat` carries
+    fold ``i``'s values as ``fold{i}/KEY`` and :meth:`of` reads them back (the MLflow callback, in the driver)."""
+
+    trial: dict[str, Any]
+    folds: list[dict[str, Any]] = field(default_factory=list)
+
+    def flat(self) -> dict[str, Any]:
+        return {**self.trial, **{f"fold{i}/{k}": v for i, f in enumerate(self.folds) for k, v in f.items()}}
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> TrialResult:
+        """The report in a flat Tune result (Tune's own keys, e.g. ``training_iteration``, among the trial's)."""
+        trial: dict[str, Any] = {}
+        folds: dict[int, dict[str, Any]] = {}
+        for k, v in result.items():
+            head, sep, rest = k.partition("/")
+            if sep and head.startswith("fold") and head[4:].isdigit():
+                folds.setdefault(int(head[4:]), {})[rest] = v
+            else:
+                trial[k] = v
+        return cls(trial, [folds.get(i, {}) for i in range(max(folds) + 1 if folds else 0)])
+
+    def with_trial(self, **values: Any) -> TrialResult:
+        """More of the trial's own values."""
+        return TrialResult({**self.trial, **values}, self.folds)
+
+    def with_folds(self, folds: list[dict[str, Any]]) -> TrialResult:
+        """More values of each fold (``folds[i]`` joins fold ``i``'s)."""
+        return TrialResult(self.trial, [{**a, **b} for a, b in zip(self.folds, folds, strict=True)])
 
 
-def fold_metrics(result: dict[str, Any], i: int) -> dict[str, Any]:
-    """Fold ``i``'s values of a trial result written by :func:`with_fold_metrics` (its node id included)."""
-    prefix = f"fold{i}/"
-    return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
-
-
-def trial_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """A trial result without its folds' values."""
-    return {k: v for k, v in result.items() if not (k.startswith("fold") and "/" in k)}
-
-
-__all__ = ["FOLD_NODE", "PROPS", "baseline_mae", "best_mae", "ensemble_mae", "fold_metric", "fold_metrics", "headline_set", "is_ensemble_mae",
-           "maes_by_test_set", "prediction", "trial_metrics", "with_fold_metrics"]
+__all__ = ["FOLD_NODE", "PROPS", "TrialResult", "baseline_mae", "best_mae", "ensemble_mae", "fold_metric",
+           "headline_set", "is_ensemble_mae", "maes_by_test_set", "prediction"]

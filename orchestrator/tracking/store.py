@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.spec.uri import sqlite_path
 from orchestrator.tracking.keys import (  # noqa: F401  (re-exported: the run tree's tags)
     EXPERIMENT_KIND,
     EXPERIMENT_TAGS,
@@ -68,7 +69,8 @@ def check_uri(uri: str) -> None:
 
     scheme = urlparse(uri).scheme.split("+")[0].lower()
     if "://" in uri and scheme not in SCHEMES:
-        raise StoreNotFoundError(f"tracking URI {uri}: unknown scheme {scheme!r} (expected sqlite:///FILE, http(s)://HOST, "
+        raise StoreNotFoundError(f"tracking URI {uri}: unknown scheme {scheme!r} "
+                                 "(expected sqlite:///FILE, http(s)://HOST, "
                                  "postgresql://…, file:///DIR or a directory)")
     if scheme in ("http", "https"):
         try:
@@ -78,7 +80,8 @@ def check_uri(uri: str) -> None:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise StoreNotFoundError(f"tracking URI {uri}: no MLflow server answers there within {REACH_SECONDS:g} s "
-                                     f"({reason}); start it (sweep mlflow-server) or pass another --tracking-uri") from None
+                                     f"({reason}); start it (sweep mlflow-server) "
+                                     "or pass another --tracking-uri") from None
 
 
 @contextlib.contextmanager
@@ -113,10 +116,11 @@ def open_client(uri: str, *, read_only: bool = False, registry: bool = False):
     for name in ("mlflow", "alembic"):  # schema creation/migration chatter on a new SQLite store
         logging.getLogger(name).setLevel(logging.WARNING)
     check_uri(uri)
-    if read_only and uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+    path = sqlite_path(uri)
+    if read_only and path is not None:
         if not path.exists():
-            raise StoreNotFoundError(f"no MLflow store at {path} (tracking URI {uri}); run a sweep first or pass --tracking-uri")
+            raise StoreNotFoundError(f"no MLflow store at {path} (tracking URI {uri}); "
+                                     "run a sweep first or pass --tracking-uri")
     return MlflowClient(tracking_uri=uri, registry_uri=uri) if registry else MlflowClient(tracking_uri=uri)
 
 
@@ -153,11 +157,13 @@ class Store:
             return runs[0].info.run_id
         return self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
 
-    def log(self, run_id: str, metrics: dict[str, float], step: int | None = None, params: dict[str, Any] | None = None) -> None:
+    def log(self, run_id: str, metrics: dict[str, float], step: int | None = None,
+            params: dict[str, Any] | None = None) -> None:
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+        ms = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+              if isinstance(v, int | float) and not isinstance(v, bool)]
         ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         for i in range(0, max(len(ms), 1), 900):
             self.client.log_batch(run_id, metrics=ms[i : i + 900], params=ps if i == 0 else [])

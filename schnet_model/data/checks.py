@@ -9,7 +9,8 @@ from schnet_model.data.molecules import DataError, Molecules
 MIN_DISTANCE = 0.1  # Å; the shortest bond (H2) is 0.74 Å, nuclei this close are a broken frame
 
 
-def closest_pairs(R: np.ndarray, atom_ptr: np.ndarray, chunk_atoms: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def closest_pairs(R: np.ndarray, atom_ptr: np.ndarray,
+                  chunk_atoms: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per molecule: the shortest interatomic distance and its atoms (local indices).
 
     Returns (d [N], i [N], j [N]); molecules with one atom get d = inf. Vectorised per molecule size.

@@ -49,32 +49,24 @@ from typing import BinaryIO
 import numpy as np
 
 from schnet_model.config import DatasetConfig
+from schnet_model.data.catalog import (  # noqa: F401 (re-exported: the names users import from here)
+    ALIASES,
+    DATASETS,
+    MD17_FILES,
+    RMD17_MOLECULES,
+    known_molecules,
+    normalize_molecule,
+)
 from schnet_model.data.iso17 import ISO17_DBS
 from schnet_model.data.molecules import DataError
+from schnet_model.files import atomic_file, sha256
 
 try:  # POSIX: serialise concurrent fetches into one cache (e.g. parallel search trials)
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None  # type: ignore[assignment]
 
-DATASETS = ("md17", "rmd17", "iso17", "qm9")
-
 MD17_BASE = "http://www.quantum-machine.org/gdml/data/npz/"
-MD17_FILES = {  # molecule -> file name on the sGDML page (quantum-machine.org/gdml/#datasets)
-    "aspirin": "md17_aspirin.npz",
-    "azobenzene": "azobenzene_dft.npz",
-    "benzene": "md17_benzene2017.npz",
-    "ethanol": "md17_ethanol.npz",
-    "malonaldehyde": "md17_malonaldehyde.npz",
-    "naphthalene": "md17_naphthalene.npz",
-    "paracetamol": "paracetamol_dft.npz",
-    "salicylic_acid": "md17_salicylic.npz",
-    "toluene": "md17_toluene.npz",
-    "uracil": "md17_uracil.npz",
-}
-RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene",
-                   "paracetamol", "salicylic", "toluene", "uracil")
-ALIASES = {"md17": {"salicylic": "salicylic_acid"}, "rmd17": {"salicylic_acid": "salicylic"}}
 QM9_TARBALL = "dsgdb9nsd.xyz.tar.bz2"
 QM9_FILES = (QM9_TARBALL, "uncharacterized.txt", "atomref.txt")
 
@@ -146,31 +138,6 @@ def _timeout() -> float:
     if not t > 0:
         raise DataError(f"SWEEP_DATA_TIMEOUT={raw!r}: expected a positive number of seconds")
     return t
-
-
-def known_molecules(dataset: str) -> tuple[str, ...]:
-    """Molecule names of MD17 or rMD17."""
-    return tuple(MD17_FILES) if dataset == "md17" else RMD17_MOLECULES
-
-
-def normalize_molecule(dataset: str, molecule: str | None) -> str | None:
-    """The canonical molecule name for ``dataset`` (``None`` when none is given and none is needed)."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
-    if dataset in ("iso17", "qm9"):
-        if molecule:
-            raise DataError(f"{dataset} has no molecule choice (got molecule {molecule!r}); molecule is for md17 and rmd17")
-        return None
-    known = known_molecules(dataset)
-    if not molecule:
-        if dataset == "rmd17":
-            return None
-        raise DataError(f"{dataset} needs a molecule (known: {', '.join(known)})")
-    name = molecule.strip().lower().replace("-", "_").replace(" ", "_")
-    name = ALIASES[dataset].get(name, name)
-    if name not in known:
-        raise DataError(f"unknown {dataset} molecule {molecule!r} (known: {', '.join(known)})")
-    return name
 
 
 # ---------------------------------------------------------------- structural checks
@@ -274,13 +241,6 @@ ARCHIVES: dict[str, tuple[str, dict[str, Callable[[Path], None] | None]]] = {
 # ---------------------------------------------------------------- helpers
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file (:func:`schnet_model.files.sha256`)."""
-    from schnet_model.files import sha256
-
-    return sha256(path)
-
-
 @contextlib.contextmanager
 def _bar(label: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
     """A Rich progress bar on stderr; yields ``advance(n_bytes)``."""
@@ -290,7 +250,8 @@ def _bar(label: str, total: int | None, enabled: bool) -> Iterator[Callable[[int
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    cols = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+    cols = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn()]
     with Progress(*cols, console=Console(stderr=True), transient=True) as p:
         task = p.add_task(label, total=total)
         yield lambda n: p.advance(task, n)
@@ -390,18 +351,13 @@ class _Cache:
         return files
 
     def _save_manifest(self) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".part")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": 1, "files": self.files}, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.manifest_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.manifest_path) as f:  # .manifest.json.*.part until renamed (_remove_stale)
+            json.dump({"version": 1, "files": self.files}, f, indent=1, sort_keys=True)
 
     def _record(self, key: str, digest: str, **extra: str) -> None:
         st = (self.root / key).stat()
-        self.files[key] = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "recorded": _now(), **extra}
+        self.files[key] = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "recorded": _now(),
+                           **extra}
 
     # verification
     def _verify_recorded(self, key: str, hint: str) -> None:
@@ -412,7 +368,7 @@ class _Cache:
         st = path.stat()
         if not self.full_check and st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime_ns"]:
             return
-        digest = sha256_file(path)
+        digest = sha256(path)
         if digest != rec["sha256"]:
             raise DownloadError(
                 f"{path}: modified since it was cached: sha256 {digest}, expected {rec['sha256']} "
@@ -482,7 +438,7 @@ class _Cache:
                 self._verify_recorded(key, "delete it to download it again")
                 return path
             # placed by hand: verify and adopt
-            digest = sha256_file(path)
+            digest = sha256(path)
             self._check_digest(key, digest, str(path), "delete it to download it again")
             try:
                 check(path)
@@ -524,7 +480,7 @@ class _Cache:
             except _Invalid as e:
                 raise DownloadError(f"{target}: {e}; delete it to extract it again") from e
             for p in sorted(q for q in target.rglob("*") if q.is_file()):
-                self._record(p.relative_to(self.root).as_posix(), sha256_file(p), source="placed in the cache",
+                self._record(p.relative_to(self.root).as_posix(), sha256(p), source="placed in the cache",
                              **{"from": key})
             self._save_manifest()
             return target
@@ -534,9 +490,10 @@ class _Cache:
                 self._verify_recorded(key, "delete it to download it again")
                 digest = self.files[key]["sha256"]
             else:
-                digest = sha256_file(apath)
+                digest = sha256(apath)
                 self._check_digest(key, digest, str(apath), "delete it to download it again")
-            digests = self._extract_into_place(key, apath, None, lambda e: f"{apath}: {e}; delete it to download it again")
+            digests = self._extract_into_place(key, apath, None,
+                                               lambda e: f"{apath}: {e}; delete it to download it again")
             if key not in self.files:
                 self._record(key, digest, url=url, source="placed in the cache")
         else:
@@ -595,7 +552,7 @@ class _Cache:
 
 def _remove_stale(dataset_dir: Path) -> None:
     """Temporary files of an interrupted fetch (we hold the lock, so nobody else is writing)."""
-    for p in [*dataset_dir.glob(".*.part"), *dataset_dir.parent.glob(".manifest.*.part")]:
+    for p in [*dataset_dir.glob(".*.part"), *dataset_dir.parent.glob(".manifest*.part")]:
         p.unlink(missing_ok=True)
     for p in dataset_dir.glob(".extract-*"):
         shutil.rmtree(p, ignore_errors=True)

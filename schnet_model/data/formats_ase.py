@@ -257,7 +257,8 @@ class AseDb:
             if i >= n_mol or a + n > n_atoms:
                 raise DataError(f"{self.path}: the database changed while being read")
             if row.positions.shape != (n, 3):
-                raise DataError(f"{self.path}: row {row.id}: positions have shape {row.positions.shape}, expected ({n}, 3)")
+                raise DataError(f"{self.path}: row {row.id}: positions have shape {row.positions.shape}, "
+                                f"expected ({n}, 3)")
             Z[a : a + n] = row.numbers
             R[a : a + n] = row.positions
             e = energy(row)
@@ -403,7 +404,8 @@ def iter_ase_frames(path: Path, io_fmt: str | None) -> Iterator[tuple[int, Any]]
         except StopIteration:
             return
         except KeyError as e:  # ASE looks chemical symbols up in a table
-            raise DataError(f"{path}: frame {k + 1}: unknown element {e.args[0]!r}" if e.args and isinstance(e.args[0], str)
+            raise DataError(f"{path}: frame {k + 1}: unknown element {e.args[0]!r}"
+                            if e.args and isinstance(e.args[0], str)
                             else f"{path}: frame {k + 1}: malformed or truncated (KeyError: {e})") from e
         except _ASE_ERRORS as e:
             raise DataError(f"{path}: frame {k + 1}: malformed or truncated ({type(e).__name__}: {e})") from e
@@ -412,7 +414,8 @@ def iter_ase_frames(path: Path, io_fmt: str | None) -> Iterator[tuple[int, Any]]
 
 
 def read_frames(path: str | Path) -> list[Any]:
-    """Every frame of an ASE-readable file as ``ase.Atoms``; a missing, empty or malformed file raises DataError naming it."""
+    """Every frame of an ASE-readable file as ``ase.Atoms``; a missing, empty or malformed file raises DataError
+    naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")

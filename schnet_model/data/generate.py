@@ -7,13 +7,12 @@ calculator; ASE integrates Langevin dynamics. Output is an MD17-layout npz (``R`
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from schnet_model.files import atomic_file
 from schnet_model.units import energy_factor
 
 # Friendly names → ASE g2 collection names.
@@ -88,7 +87,8 @@ def generate_md(
     rng = np.random.default_rng(seed)
     thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
     dyn = Langevin(
-        atoms, timestep_fs * units.fs, temperature_K=temperature, friction=friction_per_fs / units.fs, fixcm=False, rng=rng
+        atoms, timestep_fs * units.fs, temperature_K=temperature, friction=friction_per_fs / units.fs, fixcm=False,
+        rng=rng,
     )
     dyn.run(equilibration)
     to_kcal = energy_factor("eV", "kcal/mol")
@@ -117,18 +117,8 @@ def generate_md(
 def write_npz(arrays: dict[str, np.ndarray], path: str | Path) -> Path:
     """Write arrays to ``path`` atomically (temporary file renamed into place)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb", suffix=".npz") as f:
+        np.savez_compressed(f, **arrays)
     return path
 
 
@@ -152,7 +142,8 @@ def parse_method(method: str) -> tuple[str, str | None, str | None]:
         functional, basis = m[6:].split("/", 1)
         if functional and basis:
             return "pyscf", functional, basis
-    raise ValueError(f"unknown method {method!r}; expected gfn2-xtb or pyscf:<functional>/<basis> (e.g. pyscf:pbe/def2-svp)")
+    raise ValueError(f"unknown method {method!r}; expected gfn2-xtb or pyscf:<functional>/<basis> "
+                     "(e.g. pyscf:pbe/def2-svp)")
 
 
 def label_pyscf(Z: np.ndarray, R: np.ndarray, functional: str, basis: str) -> tuple[float, np.ndarray]:
@@ -180,7 +171,8 @@ def label_pyscf(Z: np.ndarray, R: np.ndarray, functional: str, basis: str) -> tu
 
 
 def geometries(path: str | Path) -> dict[str, np.ndarray]:
-    """The geometries of an MD17 npz (``R`` Å, ``z``; its other arrays kept) or of any ASE-readable file of one molecule.
+    """The geometries of an MD17 npz (``R`` Å, ``z``; its other arrays kept) or of any ASE-readable file of one
+    molecule.
 
     Raises ``ValueError`` naming the file when it is missing, unreadable or holds molecules of different compositions.
     """
@@ -203,13 +195,15 @@ def geometries(path: str | Path) -> dict[str, np.ndarray]:
     z = frames[0].numbers
     for k, a in enumerate(frames):
         if not np.array_equal(a.numbers, z):
-            raise ValueError(f"{path}: frame {k} has atoms {a.get_chemical_formula()}, frame 0 {frames[0].get_chemical_formula()}; "
+            raise ValueError(f"{path}: frame {k} has atoms {a.get_chemical_formula()}, "
+                             f"frame 0 {frames[0].get_chemical_formula()}; "
                              "one molecule (the same atoms in the same order) per file")
     return {"R": np.array([a.positions for a in frames]), "z": z.astype(np.uint8), "r_unit": np.array("Ang")}
 
 
 def theory(method: str) -> str:
-    """The ``theory`` string a dataset labelled by ``method`` carries: ``GFN2-xTB (tblite)``, ``PBE/def2-svp (PySCF)``."""
+    """The ``theory`` string a dataset labelled by ``method`` carries: ``GFN2-xTB (tblite)``,
+    ``PBE/def2-svp (PySCF)``."""
     kind, functional, basis = parse_method(method)
     return "GFN2-xTB (tblite)" if kind == "gfn2-xtb" else f"{functional.upper()}/{basis} (PySCF)"
 

@@ -18,7 +18,7 @@ from schnet_model.data.dataset import Dataset
 from schnet_model.data.load import load_dataset
 from schnet_model.data.molecules import DataError, Molecules, element_names
 from schnet_model.data.splits import HeldOutFile
-from schnet_model.files import sha256 as checksum
+from schnet_model.files import sha256
 
 
 @dataclass
@@ -58,7 +58,7 @@ def with_tests(cfg: DatasetConfig) -> WithTests:
     for name, path in cfg.test_files().items():
         mol = read_heldout_file(cfg, name, path, ds.molecules)
         parts.append(mol)
-        files[name] = HeldOutFile(str(path), checksum(path), np.arange(start, start + len(mol), dtype=np.int64))
+        files[name] = HeldOutFile(str(path), sha256(path), np.arange(start, start + len(mol), dtype=np.int64))
         start += len(mol)
     joined = ds.molecules if len(parts) == 1 else Molecules.concat(parts)
     return WithTests(ds, joined, files)

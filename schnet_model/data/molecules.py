@@ -60,7 +60,8 @@ class Molecules:
         odd = np.flatnonzero((self.Z < 1) | (self.Z > MAX_ELEMENT))
         if len(odd):
             frame = int(np.searchsorted(self.atom_ptr, odd[0], side="right"))
-            raise DataError(f"{label}: frame {frame}: atomic number {self.Z[odd[0]]}; expected an element, 1–{MAX_ELEMENT}")
+            raise DataError(f"{label}: frame {frame}: atomic number {self.Z[odd[0]]}; "
+                            f"expected an element, 1–{MAX_ELEMENT}")
         if self.E is not None:
             self.E = np.asarray(self.E, dtype=np.float64).reshape(-1)
             if len(self.E) != n:
@@ -73,7 +74,8 @@ class Molecules:
             if self.F.shape != self.R.shape:
                 raise DataError(f"{label}: forces have shape {self.F.shape}, positions {self.R.shape}")
             if not np.isfinite(self.F).all():
-                frame = int(np.searchsorted(self.atom_ptr, np.flatnonzero(~np.isfinite(self.F).all(1))[0], side="right"))
+                frame = int(np.searchsorted(self.atom_ptr, np.flatnonzero(~np.isfinite(self.F).all(1))[0],
+                                            side="right"))
                 raise DataError(f"{label}: frame {frame}: forces contain NaN or inf")
         if not np.isfinite(self.R).all():
             raise DataError(f"{label}: positions contain NaN or inf")
@@ -131,7 +133,8 @@ class Molecules:
         """The molecules of ``parts`` one after the other (same energy unit; labels kept only when all have them)."""
         unit = parts[0].energy_unit
         if any(p.energy_unit != unit for p in parts):
-            raise DataError(f"cannot join molecules in {sorted({p.energy_unit for p in parts})}: convert to one unit first")
+            raise DataError(f"cannot join molecules in {sorted({p.energy_unit for p in parts})}: "
+                            "convert to one unit first")
         ptr = np.concatenate([[0], np.cumsum(np.concatenate([p.n_atoms for p in parts]))])
         labelled = lambda key: None if any(getattr(p, key) is None for p in parts) else np.concatenate(  # noqa: E731
             [getattr(p, key) for p in parts])

@@ -53,12 +53,14 @@ def cutoff_pairs(R: np.ndarray, cutoff: float) -> np.ndarray:
     import vesin
 
     nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j = nl.compute(points=np.ascontiguousarray(R, dtype=np.float64), box=np.zeros((3, 3)), periodic=False, quantities="ij")
+    i, j = nl.compute(points=np.ascontiguousarray(R, dtype=np.float64), box=np.zeros((3, 3)), periodic=False,
+                      quantities="ij")
     order = np.lexsort((j, i))
     return np.stack([i[order], j[order]], axis=1).astype(np.int64)
 
 
-def cutoff_pairs_many(R: np.ndarray, atom_ptr: np.ndarray, cutoff: float, chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+def cutoff_pairs_many(R: np.ndarray, atom_ptr: np.ndarray, cutoff: float,
+                      chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
     """Cutoff pairs of many molecules with few vesin calls.
 
     Molecules are placed on a grid with a spacing larger than their extent plus the cutoff, so

@@ -106,7 +106,8 @@ def read_qm9_xyz(path: Path, cfg: DatasetConfig) -> Molecules:
     if path.is_dir() and not any(path.glob("dsgdb9nsd_*.xyz")) and (path / "dsgdb9nsd.xyz.tar.bz2").is_file():
         path = path / "dsgdb9nsd.xyz.tar.bz2"  # the download cache's qm9/ directory
     if path.is_file() and not tarfile.is_tarfile(path):
-        raise DataError(f"{path}: not a tar archive (expected QM9's dsgdb9nsd.xyz.tar.bz2 or a directory of its xyz files)")
+        raise DataError(f"{path}: not a tar archive "
+                        "(expected QM9's dsgdb9nsd.xyz.tar.bz2 or a directory of its xyz files)")
     base = path if path.is_dir() else path.parent
     unchar_file = base / "uncharacterized.txt"
     exclude: set[int] = set()

@@ -124,7 +124,8 @@ def read_npz(
         except ValueError as e:
             raise DataError(f"{path}: {e}") from e
         file_unit = _scalar(npz, "e_unit")
-        unit_source = "spec (dataset.energy_unit)" if energy_unit else "file (e_unit)" if file_unit else "format default (kcal/mol)"
+        unit_source = ("spec (dataset.energy_unit)" if energy_unit else "file (e_unit)" if file_unit
+                       else "format default (kcal/mol)")
         try:
             e_unit = canonical_energy_unit(energy_unit or file_unit or "kcal/mol")
             r_unit = canonical_length_unit(length_unit or _scalar(npz, "r_unit") or "Å")
@@ -150,7 +151,8 @@ def read_npz(
         energy_unit=e_unit,
         name=meta.get("name", path.stem),
         meta={"format": fmt, "source": str(path), "length_unit_in_file": r_unit, "energy_unit_source": unit_source,
-              **({"energy_unit_in_file": canonical_energy_unit(file_unit)} if file_unit and energy_unit else {}), **meta},
+              **({"energy_unit_in_file": canonical_energy_unit(file_unit)} if file_unit and energy_unit else {}),
+              **meta},
     )
 
 
@@ -174,7 +176,8 @@ def _split_file(npz: Path, name: str) -> Path:
     for d in (npz.parent.parent / "splits", npz.parent / "splits", npz.parent):
         if (d / name).is_file():
             return d / name
-    raise DataError(f"{npz}: official split file {name} not found in {npz.parent.parent / 'splits'} (rMD17 archive layout)")
+    raise DataError(f"{npz}: official split file {name} not found in {npz.parent.parent / 'splits'} "
+                    "(rMD17 archive layout)")
 
 
 def read_index_csv(path: Path, n: int) -> np.ndarray:
@@ -185,5 +188,6 @@ def read_index_csv(path: Path, n: int) -> np.ndarray:
     except ValueError as e:
         raise DataError(f"{path}: expected integer indices ({e})") from None
     if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
-        raise DataError(f"{path}: indices must lie in 0..{n - 1} (found {idx.min() if idx.size else 'none'}..{idx.max() if idx.size else ''})")
+        raise DataError(f"{path}: indices must lie in 0..{n - 1} "
+                        f"(found {idx.min() if idx.size else 'none'}..{idx.max() if idx.size else ''})")
     return np.unique(idx)

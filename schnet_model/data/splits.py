@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from schnet_model.data.molecules import DataError
+from schnet_model.files import sha256
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def random_split(
             f"n_test={n_test}) but the dataset has {n}"
         )
     if official_test is None and n_train + n_val > n:
-        raise DataError(f"split asks for {n_train + n_val} molecules (n_train={n_train}, n_val={n_val}) but the dataset has {n}")
+        raise DataError(f"split asks for {n_train + n_val} molecules (n_train={n_train}, n_val={n_val}) "
+                        f"but the dataset has {n}")
     pool, test = holdout(n, n_test, seed, official_test, official_pool, n_needed=n_train + n_val)
     if len(pool) == 0:
         raise DataError("the test set leaves no training data")
@@ -159,6 +161,21 @@ class SplitManifest:
         """Every test set by name: ``test`` (held out of the dataset; when not empty), then the test files."""
         out = {"test": self.test} if len(self.test) else {}
         return out | {name: f.idx for name, f in self.test_files.items()}
+
+    @classmethod
+    def of(cls, joined, seed: int, test: np.ndarray, *, train: np.ndarray | None = None, val: np.ndarray | None = None,
+           folds: list[Fold] | None = None) -> SplitManifest:
+        """The manifest of a dataset read with its test files (:func:`schnet_model.data.heldout.with_tests`): its
+        path and sha256, the indices, whether its test set is the dataset's official one; checked disjoint."""
+        loaded = joined.dataset
+        manifest = cls(dataset=str(loaded.path), dataset_sha256=sha256(loaded.path), seed=seed, test=test, train=train,
+                       val=val, folds=list(folds or []), official_test=loaded.test is not None, test_files=joined.files)
+        manifest.check_disjoint()
+        return manifest
+
+    def fold_pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each fold's (train, val) indices."""
+        return [(f.train, f.val) for f in self.folds]
 
     def describe_tests(self) -> str:
         """One line: every test set and where it comes from, or that there is none."""

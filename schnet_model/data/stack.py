@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from schnet_model.data.graph import Graph, per_molecule
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.neighbors import block_pairs
-from schnet_model.nn.core import Graph, per_molecule
 
 GHOST_Z = 1  # element of ghost atoms (any trained row works: their outputs carry weight 0)
 GHOST_SPACING = 10.0  # Å between ghost atoms (and from the origin), far from real atoms' pair lists
@@ -57,7 +57,8 @@ class StackedBatch:
         return Graph(self.Z, self.R, self.mol, self.n_mols, self.pi, self.pj)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StackedBatch:
-        moved = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=non_blocking))
+        moved = {f.name: (None if getattr(self, f.name) is None
+                          else getattr(self, f.name).to(device, non_blocking=non_blocking))
                  for f in fields(self)}
         return replace(self, **moved)
 
@@ -148,7 +149,8 @@ class StackCollator:
             F=None if F is None else t(F).to(self.dtype), weight=t(weight), atoms_per_mol=t(apm))
 
 
-def stacked_loss(E: torch.Tensor, F: torch.Tensor | None, b: StackedBatch, rho: float, use_forces: bool) -> torch.Tensor:
+def stacked_loss(E: torch.Tensor, F: torch.Tensor | None, b: StackedBatch, rho: float,
+                 use_forces: bool) -> torch.Tensor:
     """Per-member loss [k] float64: the weighted mean over real molecules of
     ``ρ·(E − Ê)² + (1/n)·Σ_i ‖F_i − F̂_i‖²`` (energy-only without forces), as
     :func:`~schnet_model.training.loss.energy_force_loss` for each member's own batch."""

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from schnet_model.ensemble import EnsembleError, SchNetEnsemble
+from schnet_model.ensemble import Ensemble, EnsembleError
+from schnet_model.threads import MD_THREADS, torch_threads
 from schnet_model.units import energy_factor
 
 ENERGY_UNIT = {"real": "kcal/mol", "metal": "eV"}
@@ -43,18 +44,22 @@ def preload_mpi() -> None:
 class LammpsEnsemble:
     """What :func:`attach` installed: the fix, its units, and the latest committee numbers (LAMMPS units)."""
 
-    ensemble: SchNetEnsemble
+    ensemble: Ensemble
     fix_id: str
     numbers: np.ndarray  # [n_atoms] atomic number of each atom ID (1-based IDs, sorted)
     units: str
     calibrated: bool = True
+    threads: int | None = MD_THREADS  # torch CPU threads per step (None: torch's setting)
     last: dict[str, float] = field(default_factory=dict)
 
     def callback(self, lmp, step: int, nlocal: int, tag: np.ndarray, x: np.ndarray, f: np.ndarray) -> None:
         order = np.argsort(tag.ravel())  # atom IDs → the molecule's order
         if nlocal != len(self.numbers):
-            raise EnsembleError(f"LAMMPS: {nlocal} local atoms, the molecule has {len(self.numbers)} (one MPI rank only)")
-        p = self.ensemble.predict_arrays(self.numbers, np.asarray(x, dtype=np.float64)[order], calibrated=self.calibrated)
+            raise EnsembleError(f"LAMMPS: {nlocal} local atoms, the molecule has {len(self.numbers)} "
+                                "(one MPI rank only)")
+        with torch_threads(self.threads):
+            p = self.ensemble.predict_arrays(self.numbers, np.asarray(x, dtype=np.float64)[order],
+                                             calibrated=self.calibrated)
         c = energy_factor(self.ensemble.energy_unit, ENERGY_UNIT[self.units])
         f[order] = p.forces * c
         self.last = {"energy": float(p.energy[0]) * c, "energy_std": float(p.energy_std[0]) * c,
@@ -64,17 +69,22 @@ class LammpsEnsemble:
             lmp.fix_external_set_vector(self.fix_id, i, self.last[key])
 
 
-def attach(lmp: Any, ensemble: SchNetEnsemble | str | Path, type_numbers: dict[int, int], fix_id: str = "schnet",
-           calibrated: bool = True) -> LammpsEnsemble:
+def attach(lmp: Any, ensemble: Ensemble | str | Path, type_numbers: dict[int, int] | str | Path,
+           fix_id: str = "schnet", calibrated: bool = True, threads: int | None = MD_THREADS) -> LammpsEnsemble:
     """Add the ensemble to a LAMMPS instance whose atoms exist: ``fix ID all external pf/callback 1 1`` with its
     energy in the potential energy (``fix_modify ID energy yes``).
 
     Args:
         lmp: a ``lammps.lammps`` instance (one MPI rank).
         ensemble: the ensemble or its directory.
-        type_numbers: LAMMPS atom type → atomic number, e.g. ``{1: 6, 2: 8, 3: 1}``.
+        type_numbers: LAMMPS atom type → atomic number, e.g. ``{1: 6, 2: 8, 3: 1}``, or the ``lammps_types.json``
+            ``sweep md-inputs`` wrote.
     """
-    ens = ensemble if isinstance(ensemble, SchNetEnsemble) else SchNetEnsemble.load(ensemble)
+    if isinstance(type_numbers, str | Path):
+        from schnet_model.engines.inputs import read_lammps_types
+
+        type_numbers = read_lammps_types(type_numbers)
+    ens = ensemble if isinstance(ensemble, Ensemble) else Ensemble.load(ensemble)
     style = lmp.extract_global("units")
     if style not in ENERGY_UNIT:
         raise EnsembleError(f"LAMMPS: units {style!r}; use units real (kcal/mol, Å) or metal (eV, Å)")
@@ -88,7 +98,7 @@ def attach(lmp: Any, ensemble: SchNetEnsemble | str | Path, type_numbers: dict[i
         raise EnsembleError(f"LAMMPS: atom types {unknown} have no atomic number in type_numbers {type_numbers}")
     numbers = np.array([type_numbers[int(t)] for t in types[np.argsort(ids)]], dtype=np.int64)
     ens.check_elements(numbers, "LAMMPS system")
-    out = LammpsEnsemble(ens, fix_id, numbers, style, calibrated)
+    out = LammpsEnsemble(ens, fix_id, numbers, style, calibrated, threads)
     lmp.command(f"fix {fix_id} all external pf/callback 1 1")
     lmp.command(f"fix_modify {fix_id} energy yes")
     lmp.fix_external_set_vector_length(fix_id, 3)

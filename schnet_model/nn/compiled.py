@@ -19,7 +19,8 @@ import torch
 
 from schnet_model.config import COMPILE_AFTER
 
-__all__ = ["COMPILE_AFTER", "COMPILE_ERRORS", "Kernel", "compile_now", "forget_compiled"]  # COMPILE_AFTER: training.compile_after's default
+# COMPILE_AFTER: training.compile_after's default
+__all__ = ["COMPILE_AFTER", "COMPILE_ERRORS", "Kernel", "compile_now", "forget_compiled"]
 
 
 def _dynamo_errors() -> tuple[type[BaseException], ...]:
@@ -44,7 +45,8 @@ def compile_now(calls: int, after: int | None, device: torch.device, who: str) -
     if after is None or device.type != "cpu" or calls < after:
         return False
     if calls == after:
-        log.info("%s: CPU kernels compiled by torch.compile from fast-path call %d on (training.compile_after)", who, after)
+        log.info("%s: CPU kernels compiled by torch.compile from fast-path call %d on (training.compile_after)",
+                 who, after)
     return True
 
 

@@ -1,9 +1,10 @@
 """The SchNet core: one functional forward for k members with stacked weights.
 
-Every SchNet evaluation in this package goes through :func:`energies_forces`:
+Every SchNet evaluation in this package goes through :func:`energies_forces` (the trainer, the ensemble and the
+export reach it, or PaiNN's, through :mod:`schnet_model.nn.family`):
 
 - :class:`~schnet_model.nn.schnet.SchNet` is k = 1 (its parameters viewed with a member axis);
-- :class:`~schnet_model.ensemble.SchNetEnsemble` is k members on one shared input (``Graph`` with
+- :class:`~schnet_model.ensemble.Ensemble` is k members on one shared input (``Graph`` with
   a leading axis of 1: pairs, distances and Gaussians computed once);
 - stacked fold training (:mod:`schnet_model.training.stacked`) is k members, each with its own
   batch (``Graph`` with a leading axis of k, padded to common sizes by the collation).
@@ -22,16 +23,16 @@ grad, directed pair lists, or ``forces_by="autograd"``), which allows second der
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from schnet_model.config import ModelConfig
+from schnet_model.data.graph import Graph, per_molecule  # noqa: F401 (re-exported: the core's input)
 from schnet_model.nn.atomwise import atomwise
 from schnet_model.nn.filters import FilterBank, filter_forward, make_plan
 from schnet_model.nn.filters_dense import dense_filters
-from schnet_model.nn.radial import cosine_cutoff, rbf_centers
+from schnet_model.nn.radial import cosine_cutoff
 
 Params = dict[str, torch.Tensor]  # state-dict name → [k, ...]
 FilterPath = Literal["windowed", "dense"]
@@ -60,49 +61,6 @@ def state_layout(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def param_keys(cfg: ModelConfig) -> list[str]:
-    """The keys of :data:`Params`: the state dict without the radial basis centres (computed)."""
-    return [key for key in state_layout(cfg) if key != "rbf.centers"]
-
-
-def stack_states(states: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> Params:
-    """k state dicts (the :class:`SchNet` layout, checked) → :data:`Params` (detached copies)."""
-    layout = state_layout(cfg)
-    for m, st in enumerate(states):
-        missing, extra = sorted(set(layout) - set(st)), sorted(set(st) - set(layout))
-        if missing or extra:
-            raise LayoutError(f"member {m}: state dict does not match the SchNet layout (missing {missing[:3]}, "
-                              f"unexpected {extra[:3]})")
-        for key, shape in layout.items():
-            if tuple(st[key].shape) != shape:
-                raise LayoutError(f"member {m}: {key} has shape {tuple(st[key].shape)}, expected {shape}")
-    return {key: torch.stack([s[key].detach() for s in states]).contiguous() for key in param_keys(cfg)}
-
-
-def member_state(p: Params, m: int, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Member ``m`` of :data:`Params` as a :class:`SchNet` state dict (copies, on the CPU)."""
-    out = {key: v[m].detach().cpu().clone() for key, v in p.items()}
-    out["rbf.centers"] = rbf_centers(cfg.n_rbf, cfg.rbf_spacing)
-    return out
-
-
-@dataclass(frozen=True)
-class Graph:
-    """Molecules for k members: one input shared by all (leading axis 1) or one per member (axis k).
-
-    Atoms of a member are numbered 0..n_atoms−1; pairs are unordered (i < j, each once: the filter
-    serves both directions) unless ``directed`` (i ← j only, forces by autograd).
-    """
-
-    Z: torch.Tensor  # [kz, n_atoms] int64
-    R: torch.Tensor  # [kz, n_atoms, 3] Å
-    mol: torch.Tensor  # [kz, n_atoms] int64 molecule slot of each atom, < n_mols
-    n_mols: int  # molecule slots per member
-    pi: torch.Tensor  # [kz, n_pairs] int64
-    pj: torch.Tensor  # [kz, n_pairs] int64
-    directed: bool = False
-
-
 def _flat_pairs(g: Graph, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair indices into the member-flattened atom axis (k·n_atoms rows): [k·n_pairs] each."""
     off = (torch.arange(k, device=g.pi.device) * g.Z.shape[1])[:, None]  # [k, 1]
@@ -125,14 +83,6 @@ def embed(p: Params, Z: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.embedding(idx, w.reshape(k * max_z, -1))
 
 
-def per_molecule(values: torch.Tensor, mol: torch.Tensor, n_mols: int) -> torch.Tensor:
-    """Sums of per-atom ``values`` [k, n_atoms] over each member's molecule slots ``mol`` [kz, n_atoms]: [k, n_mols]."""
-    k = values.shape[0]
-    slot = (mol + (torch.arange(k, device=values.device) * n_mols)[:, None]).reshape(-1)  # [k·n_atoms]
-    out = torch.zeros(k * n_mols, dtype=values.dtype, device=values.device).index_add_(0, slot, values.reshape(-1))
-    return out.view(k, n_mols)
-
-
 def energies(p: Params, y: torch.Tensor, g: Graph) -> torch.Tensor:
     """Molecular energies [k, n_mols] float64: ``scale·Σ y + Σ atomref[Z]`` per molecule slot."""
     k, n = y.shape
@@ -149,7 +99,8 @@ def _windowed(p: Params, cfg: ModelConfig, g: Graph, d: torch.Tensor, vec: torch
     which one bank of all k·T blocks would not). Returns (W list, W' list, pi, pj, unit), sorted.
     """
     k, kz, T = p["embedding.weight"].shape[0], d.shape[0], cfg.n_interactions
-    names = [f"interactions.{t}.filter_net.{q}" for t in range(T) for q in ("0.0.weight", "0.0.bias", "1.weight", "1.bias")]
+    names = [f"interactions.{t}.filter_net.{q}"
+             for t in range(T) for q in ("0.0.weight", "0.0.bias", "1.weight", "1.bias")]
     P, Fn = d.shape[1], cfg.n_filters
     buf_w = buf_wd = None
     if not track:  # inference: every bank writes straight into [T, k, P, F] (no stacking copies)
@@ -212,7 +163,8 @@ def energies_forces(p: Params, cfg: ModelConfig, g: Graph, forces: bool = True, 
     track = torch.is_grad_enabled() and (create_graph or not forces)  # a graph to the parameters
     with torch.no_grad():
         R = g.R.to(dtype)
-        vec = torch.gather(R, 1, g.pj[..., None].expand(-1, -1, 3)) - torch.gather(R, 1, g.pi[..., None].expand(-1, -1, 3))
+        vec = (torch.gather(R, 1, g.pj[..., None].expand(-1, -1, 3))
+               - torch.gather(R, 1, g.pi[..., None].expand(-1, -1, 3)))
         d = torch.linalg.vector_norm(vec, dim=-1)  # [kz, P]
     with torch.set_grad_enabled(track):
         if filters == "windowed":
@@ -246,7 +198,8 @@ def _autograd(p: Params, cfg: ModelConfig, g: Graph, forces: bool, create_graph:
             Rk = Rk.expand(k, -1, -1)
             g = Graph(g.Z.expand(k, -1), Rk, g.mol.expand(k, -1), g.n_mols, g.pi.expand(k, -1), g.pj.expand(k, -1),
                       g.directed)
-        vec = torch.gather(Rk, 1, g.pj[..., None].expand(-1, -1, 3)) - torch.gather(Rk, 1, g.pi[..., None].expand(-1, -1, 3))
+        vec = (torch.gather(Rk, 1, g.pj[..., None].expand(-1, -1, 3))
+               - torch.gather(Rk, 1, g.pi[..., None].expand(-1, -1, 3)))
         d = torch.linalg.vector_norm(vec, dim=-1)  # [k, P]
         W, _ = dense_filters(p, cfg, d, False)
         gi, gj = _flat_pairs(g, k)

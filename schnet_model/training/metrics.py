@@ -26,7 +26,8 @@ class Metrics:
     energy_unit: str
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
-        out = {f"{prefix}loss": self.loss, f"{prefix}energy_mae": self.energy_mae, f"{prefix}energy_rmse": self.energy_rmse}
+        out = {f"{prefix}loss": self.loss, f"{prefix}energy_mae": self.energy_mae,
+               f"{prefix}energy_rmse": self.energy_rmse}
         if self.forces_mae is not None:
             out[f"{prefix}forces_mae"] = self.forces_mae
             out[f"{prefix}forces_rmse"] = float(self.forces_rmse)  # type: ignore[arg-type]
@@ -76,6 +77,11 @@ def evaluate(
     return metrics_of(predict(model, data, batch_size, forces=use_forces, device=device), data, rho, use_forces)
 
 
+def mae_rmse(err: np.ndarray) -> tuple[float, float]:
+    """Mean absolute and root-mean-square of errors (any shape: force components count one by one)."""
+    return float(np.abs(err).mean()), float(np.sqrt(np.square(err).mean()))
+
+
 def metrics_of(p: Predictions, data: Molecules, rho: float, use_forces: bool) -> Metrics:
     """Loss and MAE/RMSE of predictions ``p`` of ``data`` (the one place errors are computed).
 
@@ -96,14 +102,15 @@ def metrics_of(p: Predictions, data: Molecules, rho: float, use_forces: bool) ->
         per_atom = np.square(f_err).sum(axis=1)
         per_mol = np.add.reduceat(per_atom, data.atom_ptr[:-1]) / n
         loss = float(np.mean(rho * e_err**2 + per_mol))
-        f_mae, f_rmse = float(np.abs(f_err).mean()), float(np.sqrt(np.square(f_err).mean()))
+        f_mae, f_rmse = mae_rmse(f_err)
     else:
         loss, f_mae, f_rmse = float(np.mean(e_err**2)), None, None
+    e_mae, e_rmse = mae_rmse(e_err)
     return Metrics(
         n=len(data),
         loss=loss,
-        energy_mae=float(np.abs(e_err).mean()),
-        energy_rmse=float(np.sqrt(np.mean(e_err**2))),
+        energy_mae=e_mae,
+        energy_rmse=e_rmse,
         forces_mae=f_mae,
         forces_rmse=f_rmse,
         energy_unit=data.energy_unit,

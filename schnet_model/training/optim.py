@@ -27,7 +27,8 @@ def make_adam(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Ad
 
 
 def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps_per_epoch: int = 1
-                    ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
+                    ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None,
+                               torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
     """(per-step scheduler, per-epoch plateau scheduler) of ``cfg``; exactly one is not None.
 
     ``exponential`` (paper): ``lr·max(decay^(step/decay_steps), min_lr/lr)``, stepped after every

@@ -22,7 +22,8 @@ ATOMREF = "offsets.atomref"  # the state-dict key of the per-element references 
 
 @dataclass(frozen=True)
 class OffsetRefit:
-    """What refitting the energy references did; energies in ``energy_unit`` (per molecule, or per atom for ``correction``)."""
+    """What refitting the energy references did; energies in ``energy_unit`` (per molecule, or per atom for
+    ``correction``)."""
 
     val_energy_mae_before: float  # validation energy MAE with the trained references
     val_energy_mae_after: float  # … with the refit ones (whether kept or not)
@@ -42,7 +43,8 @@ class OffsetRefit:
                 f"{prefix}kept": float(self.kept)}
 
     def format(self) -> str:
-        """e.g. ``energy references refit (kept): validation energy MAE 0.46 → 0.11 kcal/mol (training mean residual +0.45)``."""
+        """e.g. ``energy references refit (kept): validation energy MAE 0.46 → 0.11 kcal/mol
+        (training mean residual +0.45)``."""
         u = self.energy_unit
         return (f"energy references refit ({'kept' if self.kept else 'not kept'}): validation energy MAE "
                 f"{self.val_energy_mae_before:.4g} → {self.val_energy_mae_after:.4g} {u} "

@@ -1,4 +1,5 @@
-"""Stacked training: k SchNet members trained as one model with a member axis, in one process.
+"""Stacked training: k members of one model family (SchNet, PaiNN) trained as one model with a member axis, in one
+process.
 
 Each member keeps what :class:`~schnet_model.training.trainer.Trainer` gives a model trained alone:
 its own training and validation sets, shuffling seed, initial weights (``torch.manual_seed(seed)``
@@ -29,12 +30,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from schnet_model.config import ModelConfig, TrainingConfig
+from schnet_model.config import TrainingConfig
 from schnet_model.data.molecules import Molecules
 from schnet_model.data.stack import StackCollator, StackedBatch, stacked_loss
 from schnet_model.nn.compiled import compile_now
-from schnet_model.nn.core import OFFSET_KEYS, FilterPath, ForcePath, Params, energies_forces, member_state, param_keys
-from schnet_model.nn.schnet import SchNet, filter_path
+from schnet_model.nn.core import FilterPath, ForcePath, Params
+from schnet_model.nn.family import (
+    OFFSET_KEYS,
+    AnyConfig,
+    AnyModel,
+    build_model,
+    energies_forces,
+    member_state,
+    param_keys,
+    paths,
+)
+from schnet_model.nn.schnet import filter_path
 from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.metrics import Metrics, Predictions, metrics_of
 from schnet_model.training.optim import make_adam, make_schedulers
@@ -89,7 +100,7 @@ class StackedTrainer:
         filters: the core's filter path (default: windowed on CPU, dense elsewhere).
     """
 
-    def __init__(self, model_cfg: ModelConfig, members: list[Member], device: str | torch.device = "cpu",
+    def __init__(self, model_cfg: AnyConfig, members: list[Member], device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, graphs: bool = True, forces_by: ForcePath = "explicit",
                  filters: FilterPath | None = None) -> None:
         cfgs = [m.config for m in members]
@@ -113,7 +124,7 @@ class StackedTrainer:
         states = []
         for m, c in zip(members, cfgs, strict=True):  # exactly what a Trainer of this member starts from
             torch.manual_seed(c.seed)
-            model = SchNet(model_cfg).to(dtype)
+            model = build_model(model_cfg).to(dtype)
             model.offsets.set(*fit_offsets_fn(m.train, model_cfg.max_z))
             states.append(model.state_dict())
         learn = [key for key in param_keys(model_cfg) if key not in OFFSET_KEYS]
@@ -154,13 +165,13 @@ class StackedTrainer:
     @property
     def mode(self) -> str:
         """How a step runs, in one line (for logs)."""
-        where = f"{self.k} members stacked on {self.device}, {self.filters} filters, forces {self.forces_by}"
+        where = f"{self.k} members stacked on {self.device}, {paths(self.model_cfg, self.filters, self.forces_by)}"
         if self.use_graphs:
             return f"{where}: whole training step as one captured CUDA graph (static shapes)"
         why = ("molecule sizes differ" if not self.static else self._graph_error or "CUDA graphs off"
                if self.device.type == "cuda" else "not CUDA")
         cpu = ""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and self.model_cfg.family == "schnet":  # PaiNN has no compiled kernels
             cpu = ("; CPU kernels eager (training.compile_after: null)" if self.compile_after is None else
                    f"; CPU kernels compiled by torch.compile from step {self.compile_after} (training.compile_after)")
         return f"{where}: eager ({why}){cpu}"
@@ -172,10 +183,11 @@ class StackedTrainer:
         out = {key: flat[:, a:b].view(self.k, *self.shapes[key]) for key, (a, b) in self.slices.items()}
         return {**out, **self.offsets}
 
-    def member_model(self, m: int, best: bool = True) -> SchNet:
-        """Member ``m`` as a plain :class:`SchNet` on the CPU (its best weights by default)."""
-        model = SchNet(self.model_cfg).to(self.dtype)
-        model.load_state_dict(member_state(self.params(self.best_flat if best else self.flat.detach()), m, self.model_cfg))
+    def member_model(self, m: int, best: bool = True) -> AnyModel:
+        """Member ``m`` as a plain module of its family on the CPU (its best weights by default)."""
+        model = build_model(self.model_cfg).to(self.dtype)
+        model.load_state_dict(member_state(self.params(self.best_flat if best else self.flat.detach()), m,
+                                           self.model_cfg))
         return model
 
     # -- one step --------------------------------------------------------------------------
@@ -341,7 +353,8 @@ class StackedTrainer:
         return {m: Predictions(E_out[m], F_out.get(m)) for m in ms}
 
     def validate(self, members: list[int], best: bool = False) -> dict[int, Metrics]:
-        """Validation metrics of ``members`` on their own validation sets (NaN predictions: :class:`MemberNonFinite`)."""
+        """Validation metrics of ``members`` on their own validation sets (NaN predictions:
+        :class:`MemberNonFinite`)."""
         preds = self.predict({m: self.members[m].val for m in members}, best=best)
         out = {}
         for m in members:
@@ -361,7 +374,8 @@ class StackedTrainer:
         training is over. Returns one :class:`OffsetRefit` per member.
         """
         every = range(self.k)
-        e_train = self.predict({m: self.members[m].train for m in every}, best=True, batch_size=batch_size, forces=False)
+        e_train = self.predict({m: self.members[m].train for m in every}, best=True, batch_size=batch_size,
+                               forces=False)
         e_val = self.predict({m: self.members[m].val for m in every}, best=True, batch_size=batch_size, forces=False)
         out = []
         for m in every:
@@ -379,7 +393,8 @@ class StackedTrainer:
         """Member ``m``'s state in the format of :meth:`Trainer.state_dict` (CPU tensors)."""
         model = self.member_model(m, best=False)
         opt = make_adam(model.parameters(), self.cfgs[m].lr)
-        step_scheduler, plateau = make_schedulers(opt, self.cfgs[m], steps_per_epoch(self.members[m].train, self.cfgs[m]))
+        step_scheduler, plateau = make_schedulers(opt, self.cfgs[m],
+                                                  steps_per_epoch(self.members[m].train, self.cfgs[m]))
         step = float(self.adam_step[m])
         for key, p in model.named_parameters():
             a, b = self.slices[key]
@@ -413,7 +428,7 @@ class StackedTrainer:
             for key in OFFSET_KEYS:
                 self.offsets[key][m].copy_(state["model"][key])
             opt = state["optimizer"]
-            names = [key for key, _ in SchNet(self.model_cfg).named_parameters()]
+            names = [key for key, _ in build_model(self.model_cfg).named_parameters()]
             entries = opt["state"]
             self.adam_step[m] = float(entries[0]["step"]) if entries else 0.0
             for i, key in enumerate(names):

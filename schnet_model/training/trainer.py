@@ -20,8 +20,8 @@ import torch
 
 from schnet_model.config import TrainingConfig
 from schnet_model.data.molecules import Molecules, iterate_batches
+from schnet_model.nn.family import AnyModel
 from schnet_model.nn.offsets import fit_offsets
-from schnet_model.nn.schnet import SchNet
 from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.loss import energy_force_loss
 from schnet_model.training.metrics import Metrics, evaluate, predict
@@ -69,7 +69,7 @@ class Trainer:
     loss are float64.
 
     Args:
-        model: a :class:`SchNet`.
+        model: a module of a model family (:class:`~schnet_model.nn.schnet.SchNet`, PaiNN).
         train: training molecules (energies required).
         val: validation molecules.
         config: optimisation settings (paper defaults).
@@ -77,7 +77,7 @@ class Trainer:
     """
 
     def __init__(
-        self, model: SchNet, train: Molecules, val: Molecules, config: TrainingConfig, fit_offsets: bool = True
+        self, model: AnyModel, train: Molecules, val: Molecules, config: TrainingConfig, fit_offsets: bool = True
     ) -> None:
         if train.E is None:
             raise ValueError(f"{train.name}: training needs energies")
@@ -115,7 +115,8 @@ class Trainer:
         self.model.train()
         total, count = 0.0, 0
         dtype = next(self.model.parameters()).dtype
-        batches = iterate_batches(self.train_data, self.cfg.batch_size, self.cutoff, shuffle=True, rng=self.rng, dtype=dtype)
+        batches = iterate_batches(self.train_data, self.cfg.batch_size, self.cutoff, shuffle=True, rng=self.rng,
+                                  dtype=dtype)
         for batch in batches:
             batch = batch.to(self.device)
             pred = self.model(batch, forces=self.use_forces, create_graph=True)

@@ -37,8 +37,8 @@ def check_storage_shared(storage: str | Path, marker: Path) -> int:
     if len(nodes) < 2:
         return len(nodes)
     probe = ray.remote(num_cpus=0, max_retries=0)(_exists)
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
-            for n in nodes]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(marker)) for n in nodes]
     try:
         seen = ray.get(refs, timeout=120)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:

@@ -11,7 +11,7 @@ import numpy as np
 from rich.console import Console
 
 from orchestrator.ensemble.assemble import resolve
-from orchestrator.ensemble.io import AtomicFiles, Writer, convert_refs, csv_path, read_chunks
+from orchestrator.ensemble.io import Writer, convert_refs, csv_path, read_chunks
 from orchestrator.ensemble.report import PropertyErrors, build_report, report_table
 from orchestrator.ensemble.source import EnsembleCommandError
 from orchestrator.spec.sweep import TrackingConfig
@@ -19,16 +19,18 @@ from orchestrator.tracking.store import (
     no_artifact_progress_bar,
 )
 from schnet_model.data.molecules import Molecules
-from schnet_model.ensemble import MANIFEST, STD_DDOF, SchNetEnsemble
+from schnet_model.ensemble import MANIFEST, STD_DDOF, Ensemble
 from schnet_model.export import PROGRAM
-from schnet_model.files import DestinationError, check_destination, check_file_destination
+from schnet_model.files import AtomicFiles, DestinationError, check_destination, check_file_destination
+from schnet_model.training.metrics import mae_rmse
 from schnet_model.units import ENERGY_UNITS, UnitError, canonical_energy_unit, energy_factor
 
 
-def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | None = None, input_unit: str | None = None,
-                 calibrated: bool = True, evaluate: bool = False, console: Console | None = None,
-                 max_atoms: int | None = None) -> dict[str, Any]:
-    """Predict every frame of ``path``; write ``out`` (+ CSV) atomically when given; errors (and the report) with references.
+def predict_file(ens: Ensemble, path: Path, out: Path | None, *, unit: str | None = None,
+                 input_unit: str | None = None, calibrated: bool = True, evaluate: bool = False,
+                 console: Console | None = None, max_atoms: int | None = None) -> dict[str, Any]:
+    """Predict every frame of ``path``; write ``out`` (+ CSV) atomically when given; errors (and the report) with
+    references.
 
     Returns a summary: counts, units, error statistics (and the report when ``evaluate``).
     """
@@ -62,7 +64,8 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
             raw = ens.predict(mols, calibrated=False).to_unit(unit)
             pred = raw.scaled(ens.calibration) if calibrated else raw
             if seen:
-                beyond += [chunk.first + i for i in np.flatnonzero(extrapolated(pred, mols, seen, energy_factor(ens.energy_unit, unit)))]
+                beyond += [chunk.first + i for i in np.flatnonzero(
+                    extrapolated(pred, mols, seen, energy_factor(ens.energy_unit, unit)))]
             ref_e, ref_f = convert_refs(chunk, ref_unit, unit)
             has_ref = bool(np.isfinite(ref_e).any() or np.isfinite(ref_f).any())
             if has_ref:
@@ -70,10 +73,11 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
                 ok = np.isfinite(ref_e)
                 sums += (ref_e[ok].sum(), raw.energy[ok].sum())
                 props[0].add(raw.energy - ref_e, raw.energy_std)
-                props[1].add(raw.forces - ref_f, raw.forces_std)
+                props[1].add(raw.forces - ref_f, raw.forces_std, chunk.atom_ptr)
             if handles:
                 if writer is None:
-                    writer = Writer(handles[0], handles[1], unit, calibrated and ens.calibration.method != "identity", has_ref)
+                    writer = Writer(handles[0], handles[1], unit, calibrated and ens.calibration.method != "identity",
+                                    has_ref)
                 writer.write(chunk, pred, ref_e if has_ref else None, ref_f if has_ref else None)
             n_mols += len(chunk)
             n_atoms += len(chunk.Z)
@@ -84,13 +88,14 @@ def predict_file(ens: SchNetEnsemble, path: Path, out: Path | None, unit: str | 
     e, _ = props[0].arrays()
     f, _ = props[1].arrays()
     if len(e):
-        summary["energy_mae"], summary["energy_rmse"] = float(np.abs(e).mean()), float(np.sqrt(np.mean(e**2)))
+        summary["energy_mae"], summary["energy_rmse"] = mae_rmse(e)
     if len(f):
-        summary["forces_mae"], summary["forces_rmse"] = float(np.abs(f).mean()), float(np.sqrt(np.mean(f**2)))
+        summary["forces_mae"], summary["forces_rmse"] = mae_rmse(f)
     if beyond:
         summary["extrapolated_frames"] = beyond
         console.print(f"warning: {path}: {len(beyond)} of {n_mols} molecules (frames {', '.join(map(str, beyond[:5]))}"
-                      f"{', …' if len(beyond) > 5 else ''}) have a calibrated std beyond any seen on the held-out molecules "
+                      f"{', …' if len(beyond) > 5 else ''}) have a calibrated std beyond any seen "
+                      "on the held-out molecules "
                       f"(energy {seen['energy_per_atom']:.3g} {ens.energy_unit}/atom"
                       + (f", force {seen['forces']:.3g} {ens.energy_unit}/Å" if "forces" in seen else "")
                       + "): their predictions are extrapolation")
@@ -134,18 +139,20 @@ def default_output(path: Path) -> Path:
     return Path.cwd() / f"{Path(path).stem}.ensemble.extxyz"
 
 
-def run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
-                input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
-                console: Console, export: Path | None = None, overwrite: bool = False) -> None:
-    """The ``sweep ensemble`` command (errors as :class:`EnsembleCommandError`, :class:`EnsembleError`, :class:`InputError`)."""
+def run_command(source: str | None, *, predict: Path | None, evaluate: Path | None, out: Path | None,
+                unit: str | None, input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None,
+                uncalibrated: bool, console: Console, export: Path | None = None, overwrite: bool = False) -> None:
+    """The ``sweep ensemble`` command (errors as :class:`EnsembleCommandError`, :class:`EnsembleError`,
+    :class:`InputError`)."""
     with no_artifact_progress_bar():
-        _run_command(source, predict, evaluate, out, unit, input_unit, tracking_uri, rebuild, save, uncalibrated, console,
-                     export, overwrite)
+        _run_command(source, predict=predict, evaluate=evaluate, out=out, unit=unit, input_unit=input_unit,
+                     tracking_uri=tracking_uri, rebuild=rebuild, save=save, uncalibrated=uncalibrated, console=console,
+                     export=export, overwrite=overwrite)
 
 
-def _run_command(source: str | None, predict: Path | None, evaluate: Path | None, out: Path | None, unit: str | None,
-                 input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None, uncalibrated: bool,
-                 console: Console, export: Path | None, overwrite: bool = False) -> None:
+def _run_command(source: str | None, *, predict: Path | None, evaluate: Path | None, out: Path | None,
+                 unit: str | None, input_unit: str | None, tracking_uri: str | None, rebuild: bool, save: Path | None,
+                 uncalibrated: bool, console: Console, export: Path | None, overwrite: bool = False) -> None:
     if predict is not None and evaluate is not None:
         raise EnsembleCommandError("give --predict or --evaluate, not both")
     target = predict or evaluate
@@ -169,12 +176,14 @@ def _run_command(source: str | None, predict: Path | None, evaluate: Path | None
     uri = TrackingConfig(uri=tracking_uri).resolved_uri()
     loaded = resolve(source, uri, rebuild, console)
     ens = loaded.ensemble
-    console.print(f"ensemble: {loaded.description}; {ens.k} members, elements {ens.elements}, energies in {ens.energy_unit}, "
+    console.print(f"ensemble: {loaded.description}; {ens.k} members, elements {ens.elements}, "
+                  f"energies in {ens.energy_unit}, "
                   f"std ddof={STD_DDOF}, recalibration {ens.calibration.method} "
                   f"(energy ×{ens.calibration.energy_scale:.3g}, forces ×{ens.calibration.forces_scale:.3g})")
     if save is not None:
         ens.save(save, overwrite=overwrite)
-        console.print(f"ensemble directory written to {save} (load with SchNetEnsemble.load / SchNetEnsembleCalculator)")
+        console.print(f"ensemble directory written to {save} "
+                      "(load with Ensemble.load / EnsembleCalculator)")
     if export is not None:
         from schnet_model.export import export_ensemble
 
@@ -182,17 +191,20 @@ def _run_command(source: str | None, predict: Path | None, evaluate: Path | None
         export_ensemble(ens, export, overwrite=overwrite)
         console.print(f"standalone ensemble exported to {export} in {time.time() - t0:.0f} s (torch.export program + "
                       f"manifest with sha256; python -c 'import sys; sys.path.insert(0, \"{export}\"); "
-                      f"from load_ensemble import load; print(load(\"{export}\").manifest[\"outputs\"])')", soft_wrap=True)
+                      f"from load_ensemble import load; print(load(\"{export}\").manifest[\"outputs\"])')",
+                      soft_wrap=True)
     if target is None:
         src = f" {source}" if source else ""
         console.print(f"next: sweep ensemble{src} --predict mols.xyz -o preds.extxyz  (energies, forces and their std "
-                      f"for your molecules); sweep ensemble{src} --save ens/ && python examples/md_uncertainty.py ens/  "
+                      f"for your molecules); sweep ensemble{src} --save ens/ "
+                      "&& python examples/md_uncertainty.py ens/  "
                       f"(MD that stops where the ensemble is unsure); mlflow ui --backend-store-uri {uri}  "
                       "(the sweep → trial → fold runs)")
         return
     if predict is not None:
         out = out or default_output(predict)
-    res = predict_file(ens, Path(target), out, unit, input_unit, not uncalibrated, evaluate is not None, console)
+    res = predict_file(ens, Path(target), out, unit=unit, input_unit=input_unit, calibrated=not uncalibrated,
+                       evaluate=evaluate is not None, console=console)
     u = res["unit"]
     msg = f"{res['molecules']:,} molecules ({res['atoms']:,} atoms) in {res['seconds']:.1f} s"
     if out is not None:

@@ -17,13 +17,14 @@ from orchestrator.search.folds import (
     held_out_sets,
     last_epoch,
 )
-from schnet_model import ModelConfig, Molecules, TrainingConfig
+from schnet_model import Molecules, TrainingConfig
 from schnet_model.nn.compiled import forget_compiled
+from schnet_model.nn.family import AnyConfig
 from schnet_model.training.stacked import Member, MemberNonFinite, StackedTrainer
 
 
 class StackedFolds:
-    """k fold members trained by one :class:`StackedTrainer` (same interface as :class:`ActorFolds`).
+    """k fold members trained by one :class:`StackedTrainer` (a :class:`~orchestrator.search.folds.FoldGroup`).
 
     Args:
         k: folds.
@@ -37,9 +38,10 @@ class StackedFolds:
         self.last: list[FoldEpoch | None] = [None] * k
 
     def setup(self, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], tests: dict[str, np.ndarray],
-              model_cfg: ModelConfig, train_cfg: TrainingConfig) -> None:
+              model_cfg: AnyConfig, train_cfg: TrainingConfig) -> None:
         torch.set_num_threads(self.threads)
-        forget_compiled()  # a reused trial process: the last configuration's compiled kernels would count towards dynamo's limit
+        # a reused trial process: the last configuration's compiled kernels would count towards dynamo's limit
+        forget_compiled()
         self.data, self.folds = data, folds
         self.tests = held_out_sets(data, tests)
         members = [Member(data.subset(tr), data.subset(va), fold_config(train_cfg, i, self.threads, self.device))
@@ -66,7 +68,8 @@ class StackedFolds:
     def get_states(self) -> list[dict[str, Any]]:
         t = self.trainer
         assert t is not None
-        return [{**t.member_state_dict(m), "stopped": t.stopped[m], "last": last.state() if (last := self.last[m]) else None}
+        return [{**t.member_state_dict(m), "stopped": t.stopped[m],
+                 "last": last.state() if (last := self.last[m]) else None}
                 for m in range(self.k)]
 
     def load_states(self, states: list[dict[str, Any]]) -> None:
@@ -87,13 +90,15 @@ class StackedFolds:
         assert t is not None
         refits = t.refit_offsets()
         val_pred = t.predict({m: t.members[m].val for m in range(self.k)}, best=True)
-        test_preds = {name: t.predict({m: s.molecules for m in range(self.k)}, best=True) for name, s in self.tests.items()}
+        test_preds = {name: t.predict({m: s.molecules for m in range(self.k)}, best=True)
+                      for name, s in self.tests.items()}
         out = []
         for m, (_, va) in enumerate(self.folds):
-            out.append(fold_final(m, t.member_model(m), t.cfgs[m], t.use_forces, t.best_epoch[m], t.best_val_loss[m],
-                                  t.members[m].val, np.asarray(va), val_pred[m], self.tests,
-                                  {name: p[m] for name, p in test_preds.items()}, self.data.elements, self.data.energy_unit,
-                                  refits[m]))
+            out.append(fold_final(m, t.member_model(m), t.cfgs[m], use_forces=t.use_forces, best_epoch=t.best_epoch[m],
+                                  best_val_loss=t.best_val_loss[m], val=t.members[m].val, val_idx=np.asarray(va),
+                                  val_pred=val_pred[m], tests=self.tests,
+                                  test_preds={name: p[m] for name, p in test_preds.items()},
+                                  elements=self.data.elements, energy_unit=self.data.energy_unit, refit=refits[m]))
         return out
 
     def drop(self) -> None:

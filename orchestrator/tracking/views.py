@@ -40,7 +40,8 @@ def show_list(uri: str | None, console: Console) -> None:
         n = len(client.search_runs([run.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{run.info.run_id}'"))
         m = run.data.metrics
         ts = keys.headline_set(m, best=True) or "test"
-        t.add_row(name, run.info.status, str(n), _fmt(m, "best_val_loss_mean"), _named(ts, _fmt(m, keys.best_mae(ts, "energy"))),
+        t.add_row(name, run.info.status, str(n), _fmt(m, "best_val_loss_mean"),
+                  _named(ts, _fmt(m, keys.best_mae(ts, "energy"))),
                   _named(ts, _fmt(m, keys.best_mae(ts, "forces"))), run.info.run_id)
     console.print(t)
 
@@ -51,17 +52,20 @@ def show_status(name: str | None, uri: str | None, console: Console) -> None:
     if name:
         sweeps = [r for r in sweeps if r.data.tags.get(SWEEP_ID) == name or r.data.tags.get(keys.SPEC_NAME) == name]
     if not sweeps:
-        raise LookupError(f"no sweep {'named ' + repr(name) + ' ' if name else ''}in {TrackingConfig(uri=uri).resolved_uri()}")
+        raise LookupError(f"no sweep {'named ' + repr(name) + ' ' if name else ''}"
+                          f"in {TrackingConfig(uri=uri).resolved_uri()}")
     sweep = sweeps[0]
     trials = client.search_runs([sweep.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{sweep.info.run_id}'")
     t = Table(title=f"{sweep.data.tags.get(SWEEP_ID)} ({sweep.info.status})")
     for c in ("trial", "status", "epochs", "val loss mean", "val loss std", "test E MAE", "test F MAE", "error"):
         t.add_column(c)
-    for r in sorted(trials, key=lambda r: r.data.metrics.get("best_val_loss_mean", r.data.metrics.get("val_loss_mean", 1e300))):
+    for r in sorted(trials, key=lambda r: r.data.metrics.get("best_val_loss_mean",
+                                                             r.data.metrics.get("val_loss_mean", 1e300))):
         m = r.data.metrics
         epochs = client.get_metric_history(r.info.run_id, "val_loss_mean")
         t.add_row(r.data.tags.get(keys.TRIAL_ID, "?"), r.data.tags.get(keys.STATUS, r.info.status.lower()),
                   str(max((h.step for h in epochs), default=0)), _fmt(m, "val_loss_mean"), _fmt(m, "val_loss_std"),
-                  *(_named(ts, _fmt(m, keys.ensemble_mae(ts, p))) for ts in [keys.headline_set(m) or "test"] for p in keys.PROPS),
+                  *(_named(ts, _fmt(m, keys.ensemble_mae(ts, p)))
+                    for ts in [keys.headline_set(m) or "test"] for p in keys.PROPS),
                   r.data.tags.get(keys.ERROR, "")[:60])
     console.print(t)

@@ -1,0 +1,116 @@
+"""What the driver hands a trial: the shared data (:class:`TrialData`), the phase's context (:class:`TrialContext`)
+and its clock (:class:`TrialClock`). Built by :mod:`orchestrator.search.phases`, read by
+:func:`orchestrator.search.trial.run_trial`; light (no torch), so the driver imports it at once."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from orchestrator.spec.sweep import SweepSpec
+
+FINALISE_GRACE = 10.0
+"""Seconds Tune's own time limit (a backstop) runs past the budget, so that a trial finalising just before the
+deadline on a loaded machine is not cut off: a sweep ends within its budget plus at most this."""
+
+
+@dataclass(frozen=True)
+class TrialClock:
+    """When a trial must end with its results kept (absolute ``time.time()`` seconds; None: no limit).
+
+    ``deadline``: the search's time budget ends (every trial finalises before it); ``trial_seconds``: this trial's
+    own share of it (a planned final rung that runs its configurations one after another). A trial finalises after
+    the epoch for which another epoch and the finalisation (predictions, model files: about an epoch) would not fit.
+    """
+
+    deadline: float | None = None
+    trial_seconds: float | None = None
+    epoch_seconds: float | None = None  # an estimate of one epoch of this trial (the plan's measurement), if known
+    finish_margin: float = 5.0  # seconds kept for finalising, besides one epoch's worth
+    train_allotment: float | None = None  # screening: seconds of training each configuration gets (equal compute)
+    horizon: float | None = None  # screening: the final rung's training seconds per fold (where curves are compared)
+
+    def out_of_time(self, started: float, last_epoch: float) -> bool:
+        """After an epoch of ``last_epoch`` seconds, in a trial that started at ``started``: finalise now?"""
+        need = 2.0 * last_epoch + self.finish_margin  # the next epoch, then finalising
+        now = time.time()
+        return ((self.deadline is not None and now + need > self.deadline) or
+                (self.trial_seconds is not None and now - started + last_epoch > self.trial_seconds))
+
+    def allotment_spent(self, train_seconds: float, last_epoch: float) -> bool:
+        """Screening: the allotment is spent to the nearest epoch (another epoch would overshoot it by more than
+        stopping now falls short of it)."""
+        return self.train_allotment is not None and train_seconds + 0.5 * last_epoch >= self.train_allotment
+
+    def no_time_to_start(self) -> bool:
+        """Not even one epoch and the finalisation fit before the deadline (needs an epoch estimate)."""
+        if self.deadline is None or self.epoch_seconds is None:
+            return False
+        return time.time() + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
+
+
+@dataclass(frozen=True)
+class TestLabels:
+    """A test set's reference values, all a trial needs of it to score its fold-mean prediction."""
+
+    energy: np.ndarray  # [n] energy unit of the data
+    forces: np.ndarray | None  # [n_atoms, 3] energy unit / Å
+
+    @classmethod
+    def of(cls, data, idx: np.ndarray) -> TestLabels:
+        test = data.subset(idx)
+        return cls(test.E, test.F)
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """The sweep's data as every trial shares it: the molecules in Ray's object store (an ``ObjectRef``, resolved
+    by the trial), the test sets' indices into them, and their reference values."""
+
+    ref: Any  # ray.ObjectRef of the dataset's molecules, then every test file's
+    tests: dict[str, np.ndarray]  # test set name → indices into the molecules
+    labels: dict[str, TestLabels]  # test set name → reference values
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """One phase's context of every trial it runs (passed by ``tune.with_parameters(run_trial, ctx=...)``).
+
+    What derives from the spec (layout, epochs, ρ of the objective) is read from it, not carried beside it.
+    """
+
+    data: TrialData
+    spec_json: str  # the phase's SweepSpec (resources made explicit for its trials), as JSON
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train, val) indices of each fold a trial trains
+    clock: TrialClock = field(default_factory=TrialClock)
+    screen: bool = False  # a screening rung: fold 0 for its allotment, eager (no compilation)
+    warm: dict[str, Any] = field(default_factory=dict)  # config_key → the screening checkpoint its fold 0 continues
+
+    @cached_property
+    def spec(self) -> SweepSpec:
+        return SweepSpec.model_validate_json(self.spec_json)
+
+    @property
+    def k(self) -> int:
+        return len(self.folds)
+
+    @property
+    def layout(self) -> str:
+        """``stacked`` (the k folds in this process) or ``folds`` (one actor each)."""
+        return self.spec.resources.resolved_layout()
+
+    @property
+    def max_epochs(self) -> int:
+        return self.spec.max_epochs()
+
+    @property
+    def objective_rho(self) -> float | None:
+        """ρ of the CV objective when ``training.rho`` is searched (else None: the validation loss is the objective)."""
+        return self.spec.objective_rho()
+
+
+__all__ = ["FINALISE_GRACE", "TestLabels", "TrialClock", "TrialContext", "TrialData"]
