@@ -223,7 +223,9 @@ class TrainingConfig(StrictModel):
     scheduler: Literal["exponential", "plateau", "cosine"] = Field(
         "exponential",
         description="exponential: lr·decay^(step/decay_steps) (paper); plateau: ReduceLROnPlateau; "
-        "cosine: lr·½(1+cos(π·step/(max_epochs·steps per epoch))), floored at min_lr",
+        "cosine: lr·½(1+cos(π·step/(max_epochs·steps per epoch))), floored at min_lr; under a time budget "
+        "(max_time, or a sweep's search.time_budget) it decays over the epochs the budget allows, re-estimated "
+        "every epoch",
     )
     lr_decay: float = Field(0.96, gt=0, le=1)
     lr_decay_steps: int = Field(100_000, ge=1)

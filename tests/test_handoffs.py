@@ -63,3 +63,24 @@ def test_a_trial_report_flattens_for_tune_and_reads_back():
     assert back.folds == final.folds and back.trial["epoch"] == 3 and back.trial["training_iteration"] == 3
     with pytest.raises(ValueError):  # one value per fold, or the report is wrong
         report.with_folds([{"x": 1}])
+
+
+def test_the_clock_tells_a_cosine_how_many_epochs_are_left():
+    """Screening: up to the final rung's training per fold; otherwise what the deadline and the trial's share allow,
+    consistent with when ``out_of_time`` finalises."""
+    import time
+
+    assert TrialClock().epochs_left(started=0.0, epoch=3, epoch_wall=1.0, epoch_train=1.0) is None
+    screen = TrialClock(horizon=100.0, train_allotment=20.0)
+    assert screen.epochs_left(started=0.0, epoch=4, epoch_wall=9.0, epoch_train=2.0) == pytest.approx(46.0)
+    now = time.time()
+    clock = TrialClock(deadline=now + 106.0, finish_margin=5.0)
+    left = clock.epochs_left(started=now, epoch=1, epoch_wall=10.0, epoch_train=9.0)
+    assert left == pytest.approx(9.1, abs=0.05)  # 101 s at 10 s an epoch, the last one spent finishing
+    for _ in range(int(left)):  # after the epochs left, and not before, out_of_time finalises
+        assert not clock.out_of_time(now - 1e3, 10.0)
+        clock = TrialClock(deadline=clock.deadline - 10.0, finish_margin=5.0)  # an epoch passes
+    assert clock.out_of_time(now - 1e3, 10.0)
+    shared = TrialClock(deadline=time.time() + 1e4, trial_seconds=50.0)
+    assert shared.epochs_left(started=time.time() - 10.0, epoch=2, epoch_wall=10.0, epoch_train=9.0) == (
+        pytest.approx(4.0, abs=0.05))

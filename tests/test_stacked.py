@@ -276,3 +276,24 @@ def test_a_finalists_fold_0_goes_on_from_its_screening_while_the_other_folds_sta
     assert st.epoch[0] == 5 and st.epoch[1] == 2
     assert rel(flat(st.member_model(0, best=False)), flat(screened.model)) < TOL
     assert rel(flat(st.member_model(1, best=False)), flat(fresh.model)) < TOL
+
+
+def test_a_cosine_horizon_set_on_the_stack_equals_the_same_horizon_set_on_each_trainer():
+    """A time budget's horizon (set_horizon) gives every stacked member the Trainer's learning rates and weights."""
+    model_cfg = ModelConfig(**CFG)
+    ms = members((9, 5), scheduler="cosine", min_lr=1e-6, max_epochs=500)
+    st = StackedTrainer(model_cfg, ms, dtype=torch.float64)
+    alone_trainers = []
+    for member in ms:
+        torch.manual_seed(member.config.seed)
+        t = Trainer(SchNet(model_cfg).double(), member.train, member.val, member.config)
+        alone_trainers.append(t)
+    for epoch in range(3):
+        st.run_epoch()
+        assert st.set_horizon(3 - epoch - 1)
+        for t in alone_trainers:
+            t.run_epoch()
+            assert t.set_horizon(3 - epoch - 1)
+    for m, t in enumerate(alone_trainers):
+        assert st.sched[m].lr == pytest.approx(1e-6) and t.optimizer.param_groups[0]["lr"] == pytest.approx(1e-6)
+        assert rel(flat(st.member_model(m, best=False)), flat(t.model)) < TOL

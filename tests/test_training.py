@@ -261,3 +261,43 @@ def test_cosine_decay_runs_from_lr_to_min_lr_over_max_epochs():
     assert lrs[0] == pytest.approx(1e-3) and lrs[20] == pytest.approx((1e-3 + 1e-5) / 2)
     assert lrs[40] == pytest.approx(1e-5) and lrs[44] == pytest.approx(1e-5)  # floored after T
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_a_time_budget_sets_the_cosine_horizon_and_a_checkpoint_keeps_it():
+    """set_horizon: the decay ends after the steps taken plus the epochs left (capped by max_epochs), at once."""
+    from schnet_model.training.optim import make_schedulers, set_horizon
+
+    cfg = TrainingConfig(lr=1e-3, min_lr=1e-5, scheduler="cosine", max_epochs=1000)
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    step, _ = make_schedulers(opt, cfg, steps_per_epoch=4)
+    for _ in range(8):  # 2 epochs
+        opt.step()
+        step.step()
+    assert opt.param_groups[0]["lr"] > 0.999e-3  # over 4,000 steps: barely begun
+    assert set_horizon(step, cfg, 4, epochs_left=2)  # 8 taken + 8 left: half-way now
+    assert opt.param_groups[0]["lr"] == pytest.approx((1e-3 + 1e-5) / 2)
+    saved = copy.deepcopy(step.state_dict())
+    for _ in range(8):
+        opt.step()
+        step.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # min_lr where the budget ends
+    opt2 = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    again, _ = make_schedulers(opt2, cfg, steps_per_epoch=4)
+    again.load_state_dict(saved)  # the horizon travels with the checkpoint
+    assert again.lr_lambdas[0].total == 16
+    set_horizon(step, cfg, 4, epochs_left=10_000)  # never beyond max_epochs
+    assert step.lr_lambdas[0].total == 4000
+    other = TrainingConfig(scheduler="exponential")
+    opt3 = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    assert not set_horizon(make_schedulers(opt3, other, 4)[0], other, 4, epochs_left=1)  # untouched
+
+
+def test_fit_with_max_time_decays_a_cosine_to_min_lr_by_the_budgets_end():
+    data = _ethanol(16)
+    cfg = TrainingConfig(lr=1e-3, min_lr=1e-6, scheduler="cosine", max_epochs=100_000, max_time=3.0,
+                         early_stopping_patience=None, batch_size=8, compile_after=None)
+    r = Trainer(SchNet(SMALL), data, data, cfg).fit()
+    lrs = [h.lr for h in r.history]
+    assert "time budget" in r.stop_reason and len(lrs) >= 6
+    assert lrs[-1] < 0.25 * cfg.lr  # over max_epochs it would still be ≈ lr
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))

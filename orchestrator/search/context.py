@@ -46,6 +46,25 @@ class TrialClock:
         stopping now falls short of it)."""
         return self.train_allotment is not None and train_seconds + 0.5 * last_epoch >= self.train_allotment
 
+    def epochs_left(self, *, started: float, epoch: int, epoch_wall: float, epoch_train: float) -> float | None:
+        """The epochs this trial will still train before its time is up, at its pace so far (``epoch_wall`` seconds
+        of wall clock and ``epoch_train`` of training an epoch; ``epoch`` trained), for a cosine schedule to decay
+        over; None: no limit.
+
+        Screening: up to the final rung's training per fold (``horizon``), so that a configuration's learning rate
+        follows what it would in the final rung (and a finalist's fold 0 goes on from its screening on the same
+        schedule); otherwise the epochs :meth:`out_of_time` and the trial's own share still allow.
+        """
+        if self.horizon:
+            return max(0.0, self.horizon / max(epoch_train, 1e-9) - epoch)
+        left = []
+        now = time.time()
+        if self.deadline is not None:  # it finalises once the next epoch and finishing would not fit
+            left.append((self.deadline - now - self.finish_margin) / max(epoch_wall, 1e-9) - 1.0)
+        if self.trial_seconds is not None:
+            left.append((self.trial_seconds - (now - started)) / max(epoch_wall, 1e-9))
+        return max(0.0, min(left)) if left else None
+
     def no_time_to_start(self) -> bool:
         """Not even one epoch and the finalisation fit before the deadline (needs an epoch estimate)."""
         if self.deadline is None or self.epoch_seconds is None:

@@ -183,6 +183,10 @@ class FoldWorker:
         self.last = epoch_report(r, self.last, t.best_val_loss, self.stopped, t.epoch)
         return self.last
 
+    def set_horizon(self, epochs_left: float) -> None:
+        """A cosine schedule decays over ``epochs_left`` more epochs (the trial's time budget)."""
+        self.trainer.set_horizon(epochs_left)
+
     def get_state(self) -> dict[str, Any]:
         return {**self.trainer.state_dict(), "stopped": self.stopped, "last": self.last.state() if self.last else None}
 
@@ -261,6 +265,10 @@ class FoldGroup(Protocol):
         """One epoch of every fold (each fold's report, in fold order)."""
         ...
 
+    def set_horizon(self, epochs_left: float) -> None:
+        """Cosine schedules decay over ``epochs_left`` more epochs (what the trial's time budget allows)."""
+        ...
+
     def get_states(self) -> list[dict[str, Any]]:
         """Every fold's trainer state (the Trainer's checkpoint format)."""
         ...
@@ -302,6 +310,11 @@ class ActorFolds:
         import ray
 
         return ray.get([w.run_epoch.remote() for w in self.workers])
+
+    def set_horizon(self, epochs_left: float) -> None:
+        import ray
+
+        ray.get([w.set_horizon.remote(epochs_left) for w in self.workers])
 
     def get_states(self) -> list[dict[str, Any]]:
         import ray

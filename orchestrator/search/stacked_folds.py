@@ -65,6 +65,10 @@ class StackedFolds:
                      for m, r in enumerate(results)]
         return list(self.last)
 
+    def set_horizon(self, epochs_left: float) -> None:
+        assert self.trainer is not None
+        self.trainer.set_horizon(epochs_left)
+
     def get_states(self) -> list[dict[str, Any]]:
         t = self.trainer
         assert t is not None

@@ -179,6 +179,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     curve: list[tuple[float, float]] = [tuple(p) for p in progress["curve"]]  # (training seconds, val loss) per epoch
     startup = None
     started = time.time()
+    walls: list[float] = []  # wall seconds of each epoch of this run of the trial
     cpus = spec.resources.trial_cpus(k)
     try:
         while epoch < max_epochs:
@@ -197,6 +198,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             if isinstance(group, StackedFolds):  # how the stacked step runs (CUDA graph or eager, and why)
                 report = report.with_trial(step_mode=group.mode)
             last_epoch = time.time() - w_epoch
+            walls.append(last_epoch)
+            left = clock.epochs_left(started=started, epoch=epoch, epoch_wall=float(np.median(walls[-5:])),
+                                     epoch_train=train_seconds / epoch)
+            if left is not None and train_cfg.scheduler == "cosine":  # decay over the epochs it will get
+                group.set_horizon(left)
             out_of_time = clock.out_of_time(started, last_epoch)
             spent = clock.allotment_spent(train_seconds, max(r.seconds for r in results))
             if epoch >= max_epochs or all(r.stopped for r in results) or out_of_time or spent:

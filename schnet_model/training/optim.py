@@ -26,6 +26,21 @@ def make_adam(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Ad
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
+class Cosine:
+    """The cosine factor ``f + (1−f)·½(1 + cos(π·min(step, total)/total))`` of a LambdaLR.
+
+    A callable object, not a lambda, so that torch saves its ``total`` in the scheduler's state dict; ``total`` (the
+    optimiser steps over which it decays) is set again by :func:`set_horizon` when a time budget, not
+    ``max_epochs``, decides how long the run is.
+    """
+
+    def __init__(self, floor: float, total: int) -> None:
+        self.floor, self.total = floor, max(1, int(total))
+
+    def __call__(self, step: int) -> float:
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
+
+
 def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps_per_epoch: int = 1
                     ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None,
                                torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
@@ -33,16 +48,37 @@ def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps
 
     ``exponential`` (paper): ``lr·max(decay^(step/decay_steps), min_lr/lr)``, stepped after every
     optimiser step; ``cosine``: ``lr·(f + (1−f)·½(1 + cos(π·min(step, T)/T)))`` with ``f = min_lr/lr`` and
-    ``T = max_epochs · steps_per_epoch`` (the optimiser steps of a whole run), stepped after every optimiser
-    step; ``plateau``: ReduceLROnPlateau on the validation loss, stepped every epoch.
+    ``T = max_epochs · steps_per_epoch`` (the optimiser steps of a whole run; a time budget shortens it, see
+    :func:`set_horizon`), stepped after every optimiser step; ``plateau``: ReduceLROnPlateau on the validation
+    loss, stepped every epoch.
     """
     floor = cfg.min_lr / cfg.lr
     if cfg.scheduler == "exponential":
         decay, every = cfg.lr_decay, cfg.lr_decay_steps
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(decay ** (s / every), floor)), None
     if cfg.scheduler == "cosine":
-        total = max(1, cfg.max_epochs * steps_per_epoch)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))), None
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, Cosine(floor, cfg.max_epochs * steps_per_epoch)), None
     return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+
+
+def set_horizon(scheduler: torch.optim.lr_scheduler.LRScheduler | None, cfg: TrainingConfig, steps_per_epoch: int,
+                epochs_left: float) -> bool:
+    """Make a cosine schedule decay over the steps taken and ``epochs_left`` more epochs (what a time budget still
+    lets the run train; at most ``max_epochs`` in all) instead of over ``max_epochs``; the learning rate of the next
+    step follows at once. Other schedules are left as they are (False).
+
+    Under a budget that ends a run after 40 of its 2,000 ``max_epochs``, a cosine over ``max_epochs`` would barely
+    have begun to decay; over the budget, it reaches ``min_lr`` where the run ends.
+    """
+    if cfg.scheduler != "cosine" or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return False
+    cosine = scheduler.lr_lambdas[0]
+    if not isinstance(cosine, Cosine):
+        return False
+    done = scheduler.last_epoch  # optimiser steps taken
+    cosine.total = max(1, min(cfg.max_epochs * steps_per_epoch, done + round(max(0.0, epochs_left) * steps_per_epoch)))
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * cosine(done)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    return True

@@ -48,7 +48,7 @@ from schnet_model.nn.family import (
 from schnet_model.nn.schnet import filter_path
 from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.metrics import Metrics, Predictions, metrics_of
-from schnet_model.training.optim import make_adam, make_schedulers
+from schnet_model.training.optim import make_adam, make_schedulers, set_horizon
 from schnet_model.training.refit import ATOMREF, OffsetRefit, plan_refit
 from schnet_model.training.trainer import EpochResult, fit_offsets_fn, steps_per_epoch
 
@@ -387,6 +387,14 @@ class StackedTrainer:
                     ref[m].add_(torch.as_tensor(delta, dtype=ref.dtype, device=ref.device))
             out.append(result)
         return out
+
+    def set_horizon(self, epochs_left: float) -> bool:
+        """Every member's cosine schedule decays over its steps taken and ``epochs_left`` more epochs (what a time
+        budget still lets the run train) instead of over ``max_epochs``
+        (:func:`~schnet_model.training.optim.set_horizon`); False when no member's schedule is cosine."""
+        return any([set_horizon(self.sched[m].step_scheduler, self.cfgs[m],
+                                steps_per_epoch(self.members[m].train, self.cfgs[m]), epochs_left)
+                    for m in range(self.k)])
 
     # -- checkpoints -----------------------------------------------------------------------
     def member_state_dict(self, m: int) -> dict:

@@ -25,7 +25,7 @@ from schnet_model.nn.offsets import fit_offsets
 from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 from schnet_model.training.loss import energy_force_loss
 from schnet_model.training.metrics import Metrics, evaluate, predict
-from schnet_model.training.optim import make_adam, make_schedulers
+from schnet_model.training.optim import make_adam, make_schedulers, set_horizon
 from schnet_model.training.refit import ATOMREF, OffsetRefit, plan_refit
 
 
@@ -158,6 +158,12 @@ class Trainer:
             improved=improved,
         )
 
+    def set_horizon(self, epochs_left: float) -> bool:
+        """A cosine schedule decays over the steps taken and ``epochs_left`` more epochs (what a time budget still
+        lets this run train) instead of over ``max_epochs`` (:func:`~schnet_model.training.optim.set_horizon`);
+        False for other schedules."""
+        return set_horizon(self.step_scheduler, self.cfg, steps_per_epoch(self.train_data, self.cfg), epochs_left)
+
     def should_stop_early(self) -> bool:
         """True once ``early_stopping_patience`` epochs passed without improvement."""
         p = self.cfg.early_stopping_patience
@@ -186,9 +192,13 @@ class Trainer:
                     f"early stopping: no improvement for {self.cfg.early_stopping_patience} epochs"
                 )
                 break
-            if self.cfg.max_time is not None and time.perf_counter() - start >= self.cfg.max_time:
-                result.stop_reason = f"time budget ({self.cfg.max_time:g} s) used"
-                break
+            if self.cfg.max_time is not None:
+                spent = time.perf_counter() - start
+                if spent >= self.cfg.max_time:
+                    result.stop_reason = f"time budget ({self.cfg.max_time:g} s) used"
+                    break
+                # the epochs the budget still allows at this run's pace: a cosine decays over them
+                self.set_horizon(math.ceil((self.cfg.max_time - spent) * len(result.history) / spent))
         self.model.load_state_dict(self.best_state)
         result.best_epoch, result.best_val_loss = self.best_epoch, self.best_val_loss
         if refit:
