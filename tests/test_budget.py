@@ -32,7 +32,8 @@ def costly_space(tmp_path: Path, budget: float, **over) -> Path:
                      model={"n_interactions": {"int": [1, 4]}, "n_filters": {"choice": [8, 64]},
                                       "n_atom_basis": {"choice": [8, 64]}, "rbf_max": 6.0},
                      training={"batch_size": {"choice": [4, 20]}, "lr": {"loguniform": [3.0e-4, 3.0e-3]},
-                               "max_epochs": 400, "early_stopping_patience": None},
+                               "scheduler": "cosine", "min_lr": 1.0e-6, "max_epochs": 400,
+                               "early_stopping_patience": None},
                      search={"num_samples": 30, "max_concurrent": 2, "scheduler": {"asha": {"grace_period": 15}},
                              "time_budget": budget, "initial_points": [PAPER], "checkpoint_every": 2, **over},
                      resources="auto")
@@ -85,6 +86,10 @@ def test_a_costly_space_is_screened_at_equal_compute_within_its_share_and_the_sw
     assert sweep_run["metrics"]["final_measured_seconds"] > 0 and "cost_model_median_error" in sweep_run["metrics"]
     best = next(t for t in all_runs if t["id"] == sweep_run["tags"]["sweep.best_trial_run_id"])
     assert best["tags"]["sweep.status"] in ("completed", "stopped by budget")
+    # the cosine decayed over what the budget gave the final rung, not over max_epochs (400): it ends near min_lr
+    lr = float(best["params"]["training.lr"])
+    folds = [x for x in all_runs if x["tags"].get("mlflow.parentRunId") == best["id"]]
+    assert len(folds) == 2 and all(f["metrics"]["lr"] < 0.2 * lr for f in folds), (lr, [f["metrics"] for f in folds])
     # the training share counts every trial of this run, the screened ones too (each at its own CPUs)
     trained = 0.0
     for res in (tmp_path / "sweeps").glob("t-*/run_trial_*/result.json"):

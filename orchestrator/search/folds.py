@@ -361,7 +361,7 @@ def fold_metrics_summary(results: list[FoldEpoch], objective_rho: float | None =
         "train_loss_mean": float(np.mean([r.train_loss for r in results])),
         "folds_stopped": float(sum(r.stopped for r in results)),
     }
-    per_fold = [{"val_loss": r.val_loss, "val_energy_mae": r.val_energy_mae, "node_id": r.node_id,
+    per_fold = [{"val_loss": r.val_loss, "val_energy_mae": r.val_energy_mae, "node_id": r.node_id, "lr": r.lr,
                  **({} if r.val_forces_mae is None else {"val_forces_mae": r.val_forces_mae})} for r in results]
     return keys.TrialResult(m, per_fold)
 
