@@ -199,9 +199,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 report = report.with_trial(step_mode=group.mode)
             last_epoch = time.time() - w_epoch
             walls.append(last_epoch)
-            left = clock.epochs_left(started=started, epoch=epoch, epoch_wall=float(np.median(walls[-5:])),
-                                     epoch_train=train_seconds / epoch)
-            if left is not None and train_cfg.scheduler == "cosine":  # decay over the epochs it will get
+            if train_cfg.scheduler == "cosine" and (left := clock.epochs_left(
+                    started=started, epoch=epoch, epoch_wall=float(np.median(walls[-5:])),
+                    epoch_train=train_seconds / epoch)) is not None:  # decay over the epochs it will get
                 group.set_horizon(left)
             out_of_time = clock.out_of_time(started, last_epoch)
             spent = clock.allotment_spent(train_seconds, max(r.seconds for r in results))

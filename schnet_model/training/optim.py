@@ -71,9 +71,7 @@ def set_horizon(scheduler: torch.optim.lr_scheduler.LRScheduler | None, cfg: Tra
     Under a budget that ends a run after 40 of its 2,000 ``max_epochs``, a cosine over ``max_epochs`` would barely
     have begun to decay; over the budget, it reaches ``min_lr`` where the run ends.
     """
-    if cfg.scheduler != "cosine" or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        return False
-    cosine = scheduler.lr_lambdas[0]
+    cosine = scheduler.lr_lambdas[0] if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) else None
     if not isinstance(cosine, Cosine):
         return False
     done = scheduler.last_epoch  # optimiser steps taken
