@@ -84,3 +84,19 @@ def test_the_clock_tells_a_cosine_how_many_epochs_are_left():
     shared = TrialClock(deadline=time.time() + 1e4, trial_seconds=50.0)
     assert shared.epochs_left(started=time.time() - 10.0, epoch=2, epoch_wall=10.0, epoch_train=9.0) == (
         pytest.approx(4.0, abs=0.05))
+
+
+def test_a_trial_compiles_only_when_its_time_left_repays_the_compilation():
+    """A cold torch.compile took 35 s of an 18-s final-rung share on a 2-core machine (the trial ended at a tenth of
+    its cosine); a budgeted trial with less than COMPILE_PAYS_AFTER seconds ahead trains eagerly."""
+    import time
+
+    from orchestrator.search.context import COMPILE_PAYS_AFTER
+
+    now = time.time()
+    assert TrialClock().compile_pays(now) and TrialClock().seconds_left(now) is None
+    assert not TrialClock(deadline=now + 1e4, trial_seconds=18.0).compile_pays(now)
+    assert not TrialClock(deadline=now + COMPILE_PAYS_AFTER / 2).compile_pays(now)
+    long = TrialClock(deadline=now + 1e4, trial_seconds=2 * COMPILE_PAYS_AFTER)
+    assert long.compile_pays(now) and long.seconds_left(now) == pytest.approx(2 * COMPILE_PAYS_AFTER, abs=1.0)
+    assert not long.compile_pays(now - 1.9 * COMPILE_PAYS_AFTER)  # most of its share spent

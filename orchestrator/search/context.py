@@ -17,6 +17,11 @@ FINALISE_GRACE = 10.0
 """Seconds Tune's own time limit (a backstop) runs past the budget, so that a trial finalising just before the
 deadline on a loaded machine is not cut off: a sweep ends within its budget plus at most this."""
 
+COMPILE_PAYS_AFTER = 240.0
+"""Seconds of training a trial must have ahead for compiling its CPU kernels to pay: torch.compile costs 5–42 s per
+new configuration here (a cold cache on a 2-core machine: 35 s) for a 20–30 % faster epoch (docs/benchmarks.md), so
+a budgeted trial with less time trains eagerly instead of spending its share compiling."""
+
 
 @dataclass(frozen=True)
 class TrialClock:
@@ -64,6 +69,21 @@ class TrialClock:
         if self.trial_seconds is not None:
             left.append((self.trial_seconds - (now - started)) / max(epoch_wall, 1e-9))
         return max(0.0, min(left)) if left else None
+
+    def seconds_left(self, started: float) -> float | None:
+        """Seconds this trial (started at ``started``) may still train before it must finalise; None: no limit."""
+        now = time.time()
+        left = []
+        if self.deadline is not None:
+            left.append(self.deadline - now - self.finish_margin)
+        if self.trial_seconds is not None:
+            left.append(self.trial_seconds - (now - started))
+        return max(0.0, min(left)) if left else None
+
+    def compile_pays(self, started: float) -> bool:
+        """Compiling CPU kernels would pay for itself before this trial's time is up (:data:`COMPILE_PAYS_AFTER`)."""
+        left = self.seconds_left(started)
+        return left is None or left >= COMPILE_PAYS_AFTER
 
     def no_time_to_start(self) -> bool:
         """Not even one epoch and the finalisation fit before the deadline (needs an epoch estimate)."""

@@ -163,7 +163,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     params = {k: v for k, v in config.items()}
     model_cfg, train_cfg = spec.materialize(params)
-    if ctx.screen:  # a few minutes of training: torch.compile (5–40 s per configuration) would not pay
+    if ctx.screen or not clock.compile_pays(time.time()):  # torch.compile (5–42 s) would not pay in so short a run
         train_cfg = train_cfg.model_copy(update={"compile_after": None})
     max_epochs, k = ctx.max_epochs, ctx.k
     group = _group(ctx, model_cfg, train_cfg)
