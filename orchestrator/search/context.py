@@ -38,6 +38,7 @@ class TrialClock:
     finish_margin: float = 5.0  # seconds kept for finalising, besides one epoch's worth
     train_allotment: float | None = None  # screening: seconds of training each configuration gets (equal compute)
     horizon: float | None = None  # screening: the final rung's training seconds per fold (where curves are compared)
+    to_the_end: bool = False  # a planned final rung: its time ends its folds, not early stopping (best weights kept)
 
     def out_of_time(self, started: float, last_epoch: float) -> bool:
         """After an epoch of ``last_epoch`` seconds, in a trial that started at ``started``: finalise now?"""

@@ -257,7 +257,7 @@ def run_planned(runner: PhaseRunner, plan: BudgetPlan | None, state: SweepState,
     if cost is not None and finalists:  # the costliest finalist's k-fold epoch, priced by the calibrated model
         epoch = (max(cost.seconds(*spec.materialize(f)) for f in finalists) * k * plan.screen_cpus
                  / final_spec.resources.trial_cpus(k))
-    clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=epoch)
+    clock = TrialClock(deadline=end, trial_seconds=plan.trial_seconds, epoch_seconds=epoch, to_the_end=True)
     warm = {}
     if spec.search.warm_start:  # each finalist's fold 0 goes on from its screened state
         for f in finalists:

@@ -165,6 +165,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     model_cfg, train_cfg = spec.materialize(params)
     if ctx.screen or not clock.compile_pays(time.time()):  # torch.compile (5–42 s) would not pay in so short a run
         train_cfg = train_cfg.model_copy(update={"compile_after": None})
+    if clock.to_the_end:  # what the final rung's share does not use is lost: train on, the best epoch's weights kept
+        train_cfg = train_cfg.model_copy(update={"early_stopping_patience": None})
     max_epochs, k = ctx.max_epochs, ctx.k
     group = _group(ctx, model_cfg, train_cfg)
     progress: dict[str, Any] = {"epoch": 0, "train_seconds": 0.0, "curve": []}
