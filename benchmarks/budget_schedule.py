@@ -1,15 +1,17 @@
 """Does a learning-rate schedule sized to the time budget pay? The paper configuration alone, one model, trained for a
 fixed wall clock (``training.max_time``) with the paper's exponential decay (×0.96 every 100k steps: barely
-decays in a budget) and with ``cosine`` from the same rate, which under a time budget decays to ``min_lr`` (lr/100)
-over the epochs the budget allows (re-estimated every epoch; ``schnet_model.training.optim.set_horizon``) — what a
-budgeted sweep's trials do.
+decays in a budget), with the same exponential cooling down to 0 over the budget's last fifth (``training.cooldown``,
+what a budget now does to an exponential), and with ``cosine`` from the same rate, which under a time budget decays to
+``min_lr`` (lr/100) over the epochs the budget allows (re-estimated every epoch;
+``schnet_model.training.optim.set_horizon``) — what a budgeted sweep's trials do.
 
 Datasets: ``ethanol`` (the shipped GFN2-xTB 500 K file, kcal/mol: 800 train / 100 validation / 100 test, split seed 0),
 ``acac`` (``../shared`` BOTNet acetylacetone 300 K, eV: the first 400 frames, 320 train / 80 validation, tested on
 the last 100 — the same files as ``search_value.py``). Runs go two at a time, one thread each (peers side by side
 on this machine's two cores). Prints a Markdown table; writes the rows as JSON.
 
-    python benchmarks/budget_schedule.py --budget 240 --datasets ethanol,acac --lrs 1e-3,3e-3
+    python benchmarks/budget_schedule.py --budget 240 --datasets ethanol,acac --lrs 1e-3,3e-3 \
+        --schedules exponential,exponential+cooldown,cosine
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import sys
 from datetime import date
 from pathlib import Path
 
+SCHEDULES = ("exponential", "exponential+cooldown", "cosine")
+"""The paper's exponential as it was (no cooldown); the same, cooling down over the budget's last fifth (the
+shipped default under a budget, ``training.cooldown: 0.2``); a cosine over the budget."""
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -58,9 +63,10 @@ def one(name: str, scheduler: str, lr: float, budget: float, seed: int) -> dict:
     train, val, test = split(name)
     torch.manual_seed(seed)
     model = SchNet(ModelConfig(n_atom_basis=64, n_filters=64, n_interactions=3))
-    cfg = TrainingConfig(lr=lr, scheduler=scheduler, min_lr=lr / 100 if scheduler == "cosine" else 0.0,
-                         max_epochs=100_000, max_time=budget, early_stopping_patience=None, batch_size=32,
-                         num_threads=1, seed=seed)
+    kind, _, cool = scheduler.partition("+")  # "exponential" (the paper's, no cooldown), "exponential+cooldown"
+    cfg = TrainingConfig(lr=lr, scheduler=kind, min_lr=lr / 100 if kind == "cosine" else 0.0,
+                         cooldown=0.2 if cool else 0.0, max_epochs=100_000, max_time=budget,
+                         early_stopping_patience=None, batch_size=32, num_threads=1, seed=seed)
     t = Trainer(model, train, val, cfg)
     r = t.fit()
     p = predict(t.model, test, forces=True)
@@ -76,6 +82,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=240.0, help="seconds of training per model")
     ap.add_argument("--datasets", default="ethanol,acac")
     ap.add_argument("--lrs", default="1e-3,3e-3", help="comma-separated initial learning rates")
+    ap.add_argument("--schedules", default=",".join(SCHEDULES), help=f"comma-separated, of {', '.join(SCHEDULES)}; "
+                    "run two at a time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / f"budget_schedule_{date.today()}.json")
     ap.add_argument("--one", nargs=4, metavar=("DATASET", "SCHEDULER", "LR", "BUDGET"), help=argparse.SUPPRESS)
@@ -87,15 +95,17 @@ def main() -> None:
     for name in a.datasets.split(","):
         split(name)  # its files made once, before two runs race to make them
         for lr in (float(x) for x in a.lrs.split(",")):
-            procs = [subprocess.Popen([sys.executable, __file__, "--seed", str(a.seed), "--one", name, s, str(lr),
-                                       str(a.budget)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-                     for s in ("exponential", "cosine")]
-            for p in procs:
-                out, _ = p.communicate()
-                if p.returncode != 0:
-                    raise SystemExit(f"error: {name} lr {lr}: a run failed (exit {p.returncode})")
-                rows.append(json.loads(out.strip().splitlines()[-1]))
-            a.out.write_text(json.dumps(rows, indent=1))
+            schedules = a.schedules.split(",")
+            for pair in (schedules[i:i + 2] for i in range(0, len(schedules), 2)):  # peers on the two cores
+                procs = [subprocess.Popen([sys.executable, __file__, "--seed", str(a.seed), "--one", name, s,
+                                           str(lr), str(a.budget)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                         for s in pair]
+                for p in procs:
+                    out, _ = p.communicate()
+                    if p.returncode != 0:
+                        raise SystemExit(f"error: {name} lr {lr}: a run failed (exit {p.returncode})")
+                    rows.append(json.loads(out.strip().splitlines()[-1]))
+                a.out.write_text(json.dumps(rows, indent=1))
     print(f"\nthe paper configuration alone, {a.budget:.0f} s of training each, one thread, seed {a.seed}")
     print("| dataset | schedule | lr | epochs | last lr | force MAE | energy MAE |\n|---|---|---|---|---|---|---|")
     for r in rows:

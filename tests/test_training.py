@@ -287,9 +287,40 @@ def test_a_time_budget_sets_the_cosine_horizon_and_a_checkpoint_keeps_it():
     assert again.lr_lambdas[0].total == 16
     set_horizon(step, cfg, 4, epochs_left=10_000)  # never beyond max_epochs
     assert step.lr_lambdas[0].total == 4000
-    other = TrainingConfig(scheduler="exponential")
+    other = TrainingConfig(scheduler="exponential", cooldown=0)
     opt3 = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
     assert not set_horizon(make_schedulers(opt3, other, 4)[0], other, 4, epochs_left=1)  # untouched
+
+
+def test_under_a_time_budget_the_paper_exponential_cools_down_to_min_lr_over_the_runs_last_fifth():
+    """Without a budget the paper's schedule, exactly; with one, equal to it until the last ``cooldown`` (0.2) of the
+    run, then a half cosine to min_lr where the budget ends; the horizon travels with a checkpoint."""
+    from schnet_model.training.optim import make_schedulers, set_horizon
+
+    cfg = TrainingConfig(lr=1e-3, min_lr=1e-6, scheduler="exponential", lr_decay=0.5, lr_decay_steps=100)
+
+    def run(horizon_epochs: float | None, steps: int = 100) -> tuple[list[float], torch.optim.lr_scheduler.LambdaLR]:
+        opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+        sched, _ = make_schedulers(opt, cfg, steps_per_epoch=10)
+        if horizon_epochs is not None:
+            assert set_horizon(sched, cfg, 10, epochs_left=horizon_epochs)
+        lrs = []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return lrs, sched
+
+    paper, _ = run(None)
+    assert paper == pytest.approx([1e-3 * 0.5 ** (s / 100) for s in range(100)])
+    budget, sched = run(10)  # 100 steps in all: the last 20 cool down
+    assert budget[:81] == pytest.approx(paper[:81])
+    assert budget[90] == pytest.approx(1e-6 + (paper[90] - 1e-6) * 0.5)  # half-way through the cooldown
+    assert budget[99] < 0.01 * paper[99] and all(a >= b for a, b in zip(budget, budget[1:], strict=False))
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    again, _ = make_schedulers(opt, cfg, steps_per_epoch=10)
+    again.load_state_dict(copy.deepcopy(sched.state_dict()))
+    assert again.lr_lambdas[0].total == 100
 
 
 def test_fit_with_max_time_decays_a_cosine_to_min_lr_by_the_budgets_end():

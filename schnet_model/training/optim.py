@@ -41,13 +41,34 @@ class Cosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
 
 
+class Exponential:
+    """The paper's factor ``max(decay^(step/every), f)`` of a LambdaLR, annealed over the last ``cooldown`` of a
+    run whose length ``total`` (optimiser steps) a time budget sets (:func:`set_horizon`): there it falls by a half
+    cosine to ``f`` (a warmup-stable-decay cooldown). Without a budget (``total`` None) it is the paper's schedule.
+    A callable object, so that torch saves ``total`` in the scheduler's state dict.
+    """
+
+    def __init__(self, decay: float, every: int, floor: float, cooldown: float) -> None:
+        self.decay, self.every, self.floor, self.cooldown = decay, every, floor, cooldown
+        self.total: int | None = None
+
+    def __call__(self, step: int) -> float:
+        f = max(self.decay ** (step / self.every), self.floor)
+        if self.total is None or self.cooldown <= 0:
+            return f
+        length = max(1.0, self.cooldown * self.total)
+        into = min(1.0, max(0.0, (step - (self.total - length)) / length))  # 0 before the cooldown, 1 at its end
+        return self.floor + (f - self.floor) * 0.5 * (1 + math.cos(math.pi * into))
+
+
 def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps_per_epoch: int = 1
                     ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None,
                                torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
     """(per-step scheduler, per-epoch plateau scheduler) of ``cfg``; exactly one is not None.
 
     ``exponential`` (paper): ``lr·max(decay^(step/decay_steps), min_lr/lr)``, stepped after every
-    optimiser step; ``cosine``: ``lr·(f + (1−f)·½(1 + cos(π·min(step, T)/T)))`` with ``f = min_lr/lr`` and
+    optimiser step, under a time budget annealed to ``min_lr`` over the run's last ``cooldown``
+    (:class:`Exponential`); ``cosine``: ``lr·(f + (1−f)·½(1 + cos(π·min(step, T)/T)))`` with ``f = min_lr/lr`` and
     ``T = max_epochs · steps_per_epoch`` (the optimiser steps of a whole run; a time budget shortens it, see
     :func:`set_horizon`), stepped after every optimiser step; ``plateau``: ReduceLROnPlateau on the validation
     loss, stepped every epoch.
@@ -55,7 +76,7 @@ def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps
     floor = cfg.min_lr / cfg.lr
     if cfg.scheduler == "exponential":
         decay, every = cfg.lr_decay, cfg.lr_decay_steps
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(decay ** (s / every), floor)), None
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, Exponential(decay, every, floor, cfg.cooldown)), None
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, Cosine(floor, cfg.max_epochs * steps_per_epoch)), None
     return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -64,19 +85,21 @@ def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps
 
 def set_horizon(scheduler: torch.optim.lr_scheduler.LRScheduler | None, cfg: TrainingConfig, steps_per_epoch: int,
                 epochs_left: float) -> bool:
-    """Make a cosine schedule decay over the steps taken and ``epochs_left`` more epochs (what a time budget still
-    lets the run train; at most ``max_epochs`` in all) instead of over ``max_epochs``; the learning rate of the next
-    step follows at once. Other schedules are left as they are (False).
+    """Make a schedule end with the run: the steps taken and ``epochs_left`` more epochs (what a time budget still
+    lets the run train; at most ``max_epochs`` in all). A cosine decays over them instead of over ``max_epochs``; an
+    exponential with a ``cooldown`` anneals over their last fraction. The learning rate of the next step follows at
+    once. A plateau schedule, or an exponential without cooldown, is left as it is (False).
 
     Under a budget that ends a run after 40 of its 2,000 ``max_epochs``, a cosine over ``max_epochs`` would barely
-    have begun to decay; over the budget, it reaches ``min_lr`` where the run ends.
+    have begun to decay, and the paper's exponential (0.96 per 100,000 steps) does not; over the budget, both reach
+    ``min_lr`` where the run ends.
     """
-    cosine = scheduler.lr_lambdas[0] if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) else None
-    if not isinstance(cosine, Cosine):
+    factor = scheduler.lr_lambdas[0] if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) else None
+    if not (isinstance(factor, Cosine) or isinstance(factor, Exponential) and factor.cooldown > 0):
         return False
     done = scheduler.last_epoch  # optimiser steps taken
-    cosine.total = max(1, min(cfg.max_epochs * steps_per_epoch, done + round(max(0.0, epochs_left) * steps_per_epoch)))
+    factor.total = max(1, min(cfg.max_epochs * steps_per_epoch, done + round(max(0.0, epochs_left) * steps_per_epoch)))
     for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = base * cosine(done)
+        group["lr"] = base * factor(done)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
     return True

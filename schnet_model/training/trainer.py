@@ -159,9 +159,9 @@ class Trainer:
         )
 
     def set_horizon(self, epochs_left: float) -> bool:
-        """A cosine schedule decays over the steps taken and ``epochs_left`` more epochs (what a time budget still
-        lets this run train) instead of over ``max_epochs`` (:func:`~schnet_model.training.optim.set_horizon`);
-        False for other schedules."""
+        """The schedule ends with the steps taken and ``epochs_left`` more epochs (what a time budget still lets this
+        run train): a cosine decays over them, an exponential cools down over their last ``cooldown``
+        (:func:`~schnet_model.training.optim.set_horizon`); False for a plateau schedule."""
         return set_horizon(self.step_scheduler, self.cfg, steps_per_epoch(self.train_data, self.cfg), epochs_left)
 
     def should_stop_early(self) -> bool:
@@ -197,7 +197,7 @@ class Trainer:
                 if spent >= self.cfg.max_time:
                     result.stop_reason = f"time budget ({self.cfg.max_time:g} s) used"
                     break
-                # the epochs the budget still allows at this run's pace: a cosine decays over them
+                # the epochs the budget still allows at this run's pace: the schedule ends with them
                 self.set_horizon(math.ceil((self.cfg.max_time - spent) * len(result.history) / spent))
         self.model.load_state_dict(self.best_state)
         result.best_epoch, result.best_val_loss = self.best_epoch, self.best_val_loss
