@@ -184,7 +184,8 @@ class FoldWorker:
         return self.last
 
     def set_horizon(self, epochs_left: float) -> None:
-        """A cosine schedule decays over ``epochs_left`` more epochs (the trial's time budget)."""
+        """The schedule ends with ``epochs_left`` more epochs (the trial's time budget: a cosine decays over them, an
+        exponential cools down)."""
         self.trainer.set_horizon(epochs_left)
 
     def get_state(self) -> dict[str, Any]:
@@ -266,7 +267,8 @@ class FoldGroup(Protocol):
         ...
 
     def set_horizon(self, epochs_left: float) -> None:
-        """Cosine schedules decay over ``epochs_left`` more epochs (what the trial's time budget allows)."""
+        """Schedules end with ``epochs_left`` more epochs (what the trial's time budget allows: a cosine decays over
+        them, an exponential cools down)."""
         ...
 
     def get_states(self) -> list[dict[str, Any]]:
