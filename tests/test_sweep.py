@@ -291,6 +291,11 @@ def test_a_trial_the_time_budget_ends_keeps_its_best_fold_states_and_the_sweep_h
         assert k["metrics"]["test_ensemble_forces_mae"] > 0
         folds = [f for f in all_runs if f["tags"].get("mlflow.parentRunId") == k["id"]]
         assert len(folds) == 2 and all("model" in f["artifacts"] and f["metrics"]["test_forces_mae"] > 0 for f in folds)
+    # the first trial (lr 1e-3) trained until the budget's end: the paper's exponential cooled down over its last
+    # fifth (without the cooldown it ends at ≈ lr)
+    first = next(k for k in kept if float(k["params"]["training.lr"]) == pytest.approx(1e-3))
+    folds = [f for f in all_runs if f["tags"].get("mlflow.parentRunId") == first["id"]]
+    assert all(f["metrics"]["lr"] < 0.2e-3 for f in folds), [f["metrics"]["lr"] for f in folds]
     sweep_run = next(x for x in all_runs if x["tags"].get("sweep.role") == "sweep")
     assert sweep_run["tags"]["sweep.best_trial_run_id"] in {k["id"] for k in kept}
     s = sweep("status", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
