@@ -1,7 +1,8 @@
 """Does a learning-rate schedule sized to the time budget pay? The paper configuration alone, one model, trained for a
 fixed wall clock (``training.max_time``) with the paper's exponential decay (×0.96 every 100k steps: barely
 decays in a budget), with the same exponential cooling down to 0 over the budget's last fifth (``training.cooldown``,
-what a budget now does to an exponential), and with ``cosine`` from the same rate, which under a time budget decays to
+what a budget now does to an exponential), with ``plateau`` (ReduceLROnPlateau) with and without the same
+cooldown, and with ``cosine`` from the same rate, which under a time budget decays to
 ``min_lr`` (lr/100) over the epochs the budget allows (re-estimated every epoch;
 ``schnet_model.training.optim.set_horizon``) — what a budgeted sweep's trials do.
 
@@ -23,9 +24,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
-SCHEDULES = ("exponential", "exponential+cooldown", "cosine")
+SCHEDULES = ("exponential", "exponential+cooldown", "cosine", "plateau", "plateau+cooldown")
 """The paper's exponential as it was (no cooldown); the same, cooling down over the budget's last fifth (the
-shipped default under a budget, ``training.cooldown: 0.2``); a cosine over the budget."""
+shipped default under a budget, ``training.cooldown: 0.2``); a cosine over the budget; ReduceLROnPlateau (factor
+0.5, patience 10) as it was, and annealed over the budget's last fifth (the shipped default under a budget)."""
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -63,7 +65,7 @@ def one(name: str, scheduler: str, lr: float, budget: float, seed: int) -> dict:
     train, val, test = split(name)
     torch.manual_seed(seed)
     model = SchNet(ModelConfig(n_atom_basis=64, n_filters=64, n_interactions=3))
-    kind, _, cool = scheduler.partition("+")  # "exponential" (the paper's, no cooldown), "exponential+cooldown"
+    kind, _, cool = scheduler.partition("+")  # "exponential" (the paper's, no cooldown), "exponential+cooldown", …
     cfg = TrainingConfig(lr=lr, scheduler=kind, min_lr=lr / 100 if kind == "cosine" else 0.0,
                          cooldown=0.2 if cool else 0.0, max_epochs=100_000, max_time=budget,
                          early_stopping_patience=None, batch_size=32, num_threads=1, seed=seed)

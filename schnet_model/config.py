@@ -223,7 +223,7 @@ class TrainingConfig(StrictModel):
     scheduler: Literal["exponential", "plateau", "cosine"] = Field(
         "exponential",
         description="exponential: lr·decay^(step/decay_steps) (paper; under a time budget it cools down to min_lr "
-        "over the run's last `cooldown`); plateau: ReduceLROnPlateau; "
+        "over the run's last `cooldown`); plateau: ReduceLROnPlateau (under a time budget, annealed the same way); "
         "cosine: lr·½(1+cos(π·step/(max_epochs·steps per epoch))), floored at min_lr; under a time budget "
         "(max_time, or a sweep's search.time_budget) it decays over the epochs the budget allows, re-estimated "
         "every epoch",
@@ -231,9 +231,9 @@ class TrainingConfig(StrictModel):
     lr_decay: float = Field(0.96, gt=0, le=1)
     lr_decay_steps: int = Field(100_000, ge=1)
     cooldown: float = Field(
-        0.2, ge=0, le=1, description="exponential under a time budget (max_time, or a sweep's search.time_budget): "
-        "over this last fraction of the run the learning rate anneals by a half cosine to min_lr (a "
-        "warmup-stable-decay cooldown; the paper's decay barely begins within a budget); 0 = never")
+        0.2, ge=0, le=1, description="exponential or plateau under a time budget (max_time, or a sweep's "
+        "search.time_budget): over this last fraction of the run the learning rate anneals by a half cosine "
+        "to min_lr (a warmup-stable-decay cooldown; the paper's decay barely begins within a budget); 0 = never")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     plateau_patience: int = Field(10, ge=1, description="epochs without improvement")
     min_lr: float = Field(0.0, ge=0)

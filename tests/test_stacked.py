@@ -278,10 +278,12 @@ def test_a_finalists_fold_0_goes_on_from_its_screening_while_the_other_folds_sta
     assert rel(flat(st.member_model(1, best=False)), flat(fresh.model)) < TOL
 
 
-def test_a_cosine_horizon_set_on_the_stack_equals_the_same_horizon_set_on_each_trainer():
-    """A time budget's horizon (set_horizon) gives every stacked member the Trainer's learning rates and weights."""
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
+def test_a_budget_horizon_set_on_the_stack_equals_the_same_horizon_set_on_each_trainer(scheduler: str):
+    """A time budget's horizon (set_horizon) gives every stacked member the Trainer's learning rates and weights: a
+    cosine decays over it, a plateau schedule anneals over its last fifth; both end at min_lr."""
     model_cfg = ModelConfig(**CFG)
-    ms = members((9, 5), scheduler="cosine", min_lr=1e-6, max_epochs=500)
+    ms = members((9, 5), scheduler=scheduler, min_lr=1e-6, max_epochs=500)
     st = StackedTrainer(model_cfg, ms, dtype=torch.float64)
     alone_trainers = []
     for member in ms:

@@ -323,6 +323,52 @@ def test_under_a_time_budget_the_paper_exponential_cools_down_to_min_lr_over_the
     assert again.lr_lambdas[0].total == 100
 
 
+def test_under_a_time_budget_a_plateau_schedule_anneals_over_the_runs_last_fifth_and_still_halves_on_plateaus():
+    """ReduceLROnPlateau's rule on its own rate; with a horizon (set_horizon, in epochs), the rate used falls by a half
+    cosine to min_lr over the last ``cooldown`` (0.2) of the run; the rule's rate and the horizon travel with a
+    checkpoint; an old checkpoint (no horizon) loads as plain ReduceLROnPlateau."""
+    from schnet_model.training.optim import Plateau, make_schedulers, set_horizon
+
+    cfg = TrainingConfig(lr=1e-3, min_lr=1e-6, scheduler="plateau", plateau_patience=2, plateau_factor=0.5)
+
+    def run(horizon: int | None, losses: list[float]) -> tuple[list[float], Plateau]:
+        opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+        _, plateau = make_schedulers(opt, cfg)
+        if horizon is not None:
+            assert set_horizon(plateau, cfg, 1, epochs_left=horizon)
+        lrs = []
+        for loss in losses:
+            lrs.append(opt.param_groups[0]["lr"])
+            plateau.step(loss)
+        return lrs, plateau
+
+    losses = [1.0 / (e + 1) for e in range(50)]  # improving every epoch: the rule never halves
+    plain, _ = run(None, losses)
+    assert plain == pytest.approx([1e-3] * 50)
+    budget, sched = run(50, losses)  # 50 epochs in all: the last 10 anneal
+    assert budget[:41] == pytest.approx(plain[:41])
+    assert budget[45] == pytest.approx(1e-6 + (plain[45] - 1e-6) * 0.5)  # half-way through the anneal
+    assert budget[49] < 0.03 * plain[49] and all(a >= b for a, b in zip(budget, budget[1:], strict=False))
+    # the rule halves its own rate inside the anneal, not the annealed one
+    late = [1.0 / (e + 1) for e in range(42)] + [1.0] * 8
+    rule, s2 = run(50, late)
+    assert s2.level == [pytest.approx(2.5e-4)]  # halved after 3 and 6 bad epochs, not compounded with the anneal
+    assert rule[46] == pytest.approx(1e-6 + (5e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 0.6)))
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    _, again = make_schedulers(opt, cfg)
+    again.load_state_dict(copy.deepcopy(sched.state_dict()))
+    assert again.horizon == 50 and again.level == sched.level
+    old = {k: v for k, v in sched.state_dict().items() if k not in ("anneal", "floor_lr", "horizon", "level")}
+    opt4 = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=2e-4)
+    _, legacy = make_schedulers(opt4, cfg)
+    legacy.load_state_dict(old)
+    legacy.step(0.0)
+    assert opt4.param_groups[0]["lr"] == pytest.approx(2e-4) and legacy.level is None
+    off = TrainingConfig(scheduler="plateau", cooldown=0)
+    opt3 = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    assert not set_horizon(make_schedulers(opt3, off)[1], off, 1, epochs_left=1)  # untouched
+
+
 def test_fit_with_max_time_decays_a_cosine_to_min_lr_by_the_budgets_end():
     data = _ethanol(16)
     cfg = TrainingConfig(lr=1e-3, min_lr=1e-6, scheduler="cosine", max_epochs=100_000, max_time=3.0,

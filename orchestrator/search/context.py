@@ -63,23 +63,23 @@ class TrialClock:
         """
         if self.horizon:
             return max(0.0, self.horizon / max(epoch_train, 1e-9) - epoch)
-        left = []
-        now = time.time()
-        if self.deadline is not None:  # it finalises once the next epoch and finishing would not fit
-            left.append((self.deadline - now - self.finish_margin) / max(epoch_wall, 1e-9) - 1.0)
-        if self.trial_seconds is not None:
-            left.append((self.trial_seconds - (now - started)) / max(epoch_wall, 1e-9))
+        left = [seconds / max(epoch_wall, 1e-9) - reserved for seconds, reserved in self._limits(started)]
         return max(0.0, min(left)) if left else None
 
     def seconds_left(self, started: float) -> float | None:
         """Seconds this trial (started at ``started``) may still train before it must finalise; None: no limit."""
-        now = time.time()
-        left = []
-        if self.deadline is not None:
-            left.append(self.deadline - now - self.finish_margin)
-        if self.trial_seconds is not None:
-            left.append(self.trial_seconds - (now - started))
+        left = [seconds for seconds, _ in self._limits(started)]
         return max(0.0, min(left)) if left else None
+
+    def _limits(self, started: float) -> list[tuple[float, float]]:
+        """(seconds left, epochs of it kept back) under each limit this trial has: the deadline less the margin,
+        one epoch kept (it finalises once the next epoch and finishing would not fit); its own share."""
+        now, limits = time.time(), []
+        if self.deadline is not None:
+            limits.append((self.deadline - now - self.finish_margin, 1.0))
+        if self.trial_seconds is not None:
+            limits.append((self.trial_seconds - (now - started), 0.0))
+        return limits
 
     def compile_pays(self, started: float) -> bool:
         """Compiling CPU kernels would pay for itself before this trial's time is up (:data:`COMPILE_PAYS_AFTER`)."""

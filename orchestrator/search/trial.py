@@ -201,7 +201,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 report = report.with_trial(step_mode=group.mode)
             last_epoch = time.time() - w_epoch
             walls.append(last_epoch)
-            if train_cfg.scheduler != "plateau" and (left := clock.epochs_left(
+            if (left := clock.epochs_left(
                     started=started, epoch=epoch, epoch_wall=float(np.median(walls[-5:])),
                     epoch_train=train_seconds / epoch)) is not None:  # decay over the epochs it will get
                 group.set_horizon(left)

@@ -61,9 +61,46 @@ class Exponential:
         return self.floor + (f - self.floor) * 0.5 * (1 + math.cos(math.pi * into))
 
 
+class Plateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """ReduceLROnPlateau on the validation loss, annealed like :class:`Exponential` under a time budget: once
+    :func:`set_horizon` has set the run's length ``horizon`` (epochs), the rate used falls by a half cosine to
+    ``min_lr`` over the run's last ``anneal``, while the plateau rule goes on halving its own rate (``level``) as
+    before. Without a budget (``horizon`` None) it is torch's ReduceLROnPlateau. Its attributes are plain, so
+    torch saves them in the state dict (a checkpoint without them loads as un-annealed).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float, patience: int, min_lr: float,
+                 anneal: float) -> None:
+        super().__init__(optimizer, factor=factor, patience=patience, min_lr=min_lr)
+        self.anneal, self.floor_lr = anneal, min_lr
+        self.horizon: int | None = None
+        self.level: list[float] | None = None  # the plateau rule's own rates, once an anneal has begun to apply
+
+    def step(self, metrics: float, epoch: None = None) -> None:  # type: ignore[override]
+        if self.level is not None:  # the plateau rule reduces its own rate, not the annealed one
+            for group, level in zip(self.optimizer.param_groups, self.level, strict=True):
+                group["lr"] = level
+        super().step(metrics)
+        if self.horizon is not None:
+            self.level = [float(g["lr"]) for g in self.optimizer.param_groups]
+            self.apply_anneal()
+
+    def apply_anneal(self) -> None:
+        """The rate of the next epoch (``last_epoch`` epochs done): the plateau's own rate, annealed over the last
+        ``anneal`` of ``horizon`` epochs."""
+        groups = self.optimizer.param_groups
+        if self.level is None:  # the first horizon: the groups hold the plateau rule's rates
+            self.level = [float(g["lr"]) for g in groups]
+        length = max(1.0, self.anneal * (self.horizon or 0))
+        into = min(1.0, max(0.0, (self.last_epoch - ((self.horizon or 0) - length)) / length))
+        for group, level in zip(groups, self.level, strict=True):
+            group["lr"] = self.floor_lr + (level - self.floor_lr) * 0.5 * (1 + math.cos(math.pi * into))
+        self._last_lr = [g["lr"] for g in groups]
+
+
 def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps_per_epoch: int = 1
                     ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None,
-                               torch.optim.lr_scheduler.ReduceLROnPlateau | None]:
+                               Plateau | None]:
     """(per-step scheduler, per-epoch plateau scheduler) of ``cfg``; exactly one is not None.
 
     ``exponential`` (paper): ``lr·max(decay^(step/decay_steps), min_lr/lr)``, stepped after every
@@ -71,7 +108,7 @@ def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps
     (:class:`Exponential`); ``cosine``: ``lr·(f + (1−f)·½(1 + cos(π·min(step, T)/T)))`` with ``f = min_lr/lr`` and
     ``T = max_epochs · steps_per_epoch`` (the optimiser steps of a whole run; a time budget shortens it, see
     :func:`set_horizon`), stepped after every optimiser step; ``plateau``: ReduceLROnPlateau on the validation
-    loss, stepped every epoch.
+    loss, stepped every epoch, under a time budget annealed over the run's last ``cooldown`` (:class:`Plateau`).
     """
     floor = cfg.min_lr / cfg.lr
     if cfg.scheduler == "exponential":
@@ -79,21 +116,29 @@ def make_schedulers(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps
         return torch.optim.lr_scheduler.LambdaLR(optimizer, Exponential(decay, every, floor, cfg.cooldown)), None
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, Cosine(floor, cfg.max_epochs * steps_per_epoch)), None
-    return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    return None, Plateau(optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr,
+                         anneal=cfg.cooldown)
 
 
-def set_horizon(scheduler: torch.optim.lr_scheduler.LRScheduler | None, cfg: TrainingConfig, steps_per_epoch: int,
-                epochs_left: float) -> bool:
+def set_horizon(scheduler: torch.optim.lr_scheduler.LRScheduler | Plateau | None, cfg: TrainingConfig,
+                steps_per_epoch: int, epochs_left: float) -> bool:
     """Make a schedule end with the run: the steps taken and ``epochs_left`` more epochs (what a time budget still
     lets the run train; at most ``max_epochs`` in all). A cosine decays over them instead of over ``max_epochs``; an
-    exponential with a ``cooldown`` anneals over their last fraction. The learning rate of the next step follows at
-    once. A plateau schedule, or an exponential without cooldown, is left as it is (False).
+    exponential or a plateau schedule with a ``cooldown`` anneals over their last fraction. The learning rate of the
+    next step follows at once. Without a cooldown an exponential or a plateau schedule is left as it is (False).
 
     Under a budget that ends a run after 40 of its 2,000 ``max_epochs``, a cosine over ``max_epochs`` would barely
     have begun to decay, and the paper's exponential (0.96 per 100,000 steps) does not; over the budget, both reach
-    ``min_lr`` where the run ends.
+    ``min_lr`` where the run ends. A plateau schedule halves its rate only after ``plateau_patience`` epochs
+    without improvement, which a short run may never see.
     """
+    if isinstance(scheduler, Plateau):
+        if scheduler.anneal <= 0:
+            return False
+        done = scheduler.last_epoch  # epochs taken
+        scheduler.horizon = max(1, min(cfg.max_epochs, done + round(max(0.0, epochs_left))))
+        scheduler.apply_anneal()
+        return True
     factor = scheduler.lr_lambdas[0] if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) else None
     if not (isinstance(factor, Cosine) or isinstance(factor, Exponential) and factor.cooldown > 0):
         return False

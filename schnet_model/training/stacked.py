@@ -391,8 +391,9 @@ class StackedTrainer:
     def set_horizon(self, epochs_left: float) -> bool:
         """Every member's schedule ends with its steps taken and ``epochs_left`` more epochs (what a time budget still
         lets the run train): a cosine decays over them, an exponential cools down over their last ``cooldown``
-        (:func:`~schnet_model.training.optim.set_horizon`); False when every member's schedule is plateau."""
-        return any([set_horizon(self.sched[m].step_scheduler, self.cfgs[m],
+        (:func:`~schnet_model.training.optim.set_horizon`), as does a plateau schedule; False when no member's
+        schedule changed."""
+        return any([set_horizon(self.sched[m].step_scheduler or self.sched[m].plateau, self.cfgs[m],
                                 steps_per_epoch(self.members[m].train, self.cfgs[m]), epochs_left)
                     for m in range(self.k)])
 

@@ -161,8 +161,9 @@ class Trainer:
     def set_horizon(self, epochs_left: float) -> bool:
         """The schedule ends with the steps taken and ``epochs_left`` more epochs (what a time budget still lets this
         run train): a cosine decays over them, an exponential cools down over their last ``cooldown``
-        (:func:`~schnet_model.training.optim.set_horizon`); False for a plateau schedule."""
-        return set_horizon(self.step_scheduler, self.cfg, steps_per_epoch(self.train_data, self.cfg), epochs_left)
+        (:func:`~schnet_model.training.optim.set_horizon`), as does a plateau schedule; False without a cooldown."""
+        return set_horizon(self.step_scheduler or self.plateau, self.cfg, steps_per_epoch(self.train_data, self.cfg),
+                           epochs_left)
 
     def should_stop_early(self) -> bool:
         """True once ``early_stopping_patience`` epochs passed without improvement."""
