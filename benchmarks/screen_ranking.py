@@ -10,8 +10,13 @@ horizon (the CV objective ρ·E_RMSE² + 3·F_RMSE² with ρ = 0.01, as `sweep r
 - **equal epochs** — every configuration's loss after the epochs the paper configuration runs in the allotment
   (what the plan did before: a costly configuration got as many epochs as a cheap one);
 - **equal compute** — every configuration's best loss after the allotment's CPU seconds;
-- **extrapolated** — that curve continued to the horizon (``orchestrator.search.plan.extrapolate``: what the plan
-  ranks by now).
+- **extrapolated** — that curve continued to the horizon (``orchestrator.search.plan.extrapolate``, reported beside
+  the rank);
+- **halving** — the best third by equal compute go on to three times the allotment and are ranked again there (a
+  second screening rung; its regret only).
+
+Each configuration's schedule ends at the horizon (``Trainer.set_horizon`` after every epoch, as in a budgeted
+sweep: a cosine decays over it, an exponential or plateau schedule anneals over its last fifth).
 
 For each rule: Spearman's ρ against the loss at the horizon, and the regret of its pick (the loss at the horizon of
 the configuration it ranks first ÷ the best at the horizon). Two configurations train at a time (one per core).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -75,6 +81,7 @@ def train_curve(args: tuple) -> dict:
             return {"config": cfg, "curve": curve, "error": str(e)[:200]}
         t += time.process_time() - c0
         curve.append((t, 0.01 * r.val.energy_rmse ** 2 + 3 * (r.val.forces_rmse or 0.0) ** 2))
+        trainer.set_horizon((horizon - t) / (t / len(curve)))  # the schedule ends at the horizon, as a sweep's does
     return {"config": cfg, "curve": curve}
 
 
@@ -103,12 +110,19 @@ def analyse(runs: list[dict], allotment: float, horizon: float) -> dict:
         pre = [(t, v) for t, v in r["curve"] if t <= allotment] or r["curve"][:1]
         return extrapolate(pre, horizon)
 
+    def best_by(r, seconds):
+        return min([v for t, v in r["curve"] if t <= seconds] or [r["curve"][0][1]])
+
     out = {}
     for name, rule in (("equal epochs", at_epochs), ("equal compute", at_time), ("extrapolated", extrap)):
         score = [rule(r) for r in ok]
         pick = int(np.argmin(score))
         out[name] = {"spearman": spearman(score, truth), "regret": truth[pick] / min(truth),
                      "pick": ok[pick]["config"]}
+    # successive halving: the best third at the allotment go on to three times it, ranked again there
+    first = sorted(range(len(ok)), key=lambda i: at_time(ok[i]))[:max(1, math.ceil(len(ok) / 3))]
+    pick = min(first, key=lambda i: best_by(ok[i], 3 * allotment))
+    out["halving"] = {"spearman": float("nan"), "regret": truth[pick] / min(truth), "pick": ok[pick]["config"]}
     out["best"] = ok[int(np.argmin(truth))]["config"]
     out["paper_regret"] = min(v for _, v in paper["curve"]) / min(truth)
     return out
@@ -142,7 +156,7 @@ def main() -> None:
     print("| allotment | rule | Spearman ρ vs loss at horizon | regret of its pick |")
     print("|---|---|---|---|")
     for s, an in result["analysis"].items():
-        for rule in ("equal epochs", "equal compute", "extrapolated"):
+        for rule in ("equal epochs", "equal compute", "extrapolated", "halving"):
             print(f"| {float(s):.0f} s | {rule} | {an[rule]['spearman']:+.2f} | {an[rule]['regret']:.2f} |")
         print(f"| {float(s):.0f} s | (paper configuration) | – | {an['paper_regret']:.2f} |")
 
