@@ -185,7 +185,7 @@ class FoldWorker:
 
     def set_horizon(self, epochs_left: float) -> None:
         """The schedule ends with ``epochs_left`` more epochs (the trial's time budget: a cosine decays over them, an
-        exponential cools down)."""
+        exponential or plateau schedule cools down)."""
         self.trainer.set_horizon(epochs_left)
 
     def get_state(self) -> dict[str, Any]:
@@ -268,7 +268,7 @@ class FoldGroup(Protocol):
 
     def set_horizon(self, epochs_left: float) -> None:
         """Schedules end with ``epochs_left`` more epochs (what the trial's time budget allows: a cosine decays over
-        them, an exponential cools down)."""
+        them, an exponential or plateau schedule cools down)."""
         ...
 
     def get_states(self) -> list[dict[str, Any]]:

@@ -56,9 +56,15 @@ class Exponential:
         f = max(self.decay ** (step / self.every), self.floor)
         if self.total is None or self.cooldown <= 0:
             return f
-        length = max(1.0, self.cooldown * self.total)
-        into = min(1.0, max(0.0, (step - (self.total - length)) / length))  # 0 before the cooldown, 1 at its end
-        return self.floor + (f - self.floor) * 0.5 * (1 + math.cos(math.pi * into))
+        return cool_down(f, self.floor, step, self.total, self.cooldown)
+
+
+def cool_down(value: float, floor: float, done: float, total: float, fraction: float) -> float:
+    """``value`` (a rate, or a factor of one) annealed by a half cosine to ``floor`` over the last ``fraction`` of a
+    run of ``total`` steps or epochs, ``done`` of them taken: ``value`` before the cooldown, ``floor`` at its end."""
+    length = max(1.0, fraction * total)
+    into = min(1.0, max(0.0, (done - (total - length)) / length))  # 0 before the cooldown, 1 at its end
+    return floor + (value - floor) * 0.5 * (1 + math.cos(math.pi * into))
 
 
 class Plateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -88,13 +94,13 @@ class Plateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
     def apply_anneal(self) -> None:
         """The rate of the next epoch (``last_epoch`` epochs done): the plateau's own rate, annealed over the last
         ``anneal`` of ``horizon`` epochs."""
+        if self.horizon is None:  # no budget: the plateau rule's rate as it is
+            return
         groups = self.optimizer.param_groups
         if self.level is None:  # the first horizon: the groups hold the plateau rule's rates
             self.level = [float(g["lr"]) for g in groups]
-        length = max(1.0, self.anneal * (self.horizon or 0))
-        into = min(1.0, max(0.0, (self.last_epoch - ((self.horizon or 0) - length)) / length))
         for group, level in zip(groups, self.level, strict=True):
-            group["lr"] = self.floor_lr + (level - self.floor_lr) * 0.5 * (1 + math.cos(math.pi * into))
+            group["lr"] = cool_down(level, self.floor_lr, self.last_epoch, self.horizon, self.anneal)
         self._last_lr = [g["lr"] for g in groups]
 
 
