@@ -118,3 +118,52 @@ def test_stacked_members_equal_each_member_alone_on_shared_and_own_inputs():
         torch.testing.assert_close(Fk[m:m + 1], Fo, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(E[0], E[1])  # the members differ
     assert E.dtype == torch.float64 and math.isfinite(float(E.sum()))
+
+
+@pytest.mark.parametrize("variant", [{}, {"shared_filters": True}, {"shared_interactions": True, "n_interactions": 1}])
+@pytest.mark.parametrize("inputs", ["shared", "own", "directed"])
+def test_explicit_force_backward_equals_autograd_in_forces_and_the_training_gradient(variant, inputs):
+    """The explicit backward (no double backward) gives autograd's forces, and a force loss's parameter gradient
+    through it equals the one through autograd's double backward (float64, to rounding)."""
+    cfg = PaiNNConfig(**{"n_atom_basis": 8, "n_interactions": 2, "cutoff": 3.0, "n_rbf": 6, **variant})
+    p = {k: v.double() if v.dtype == torch.float32 else v for k, v in init_painn(cfg, k=3, seed=7).items()}
+    p["offsets.scale"] = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    R, Z = ethanol(2)
+    g = graph(R[None] if inputs == "shared" else torch.stack([R, R + 0.03, R - 0.02]), Z)
+    if inputs == "directed":  # every pair listed both ways, as a directed list
+        g = Graph(g.Z, g.R, g.mol, g.n_mols, torch.cat([g.pi, g.pj], 1), torch.cat([g.pj, g.pi], 1), directed=True)
+    target = torch.randn(3, g.Z.shape[1], 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = {}
+    for by in ("explicit", "autograd"):
+        q = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+        E, F = painn_energies_forces(q, cfg, g, create_graph=True, forces_by=by)
+        loss = ((F - target) ** 2).sum() + 0.1 * E.pow(2).sum() * 1e-4
+        grads[by] = (E.detach(), F.detach(), torch.autograd.grad(loss, list(q.values())))
+    (E1, F1, g1), (E2, F2, g2) = grads["explicit"], grads["autograd"]
+    torch.testing.assert_close(E1, E2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(F1, F2, rtol=1e-10, atol=1e-12)
+    assert float(F1.abs().max()) > 1e-3  # forces are not trivially zero
+    for key, a, b in zip(p, g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_compiled_blocks_equal_the_eager_ones_in_forces_and_the_training_gradient():
+    """``torch.compile`` of the blocks and their explicit backward (the CPU training path) computes what the eager
+    code does, for a stack with one input per member."""
+    cfg = PaiNNConfig(n_atom_basis=16, n_interactions=2, cutoff=4.0, n_rbf=8)
+    p = init_painn(cfg, k=2, seed=2)
+    R, Z = ethanol(3)
+    g = graph(torch.stack([R, R + 0.02]).float(), Z)
+    out = {}
+    for compiled in (False, True):
+        q = {k: v.clone().requires_grad_(v.dtype == torch.float32) for k, v in p.items()}
+        E, F = painn_energies_forces(q, cfg, g, create_graph=True, compiled=compiled)
+        loss = (F ** 2).sum() + 1e-3 * E.float().pow(2).sum()
+        out[compiled] = (E.detach(), F.detach(), torch.autograd.grad(loss, [v for v in q.values() if v.requires_grad]))
+    from schnet_model.nn import painn_blocks
+    assert painn_blocks._kernel.compiled is not None and not painn_blocks._kernel.failed  # it did compile
+    (E1, F1, g1), (E2, F2, g2) = out[False], out[True]
+    torch.testing.assert_close(E2, E1, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(F2, F1, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))

@@ -74,9 +74,10 @@ def energies_forces(p: Params, cfg: AnyConfig, g: Graph, forces: bool = True, cr
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Energies [k, n_mols] float64 and forces ``−∂E/∂R`` [k, n_atoms, 3] (or None) of k members of ``cfg``'s
     family. ``filters``, ``forces_by`` and ``compiled`` choose among SchNet's paths
-    (:func:`schnet_model.nn.core.energies_forces`); PaiNN has one (forces by autograd)."""
+    (:func:`schnet_model.nn.core.energies_forces`); PaiNN takes ``forces_by`` and ``compiled`` (its filters are
+    dense)."""
     if isinstance(cfg, PaiNNConfig):
-        return painn_energies_forces(p, cfg, g, forces, create_graph)
+        return painn_energies_forces(p, cfg, g, forces, create_graph, forces_by=forces_by, compiled=compiled)
     return core.energies_forces(p, cfg, g, forces, create_graph, filters=filters, forces_by=forces_by,
                                 compiled=compiled)
 
@@ -92,9 +93,9 @@ def memory_per_item(cfg: AnyConfig) -> tuple[int, int]:
 
 
 def paths(cfg: AnyConfig, filters: FilterPath, forces_by: ForcePath) -> str:
-    """How a forward runs, for logs: SchNet's filter and force paths; PaiNN's forces by autograd."""
+    """How a forward runs, for logs: SchNet's filter and force paths; PaiNN's force path."""
     if isinstance(cfg, PaiNNConfig):
-        return "PaiNN, forces by autograd"
+        return f"PaiNN, forces {forces_by}"
     return f"{filters} filters, forces {forces_by}"
 
 

@@ -1,12 +1,13 @@
 """PaiNN (Schütt, Unke & Gastegger, ICML 2021): one functional forward for k members with stacked weights.
 
-The second model family of the member-axis core (issue 27, first step): the same :class:`~schnet_model.data.graph.Graph`
-input as SchNet's core (one input shared by k members, or one per member), parameters keyed by name with a leading
-member axis, energies assembled in float64 with the per-element offsets (:func:`schnet_model.nn.core.energies`),
-forces ``−∂E/∂R`` by autograd through the positions.
+The second model family of the member-axis core: the same :class:`~schnet_model.data.graph.Graph` input as SchNet's
+core (one input shared by k members, or one per member), parameters keyed by name with a leading member axis,
+energies assembled in float64 with the per-element offsets (:func:`schnet_model.nn.core.energies`), forces
+``−∂E/∂R`` from the explicit backward of :mod:`schnet_model.nn.painn_blocks` (compiled on CPU when asked), or by
+autograd through the positions (``forces_by="autograd"``, or ``R`` requiring grad: second derivatives).
 
 The numerics are schnetpack 2.1.1's ``PaiNN`` + ``Atomwise`` (sum), name for name (without ``representation.``;
-the output MLP is ``output.``): scalar features ``q`` [k, n_atoms, 1, F] and vector features ``mu``
+the output MLP is ``output.``): scalar features ``q`` [k, n_atoms, F] and vector features ``mu``
 [k, n_atoms, 3, F]; a radial basis ``sin(nπ r / r_c) / r`` (n = 1 … n_rbf) times a cosine cutoff; per block an
 interaction (messages from neighbours j to i, both directions of every pair) and a mixing (gated equivariant
 update). ``benchmarks/painn_reference.py`` records schnetpack's energies and forces for given weights;
@@ -21,11 +22,13 @@ import torch
 import torch.nn.functional as fn
 from torch import nn
 
-from schnet_model.config import PaiNNConfig
+from schnet_model.config import COMPILE_AFTER, PaiNNConfig
 from schnet_model.data.batch import Batch
 from schnet_model.data.graph import Graph
-from schnet_model.nn.core import Params, energies
+from schnet_model.nn.compiled import compile_now
+from schnet_model.nn.core import ForcePath, Params, energies
 from schnet_model.nn.offsets import EnergyOffsets
+from schnet_model.nn.painn_blocks import painn_blocks
 from schnet_model.nn.pairs import unordered_pairs
 from schnet_model.nn.radial import cosine_cutoff
 from schnet_model.nn.schnet import Prediction
@@ -69,16 +72,25 @@ def init_painn(cfg: PaiNNConfig, k: int = 1, seed: int = 0, dtype: torch.dtype =
     return p
 
 
-def _dense(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """Member-wise linear layer: x [k, ..., in], w [k, out, in], b [k, out] → [k, ..., out]."""
-    k = x.shape[0]
-    y = torch.matmul(x.reshape(k, -1, x.shape[-1]), w.transpose(1, 2)).reshape(*x.shape[:-1], w.shape[1])
-    if b is not None:
-        y = y + b.reshape(k, *([1] * (x.dim() - 2)), -1)
-    return y
+def _geometry(g: Graph, k: int, dtype: torch.dtype, cfg: PaiNNConfig, R: torch.Tensor
+              ) -> tuple[torch.Tensor, ...]:
+    """Per pair (expanded to k members): φ, φ', f_cut, f_cut' [k, P(, n_rbf)], unit vectors [k, P, 3] and 1/d."""
+    pi, pj = (t.expand(R.shape[0], -1)[..., None].expand(-1, -1, 3) for t in (g.pi, g.pj))
+    r_ij = torch.gather(R, 1, pj) - torch.gather(R, 1, pi)  # [kz, P, 3] Å, from i to j
+    d = torch.linalg.vector_norm(r_ij, dim=-1)  # [kz, P]
+    inv_d = 1.0 / torch.where(d == 0, torch.ones_like(d), d)
+    # the sines in float64: torch 2.13's first float32 sin of a process on two threads can be off by 1e-4
+    freqs = torch.arange(1, cfg.n_rbf + 1, dtype=torch.float64, device=d.device) * (math.pi / cfg.cutoff)
+    arg = d.to(torch.float64)[..., None] * freqs  # [kz, P, n_rbf]
+    phi = (torch.sin(arg) * inv_d[..., None]).to(dtype)
+    dphi = ((freqs * torch.cos(arg)).to(dtype) - phi) * inv_d[..., None]
+    fc, dfc = cosine_cutoff(d, cfg.cutoff)
+    out = (phi, dphi, fc, dfc, r_ij * inv_d[..., None], inv_d)
+    return tuple(t.expand(k, *t.shape[1:]) for t in out)
 
 
-def painn_energies_forces(p: Params, cfg: PaiNNConfig, g: Graph, forces: bool = True, create_graph: bool = False
+def painn_energies_forces(p: Params, cfg: PaiNNConfig, g: Graph, forces: bool = True, create_graph: bool = False,
+                          forces_by: ForcePath = "explicit", compiled: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Energies [k, n_mols] float64 and forces ``−∂E/∂R`` [k, n_atoms, 3] (or None) of k PaiNN members.
 
@@ -87,68 +99,51 @@ def painn_energies_forces(p: Params, cfg: PaiNNConfig, g: Graph, forces: bool = 
         cfg: the members' architecture.
         g: the input, shared (leading axis 1) or per member (leading axis k); unordered pairs are used in both
             directions, directed ones as they are.
-        forces: compute forces (autograd through the positions).
-        create_graph: keep the graph through the forces (training on forces).
+        forces: compute forces.
+        create_graph: keep an autograd graph to the parameters through the forces (training on forces).
+        forces_by: ``"explicit"`` backward (:mod:`schnet_model.nn.painn_blocks`), or ``"autograd"`` through the
+            positions (also taken when ``g.R`` requires grad), which allows second derivatives.
+        compiled: run the blocks compiled by ``torch.compile`` (CPU).
     """
     k = p["embedding.weight"].shape[0]
     dtype = p["embedding.weight"].dtype
-    F, T = cfg.n_atom_basis, cfg.n_interactions
-    with torch.set_grad_enabled(forces or torch.is_grad_enabled()):
-        R = g.R if g.R.requires_grad or not forces else g.R.detach().requires_grad_(True)
+    by_autograd = forces and (forces_by == "autograd" or g.R.requires_grad)
+    track = torch.is_grad_enabled() and (create_graph or not forces or by_autograd)
+    with torch.set_grad_enabled(track):
+        R = g.R if g.R.requires_grad or not by_autograd else g.R.detach().requires_grad_(True)
         Rk = R.to(dtype)
-        Z, mol, pi, pj = g.Z, g.mol, g.pi, g.pj
-        if Rk.shape[0] != k:  # a shared input: one (differentiable) copy per member
-            Rk, Z, mol, pi, pj = (t.expand(k, *t.shape[1:]) for t in (Rk, Z, mol, pi, pj))
-        n = Z.shape[1]
-        r_ij = (torch.gather(Rk, 1, pj[..., None].expand(-1, -1, 3))
-                - torch.gather(Rk, 1, pi[..., None].expand(-1, -1, 3)))  # [k, P, 3] Å, from i to j
-        d = torch.linalg.vector_norm(r_ij, dim=-1)  # [k, P]
-        dir_ij = r_ij / d[..., None]
-        freqs = torch.arange(1, cfg.n_rbf + 1, dtype=dtype, device=d.device) * (math.pi / cfg.cutoff)
-        norm = torch.where(d == 0, torch.ones_like(d), d)
-        phi = torch.sin(d[..., None] * freqs) / norm[..., None]  # [k, P, n_rbf]
-        fcut, _ = cosine_cutoff(d, cfg.cutoff)
-        filters = _dense(phi, p["filter_net.weight"], p["filter_net.bias"]) * fcut[..., None]  # [k, P, (T·)3F]
-        if not g.directed:  # messages flow both ways along every pair: its filter once, its direction reversed
+        if by_autograd and Rk.shape[0] != k:  # a shared input: one (differentiable) copy per member
+            Rk = Rk.expand(k, -1, -1)
+        with torch.set_grad_enabled(by_autograd or (track and g.R.requires_grad)):
+            phi, dphi, fc, dfc, u, inv_d = _geometry(g, k, dtype, cfg, Rk)
+        Z, pi, pj = (t.expand(k, *t.shape[1:]) for t in (g.Z, g.pi, g.pj))
+        if not g.directed:  # messages flow both ways along every pair (its filter computed once)
             pi, pj = torch.cat([pi, pj], dim=1), torch.cat([pj, pi], dim=1)
-            filters, dir_ij = torch.cat([filters, filters], dim=1), torch.cat([dir_ij, -dir_ij], dim=1)
+        n = Z.shape[1]
         off = (torch.arange(k, device=Z.device) * n)[:, None]
-        gi, gj = (pi + off).reshape(-1), (pj + off).reshape(-1)  # [k·P] rows of the member-flattened atoms
-        flist = [filters] * T if cfg.shared_filters else list(torch.split(filters, 3 * F, dim=-1))
+        gi, gj = (pi + off).reshape(-1), (pj + off).reshape(-1)  # [k·D] rows of the member-flattened atoms
         w = p["embedding.weight"]  # [k, max_z, F]
-        q = fn.embedding(Z + (torch.arange(k, device=Z.device) * w.shape[1])[:, None],
-                         w.reshape(-1, F))[:, :, None, :]  # [k, n, 1, F]
-        mu = torch.zeros((k, n, 3, F), dtype=dtype, device=q.device)
-        P = pi.shape[1]
-        for t in range(T):
-            b = 0 if cfg.shared_interactions else t
-            # interaction: messages from the neighbours' scalar and vector features
-            ic = f"interactions.{b}.interatomic_context_net."
-            x = _dense(fn.silu(_dense(q, p[ic + "0.weight"], p[ic + "0.bias"])), p[ic + "1.weight"], p[ic + "1.bias"])
-            xj = x.reshape(k * n, 1, 3 * F)[gj].reshape(k, P, 1, 3 * F)
-            dq, dmu_r, dmu_mu = torch.split(flist[t][:, :, None, :] * xj, F, dim=-1)  # [k, P, 1, F] each
-            muj = mu.reshape(k * n, 3, F)[gj].reshape(k, P, 3, F)
-            dmu = dmu_r * dir_ij[..., None] + dmu_mu * muj  # [k, P, 3, F]
-            q = q + torch.zeros_like(q).reshape(k * n, 1, F).index_add(0, gi, dq.reshape(k * P, 1, F)).reshape(q.shape)
-            mu = mu + torch.zeros_like(mu).reshape(k * n, 3, F).index_add(0, gi, dmu.reshape(k * P, 3, F)).reshape(
-                mu.shape)
-            # mixing: the gated equivariant update within each atom
-            m = f"mixing.{b}."
-            mu_v, mu_w = torch.split(_dense(mu, p[m + "mu_channel_mix.weight"]), F, dim=-1)  # [k, n, 3, F] each
-            mu_vn = torch.sqrt(torch.sum(mu_v**2, dim=-2, keepdim=True) + cfg.epsilon)  # [k, n, 1, F]
-            cn = m + "intraatomic_context_net."
-            x = _dense(fn.silu(_dense(torch.cat([q, mu_vn], dim=-1), p[cn + "0.weight"], p[cn + "0.bias"])),
-                       p[cn + "1.weight"], p[cn + "1.bias"])
-            dq_intra, dmu_intra, dqmu_intra = torch.split(x, F, dim=-1)
-            q = q + dq_intra + dqmu_intra * torch.sum(mu_v * mu_w, dim=-2, keepdim=True)
-            mu = mu + dmu_intra * mu_w
-        h = fn.silu(_dense(q[:, :, 0, :], p["output.0.weight"], p["output.0.bias"]))
-        y = _dense(h, p["output.1.weight"], p["output.1.bias"])[..., 0]  # [k, n] per-atom energies
-        E = energies(p, y, Graph(Z, Rk, mol, g.n_mols, pi, pj, True))
+        q = fn.embedding(Z + (torch.arange(k, device=Z.device) * w.shape[1])[:, None], w.reshape(-1, w.shape[2]))
+        blocks = [tuple(p[f"interactions.{b}.interatomic_context_net.{x}"] for x in ("0.weight", "0.bias", "1.weight",
+                                                                                     "1.bias"))
+                  + tuple(p[f"mixing.{b}.{x}"] for x in ("intraatomic_context_net.0.weight",
+                                                         "intraatomic_context_net.0.bias",
+                                                         "intraatomic_context_net.1.weight",
+                                                         "intraatomic_context_net.1.bias", "mu_channel_mix.weight"))
+                  for b in range(1 if cfg.shared_interactions else cfg.n_interactions)]
+        head = tuple(p[f"output.{x}"] for x in ("0.weight", "0.bias", "1.weight", "1.bias"))
+        y, f = painn_blocks(compiled, q, phi, dphi, fc, dfc, u, inv_d, gi, gj, p["filter_net.weight"],
+                            p["filter_net.bias"], blocks, head, p["offsets.scale"], cfg.n_interactions,
+                            forces and not by_autograd, not g.directed, cfg.epsilon)
+        E = energies(p, y, Graph(Z, Rk, g.mol.expand(k, -1), g.n_mols, pi, pj, True))
         if not forces:
             return E, None
-        (grad,) = torch.autograd.grad(E.sum(), Rk, create_graph=create_graph)
-    return (E if create_graph else E.detach()), -grad
+        if by_autograd:
+            (grad,) = torch.autograd.grad(E.sum(), Rk, create_graph=create_graph)
+            f = -grad
+    if not create_graph:
+        E, f = E.detach(), f.detach()
+    return E, f
 
 
 class _Interaction(nn.Module):
@@ -184,6 +179,8 @@ class PaiNN(nn.Module):
         hidden = config.n_output_hidden or max(1, F // 2)
         self.output = nn.Sequential(nn.Linear(F, hidden), nn.Linear(hidden, 1))
         self.offsets = EnergyOffsets(config.max_z)
+        self._fast_calls = 0  # explicit-path calls so far
+        self.compile_after: int | None = COMPILE_AFTER  # CPU kernels compiled after this many calls (None: never)
 
     def stacked(self) -> Params:
         """The parameters and energy offsets as :data:`Params` with k = 1 (views, gradients flow)."""
@@ -192,11 +189,16 @@ class PaiNN(nn.Module):
 
     def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> Prediction:
         """Energies (and forces) of a batch (positions in Å). A symmetric pair list is halved to unordered pairs
-        (each pair's filter computed once)."""
+        (each pair's filter computed once); forces come from the explicit backward, compiled on CPU after
+        ``compile_after`` calls, or by autograd when the positions require grad."""
         pi, pj, n_dir = unordered_pairs(batch.idx_i, batch.idx_j, batch.R.shape[0])
         graph = Graph(batch.Z[None], batch.R[None], batch.mol[None], batch.n_mols, pi[None], pj[None],
                       directed=n_dir != 2)
-        E, F = painn_energies_forces(self.stacked(), self.config, graph, forces, create_graph)
+        compiled = False
+        if not batch.R.requires_grad:
+            compiled = compile_now(self._fast_calls, self.compile_after, batch.R.device, "PaiNN")
+            self._fast_calls += 1
+        E, F = painn_energies_forces(self.stacked(), self.config, graph, forces, create_graph, compiled=compiled)
         return Prediction(energy=E[0], forces=None if F is None else F[0].to(batch.R.dtype))
 
     def n_parameters(self) -> int:

@@ -171,7 +171,7 @@ class StackedTrainer:
         why = ("molecule sizes differ" if not self.static else self._graph_error or "CUDA graphs off"
                if self.device.type == "cuda" else "not CUDA")
         cpu = ""
-        if self.device.type == "cpu" and self.model_cfg.family == "schnet":  # PaiNN has no compiled kernels
+        if self.device.type == "cpu":
             cpu = ("; CPU kernels eager (training.compile_after: null)" if self.compile_after is None else
                    f"; CPU kernels compiled by torch.compile from step {self.compile_after} (training.compile_after)")
         return f"{where}: eager ({why}){cpu}"
