@@ -83,8 +83,11 @@ def _blocks(
         Wd = (torch.cat([W, W], dim=1) if both else W).reshape(k * D, 3 * F)  # [k·D, 3F]
         xj = x[gj]  # [k·D, 3F]
         a, b, c = torch.split(Wd * xj, F, dim=-1)  # [k·D, F] each
-        muj = mu.reshape(k * n, 3, F)[gj]  # [k·D, 3, F]
-        dmu = b[:, None, :] * ud + c[:, None, :] * muj  # [k·D, 3, F]
+        if t:
+            muj = mu.reshape(k * n, 3, F)[gj]  # [k·D, 3, F]
+            dmu = b[:, None, :] * ud + c[:, None, :] * muj  # [k·D, 3, F]
+        else:  # no vector features yet: μ = 0 before the first block
+            muj, dmu = None, b[:, None, :] * ud
         q = q + _scatter(k * n, gi, a).view(k, n, F)
         mu = mu + _scatter(k * n, gi, dmu).view(k, n, 3, F)
         # mixing: the gated equivariant update within each atom
@@ -121,8 +124,8 @@ def _blocks(
         # interaction, in reverse
         g_dmu = gmu.reshape(k * n, 3, F)[gi]  # [k·D, 3, F]
         g_u = g_u + torch.sum(g_dmu * b[:, None, :], dim=-1)
-        g_s = torch.cat([gq.reshape(k * n, F)[gi], torch.sum(g_dmu * ud, dim=1), torch.sum(g_dmu * muj, dim=1)],
-                        dim=-1)  # [k·D, 3F] ∂E/∂(W ∘ x_j)
+        g_c = torch.sum(g_dmu * muj, dim=1) if muj is not None else g_dmu.new_zeros((k * D, F))
+        g_s = torch.cat([gq.reshape(k * n, F)[gi], torch.sum(g_dmu * ud, dim=1), g_c], dim=-1)  # [k·D, 3F]
         gW = (g_s * xj).view(k, D, 3 * F)
         g_filters.append(gW[:, :P] + gW[:, P:] if both else gW)
         if t:  # ∂E/∂(q, μ) before block t (the embedding's is not needed)
