@@ -5,7 +5,8 @@ fast-path calls it runs compiled (inductor fuses gathers, products and scatter-a
 no ``[n_pairs, F]`` temporaries, one graph instead of many small operations); before that, if
 compilation is unavailable or fails, or when the policy says never (``training.compile_after: null``), the same
 function runs eagerly.
-Used by :mod:`schnet_model.nn.atomwise` (the atom-wise network and forces) and
+Used by :mod:`schnet_model.nn.atomwise` (the atom-wise network and forces), :mod:`schnet_model.nn.painn_blocks`
+(PaiNN's blocks and forces) and
 :mod:`schnet_model.nn.filters` (the filter activations).
 """
 
@@ -96,6 +97,6 @@ class Kernel:
                 return self.compiled(*args)
             except COMPILE_ERRORS as e:  # no compiler, unsupported platform, ...: same math, eagerly
                 self.failed = True
-                warnings.warn(f"SchNet: torch.compile of {self.fn.__name__} failed ({type(e).__name__}: "
+                warnings.warn(f"torch.compile of {self.fn.__module__}.{self.fn.__name__} failed ({type(e).__name__}: "
                               f"{str(e)[:200]}); using the eager kernel", stacklevel=2)
         return self.fn(*args)

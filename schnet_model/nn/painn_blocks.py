@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as fn
 
-from schnet_model.nn.atomwise import bmm, linear
+from schnet_model.nn.batched import bmm, linear
 from schnet_model.nn.compiled import Kernel
 
 # per block: interatomic context net W1 [k, F, F], b1, W2 [k, 3F, F], b2 [k, 3F]; intra-atomic context net
