@@ -104,7 +104,7 @@ def test_stacked_painn_members_end_with_the_weights_of_members_trained_alone():
     cfg = PaiNNConfig(**SMALL)
     ms = members((5, 9), **{"scheduler": "plateau", "plateau_patience": 1, "grad_clip": 0.5})
     st = StackedTrainer(cfg, ms, dtype=torch.float64)
-    assert "PaiNN, forces by autograd" in st.mode
+    assert "PaiNN, forces explicit" in st.mode
     stacked = [st.run_epoch() for _ in range(3)]
     for m, member in enumerate(ms):
         torch.manual_seed(member.config.seed)
@@ -186,7 +186,7 @@ def test_a_family_search_trains_both_families_and_the_ensemble_of_the_best_names
     run = sweep("run", str(spec), "--name", "fam", cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = " ".join(run.stdout.split())
-    assert "PaiNN, forces by autograd" in out and "windowed filters, forces explicit" in out
+    assert "PaiNN, forces explicit" in out and "windowed filters, forces explicit" in out
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
