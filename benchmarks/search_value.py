@@ -12,6 +12,8 @@ For each dataset and seed, two real ``sweep run`` invocations with the same ``se
 (c) **painn** (``--methods painn``) — PaiNN's paper configuration (Schütt, Unke & Gastegger 2021, MD17: 128
     features, 3 blocks, 20 radial functions, 5 Å cutoff, lr 5e-4, batch 10, decay on plateau; ρ 0.01 as SchNet's),
     k folds, one trial, the same budget: the second model family against SchNet's paper configuration.
+    ``--methods painn_budget``: the same with the exponential decay that a budget ends (and cools down), as the
+    PaiNN starting point of ``search_spaces/rmd17_families.yaml``.
 
 All report the fold-mean (ensemble) force and energy MAE of their best trial on the same held-out test file. Each
 row also keeps the plan as printed, the rungs' planned and measured seconds, the cost model's error on the screened
@@ -54,7 +56,9 @@ ASPIRIN_SMILES = "CC(=O)OC1=CC=CC=C1C(=O)O"
 UNITS = {"ethanol": "kcal/mol", "acac": "eV", "aspirin": "kcal/mol"}
 PAPER_TRAINING = {"lr": 1.0e-3, "batch_size": 32, "scheduler": "exponential", "rho": 0.01}
 PAINN_TRAINING = {"lr": 5.0e-4, "batch_size": 10, "scheduler": "plateau", "plateau_patience": 10, "rho": 0.01}
-METHODS = ("paper", "sweep", "painn")
+PAINN_BUDGET_TRAINING = {**PAINN_TRAINING, "scheduler": "exponential"}  # decays to the budget's horizon, cooled down
+TRAININGS = {"paper": PAPER_TRAINING, "painn": PAINN_TRAINING, "painn_budget": PAINN_BUDGET_TRAINING}
+METHODS = ("paper", "sweep", "painn", "painn_budget")
 
 
 def sweep_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -116,8 +120,8 @@ def spec(data: dict, method: str, budget: float, seed: int) -> dict:
     body["cv"] = {**body["cv"], "seed": seed}
     body["training"] = {**body["training"], "seed": seed}
     body["search"] = {**body["search"], "seed": seed, "time_budget": budget}
-    if method in ("paper", "painn"):
-        paper = PAPER_TRAINING if method == "paper" else PAINN_TRAINING
+    if method in TRAININGS:
+        paper = TRAININGS[method]
         body["model"] = {} if method == "paper" else {"family": "painn"}
         body["training"] = {k: v for k, v in body["training"].items() if not isinstance(v, dict)} | paper
         body["training"]["lr"] = {"choice": [paper["lr"]]}  # one configuration: the paper's
