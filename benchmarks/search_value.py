@@ -14,6 +14,8 @@ For each dataset and seed, two real ``sweep run`` invocations with the same ``se
     k folds, one trial, the same budget: the second model family against SchNet's paper configuration.
     ``--methods painn_budget``: the same with the exponential decay that a budget ends (and cools down), as the
     PaiNN starting point of ``search_spaces/rmd17_families.yaml``.
+(d) **families** (``--methods families``) — as (b) on ``search_spaces/rmd17_families.yaml``: the search over both
+    model families (SchNet and PaiNN, each with its own keys), to see which family the budget picks.
 
 All report the fold-mean (ensemble) force and energy MAE of their best trial on the same held-out test file. Each
 row also keeps the plan as printed, the rungs' planned and measured seconds, the cost model's error on the screened
@@ -58,7 +60,8 @@ PAPER_TRAINING = {"lr": 1.0e-3, "batch_size": 32, "scheduler": "exponential", "r
 PAINN_TRAINING = {"lr": 5.0e-4, "batch_size": 10, "scheduler": "plateau", "plateau_patience": 10, "rho": 0.01}
 PAINN_BUDGET_TRAINING = {**PAINN_TRAINING, "scheduler": "exponential"}  # decays to the budget's horizon, cooled down
 TRAININGS = {"paper": PAPER_TRAINING, "painn": PAINN_TRAINING, "painn_budget": PAINN_BUDGET_TRAINING}
-METHODS = ("paper", "sweep", "painn", "painn_budget")
+METHODS = ("paper", "sweep", "painn", "painn_budget", "families")
+SPACES = {"families": "rmd17_families.yaml"}  # the search space of each searching method (default rmd17.yaml)
 
 
 def sweep_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -114,7 +117,7 @@ def dataset(name: str) -> dict:
 def spec(data: dict, method: str, budget: float, seed: int) -> dict:
     """The ``sweep run`` spec of one run: the shipped rmd17.yaml with the user's files (paper: its one
     configuration)."""
-    body = yaml.safe_load((ROOT / "search_spaces" / "rmd17.yaml").read_text())
+    body = yaml.safe_load((ROOT / "search_spaces" / SPACES.get(method, "rmd17.yaml")).read_text())
     body.update(name=f"sv_{method}", dataset={**data, "split_seed": 0}, tracking={"uri": "sqlite:///mlflow.db"},
                 storage="sweeps")
     body["cv"] = {**body["cv"], "seed": seed}
@@ -168,7 +171,10 @@ def run_one(name: str, data: dict, method: str, budget: float, seed: int) -> dic
                    rungs=meta.get("rungs"), screened_costs=meta.get("screened_costs"),
                    cost_model_median_error=m.get("cost_model_median_error"),
                    uncertainty={k.removeprefix("ensemble_test_"): v for k, v in m.items()
-                                if k.startswith("ensemble_test_") and k.endswith("_calibrated")})
+                                if k.startswith("ensemble_test_") and k.endswith("_calibrated")},
+                   trials=[{"params": dict(t.data.params), "status": t.data.tags.get("sweep.status"),
+                            "metrics": {k: v for k, v in t.data.metrics.items() if "forces" in k or "epoch" in k}}
+                           for t in trials])
         return row
 
 
