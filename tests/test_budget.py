@@ -51,7 +51,10 @@ def test_a_costly_space_is_screened_at_equal_compute_within_its_share_and_the_sw
     (a costly one for fewer epochs), none starts past the rung's last start, the cost model's estimate sits beside
     each measured epoch, and the sweep ends within its budget + 60 s with a best trial that becomes an ensemble."""
     budget = 60.0
-    p = costly_space(tmp_path, budget, patience=3)  # past screening's few epochs; the final rung trains on regardless
+    second = {"model.n_interactions": 2, "model.n_filters": 64, "model.n_atom_basis": 8, "training.batch_size": 20,
+              "training.lr": 2.0e-3}  # every start point is screened, not only the first (the paper configuration)
+    # patience: past screening's few epochs; the final rung trains on regardless
+    p = costly_space(tmp_path, budget, patience=3, initial_points=[PAPER, second])
     t0 = time.time()
     r = sweep("run", str(p), cwd=tmp_path, timeout=400)
     wall = time.time() - t0
@@ -69,6 +72,8 @@ def test_a_costly_space_is_screened_at_equal_compute_within_its_share_and_the_sw
     trials = {t["tags"]["sweep.trial_id"]: t for t in all_runs if t["tags"].get("sweep.role") == "trial"}
     screened = [t for t in trials.values() if t["tags"]["sweep.status"] == "screened"]
     assert len(screened) >= 3 and len(costs) == len(screened)
+    for point in (PAPER, second):
+        assert any(all(float(t["params"][key]) == value for key, value in point.items()) for t in screened), point
     for row in costs:  # equal compute: each trained its allotment, to the nearest epoch
         assert (abs(row["epochs"] * row["measured_epoch_s"] - plan["screen_each"])
                 <= max(1.0, row["measured_epoch_s"])), row

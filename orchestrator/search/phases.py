@@ -208,7 +208,7 @@ def run_planned(runner: PhaseRunner, plan: BudgetPlan | None, state: SweepState,
         clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds,
                            train_allotment=plan.screen_each, horizon=plan.horizon)
         phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, spec.max_epochs(), asha=False,
-                      points=[paper] if paper else None, clock=clock,
+                      points=spec.initial_points() or None, clock=clock,  # every start point is screened
                       tune_budget=max(1.0, screen_end - time.time()) + FINALISE_GRACE,
                       screen=True, optuna_seed=spec.search.seed, last_start=start + plan.last_start)
         t_screen = time.time()
