@@ -53,6 +53,25 @@ def test_a_key_of_the_other_family_or_a_bad_value_is_a_one_line_error_naming_it(
         assert error in str(e.value)
 
 
+@pytest.mark.parametrize(("point", "error"), [
+    ({"model.family": "painn", "model.n_filters": 64},
+     "search.initial_points[0].model.n_filters: a schnet key; model.family is painn"),
+    ({"model.family": "schnet", "model.n_rbf": 20},
+     "search.initial_points[0].model.n_rbf: a painn key; model.family is schnet"),
+    ({"training.lrr": 1.0e-3}, "search.initial_points[0].training.lrr: unknown key"),
+    ({"modle.n_rbf": 20}, "search.initial_points[0].modle.n_rbf: unknown key"),
+])
+def test_a_start_point_with_a_key_of_the_other_family_or_an_unknown_key_is_a_one_line_error(tmp_path, point, error):
+    """A start point's misspelt or other-family key was dropped silently: the trial ran something else."""
+    path = write_sweep_spec(tmp_path / "s.yaml", {
+        "name": "t", "model": {"family": {"choice": ["schnet", "painn"]}, "n_filters": {"choice": [32, 64]},
+                               "n_rbf": {"int": [10, 30]}},
+        "search": {"initial_points": [point]}})
+    with pytest.raises(SpecError) as e:
+        load_sweep_spec(path)
+    assert error in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_family_search_conditions_each_familys_keys_on_it_and_starts_from_the_schnet_paper_point(tmp_path):
     spec = load_sweep_spec(_spec(tmp_path, {
         "family": {"choice": ["schnet", "painn"]}, "n_atom_basis": {"choice": [64, 128]},

@@ -220,9 +220,28 @@ class SweepSpec(StrictModel):
             raise ValueError("; ".join(errors))
         for section in ("model", "training"):
             errors += self._check_section(section)
+        errors += self._check_points()
         if errors:
             raise ValueError("; ".join(errors))
         return self
+
+    def _check_points(self) -> list[str]:
+        """One-line errors of ``search.initial_points``: every key a model or training key, and a model key one of
+        the point's family (a misspelt key was dropped silently before)."""
+        errors: list[str] = []
+        fixed_family = None if is_distribution(self.model.get("family", "schnet")) else self.families()[0]
+        for n, point in enumerate(self.search.initial_points):
+            family = point.get("model.family", fixed_family)
+            for key in point:
+                section, _, field = key.partition(".")
+                where = f"search.initial_points[{n}].{key}"
+                if section == "training" and field not in TrainingConfig.model_fields or section == "model" and not any(
+                        field in schema.model_fields for schema in FAMILIES.values()) or section not in ("model",
+                                                                                                   "training"):
+                    errors.append(f"{where}: unknown key (expected model.* or training.* keys)")
+                elif section == "model" and family in FAMILIES and field not in FAMILIES[family].model_fields:
+                    errors.append(f"{where}: {family_key_hint(field, family)}")
+        return errors
 
     def _check_family(self) -> list[str]:
         try:
