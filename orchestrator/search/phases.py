@@ -190,7 +190,8 @@ def run_planned(runner: PhaseRunner, plan: BudgetPlan | None, state: SweepState,
     t0 = time.time()
     screen_spec = (share_resources(unshared, node, "for screening, this machine's", console, k=1)
                    if unshared.resources.auto else spec)
-    paper = (spec.initial_points() or [{}])[0]
+    points = spec.initial_points()  # every start point is screened; the first is the paper configuration
+    paper = (points or [{}])[0]
     if plan is None:
         plan = _make_plan(runner, screen_spec, node, paper=paper, folds=folds, budget=budget - (time.time() - t0))
         state.plan, state.tune_experiments, state.plan_started = plan.as_dict(), [name], t0
@@ -208,7 +209,7 @@ def run_planned(runner: PhaseRunner, plan: BudgetPlan | None, state: SweepState,
         clock = TrialClock(deadline=screen_end, epoch_seconds=plan.screen.epoch_seconds,
                            train_allotment=plan.screen_each, horizon=plan.horizon)
         phase = Phase(name, screen_spec, folds[:1], plan.screen.configs, spec.max_epochs(), asha=False,
-                      points=spec.initial_points() or None, clock=clock,  # every start point is screened
+                      points=points or None, clock=clock,
                       tune_budget=max(1.0, screen_end - time.time()) + FINALISE_GRACE,
                       screen=True, optuna_seed=spec.search.seed, last_start=start + plan.last_start)
         t_screen = time.time()

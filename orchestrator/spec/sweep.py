@@ -230,14 +230,14 @@ class SweepSpec(StrictModel):
         the point's family (a misspelt key was dropped silently before)."""
         errors: list[str] = []
         fixed_family = None if is_distribution(self.model.get("family", "schnet")) else self.families()[0]
+        known = {"model": set().union(*(schema.model_fields for schema in FAMILIES.values())),
+                 "training": set(TrainingConfig.model_fields)}
         for n, point in enumerate(self.search.initial_points):
             family = point.get("model.family", fixed_family)
             for key in point:
                 section, _, field = key.partition(".")
                 where = f"search.initial_points[{n}].{key}"
-                if section == "training" and field not in TrainingConfig.model_fields or section == "model" and not any(
-                        field in schema.model_fields for schema in FAMILIES.values()) or section not in ("model",
-                                                                                                   "training"):
+                if field not in known.get(section, ()):
                     errors.append(f"{where}: unknown key (expected model.* or training.* keys)")
                 elif section == "model" and family in FAMILIES and field not in FAMILIES[family].model_fields:
                     errors.append(f"{where}: {family_key_hint(field, family)}")
