@@ -46,14 +46,15 @@ def train(
     """Train one SchNet with the spec's fixed hyperparameters and write a model directory."""
     from orchestrator.spec.load import SpecError
     from orchestrator.spec.sweep import load_sweep_spec
+
+    try:  # the spec first: a bad one is reported before torch is imported
+        sweep_spec = load_sweep_spec(spec, set_ or [])
+    except SpecError as e:
+        fail(str(e))
     from orchestrator.train import run_train
     from schnet_model.data.molecules import DataError
     from schnet_model.training.errors import NonFiniteLossError, NonFinitePrediction
 
-    try:
-        sweep_spec = load_sweep_spec(spec, set_ or [])
-    except SpecError as e:
-        fail(str(e))
     train_spec = sweep_spec.train_spec()
     if sweep_spec.space():
         console.print(f"the spec searches {', '.join(sweep_spec.space())}; training its first configuration "
@@ -100,16 +101,20 @@ def run(
     ] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune + Optuna; every trial trains k fold members; tracked in MLflow."""
-    from orchestrator.search.driver import SweepError, extend_sweep, resume_sweep, run_sweep, stop_on_sigterm
-    from orchestrator.search.outcome import baseline_line, results_table
     from orchestrator.spec.load import SpecError
     from orchestrator.spec.sweep import load_sweep_spec
+
+    try:  # the spec first: a bad one is reported before torch, Ray and MLflow are imported
+        sweep_spec = _with_slurm_budget(load_sweep_spec(spec, set_ or []))
+    except SpecError as e:
+        fail(str(e))
+    from orchestrator.search.driver import SweepError, extend_sweep, resume_sweep, run_sweep, stop_on_sigterm
+    from orchestrator.search.outcome import baseline_line, results_table
     from orchestrator.tracking.store import ui_link
     from schnet_model.data.molecules import DataError
 
     stop_on_sigterm()
     try:
-        sweep_spec = _with_slurm_budget(load_sweep_spec(spec, set_ or []))
         if more:
             outcome = extend_sweep(sweep_spec, more, name, address=address, console=console)
         elif resume:

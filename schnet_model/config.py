@@ -88,6 +88,7 @@ def family_of(value: Any) -> str:
 AnyModelConfig = Annotated[
     Annotated[ModelConfig, Tag("schnet")] | Annotated[PaiNNConfig, Tag("painn")], Discriminator(family_of)]
 """A ``model`` section of either family, told apart by ``family`` (absent: SchNet, as every spec before PaiNN)."""
+AnyConfig = ModelConfig | PaiNNConfig  # a validated architecture config of either family
 
 
 def unknown_family(*given: Any) -> str:

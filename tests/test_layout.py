@@ -68,6 +68,19 @@ def test_the_read_only_commands_start_without_ray():
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_bad_spec_is_reported_before_torch_ray_or_mlflow_is_imported(tmp_path, command):
+    """A misspelt key must not cost the seconds of importing torch, Ray and MLflow: the spec is validated first."""
+    (tmp_path / "s.yaml").write_text("name: x\ndataset: {path: d.npz}\ntraining: {lrr: 0.1}\n")
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom orchestrator.cli import app\n"
+            f"r = CliRunner().invoke(app, [{command!r}, 's.yaml'])\n"
+            "print(r.exit_code, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'mlflow'}))\n"
+            "print(r.output)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    first, *rest = r.stdout.splitlines()
+    assert first == "2 []", r.stdout + r.stderr
+    assert "training.lrr: unknown key" in " ".join(rest), r.stdout
+
 # The orchestrator's stages, in pipeline order, and which stages each may import (a stage always may import itself).
 # The top-level modules (cli, train, data_info) are commands and may import any stage.
 STAGE_IMPORTS = {

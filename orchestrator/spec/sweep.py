@@ -13,13 +13,13 @@ from orchestrator.spec.space import Distribution, is_distribution, split_section
 from orchestrator.spec.uri import SQLITE, resolve_uri, sqlite_path
 from schnet_model.config import (
     FAMILIES,
+    AnyConfig,
     DatasetConfig,
     StrictModel,
     TrainingConfig,
     family_key_hint,
     unknown_family,
 )
-from schnet_model.nn.family import AnyConfig
 
 
 class CVConfig(StrictModel):

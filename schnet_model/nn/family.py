@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from schnet_model.config import ModelConfig, PaiNNConfig
+from schnet_model.config import AnyConfig, PaiNNConfig
 from schnet_model.data.graph import Graph
 from schnet_model.nn import core
 from schnet_model.nn.core import OFFSET_KEYS, FilterPath, ForcePath, LayoutError, Params
@@ -20,7 +20,6 @@ from schnet_model.nn.painn import PaiNN, painn_energies_forces, painn_layout
 from schnet_model.nn.radial import rbf_centers
 from schnet_model.nn.schnet import SchNet
 
-AnyConfig = ModelConfig | PaiNNConfig
 AnyModel = SchNet | PaiNN
 NAMES = {"schnet": "SchNet", "painn": "PaiNN"}  # family → how a user reads it
 
