@@ -91,6 +91,15 @@ def test_a_costly_space_is_screened_at_equal_compute_within_its_share_and_the_sw
     assert sweep_run["metrics"]["final_measured_seconds"] > 0 and "cost_model_median_error" in sweep_run["metrics"]
     best = next(t for t in all_runs if t["id"] == sweep_run["tags"]["sweep.best_trial_run_id"])
     assert best["tags"]["sweep.status"] == "stopped by budget"  # not by early stopping: the final rung's time is used
+    # search.baseline: screen (the default): the paper configuration (the first start point) is screened like any
+    # other, and reported beside the best at the fidelity it reached (test_sweep's budget-plan test: baseline final)
+    tag = sweep_run["tags"]["sweep.baseline_trial_id"]
+    base = next(t for t in all_runs if t["tags"].get("sweep.role") == "trial"
+                and (t["id"] == tag or t["tags"].get("sweep.trial_id") == tag))
+    assert all(float(base["params"][key]) == value for key, value in PAPER.items()), base["params"]
+    fidelity = sweep_run["tags"]["sweep.baseline_fidelity"]
+    assert fidelity == ("screen" if base["tags"]["sweep.status"] == "screened" else "final"), fidelity
+    assert "paper configuration" in out.split("top trials")[-1] and (fidelity == "final" or "not promoted" in out)
     # the cosine decayed over what the budget gave the final rung, not over max_epochs (400): it ends near min_lr
     lr = float(best["params"]["training.lr"])
     folds = [x for x in all_runs if x["tags"].get("mlflow.parentRunId") == best["id"]]

@@ -302,7 +302,7 @@ def test_a_trial_the_time_budget_ends_keeps_its_best_fold_states_and_the_sweep_h
     assert s.returncode == 0 and "stopped by budget" in s.stdout
 
 
-@pytest.mark.parametrize("baseline", ["final", "screen"])
+@pytest.mark.parametrize("baseline", ["final"])  # screen (the default): test_budget.py's costly-space test
 def test_a_budget_plan_screens_on_one_fold_then_trains_the_best_configurations_with_all_folds(tmp_path, baseline):
     """search.plan: auto: the plan is printed from a measured epoch; screening trials train fold 0 alone; the final
     rung trains the best screened configurations (baseline: final — and the paper configuration) with all k folds;
