@@ -80,6 +80,14 @@ def generate(molecule: str, seed: int, out: Path, frames: int = 1000) -> Path:
     return out
 
 
+def shared_file(name: str, rel: str) -> Path:
+    """``../shared/data/<rel>``, or a one-line exit naming the dataset that needs it."""
+    src = SHARED / rel
+    if not src.exists():
+        raise SystemExit(f"error: {name}: {src} not found (../shared beside the checkout?)")
+    return src
+
+
 def dataset(name: str) -> dict:
     """The ``dataset`` section of a run on ``name`` (its files made first when missing)."""
     DATA.mkdir(exist_ok=True)
@@ -89,9 +97,7 @@ def dataset(name: str) -> dict:
     if name == "acac":
         import ase.io
 
-        src = SHARED / "botnet_acac" / "train_300K.xyz"
-        if not src.exists():
-            raise SystemExit(f"error: acac: {src} not found (../shared beside the checkout?)")
+        src = shared_file(name, "botnet_acac/train_300K.xyz")
         train, test = DATA / "acac_train400.xyz", DATA / "acac_test100.xyz"
         if not test.exists():
             frames = ase.io.read(src, ":")
@@ -99,9 +105,7 @@ def dataset(name: str) -> dict:
             ase.io.write(test, frames[-100:])
         return {"path": str(train), "test_path": str(test), "n_train": 320, "n_val": 80}
     if name == "sgdml":
-        src = SHARED / "sgdml" / "ethanol_ccsd_t-train.npz"
-        if not src.exists():
-            raise SystemExit(f"error: sgdml: {src} not found (../shared beside the checkout?)")
+        src = shared_file(name, "sgdml/ethanol_ccsd_t-train.npz")
         train, test = DATA / "sgdml_ethanol_train800.npz", DATA / "sgdml_ethanol_test200.npz"
         if not test.exists():
             with np.load(src) as d:  # frames are not time-ordered: the last 200 are a fair held-out set
