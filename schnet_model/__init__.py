@@ -8,7 +8,7 @@ well under a second.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -26,11 +26,7 @@ _WHERE = {  # public name → the module that defines it
     "evaluate": "schnet_model.training",
 }
 
-__all__ = [
-    "Batch", "DatasetConfig", "EnsembleCalculator", "ModelConfig", "ModelInfo", "ModelLoadError", "Molecules",
-    "NonFiniteLossError", "PaiNN", "PaiNNConfig", "Prediction", "SchNet", "SchNetEnsembleCalculator", "Trainer",
-    "TrainingConfig", "evaluate", "load_model", "read_dataset", "save_model", "shifted_softplus",
-]
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
@@ -44,12 +40,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted([*globals(), *_WHERE])
 
-
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from schnet_model.calculator import EnsembleCalculator, SchNetEnsembleCalculator
-    from schnet_model.config import DatasetConfig, ModelConfig, PaiNNConfig, TrainingConfig
-    from schnet_model.data import Batch, Molecules, read_dataset
-    from schnet_model.model_dir import ModelInfo, ModelLoadError, load_model, save_model
-    from schnet_model.nn import Prediction, SchNet, shifted_softplus
-    from schnet_model.nn.painn import PaiNN
-    from schnet_model.training import NonFiniteLossError, Trainer, evaluate
