@@ -26,6 +26,12 @@ set's labels are never used). Matching ``E[σ²] = E[(ȳ − y)²]`` for ``σ = 
 
 one scale per property (energies per molecule; force components pooled over atoms). It is a
 moment (RMS) calibration: the root-mean σ equals the expected RMSE of the ensemble mean.
+
+The scale has a floor of ``1/√k``. Write each member's error as a part shared by all members plus an
+independent part of variance ``E[std²]``: the ensemble mean keeps the shared part and ``1/k`` of the
+rest, so ``a² = (shared variance)/E[std²] + 1/k ≥ 1/k``. An estimate below it says the held-out inputs
+are not drawn like the pool (e.g. another trajectory, where the members disagree more than on the
+pool): their spread cannot be matched to the out-of-fold errors, and the fit reports ``floored``.
 :func:`fit_scale` is the pointwise maximum-likelihood scale, ``a² = mean(e²/std²)``, for when
 honest pairs (ensemble error, ensemble std) are available, e.g. a user's labelled file.
 """
@@ -89,27 +95,30 @@ def fit_scale(error: np.ndarray, std: np.ndarray) -> float:
 
 
 def fit_scale_oof(oof_member_error: np.ndarray, heldout_std: np.ndarray, k: int,
-                  min_scale: float = 0.05) -> tuple[float, dict[str, float]]:
+                  min_scale: float | None = None) -> tuple[float, dict[str, float]]:
     """Scale from out-of-fold member errors and ensemble stds on held-out inputs (see module docstring).
 
     Args:
         oof_member_error: [n_pool] (or [n_pool_atoms, 3]) errors of the member that did not train on each sample.
         heldout_std: [n_u] (or [n_u_atoms, 3]) ensemble stds (ddof=1) on inputs no member trained on.
         k: ensemble size.
-        min_scale: floor for the scale (the estimate can go ≤ 0 when the members are over-dispersed).
+        min_scale: floor for the scale; default ``1/√k``, the least the variance decomposition allows.
 
     Returns:
-        (scale, details) with ``mse_oof``, ``mean_var``, ``a2_raw`` and counts.
+        (scale, details) with ``mse_oof``, ``mean_var``, ``a2_raw``, ``floor``, ``floored`` (the raw estimate
+        fell below the floor) and counts.
     """
     if k < 2:
         raise ValueError(f"an ensemble std needs k ≥ 2 members, got {k}")
+    floor = 1.0 / math.sqrt(k) if min_scale is None else float(min_scale)
     mse = float(np.mean(np.square(np.asarray(oof_member_error, dtype=np.float64))))
     var = float(np.mean(np.square(np.asarray(heldout_std, dtype=np.float64))))
     if not (np.isfinite(mse) and np.isfinite(var)) or var <= 0:
-        return 1.0, {"mse_oof": mse, "mean_var": var, "a2_raw": float("nan"), "k": k}
+        return 1.0, {"mse_oof": mse, "mean_var": var, "a2_raw": float("nan"), "k": k, "floor": floor,
+                     "floored": False}
     a2 = mse / var - (k - 1) / k
-    return float(max(math.sqrt(max(a2, 0.0)), min_scale)), {
-        "mse_oof": mse, "mean_var": var, "a2_raw": a2, "k": k,
+    return float(max(math.sqrt(max(a2, 0.0)), floor)), {
+        "mse_oof": mse, "mean_var": var, "a2_raw": a2, "k": k, "floor": floor, "floored": bool(a2 < floor**2),
         "n_oof": int(np.size(oof_member_error)), "n_heldout": int(np.size(heldout_std))}
 
 

@@ -156,6 +156,45 @@ def test_oof_estimator_recovers_the_ensemble_error_scale(k, c):
     assert np.sqrt(np.mean(eps**2)) == pytest.approx(a * np.sqrt(np.mean(s**2)), rel=0.04)
 
 
+def test_oof_scale_is_floored_at_one_over_sqrt_k_when_the_heldout_inputs_are_not_drawn_like_the_pool():
+    """Test inputs from elsewhere (another trajectory) where the members disagree 3× more than on the pool: the
+    decomposition's a² goes below 1/k (the old floor, 0.05, turned a usable std into σ = 0.05·std on aspirin's
+    independent test run). The scale stops at 1/√k, the least that a shared + independent member error allows,
+    and the fit says it was floored; on inputs drawn like the pool it is not."""
+    from orchestrator.ensemble.calibrate import calibration_line, variance_inputs
+
+    k, c = 5, 0.3
+    rng = np.random.default_rng(7)
+
+    def draw(n, spread=1.0):
+        tau = spread * rng.lognormal(0.0, 0.5, n)
+        return rng.normal(0.0, c * tau) + rng.normal(0.0, tau[None], (k, n))  # [k, n] member errors
+
+    pool = draw(40_000)
+    oof = pool[rng.integers(0, k, pool.shape[1]), np.arange(pool.shape[1])]
+    a, d = fit_scale_oof(oof, draw(40_000).std(0, ddof=STD_DDOF), k)
+    assert not d["floored"] and a == pytest.approx(np.sqrt(c**2 + 1 / k), rel=0.05)
+    a, d = fit_scale_oof(oof, draw(40_000, spread=3.0).std(0, ddof=STD_DDOF), k)
+    assert d["a2_raw"] < 0 and d["floored"] and a == pytest.approx(1 / np.sqrt(k)) and d["floor"] == a
+    assert fit_scale_oof(oof, draw(10, spread=3.0).std(0, ddof=STD_DDOF), k, min_scale=0.05)[0] == 0.05
+
+    # a single dataset.test_path is named "test" too: only the set held out of the dataset counts as pool-like
+    tests = {"test": np.arange(5, 8), "hot": np.arange(8, 10)}
+    assert variance_inputs(tests, "test")[0] == "test" and variance_inputs(tests, "test")[2]
+    src, idx, pool_like = variance_inputs(tests, None)
+    assert src == "test + hot" and idx.tolist() == [5, 6, 7, 8, 9] and not pool_like
+    details = {"n_pool": 800, "variance_inputs": "test", "n_test": 1000, "variance_inputs_pool_like": False,
+               "energy": {"a2_raw": -0.2, "floor": 1 / np.sqrt(5), "floored": True},
+               "forces": {"a2_raw": 0.67, "floor": 1 / np.sqrt(5), "floored": False}}
+    line = calibration_line(Calibration(1 / np.sqrt(5), 0.819, "oof-variance-decomposition", details))
+    assert "ensemble variance on the inputs of test (1,000 molecules of test files, not drawn from dataset.path" in line
+    assert ("; energy: a² = -0.2 < 1/k (the members disagree more on those inputs than on the pool: they are not "
+            "drawn like it; dataset.n_test holds out inputs that are), so the scale is floored at 1/√k = 0.447") in line
+    details |= {"variance_inputs_pool_like": True, "energy": {**details["energy"], "floored": False}}
+    line = calibration_line(Calibration(0.9, 0.819, "oof-variance-decomposition", details))
+    assert "(1,000 molecules held out of the dataset; their labels unused)" in line and "floored" not in line
+
+
 def test_rank_metrics_against_definitions():
     assert np.array_equal(rankdata(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
     x = np.random.default_rng(1).normal(size=500)

@@ -160,13 +160,14 @@ def assemble(client, uri: str, sweep_run, *, trial_run, console: Console,
         if data.energy_unit != ens.energy_unit:
             raise EnsembleCommandError(f"dataset in {data.energy_unit} but the members were trained in "
                                        f"{ens.energy_unit}")
+        held_out = "test" if len(manifest.test) else None  # the set held out of the dataset, drawn like the pool
         cal, props, _ = fit_calibration(ens, data, manifest.fold_pairs(), tests=manifest.test_sets(),
-                                        max_molecules=max_calibration,
+                                        held_out=held_out, max_molecules=max_calibration,
                                         stored=stored_predictions(client, trial_run.info.run_id, tmp))
         ens.calibration = cal
         reports = {name: build_report(pr, cal) for name, pr in props.items()}
         for name, report in reports.items():
-            what = "held-out test set" if name == "test" else f"test file {name}"
+            what = "held-out test set" if name == held_out else f"test file {name}"
             console.print(report_table(report, cal, f"{sweep_name} trial {trial_id}: {what} "
                                                     f"({len(manifest.test_sets()[name]):,} molecules), "
                                                     f"{ens.k}-member ensemble"))

@@ -16,14 +16,18 @@ from schnet_model.data.molecules import Molecules
 from schnet_model.ensemble import STD_DDOF, Ensemble
 
 MAX_CALIBRATION_MOLECULES = 20_000  # test molecules used for E[std²] and the report (random subset beyond)
-def variance_inputs(tests: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
-    """Which held-out inputs give the ensemble variance E[std²]: the set held out of the dataset (``test``: the
-    pool's distribution, like the out-of-fold errors), else every test file together; (description, indices)."""
-    if "test" in tests:
-        return "test", tests["test"]
+def variance_inputs(tests: dict[str, np.ndarray], held_out: str | None) -> tuple[str, np.ndarray, bool]:
+    """Which held-out inputs give the ensemble variance E[std²]: the set ``held_out`` of the dataset (drawn like the
+    pool, as the out-of-fold errors are), else every test file together (which may lie elsewhere).
+
+    Returns:
+        (description, indices, whether they are drawn like the pool).
+    """
+    if held_out is not None and held_out in tests:
+        return held_out, tests[held_out], True
     if not tests:
-        return "", np.zeros(0, np.int64)
-    return " + ".join(tests), np.concatenate(list(tests.values()))
+        return "", np.zeros(0, np.int64), False
+    return " + ".join(tests), np.concatenate(list(tests.values())), False
 
 
 OOF_CHECK_MOLECULES = 32  # stored out-of-fold predictions are checked against the loaded members on this many
@@ -85,7 +89,8 @@ def oof_predictions(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray
 
 
 def fit_calibration(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], *,
-                    tests: dict[str, np.ndarray], max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0,
+                    tests: dict[str, np.ndarray], held_out: str | None = "test",
+                    max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0,
                     stored: dict[str, np.ndarray] | None = None
                     ) -> tuple[Calibration, dict[str, list[PropertyErrors]], dict]:
     """Fit the std scale on out-of-fold errors (pool) and the ensemble variance on held-out inputs; errors per test set.
@@ -95,6 +100,7 @@ def fit_calibration(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray
         data: the sweep's molecules (the dataset's, then the test files').
         folds: (train, val) indices per fold.
         tests: named test sets (labels used only for the reports). With none, the stds stay uncalibrated (scale 1).
+        held_out: the name of the test set held out of the dataset (drawn like the pool), if there is one.
         stored: the trial's ``predictions.npz`` arrays (its out-of-fold predictions are used when they check out).
 
     Returns:
@@ -119,12 +125,12 @@ def fit_calibration(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray
         if forces:
             props[name].append(PropertyErrors("forces", f"{ens.energy_unit}/Å"))
             props[name][1].add(pt.forces - mols.F, pt.forces_std, mols.atom_ptr)
-    source, held = variance_inputs(tests)
-    details["variance_inputs"], details["n_test"] = source, int(len(held))
+    source, held, pool_like = variance_inputs(tests, held_out)
+    details |= {"variance_inputs": source, "n_test": int(len(held)), "variance_inputs_pool_like": pool_like}
     if not len(held):
         details["reason"] = "no test molecules: nothing held out to measure the ensemble variance on"
         return Calibration(method="identity", details=details), props, oof
-    names = [source] if source == "test" else list(tests)
+    names = [source] if pool_like else list(tests)
     e_std = np.concatenate([preds[n][1].energy_std for n in names])  # [n_held]
     a_e, details["energy"] = fit_scale_oof(oof["energy"] - data.E[pool], e_std, k)
     a_f = 1.0
@@ -147,10 +153,21 @@ def calibration_line(cal: Calibration) -> str:
     if cal.method == "identity":
         return (f"stds not recalibrated (scale 1): {d.get('reason', 'no calibration data')}; give dataset.n_test or "
                 "dataset.test_path to the sweep, or judge the raw stds on a labelled file with --evaluate FILE")
-    return (f"recalibration (out-of-fold variance decomposition): σ = {cal.energy_scale:.3g}·std for energies, "
+    pool_like = d.get("variance_inputs_pool_like", True)
+    line = (f"recalibration (out-of-fold variance decomposition): σ = {cal.energy_scale:.3g}·std for energies, "
             f"{cal.forces_scale:.3g}·std for force components — from the out-of-fold errors of {d['n_pool']:,} pool "
-            f"molecules and the ensemble variance on the inputs of {d['variance_inputs']} ({d['n_test']:,} molecules; "
-            "their labels unused)")
+            f"molecules and the ensemble variance on the inputs of {d['variance_inputs']} ({d['n_test']:,} molecules "
+            + ("held out of the dataset" if pool_like else "of test files, not drawn from dataset.path")
+            + "; their labels unused)")
+    floored = [p for p in ("energy", "forces") if d.get(p, {}).get("floored")]
+    if floored:  # a² < 1/k contradicts the decomposition: say why it may have happened and what was done
+        fl = d[floored[0]]
+        why = ("noise of a small held-out set, or members that disagree more than they err" if pool_like else
+               "the members disagree more on those inputs than on the pool: they are not drawn like it; "
+               "dataset.n_test holds out inputs that are")
+        line += (f"; {' and '.join(floored)}: a² = {fl['a2_raw']:.3g} < 1/k ({why}), so the scale is floored at "
+                 f"1/√k = {fl['floor']:.3g}; judge it by the test errors above")
+    return line
 
 
 __all__ = ["MAX_CALIBRATION_MOLECULES", "OOF_CHECK_MOLECULES", "calibration_line", "fit_calibration", "oof_predictions",
