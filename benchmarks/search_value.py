@@ -189,6 +189,9 @@ def run_one(name: str, data: dict, method: str, budget: float, seed: int) -> dic
                    cost_model_median_error=m.get("cost_model_median_error"),
                    uncertainty={k.removeprefix("ensemble_test_"): v for k, v in m.items()
                                 if k.startswith("ensemble_test_") and k.endswith("_calibrated")},
+                   calibration={"energy_scale": m.get("ensemble_energy_scale"),
+                                "forces_scale": m.get("ensemble_forces_scale"),
+                                "floored": "floored at 1/√k" in " ".join(ens.stdout.split())},
                    trials=[{"params": dict(t.data.params), "status": t.data.tags.get("sweep.status"),
                             "metrics": {k: v for k, v in t.data.metrics.items() if "forces" in k or "epoch" in k}}
                            for t in trials])
