@@ -156,6 +156,15 @@ def spec(data: dict, method: str, budget: float, seed: int) -> dict:
     return body
 
 
+def calibration_details(client, sweep_run, tmp: str) -> dict:
+    """The fit behind the ensemble's std scales (``ensemble_calibration.json`` on the sweep run; empty if absent)."""
+    try:
+        path = client.download_artifacts(sweep_run.info.run_id, "ensemble_calibration.json", tmp)
+    except Exception:  # no ensemble (sweep ensemble failed): nothing to record
+        return {}
+    return json.loads(Path(path).read_text())["calibration"]["details"]
+
+
 def run_one(name: str, data: dict, method: str, budget: float, seed: int) -> dict:
     """One ``sweep run``; the best trial's held-out errors and the plan's record from MLflow and sweep.json."""
     from mlflow.tracking import MlflowClient
@@ -198,7 +207,8 @@ def run_one(name: str, data: dict, method: str, budget: float, seed: int) -> dic
                                 if k.startswith("ensemble_test_") and k.endswith("_calibrated")},
                    calibration={"energy_scale": m.get("ensemble_energy_scale"),
                                 "forces_scale": m.get("ensemble_forces_scale"),
-                                "floored": "floored at 1/√k" in " ".join(ens.stdout.split())},
+                                "floored": [p for p, v in calibration_details(c, sweep_run, d).items()
+                                            if isinstance(v, dict) and v.get("floored")]},
                    trials=[{"params": dict(t.data.params), "status": t.data.tags.get("sweep.status"),
                             "metrics": {k: v for k, v in t.data.metrics.items() if "forces" in k or "epoch" in k}}
                            for t in trials])

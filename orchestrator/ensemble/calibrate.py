@@ -89,7 +89,7 @@ def oof_predictions(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray
 
 
 def fit_calibration(ens: Ensemble, data: Molecules, folds: list[tuple[np.ndarray, np.ndarray]], *,
-                    tests: dict[str, np.ndarray], held_out: str | None = "test",
+                    tests: dict[str, np.ndarray], held_out: str | None,
                     max_molecules: int = MAX_CALIBRATION_MOLECULES, seed: int = 0,
                     stored: dict[str, np.ndarray] | None = None
                     ) -> tuple[Calibration, dict[str, list[PropertyErrors]], dict]:
@@ -161,12 +161,12 @@ def calibration_line(cal: Calibration) -> str:
             + "; their labels unused)")
     floored = [p for p in ("energy", "forces") if d.get(p, {}).get("floored")]
     if floored:  # a² < 1/k contradicts the decomposition: say why it may have happened and what was done
-        fl = d[floored[0]]
         why = ("noise of a small held-out set, or members that disagree more than they err" if pool_like else
                "the members disagree more on those inputs than on the pool: they are not drawn like it; "
                "dataset.n_test holds out inputs that are")
-        line += (f"; {' and '.join(floored)}: a² = {fl['a2_raw']:.3g} < 1/k ({why}), so the scale is floored at "
-                 f"1/√k = {fl['floor']:.3g}; judge it by the test errors above")
+        a2 = ", ".join(f"{d[p]['a2_raw']:.3g}" for p in floored)
+        line += (f"; {' and '.join(floored)}: a² = {a2} < 1/k ({why}), so the scale is floored at "
+                 f"1/√k = {d[floored[0]]['floor']:.3g}; judge it by the test errors above")
     return line
 
 
