@@ -83,6 +83,25 @@ def test_a_trial_clock_finalises_before_the_deadline_and_within_its_share():
     assert not TrialClock(deadline=now + 1.0).no_time_to_start()  # no estimate: it runs one epoch and finalises
 
 
+def test_a_trial_keeps_back_its_measured_finalisation_not_one_epoch():
+    """The aspirin failure: PaiNN's five folds took 19 s an epoch but 41 s to finalise (1,000 test molecules
+    predicted), the clock kept one epoch back, and Tune's backstop killed the trial with nothing kept. The estimate
+    scales the last validation (2 s for 200 molecules) to the refit, validation and test predictions."""
+    from orchestrator.search.context import FINISH_SAFETY, finish_seconds
+
+    finish = finish_seconds(2.0, n_train=800, n_val=200, n_test=1000)
+    assert finish == pytest.approx(FINISH_SAFETY * 2.0 / 200 * (500 + 200 + 1000))  # 21 s: three times the val share
+    assert finish_seconds(0.0, 800, 200, 1000) is None  # not measured (a fold stopped early reports 0)
+    now = time.time()
+    clock = TrialClock(deadline=now + 40.0)
+    assert not clock.out_of_time(now, 10.0)  # one epoch kept: 2 × 10 s + 5 s fit in 40 s ...
+    assert clock.out_of_time(now, 10.0, finish=30.0)  # ... the next epoch and a 30 s finalisation do not
+    assert not clock.out_of_time(now, 10.0, finish=20.0)
+    left = clock.epochs_left(started=now, epoch=1, epoch_wall=10.0, epoch_train=10.0, finish=30.0)
+    assert left == pytest.approx((40.0 - 5.0 - 30.0) / 10.0, abs=0.01)  # the schedule decays over what is left
+    assert clock.epochs_left(started=now, epoch=1, epoch_wall=10.0, epoch_train=10.0) == pytest.approx(2.5, abs=0.01)
+
+
 def test_a_searched_rho_ranks_trials_by_one_objective_not_their_own_losses():
     """Each trial's loss ρ·E² + F² rewards a small ρ whatever the accuracy; with ρ searched the CV objective uses
     one ρ (search.objective_rho, the paper's 0.01) for every trial."""

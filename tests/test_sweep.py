@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import epochs_logged, sweep_cli, write_sweep_spec
+from conftest import QUICKSTART_DATA, epochs_logged, sweep_cli, write_sweep_spec
 
 pytestmark = pytest.mark.integration
 
@@ -300,6 +300,32 @@ def test_a_trial_the_time_budget_ends_keeps_its_best_fold_states_and_the_sweep_h
     assert sweep_run["tags"]["sweep.best_trial_run_id"] in {k["id"] for k in kept}
     s = sweep("status", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
     assert s.returncode == 0 and "stopped by budget" in s.stdout
+
+
+def test_a_trial_with_a_large_test_file_keeps_back_its_finalisation_not_one_epoch(tmp_path):
+    """The 21-atom failure at small scale: a test file 150 times a fold's validation set (20,000 molecules, PaiNN),
+    so predicting it at the end costs about 25 s, many epochs. The clock kept one epoch back; the trial was still predicting when
+    Tune's limit (budget + 10 s) killed it, and the sweep ended with "no trial completed". The trial now keeps back
+    its own estimate of the finalisation (from its validation time) and ends with its results inside the budget."""
+    src = QUICKSTART_DATA
+    with np.load(src) as d:
+        arrays = {k: d[k] for k in d.files}
+    big = tmp_path / "test20000.npz"  # the shipped frames 20 times over: what matters is the count
+    np.savez(big, **{k: (np.concatenate([v] * 20) if k in ("R", "E", "F") else v) for k, v in arrays.items()})
+    budget = 90.0
+    p = spec_file(tmp_path, dataset={"path": str(src), "n_train": 128, "n_val": 128, "n_test": None, "test_path": str(big)},
+                  model={"family": "painn", "n_atom_basis": 64, "n_interactions": 3, "shared_filters": True},
+                  search={"num_samples": 1, "max_concurrent": 1, "scheduler": "none", "time_budget": budget,
+                          "plan": "off", "initial_points": [{"training.lr": 1.0e-3}]},
+                  training__batch_size=8, training__max_epochs=100000, training__early_stopping_patience=None,
+                  resources="auto")
+    t0 = time.time()
+    r = sweep("run", str(p), cwd=tmp_path, timeout=400)
+    wall = time.time() - t0
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (trial,) = [t for t in runs(tmp_path / "mlflow.db") if t["tags"].get("sweep.role") == "trial"]
+    assert trial["tags"]["sweep.status"] == "stopped by budget" and trial["metrics"]["test_ensemble_forces_mae"] > 0
+    assert wall < budget + 45, wall  # the budget, Ray's start-up and the CLI's imports
 
 
 @pytest.mark.parametrize("baseline", ["final"])  # screen (the default): test_budget.py's costly-space test

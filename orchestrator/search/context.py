@@ -17,6 +17,10 @@ FINALISE_GRACE = 10.0
 """Seconds Tune's own time limit (a backstop) runs past the budget, so that a trial finalising just before the
 deadline on a loaded machine is not cut off: a sweep ends within its budget plus at most this."""
 
+FINISH_SAFETY = 1.25
+"""Factor on a trial's measured estimate of its finalisation (:func:`finish_seconds`): the estimate scales the
+validation predictions of the last epoch, and a loaded machine or a first call of a new batch shape runs slower."""
+
 COMPILE_PAYS_AFTER = 240.0
 """Seconds of training a trial must have ahead for compiling its CPU kernels to pay: torch.compile costs 5–42 s per
 new configuration here (a cold cache on a 2-core machine: 35 s) for a 20–30 % faster epoch (docs/benchmarks.md), so
@@ -29,7 +33,9 @@ class TrialClock:
 
     ``deadline``: the search's time budget ends (every trial finalises before it); ``trial_seconds``: this trial's
     own share of it (a planned final rung that runs its configurations one after another). A trial finalises after
-    the epoch for which another epoch and the finalisation (predictions, model files: about an epoch) would not fit.
+    the epoch for which another epoch and the finalisation would not fit: ``finish`` seconds, the trial's estimate
+    from its own validation time (:func:`finish_seconds`: predictions on the validation and test sets, the offset
+    refit), or, not given, one more epoch.
     """
 
     deadline: float | None = None
@@ -40,9 +46,10 @@ class TrialClock:
     horizon: float | None = None  # screening: the final rung's training seconds per fold (where curves are compared)
     to_the_end: bool = False  # a planned final rung: its time ends its folds, not early stopping (best weights kept)
 
-    def out_of_time(self, started: float, last_epoch: float) -> bool:
-        """After an epoch of ``last_epoch`` seconds, in a trial that started at ``started``: finalise now?"""
-        need = 2.0 * last_epoch + self.finish_margin  # the next epoch, then finalising
+    def out_of_time(self, started: float, last_epoch: float, finish: float | None = None) -> bool:
+        """After an epoch of ``last_epoch`` seconds, in a trial that started at ``started`` and would take ``finish``
+        seconds to finalise (None: an epoch's): finalise now?"""
+        need = last_epoch + (last_epoch if finish is None else finish) + self.finish_margin  # next epoch, finalising
         now = time.time()
         return ((self.deadline is not None and now + need > self.deadline) or
                 (self.trial_seconds is not None and now - started + last_epoch > self.trial_seconds))
@@ -52,7 +59,8 @@ class TrialClock:
         stopping now falls short of it)."""
         return self.train_allotment is not None and train_seconds + 0.5 * last_epoch >= self.train_allotment
 
-    def epochs_left(self, *, started: float, epoch: int, epoch_wall: float, epoch_train: float) -> float | None:
+    def epochs_left(self, *, started: float, epoch: int, epoch_wall: float, epoch_train: float,
+                    finish: float | None = None) -> float | None:
         """The epochs this trial will still train before its time is up, at its pace so far (``epoch_wall`` seconds
         of wall clock and ``epoch_train`` of training an epoch; ``epoch`` trained), for a cosine schedule to decay
         over; None: no limit.
@@ -63,7 +71,7 @@ class TrialClock:
         """
         if self.horizon:
             return max(0.0, self.horizon / max(epoch_train, 1e-9) - epoch)
-        left = [seconds / max(epoch_wall, 1e-9) - reserved for seconds, reserved in self._limits(started)]
+        left = [seconds / max(epoch_wall, 1e-9) - reserved for seconds, reserved in self._limits(started, finish)]
         return max(0.0, min(left)) if left else None
 
     def seconds_left(self, started: float) -> float | None:
@@ -71,12 +79,12 @@ class TrialClock:
         left = [seconds for seconds, _ in self._limits(started)]
         return max(0.0, min(left)) if left else None
 
-    def _limits(self, started: float) -> list[tuple[float, float]]:
-        """(seconds left, epochs of it kept back) under each limit this trial has: the deadline less the margin,
-        one epoch kept (it finalises once the next epoch and finishing would not fit); its own share."""
+    def _limits(self, started: float, finish: float | None = None) -> list[tuple[float, float]]:
+        """(seconds left, epochs of it kept back) under each limit this trial has: the deadline less the margin and
+        the finalisation (``finish`` seconds; None: one epoch kept); its own share."""
         now, limits = time.time(), []
         if self.deadline is not None:
-            limits.append((self.deadline - now - self.finish_margin, 1.0))
+            limits.append((self.deadline - now - self.finish_margin - (finish or 0.0), 1.0 if finish is None else 0.0))
         if self.trial_seconds is not None:
             limits.append((self.trial_seconds - (now - started), 0.0))
         return limits
@@ -91,6 +99,20 @@ class TrialClock:
         if self.deadline is None or self.epoch_seconds is None:
             return False
         return time.time() + 2.0 * self.epoch_seconds + self.finish_margin > self.deadline
+
+
+def finish_seconds(val_seconds: float, n_train: int, n_val: int, n_test: int) -> float | None:
+    """Seconds a trial's finalisation will take, from the last epoch's validation (``val_seconds`` for a fold's
+    ``n_val`` molecules, forces included): the best weights' energies on the ``n_train + n_val`` molecules (the offset
+    refit; energies alone, counted at half a molecule with forces), then predictions with forces on the validation
+    set and the ``n_test`` molecules of the test sets; times :data:`FINISH_SAFETY`. None without a measurement.
+
+    It is what makes a large test set fit: 1,000 test molecules of a 21-atom molecule cost PaiNN's five folds 41 s
+    to predict eagerly on 2 cores, two compiled epochs, where one epoch was kept for it before (docs/benchmarks.md).
+    """
+    if val_seconds <= 0 or n_val <= 0:
+        return None
+    return FINISH_SAFETY * val_seconds / n_val * (0.5 * (n_train + n_val) + n_val + n_test)
 
 
 @dataclass(frozen=True)
@@ -153,4 +175,4 @@ class TrialContext:
         return self.spec.objective_rho()
 
 
-__all__ = ["FINALISE_GRACE", "TestLabels", "TrialClock", "TrialContext", "TrialData"]
+__all__ = ["FINALISE_GRACE", "FINISH_SAFETY", "TestLabels", "TrialClock", "TrialContext", "TrialData"]

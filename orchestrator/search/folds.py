@@ -61,6 +61,7 @@ class FoldEpoch:
     best_val_loss: float
     stopped: bool
     node_id: str = ""  # the Ray node it ran on ("" outside Ray)
+    val_seconds: float = 0.0  # of ``seconds``, predicting the validation set (0: not measured)
 
     def state(self) -> dict[str, Any]:
         """Plain values for a checkpoint (``torch.load(weights_only=True)`` reads them back)."""
@@ -72,10 +73,11 @@ def epoch_report(r: EpochResult | None, last: FoldEpoch | None, best_val_loss: f
     """One fold's epoch (``r`` None: the fold was stopped before this epoch; ``last`` repeats)."""
     if r is not None:
         return FoldEpoch(epoch, r.val.loss, r.val.energy_mae, r.val.forces_mae, r.val.energy_rmse, r.val.forces_rmse,
-                         r.train_loss, r.lr, r.seconds, best_val_loss, stopped, _node_id())
+                         r.train_loss, r.lr, r.seconds, best_val_loss, stopped, _node_id(), r.val_seconds)
     if last is None:
         raise ValueError("a fold stopped before its first epoch has nothing to report")
-    return replace(last, epoch=epoch, seconds=0.0, best_val_loss=best_val_loss, stopped=stopped, node_id=_node_id())
+    return replace(last, epoch=epoch, seconds=0.0, best_val_loss=best_val_loss, stopped=stopped, node_id=_node_id(),
+                   val_seconds=0.0)
 
 
 def last_epoch(state: dict[str, Any]) -> FoldEpoch | None:

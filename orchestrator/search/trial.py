@@ -13,7 +13,7 @@ import ray
 import torch
 from ray import tune
 
-from orchestrator.search.context import TestLabels, TrialContext
+from orchestrator.search.context import TestLabels, TrialContext, finish_seconds
 from orchestrator.search.folds import (
     ActorFolds,
     FoldActorPool,
@@ -183,6 +183,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     started = time.time()
     walls: list[float] = []  # wall seconds of each epoch of this run of the trial
     cpus = spec.resources.trial_cpus(k)
+    n_train, n_val = max(len(tr) for tr, _ in ctx.folds), max(len(va) for _, va in ctx.folds)
+    n_test = sum(len(idx) for idx in ctx.data.tests.values())
     try:
         while epoch < max_epochs:
             epoch += 1
@@ -201,11 +203,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 report = report.with_trial(step_mode=group.mode)
             last_epoch = time.time() - w_epoch
             walls.append(last_epoch)
+            finish = finish_seconds(max(r.val_seconds for r in results), n_train, n_val, n_test)  # its finalisation
             if (left := clock.epochs_left(
                     started=started, epoch=epoch, epoch_wall=float(np.median(walls[-5:])),
-                    epoch_train=train_seconds / epoch)) is not None:  # decay over the epochs it will get
+                    epoch_train=train_seconds / epoch, finish=finish)) is not None:  # decay over the epochs it gets
                 group.set_horizon(left)
-            out_of_time = clock.out_of_time(started, last_epoch)
+            out_of_time = clock.out_of_time(started, last_epoch, finish)
             spent = clock.allotment_spent(train_seconds, max(r.seconds for r in results))
             if epoch >= max_epochs or all(r.stopped for r in results) or out_of_time or spent:
                 finals = group.finish()

@@ -292,7 +292,9 @@ class StackedTrainer:
         for m in running:
             if first_bad[m] >= 0:
                 raise MemberNonFinite(m, self.epoch[m], int(first_bad[m]), bad_value[m])
+        t_val = time.perf_counter()
         vals = self.validate(running)
+        val_seconds = time.perf_counter() - t_val  # every running member's validation set, stacked
         out: list[EpochResult | None] = [None] * self.k
         for m in running:
             val = vals[m]
@@ -312,7 +314,8 @@ class StackedTrainer:
             p = self.cfgs[m].early_stopping_patience
             self.stopped[m] = p is not None and self.epochs_without_improvement[m] >= p
             out[m] = EpochResult(epoch=self.epoch[m], step=self.step[m], train_loss=loss_sum[m] / max(n_real[m], 1),
-                                 val=val, lr=sc.lr, seconds=time.perf_counter() - t0, improved=improved)
+                                 val=val, lr=sc.lr, seconds=time.perf_counter() - t0, improved=improved,
+                                 val_seconds=val_seconds)
         return out
 
     # -- evaluation ------------------------------------------------------------------------

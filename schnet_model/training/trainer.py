@@ -46,8 +46,9 @@ class EpochResult:
     train_loss: float
     val: Metrics
     lr: float
-    seconds: float
+    seconds: float  # the whole epoch, validation included
     improved: bool
+    val_seconds: float = 0.0  # of it, predicting the validation set (what finalising a run costs per molecule)
 
 
 @dataclass
@@ -133,6 +134,7 @@ class Trainer:
             self.step += 1
             total += float(loss.detach()) * batch.n_mols
             count += batch.n_mols
+        t_val = time.perf_counter()
         try:
             val = evaluate(self.model, self.val_data, self.cfg.rho, self.use_forces, device=self.device)
         except NonFinitePrediction:  # the weights diverged without a non-finite training loss
@@ -156,6 +158,7 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             seconds=time.perf_counter() - t0,
             improved=improved,
+            val_seconds=time.perf_counter() - t_val,
         )
 
     def set_horizon(self, epochs_left: float) -> bool:
