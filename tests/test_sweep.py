@@ -302,18 +302,21 @@ def test_a_trial_the_time_budget_ends_keeps_its_best_fold_states_and_the_sweep_h
     assert s.returncode == 0 and "stopped by budget" in s.stdout
 
 
+@pytest.mark.slow
 def test_a_trial_with_a_large_test_file_keeps_back_its_finalisation_not_one_epoch(tmp_path):
     """The 21-atom failure at small scale: a test file 150 times a fold's validation set (20,000 molecules, PaiNN),
-    so predicting it at the end costs about 25 s, many epochs. The clock kept one epoch back; the trial was still predicting when
-    Tune's limit (budget + 10 s) killed it, and the sweep ended with "no trial completed". The trial now keeps back
-    its own estimate of the finalisation (from its validation time) and ends with its results inside the budget."""
+    so predicting it at the end costs about 25 s, many epochs. The clock kept one epoch back; the trial was still
+    predicting when Tune's limit (budget + 10 s) killed it, and the sweep ended with "no trial completed". The trial
+    now keeps back its own estimate of the finalisation (from its validation time) and ends with its results inside
+    the budget."""
     src = QUICKSTART_DATA
     with np.load(src) as d:
         arrays = {k: d[k] for k in d.files}
     big = tmp_path / "test20000.npz"  # the shipped frames 20 times over: what matters is the count
     np.savez(big, **{k: (np.concatenate([v] * 20) if k in ("R", "E", "F") else v) for k, v in arrays.items()})
     budget = 90.0
-    p = spec_file(tmp_path, dataset={"path": str(src), "n_train": 128, "n_val": 128, "n_test": None, "test_path": str(big)},
+    data = {"path": str(src), "n_train": 128, "n_val": 128, "n_test": None, "test_path": str(big)}
+    p = spec_file(tmp_path, dataset=data,
                   model={"family": "painn", "n_atom_basis": 64, "n_interactions": 3, "shared_filters": True},
                   search={"num_samples": 1, "max_concurrent": 1, "scheduler": "none", "time_budget": budget,
                           "plan": "off", "initial_points": [{"training.lr": 1.0e-3}]},
