@@ -41,7 +41,7 @@ class TrialClock:
     deadline: float | None = None
     trial_seconds: float | None = None
     epoch_seconds: float | None = None  # an estimate of one epoch of this trial (the plan's measurement), if known
-    finish_margin: float = 5.0  # seconds kept for finalising, besides one epoch's worth
+    finish_margin: float = 5.0  # seconds kept for finalising, besides its estimate (or one epoch)
     train_allotment: float | None = None  # screening: seconds of training each configuration gets (equal compute)
     horizon: float | None = None  # screening: the final rung's training seconds per fold (where curves are compared)
     to_the_end: bool = False  # a planned final rung: its time ends its folds, not early stopping (best weights kept)
