@@ -314,7 +314,7 @@ def test_a_trial_with_a_large_test_file_keeps_back_its_finalisation_not_one_epoc
         arrays = {k: d[k] for k in d.files}
     big = tmp_path / "test20000.npz"  # the shipped frames 20 times over: what matters is the count
     np.savez(big, **{k: (np.concatenate([v] * 20) if k in ("R", "E", "F") else v) for k, v in arrays.items()})
-    budget = 90.0
+    budget = 60.0
     data = {"path": str(src), "n_train": 128, "n_val": 128, "n_test": None, "test_path": str(big)}
     p = spec_file(tmp_path, dataset=data,
                   model={"family": "painn", "n_atom_basis": 64, "n_interactions": 3, "shared_filters": True},
