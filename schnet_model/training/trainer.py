@@ -139,6 +139,7 @@ class Trainer:
             val = evaluate(self.model, self.val_data, self.cfg.rho, self.use_forces, device=self.device)
         except NonFinitePrediction:  # the weights diverged without a non-finite training loss
             raise NonFiniteLossError(self.epoch, self.step, math.nan) from None
+        val_seconds = time.perf_counter() - t_val
         if not math.isfinite(val.loss):
             raise NonFiniteLossError(self.epoch, self.step, val.loss)
         if self.plateau is not None:
@@ -158,7 +159,7 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             seconds=time.perf_counter() - t0,
             improved=improved,
-            val_seconds=time.perf_counter() - t_val,
+            val_seconds=val_seconds,
         )
 
     def set_horizon(self, epochs_left: float) -> bool:
